@@ -1,0 +1,48 @@
+"""Celery's configuration: everything but the connection URLs, which come from Settings.
+
+Read by :func:`tasks.app.create_celery`. Reliability choices for "nothing lost,
+nothing twice": tasks are acknowledged late (after they ran) and re-queued when
+their worker dies; the prefetch is 1 so that a killed worker holds as few
+unacknowledged messages as possible; every task is idempotent, so a redelivery
+is harmless.
+"""
+
+from datetime import timedelta
+
+# Modules that define tasks; a worker imports them at start. Each feature adds its own.
+imports: tuple[str, ...] = ()
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = True
+worker_prefetch_multiplier = 1
+task_track_started = False
+task_ignore_result = True
+task_time_limit = 120
+task_soft_time_limit = 100
+worker_max_tasks_per_child = 10_000
+worker_send_task_events = True  # Flower and the Prometheus exporter read events
+task_send_sent_event = True
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    # Redis broker: an unacknowledged message comes back after this long, so a
+    # task killed with its worker is redelivered even without a restart.
+    "visibility_timeout": 300,
+}
+result_expires = 3600
+
+task_routes = {
+    "tasks.orders.*": {"queue": "orders"},
+    "tasks.cache.*": {"queue": "cache"},
+    "beat.jobs.*": {"queue": "beat"},
+}
+task_default_queue = "celery"
+
+# Periodic jobs (beat/jobs.py); each feature adds its entries here.
+beat_schedule: dict[str, dict] = {}

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""The two README commands, runnable on a machine that has only Python 3.11+.
+
+    python3 manage.py up     # install, migrate, load demo data, run web+worker+beat+Flower
+    python3 manage.py test   # install (with test tools) and run the whole suite
+
+The first part of this file uses the standard library only: it creates
+``.venv``, installs the project into it (again only when ``pyproject.toml``
+changed) and re-runs itself with the virtualenv's Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("HMDP_VENV", ROOT / ".venv"))
+VENV_PYTHON = VENV / "bin" / "python"
+STAMP = VENV / ".hmdp-installed"
+
+
+def _log(message: str) -> None:
+    print(f"[hmdp] {message}", flush=True)
+
+
+# --- bootstrap (stdlib only) ---------------------------------------------------
+
+
+def _wanted_stamp(extras: str) -> str:
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    return f"{digest}:{extras}"
+
+
+def ensure_environment(extras: str) -> None:
+    """Create the virtualenv and install the project (+extras) into it if needed."""
+    if not VENV_PYTHON.exists():
+        _log(f"creating virtualenv in {VENV}")
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = _wanted_stamp(extras)
+    installed = STAMP.read_text().split("\n") if STAMP.exists() else []
+    if wanted in installed:
+        return
+    _log(f"installing hmdp-py[{extras}] and its dependencies (first run only)")
+    pip = [str(VENV_PYTHON), "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run([*pip, "install", "-q", "--upgrade", "pip"], check=True)
+    target = f"{ROOT}[{extras}]" if extras else str(ROOT)
+    subprocess.run([*pip, "install", "-q", "-e", target], check=True, cwd=ROOT)
+    STAMP.write_text("\n".join([wanted, *installed]))
+
+
+def reexec_in_venv(extras: str) -> None:
+    """Run the rest of this command with the virtualenv's interpreter."""
+    ensure_environment(extras)
+    if Path(sys.prefix).resolve() != VENV.resolve():
+        env = dict(os.environ, VIRTUAL_ENV=str(VENV))
+        env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        os.execve(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]], env)
+
+
+# --- up: the whole system in one terminal ---------------------------------------
+
+
+class Supervisor:
+    """Starts child processes, stops them all on Ctrl-C or when one dies."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        _log(f"starting {name}: {' '.join(args)}")
+        # Own session: Ctrl-C reaches only us, and we stop children in order.
+        self.children[name] = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True)
+
+    def wait(self) -> int:
+        """Block until a signal or a child exit; return the exit code to use."""
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        while not self.stopping:
+            for name, proc in self.children.items():
+                if proc.poll() is not None:
+                    _log(f"{name} exited with {proc.returncode}; stopping everything")
+                    self.stop()
+                    return 1
+            time.sleep(0.3)
+        self.stop()
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every child (graceful for gunicorn and Celery), then wait, then kill."""
+        for name, proc in reversed(list(self.children.items())):
+            if proc.poll() is None:
+                _log(f"stopping {name}")
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.children.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def command_up(args: argparse.Namespace) -> int:
+    from settings import Settings
+
+    settings = Settings.from_env()
+    env = dict(os.environ)
+    env.setdefault("PYTHONPATH", str(ROOT))
+    server = None
+    if not settings.redis_url:
+        from cache.server import EmbeddedRedis
+
+        server = EmbeddedRedis(settings.var_dir / "redis").start()
+        env["REDIS_URL"] = server.url
+        _log(f"embedded redis-server at {server.url} (data in {server.data_dir})")
+    bin_dir = Path(sys.executable).parent
+    flask = [str(bin_dir / "flask"), "--app", "web"]
+    celery = [str(bin_dir / "celery"), "-A", "tasks.worker"]
+    supervisor = Supervisor()
+    try:
+        subprocess.run([*flask, "db", "upgrade"], check=True, cwd=ROOT, env=env)
+        if not args.no_seed:
+            subprocess.run([*flask, "seed", f"--{args.size}"], check=True, cwd=ROOT, env=env)
+        supervisor.start("web", [
+            str(bin_dir / "gunicorn"), "-c", "deploy/gunicorn.conf.py",
+            "--bind", f"{args.host}:{args.port}", "web.wsgi:app",
+        ], env)
+        supervisor.start("worker", [
+            *celery, "worker", "-Q", "celery,orders,cache,beat", "-E",
+            "--loglevel", "INFO", "--concurrency", str(args.concurrency), "-n", "worker@%h",
+        ], env)
+        supervisor.start("beat", [
+            *celery, "beat", "--loglevel", "INFO",
+            "--schedule", str(settings.var_dir / "celerybeat-schedule"),
+        ], env)
+        supervisor.start("flower", [
+            *celery, "flower", f"--address={args.host}", f"--port={args.flower_port}",
+        ], env)
+        _log(f"web     http://{args.host}:{args.port}  (try /readyz, /shop-type/list)")
+        _log(f"flower  http://{args.host}:{args.flower_port}")
+        _log(f"metrics http://{args.host}:{args.port}/metrics")
+        _log("Ctrl-C stops everything")
+        return supervisor.wait()
+    finally:
+        supervisor.stop()
+        if server is not None:
+            _log("stopping embedded redis-server")
+            server.stop()
+
+
+# --- test -------------------------------------------------------------------------
+
+
+def command_test(args: argparse.Namespace) -> int:
+    """Run the suite; pytest's 'no tests' (5) is a failure here, not a pass."""
+    cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
+    _log(" ".join(cmd))
+    return subprocess.call(cmd, cwd=ROOT)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run web, worker, beat and Flower with demo data")
+    up.add_argument("--host", default=os.environ.get("HMDP_HOST", "127.0.0.1"))
+    up.add_argument("--port", type=int, default=int(os.environ.get("HMDP_PORT", "8080")))
+    up.add_argument("--flower-port", type=int, default=int(os.environ.get("HMDP_FLOWER_PORT", "5555")))
+    up.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    up.add_argument("--size", choices=["small", "full"], default="small")
+    up.add_argument("--no-seed", action="store_true")
+    test = sub.add_parser("test", help="run the test suite")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    # One environment for both commands: the run command also gets the load-test tools.
+    reexec_in_venv("dev")
+    sys.path.insert(0, str(ROOT))
+    return {"up": command_up, "test": command_test}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""All configuration of hmdp-py, read from the environment in one place.
+
+Every process (web, worker, beat, CLI, tests) builds a :class:`Settings` with
+:meth:`Settings.from_env` and hands it down; nothing else reads ``os.environ``.
+An unset ``REDIS_URL`` means "embedded": the process finds or starts a real
+``redis-server`` (see :mod:`cache.server`); an unset ``DATABASE_URL`` means a
+SQLite file under ``VAR_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name} must be a boolean, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Immutable configuration; ``replace()`` it in tests instead of patching."""
+
+    # --- connections ------------------------------------------------------
+    redis_url: str | None = None  # None: embedded redis-server
+    database_url: str | None = None  # None: sqlite file in var_dir
+    celery_broker_url: str | None = None  # None: same as redis_url
+    celery_result_backend: str | None = None  # None: no result backend
+    var_dir: Path = field(default_factory=lambda: ROOT / "var")
+
+    # --- secrets and roles ------------------------------------------------
+    secret_key: str = "dev-secret-change-me"
+    admin_phones: tuple[str, ...] = ()
+
+    # --- cache TTLs (seconds) --------------------------------------------
+    shop_ttl: int = 30 * 60
+    null_ttl: int = 2 * 60
+    ttl_jitter: float = 0.1  # fraction of a TTL added at random (avalanche)
+    shop_type_ttl: int = 60 * 60
+    logical_ttl: int = 30 * 60
+    rebuild_lock_ttl: int = 10
+    near_cache_ttl: float = 1.0
+    near_cache_size: int = 10_000
+    shop_cache_strategy: str = "mutex"  # passthrough | mutex | logical
+    hot_shop_count: int = 100
+
+    # --- login ------------------------------------------------------------
+    login_code_ttl: int = 2 * 60
+    login_token_ttl: int = 30 * 60
+    login_max_wrong_codes: int = 5
+    login_lock_seconds: int = 15 * 60
+
+    # --- seckill ----------------------------------------------------------
+    order_stream: str = "stream.orders"
+    order_group: str = "g1"
+    order_dead_letter_stream: str = "stream.orders.dead"
+    order_max_deliveries: int = 5
+    order_claim_idle_ms: int = 30_000
+    order_lock_lease_ms: int = 30_000
+
+    # --- rate limiting ----------------------------------------------------
+    rate_limit_enabled: bool = True
+
+    # --- database pool ----------------------------------------------------
+    db_pool_size: int = 10
+    db_max_overflow: int = 40
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the environment once; every process starts here."""
+        env = os.environ if env is None else env
+        admin = tuple(p.strip() for p in env.get("HMDP_ADMIN_PHONES", "").split(",") if p.strip())
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            database_url=env.get("DATABASE_URL") or None,
+            celery_broker_url=env.get("CELERY_BROKER_URL") or None,
+            celery_result_backend=env.get("CELERY_RESULT_BACKEND") or None,
+            var_dir=Path(env.get("HMDP_VAR_DIR") or ROOT / "var"),
+            secret_key=env.get("SECRET_KEY") or cls.secret_key,
+            admin_phones=admin,
+            shop_ttl=_int(env, "HMDP_SHOP_TTL", cls.shop_ttl),
+            null_ttl=_int(env, "HMDP_NULL_TTL", cls.null_ttl),
+            ttl_jitter=_float(env, "HMDP_TTL_JITTER", cls.ttl_jitter),
+            shop_type_ttl=_int(env, "HMDP_SHOP_TYPE_TTL", cls.shop_type_ttl),
+            logical_ttl=_int(env, "HMDP_LOGICAL_TTL", cls.logical_ttl),
+            rebuild_lock_ttl=_int(env, "HMDP_REBUILD_LOCK_TTL", cls.rebuild_lock_ttl),
+            near_cache_ttl=_float(env, "HMDP_NEAR_CACHE_TTL", cls.near_cache_ttl),
+            near_cache_size=_int(env, "HMDP_NEAR_CACHE_SIZE", cls.near_cache_size),
+            shop_cache_strategy=env.get("HMDP_SHOP_CACHE_STRATEGY") or cls.shop_cache_strategy,
+            hot_shop_count=_int(env, "HMDP_HOT_SHOP_COUNT", cls.hot_shop_count),
+            login_code_ttl=_int(env, "HMDP_LOGIN_CODE_TTL", cls.login_code_ttl),
+            login_token_ttl=_int(env, "HMDP_LOGIN_TOKEN_TTL", cls.login_token_ttl),
+            login_max_wrong_codes=_int(env, "HMDP_LOGIN_MAX_WRONG_CODES", cls.login_max_wrong_codes),
+            login_lock_seconds=_int(env, "HMDP_LOGIN_LOCK_SECONDS", cls.login_lock_seconds),
+            order_stream=env.get("HMDP_ORDER_STREAM") or cls.order_stream,
+            order_group=env.get("HMDP_ORDER_GROUP") or cls.order_group,
+            order_dead_letter_stream=env.get("HMDP_ORDER_DEAD_LETTER_STREAM")
+            or cls.order_dead_letter_stream,
+            order_max_deliveries=_int(env, "HMDP_ORDER_MAX_DELIVERIES", cls.order_max_deliveries),
+            order_claim_idle_ms=_int(env, "HMDP_ORDER_CLAIM_IDLE_MS", cls.order_claim_idle_ms),
+            order_lock_lease_ms=_int(env, "HMDP_ORDER_LOCK_LEASE_MS", cls.order_lock_lease_ms),
+            rate_limit_enabled=_bool(env, "HMDP_RATE_LIMIT_ENABLED", cls.rate_limit_enabled),
+            db_pool_size=_int(env, "HMDP_DB_POOL_SIZE", cls.db_pool_size),
+            db_max_overflow=_int(env, "HMDP_DB_MAX_OVERFLOW", cls.db_max_overflow),
+        ).validated()
+
+    def validated(self) -> Settings:
+        """Fail at start-up, not at the first request, on settings that cannot work."""
+        if self.shop_cache_strategy not in {"passthrough", "mutex", "logical"}:
+            raise ValueError(
+                "HMDP_SHOP_CACHE_STRATEGY must be passthrough, mutex or logical, "
+                f"got {self.shop_cache_strategy!r}"
+            )
+        if not 0 <= self.ttl_jitter <= 1:
+            raise ValueError("HMDP_TTL_JITTER must be between 0 and 1")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"{f.name} must not be negative")
+        return self
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests, CLI overrides)."""
+        return replace(self, **changes).validated()
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.var_dir / "hmdp.db"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL to use: the given one, or the SQLite file."""
+        return self.database_url or f"sqlite:///{self.sqlite_path}"

@@ -1,0 +1,41 @@
+"""The Celery application factory.
+
+``create_celery(settings)`` builds an app configured from ``celeryconfig`` plus
+the connection URLs from Settings. Each worker process gets its own
+:class:`services.Services` (created after fork), reached from a task as
+``self.app.services``. The CLI entry point is :mod:`tasks.worker`.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+import celeryconfig
+from services import Services
+from settings import Settings
+
+
+class HmdpCelery(Celery):
+    """A Celery app that carries the Services of its process."""
+
+    services: Services
+
+
+def create_celery(settings: Settings | None = None, services: Services | None = None) -> HmdpCelery:
+    """A Celery app for ``settings``; the web app builds one to dispatch, workers to run."""
+    settings = settings or Settings.from_env()
+    services = services or Services(settings)
+    app = HmdpCelery("hmdp", set_as_current=False)
+    app.config_from_object(celeryconfig)
+    app.conf.broker_url = services.broker_url
+    app.conf.result_backend = settings.celery_result_backend
+    app.conf.task_ignore_result = settings.celery_result_backend is None
+    app.services = services
+
+    @worker_process_init.connect(weak=False)
+    def _fresh_connections_after_fork(**_: object) -> None:
+        # Pools inherited from the parent would be shared across processes.
+        services.close()
+
+    return app

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from settings import Settings
+
+
+def test_defaults_mean_embedded_redis_and_sqlite():
+    settings = Settings.from_env({})
+    assert settings.redis_url is None
+    assert settings.database_url is None
+    assert settings.effective_database_url.startswith("sqlite:///")
+    assert settings.effective_database_url.endswith("var/hmdp.db")
+
+
+def test_reads_every_documented_variable(tmp_path: Path):
+    env = {
+        "REDIS_URL": "redis://r:6379/2",
+        "DATABASE_URL": "mysql+pymysql://u:p@db/hmdp",
+        "CELERY_BROKER_URL": "amqp://guest@mq//",
+        "CELERY_RESULT_BACKEND": "redis://r:6379/3",
+        "SECRET_KEY": "s3cret",
+        "HMDP_VAR_DIR": str(tmp_path),
+        "HMDP_SHOP_TTL": "60",
+        "HMDP_NULL_TTL": "5",
+        "HMDP_SHOP_CACHE_STRATEGY": "logical",
+        "HMDP_ADMIN_PHONES": "13900000000, 13900000001",
+        "HMDP_RATE_LIMIT_ENABLED": "false",
+    }
+    settings = Settings.from_env(env)
+    assert settings.redis_url == "redis://r:6379/2"
+    assert settings.effective_database_url == "mysql+pymysql://u:p@db/hmdp"
+    assert settings.celery_broker_url == "amqp://guest@mq//"
+    assert settings.celery_result_backend == "redis://r:6379/3"
+    assert settings.secret_key == "s3cret"
+    assert settings.var_dir == tmp_path
+    assert (settings.shop_ttl, settings.null_ttl) == (60, 5)
+    assert settings.shop_cache_strategy == "logical"
+    assert settings.admin_phones == ("13900000000", "13900000001")
+    assert settings.rate_limit_enabled is False
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"HMDP_SHOP_TTL": "soon"}, "HMDP_SHOP_TTL must be an integer"),
+        ({"HMDP_SHOP_CACHE_STRATEGY": "magic"}, "HMDP_SHOP_CACHE_STRATEGY"),
+        ({"HMDP_RATE_LIMIT_ENABLED": "maybe"}, "must be a boolean"),
+        ({"HMDP_TTL_JITTER": "2"}, "between 0 and 1"),
+        ({"HMDP_NULL_TTL": "-1"}, "must not be negative"),
+    ],
+)
+def test_bad_values_fail_at_start_with_the_variable_named(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
+
+
+def test_with_changes_a_copy_and_validates():
+    base = Settings.from_env({})
+    changed = base.with_(shop_ttl=5)
+    assert changed.shop_ttl == 5 and base.shop_ttl != 5
+    with pytest.raises(ValueError):
+        base.with_(shop_cache_strategy="nope")

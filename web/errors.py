@@ -1,0 +1,60 @@
+"""Error handlers: every failure leaves as a JSON envelope, never HTML or a trace."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, Response
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from .envelope import ApiError, fail
+
+log = logging.getLogger(__name__)
+
+_HTTP_MESSAGES = {
+    400: "bad request",
+    401: "not logged in",
+    403: "not allowed",
+    404: "no such resource",
+    405: "method not allowed",
+    413: "request body too large",
+    415: "unsupported media type",
+    429: "too many requests",
+}
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map our ApiError, werkzeug's HTTP errors and backend outages to envelopes."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError) -> Response:
+        return fail(error.message, error.status, error.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        message = _HTTP_MESSAGES.get(status) or (error.name or "error").lower()
+        if status == 400 and error.description and "JSON" in error.description:
+            message = "request body is not valid JSON"
+        response = fail(message, status)
+        if status == 405 and getattr(error, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def _redis_down(error: Exception) -> Response:
+        log.error("redis unavailable: %s", error)
+        return fail("service temporarily unavailable (cache)", 503, {"Retry-After": 1})
+
+    @app.errorhandler(OperationalError)
+    def _db_down(error: DBAPIError) -> Response:
+        log.error("database unavailable: %s", error.orig)
+        return fail("service temporarily unavailable (database)", 503, {"Retry-After": 1})
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error")
+        return fail("internal server error", 500)
