@@ -10,9 +10,9 @@ SQLite file under ``VAR_DIR``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
 
 ROOT = Path(__file__).resolve().parent
 

@@ -7,14 +7,29 @@ imports task code, and workers never import this package.
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from flask import Flask
 
 from services import Services
 from settings import Settings
+from tasks.app import create_celery
 
+from .auth import register_auth
 from .cli import register_cli
 from .errors import register_error_handlers
-from .health import bp as health_bp
+
+# One module per concern, each exposing ``bp`` (a Blueprint) and optionally
+# ``post_seed(services)``, run by ``flask seed`` after the demo rows are in.
+BLUEPRINT_MODULES = (
+    "web.health",
+    "web.users",
+    "web.shops",
+    "web.vouchers",
+    "web.orders",
+    "web.blogs",
+    "web.follows",
+)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -28,10 +43,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["hmdp"] = Services(settings)
+    services = Services(settings)
+    app.extensions["hmdp"] = services
+    # Used only to send tasks by name; the broker is contacted on first send.
+    app.extensions["hmdp_celery"] = create_celery(settings, services)
     app.extensions["hmdp_post_seed"] = []
 
     register_error_handlers(app)
+    register_auth(app)
     register_cli(app)
-    app.register_blueprint(health_bp)
+    for name in BLUEPRINT_MODULES:
+        module = import_module(name)
+        app.register_blueprint(module.bp)
+        if hasattr(module, "post_seed"):
+            app.extensions["hmdp_post_seed"].append(module.post_seed)
     return app

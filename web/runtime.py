@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from celery import Celery
 from flask import current_app
 
 from services import Services
@@ -15,3 +16,8 @@ def services() -> Services:
 
 def settings() -> Settings:
     return services().settings
+
+
+def celery() -> Celery:
+    """The Celery app used to dispatch tasks by name (never imports task code)."""
+    return current_app.extensions["hmdp_celery"]
