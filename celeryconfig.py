@@ -7,7 +7,6 @@ unacknowledged messages as possible; every task is idempotent, so a redelivery
 is harmless.
 """
 
-
 # Modules that define tasks; a worker imports them at start. Each feature adds its own.
 imports: tuple[str, ...] = ()
 

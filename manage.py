@@ -133,21 +133,57 @@ def command_up(args: argparse.Namespace) -> int:
         subprocess.run([*flask, "db", "upgrade"], check=True, cwd=ROOT, env=env)
         if not args.no_seed:
             subprocess.run([*flask, "seed", f"--{args.size}"], check=True, cwd=ROOT, env=env)
-        supervisor.start("web", [
-            str(bin_dir / "gunicorn"), "-c", "deploy/gunicorn.conf.py",
-            "--bind", f"{args.host}:{args.port}", "web.wsgi:app",
-        ], env)
-        supervisor.start("worker", [
-            *celery, "worker", "-Q", "celery,orders,cache,beat", "-E",
-            "--loglevel", "INFO", "--concurrency", str(args.concurrency), "-n", "worker@%h",
-        ], env)
-        supervisor.start("beat", [
-            *celery, "beat", "--loglevel", "INFO",
-            "--schedule", str(settings.var_dir / "celerybeat-schedule"),
-        ], env)
-        supervisor.start("flower", [
-            *celery, "flower", f"--address={args.host}", f"--port={args.flower_port}",
-        ], env)
+        supervisor.start(
+            "web",
+            [
+                str(bin_dir / "gunicorn"),
+                "-c",
+                "deploy/gunicorn.conf.py",
+                "--bind",
+                f"{args.host}:{args.port}",
+                "web.wsgi:app",
+            ],
+            env,
+        )
+        supervisor.start(
+            "worker",
+            [
+                *celery,
+                "worker",
+                "-Q",
+                "celery,orders,cache,beat",
+                "-E",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(args.concurrency),
+                "-n",
+                "worker@%h",
+            ],
+            env,
+        )
+        supervisor.start(
+            "beat",
+            [
+                *celery,
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(settings.var_dir / "celerybeat-schedule"),
+            ],
+            env,
+        )
+        supervisor.start(
+            "flower",
+            [
+                *celery,
+                "flower",
+                f"--address={args.host}",
+                f"--port={args.flower_port}",
+            ],
+            env,
+        )
         _log(f"web     http://{args.host}:{args.port}  (try /readyz, /shop-type/list)")
         _log(f"flower  http://{args.host}:{args.flower_port}")
         _log(f"metrics http://{args.host}:{args.port}/metrics")
@@ -171,12 +207,16 @@ def command_test(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run web, worker, beat and Flower with demo data")
     up.add_argument("--host", default=os.environ.get("HMDP_HOST", "127.0.0.1"))
     up.add_argument("--port", type=int, default=int(os.environ.get("HMDP_PORT", "8080")))
-    up.add_argument("--flower-port", type=int, default=int(os.environ.get("HMDP_FLOWER_PORT", "5555")))
+    up.add_argument(
+        "--flower-port", type=int, default=int(os.environ.get("HMDP_FLOWER_PORT", "5555"))
+    )
     up.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
     up.add_argument("--size", choices=["small", "full"], default="small")
     up.add_argument("--no-seed", action="store_true")

@@ -9,46 +9,72 @@ from prometheus_client import Counter, Gauge, Histogram
 
 # --- cache (cache/region.py) -------------------------------------------------
 CACHE_REQUESTS = Counter(
-    "hmdp_cache_requests_total", "Cache lookups by strategy and result",
+    "hmdp_cache_requests_total",
+    "Cache lookups by strategy and result",
     ["strategy", "result"],  # result: hit | miss | null_hit | bloom_reject | stale | near_hit
 )
-CACHE_REBUILDS = Counter("hmdp_cache_rebuilds_total", "Cache rebuilds from the database",
-                         ["strategy"])
+CACHE_REBUILDS = Counter(
+    "hmdp_cache_rebuilds_total", "Cache rebuilds from the database", ["strategy"]
+)
 CACHE_REBUILD_WAIT = Histogram(
-    "hmdp_cache_rebuild_wait_seconds", "Time a reader waited for another's rebuild",
-    ["strategy"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    "hmdp_cache_rebuild_wait_seconds",
+    "Time a reader waited for another's rebuild",
+    ["strategy"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
 # --- locks (cache/locks.py) ----------------------------------------------------
-LOCK_WAIT = Histogram("hmdp_lock_wait_seconds", "Time spent waiting to acquire a lock",
-                      ["kind"], buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
-LOCK_HOLD = Histogram("hmdp_lock_hold_seconds", "Time a lock was held", ["kind"],
-                      buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120))
-LOCK_CONTENTION = Counter("hmdp_lock_contention_total",
-                          "Acquire attempts that found the lock held", ["kind"])
+LOCK_WAIT = Histogram(
+    "hmdp_lock_wait_seconds",
+    "Time spent waiting to acquire a lock",
+    ["kind"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+)
+LOCK_HOLD = Histogram(
+    "hmdp_lock_hold_seconds",
+    "Time a lock was held",
+    ["kind"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
+)
+LOCK_CONTENTION = Counter(
+    "hmdp_lock_contention_total", "Acquire attempts that found the lock held", ["kind"]
+)
 
 # --- seckill (cache/seckill.py, web) ------------------------------------------
-SECKILL_OUTCOMES = Counter("hmdp_seckill_requests_total", "Seckill gate answers by outcome",
-                           ["outcome"])  # ok | sold_out | duplicate | not_started | ended | ...
-ORDER_DISPATCH_FAILURES = Counter("hmdp_order_dispatch_failures_total",
-                                  "Reservations whose Celery dispatch failed (recovered by beat)")
+SECKILL_OUTCOMES = Counter(
+    "hmdp_seckill_requests_total", "Seckill gate answers by outcome", ["outcome"]
+)  # ok | sold_out | duplicate | not_started | ended | ...
+ORDER_DISPATCH_FAILURES = Counter(
+    "hmdp_order_dispatch_failures_total",
+    "Reservations whose Celery dispatch failed (recovered by beat)",
+)
 
 # --- order tasks (tasks/orders.py) and recovery (beat) --------------------------
-ORDER_TASKS = Counter("hmdp_order_tasks_total", "Order task runs by result",
-                      ["result"])  # created | duplicate | retried | failed
-ORDER_TASK_SECONDS = Histogram("hmdp_order_task_seconds", "Order task duration",
-                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
-ORDERS_RECOVERED = Counter("hmdp_orders_recovered_total",
-                           "Stream entries settled by the recovery job")
-ORDERS_DEAD_LETTERED = Counter("hmdp_orders_dead_lettered_total",
-                               "Stream entries moved to the dead-letter stream")
-ORDERS_STREAM_LENGTH = Gauge("hmdp_orders_stream_length", "Entries in the orders stream",
-                             multiprocess_mode="livemax")
-ORDERS_PENDING = Gauge("hmdp_orders_pending", "Unsettled entries in the consumer group",
-                       multiprocess_mode="livemax")
-ORDERS_DEAD_LETTERS = Gauge("hmdp_orders_dead_letters", "Entries in the dead-letter stream",
-                            multiprocess_mode="livemax")
+ORDER_TASKS = Counter(
+    "hmdp_order_tasks_total", "Order task runs by result", ["result"]
+)  # created | duplicate | retried | failed
+ORDER_TASK_SECONDS = Histogram(
+    "hmdp_order_task_seconds",
+    "Order task duration",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+ORDERS_RECOVERED = Counter(
+    "hmdp_orders_recovered_total", "Stream entries settled by the recovery job"
+)
+ORDERS_DEAD_LETTERED = Counter(
+    "hmdp_orders_dead_lettered_total", "Stream entries moved to the dead-letter stream"
+)
+ORDERS_STREAM_LENGTH = Gauge(
+    "hmdp_orders_stream_length", "Entries in the orders stream", multiprocess_mode="livemax"
+)
+ORDERS_PENDING = Gauge(
+    "hmdp_orders_pending", "Unsettled entries in the consumer group", multiprocess_mode="livemax"
+)
+ORDERS_DEAD_LETTERS = Gauge(
+    "hmdp_orders_dead_letters", "Entries in the dead-letter stream", multiprocess_mode="livemax"
+)
 
 # --- rate limiting (cache/ratelimit.py) ----------------------------------------
-RATE_LIMIT_REJECTIONS = Counter("hmdp_rate_limit_rejections_total",
-                                "Requests refused by a rate limit", ["rule"])
+RATE_LIMIT_REJECTIONS = Counter(
+    "hmdp_rate_limit_rejections_total", "Requests refused by a rate limit", ["rule"]
+)

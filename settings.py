@@ -121,7 +121,9 @@ class Settings:
             hot_shop_count=_int(env, "HMDP_HOT_SHOP_COUNT", cls.hot_shop_count),
             login_code_ttl=_int(env, "HMDP_LOGIN_CODE_TTL", cls.login_code_ttl),
             login_token_ttl=_int(env, "HMDP_LOGIN_TOKEN_TTL", cls.login_token_ttl),
-            login_max_wrong_codes=_int(env, "HMDP_LOGIN_MAX_WRONG_CODES", cls.login_max_wrong_codes),
+            login_max_wrong_codes=_int(
+                env, "HMDP_LOGIN_MAX_WRONG_CODES", cls.login_max_wrong_codes
+            ),
             login_lock_seconds=_int(env, "HMDP_LOGIN_LOCK_SECONDS", cls.login_lock_seconds),
             order_stream=env.get("HMDP_ORDER_STREAM") or cls.order_stream,
             order_group=env.get("HMDP_ORDER_GROUP") or cls.order_group,

@@ -92,8 +92,9 @@ def _batched(rows: list[dict], size: int) -> Iterator[list[dict]]:
         yield rows[start : start + size]
 
 
-def _bulk(session: Session, model: type[Base], rows: list[dict], progress: Progress,
-          batch: int = 5000) -> int:
+def _bulk(
+    session: Session, model: type[Base], rows: list[dict], progress: Progress, batch: int = 5000
+) -> int:
     done = 0
     for chunk in _batched(rows, batch):
         session.execute(insert(model), chunk)
@@ -132,17 +133,24 @@ def _shop_rows(ids: list[int], rng_seed: int = 7) -> list[dict]:
     return rows
 
 
-def load_demo_data(db: Database, size: DemoSize, progress: Progress | None = None) -> dict[str, int]:
+def load_demo_data(
+    db: Database, size: DemoSize, progress: Progress | None = None
+) -> dict[str, int]:
     """Insert whatever demo rows are missing; returns rows inserted per table."""
     progress = progress or (lambda *_: None)
     inserted: dict[str, int] = {}
     now = utcnow()
     with db.sessions() as session:
         type_ids = _missing_ids(session, ShopType, range(1, len(SHOP_TYPES) + 1))
-        inserted["tb_shop_type"] = _bulk(session, ShopType, [
-            {"id": i, "name": SHOP_TYPES[i - 1][0], "icon": SHOP_TYPES[i - 1][1], "sort": i}
-            for i in type_ids
-        ], progress)
+        inserted["tb_shop_type"] = _bulk(
+            session,
+            ShopType,
+            [
+                {"id": i, "name": SHOP_TYPES[i - 1][0], "icon": SHOP_TYPES[i - 1][1], "sort": i}
+                for i in type_ids
+            ],
+            progress,
+        )
 
         # User id 1 is the admin; demo users follow with phones 138xxxxxxxx.
         user_ids = _missing_ids(session, User, range(1, size.users + 2))
@@ -159,37 +167,50 @@ def load_demo_data(db: Database, size: DemoSize, progress: Progress | None = Non
         ]
         inserted["tb_user"] = _bulk(session, User, user_rows, progress)
         info_ids = _missing_ids(session, UserInfo, range(1, size.users + 2))
-        inserted["tb_user_info"] = _bulk(session, UserInfo, [
-            {"user_id": i, "city": "杭州", "introduce": "", "level": i % 8} for i in info_ids
-        ], progress)
+        inserted["tb_user_info"] = _bulk(
+            session,
+            UserInfo,
+            [{"user_id": i, "city": "杭州", "introduce": "", "level": i % 8} for i in info_ids],
+            progress,
+        )
 
         shop_ids = _missing_ids(session, Shop, range(1, size.shops + 1))
         inserted["tb_shop"] = _bulk(session, Shop, _shop_rows(shop_ids), progress)
 
         voucher_ids = _missing_ids(session, Voucher, range(1, size.vouchers + 1))
         ordinary = size.vouchers - size.seckill_vouchers
-        inserted["tb_voucher"] = _bulk(session, Voucher, [
-            {
-                "id": i,
-                "shop_id": (i - 1) % size.shops + 1,
-                "title": f"{50 + i % 5 * 50}元代金券",
-                "sub_title": "周一至周日均可使用",
-                "rules": "全场通用\\n无需预约\\n不可找零",
-                "pay_value": 4750 + (i % 5) * 4000,
-                "actual_value": 5000 + (i % 5) * 5000,
-                "type": 0 if i <= ordinary else 1,
-                "status": 1,
-            }
-            for i in voucher_ids
-        ], progress)
+        inserted["tb_voucher"] = _bulk(
+            session,
+            Voucher,
+            [
+                {
+                    "id": i,
+                    "shop_id": (i - 1) % size.shops + 1,
+                    "title": f"{50 + i % 5 * 50}元代金券",
+                    "sub_title": "周一至周日均可使用",
+                    "rules": "全场通用\\n无需预约\\n不可找零",
+                    "pay_value": 4750 + (i % 5) * 4000,
+                    "actual_value": 5000 + (i % 5) * 5000,
+                    "type": 0 if i <= ordinary else 1,
+                    "status": 1,
+                }
+                for i in voucher_ids
+            ],
+            progress,
+        )
         seckill_ids = _missing_ids(session, SeckillVoucher, range(ordinary + 1, size.vouchers + 1))
-        inserted["tb_seckill_voucher"] = _bulk(session, SeckillVoucher, [
-            {
-                "voucher_id": i,
-                "stock": SECKILL_STOCK,
-                "begin_time": now - timedelta(days=1),
-                "end_time": now + timedelta(days=365),
-            }
-            for i in seckill_ids
-        ], progress)
+        inserted["tb_seckill_voucher"] = _bulk(
+            session,
+            SeckillVoucher,
+            [
+                {
+                    "voucher_id": i,
+                    "stock": SECKILL_STOCK,
+                    "begin_time": now - timedelta(days=1),
+                    "end_time": now + timedelta(days=365),
+                }
+                for i in seckill_ids
+            ],
+            progress,
+        )
     return inserted

@@ -58,8 +58,9 @@ def test_shared_server_is_found_by_a_second_process_and_stopped_by_its_owner(tmp
         sys.stdin.read()
         """
     )
-    owner = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     url = owner.stdout.readline().strip()
     state = json.loads((var / "redis" / "server.json").read_text())
     assert url.endswith(f":{state['port']}/0")

@@ -22,9 +22,9 @@ def _processes_with_env(marker: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if marker.encode() in (entry / "environ").read_bytes():
-                if (entry / "stat").read_text().split()[2] != "Z":
-                    found.append(int(entry.name))
+            alive = (entry / "stat").read_text().split()[2] != "Z"
+            if alive and marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
         except OSError:
             continue
     return found
@@ -42,12 +42,18 @@ def _get(url: str) -> tuple[int, bytes]:
 def test_up_serves_ready_system_with_demo_data_and_stops_everything(tmp_path: Path):
     var = tmp_path / "var"
     port, flower = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"REDIS_URL", "DATABASE_URL", "CELERY_BROKER_URL"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"REDIS_URL", "DATABASE_URL", "CELERY_BROKER_URL"}
+    }
     env["HMDP_VAR_DIR"] = str(var)
     launcher = subprocess.Popen(
         [sys.executable, "manage.py", "up", "--port", str(port), "--flower-port", str(flower)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 120

@@ -37,13 +37,21 @@ class UserSummary:
         return {"id": self.id, "nickName": self.nick_name, "icon": self.icon}
 
     def to_hash(self) -> dict[str, str]:
-        return {"id": str(self.id), "nickName": self.nick_name, "icon": self.icon,
-                "role": self.role}
+        return {
+            "id": str(self.id),
+            "nickName": self.nick_name,
+            "icon": self.icon,
+            "role": self.role,
+        }
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> UserSummary:
-        return cls(id=int(data["id"]), nick_name=data.get("nickName", ""),
-                   icon=data.get("icon", ""), role=data.get("role", "user"))
+        return cls(
+            id=int(data["id"]),
+            nick_name=data.get("nickName", ""),
+            icon=data.get("icon", ""),
+            role=data.get("role", "user"),
+        )
 
 
 def login_required(view: F) -> F:

@@ -28,8 +28,13 @@ def db_upgrade() -> None:
 @click.command("seed")
 @with_appcontext
 @click.option("--small", "size_name", flag_value="small", help="Test/demo size.")
-@click.option("--full", "size_name", flag_value="full", default=True,
-              help="The seed document's scale (102k users, 50k shops, 110 vouchers).")
+@click.option(
+    "--full",
+    "size_name",
+    flag_value="full",
+    default=True,
+    help="The seed document's scale (102k users, 50k shops, 110 vouchers).",
+)
 def seed(size_name: str) -> None:
     """Load demo data (idempotent), then run every registered post-seed step."""
     size = DemoSize.named(size_name)
@@ -53,8 +58,10 @@ def seed(size_name: str) -> None:
     for step in current_app.extensions.get("hmdp_post_seed", []):
         step(svc)
     elapsed = time.perf_counter() - started
-    click.echo(f"seeded ({size_name}) in {elapsed:.1f}s: "
-               + ", ".join(f"{t}+{n}" for t, n in inserted.items()))
+    click.echo(
+        f"seeded ({size_name}) in {elapsed:.1f}s: "
+        + ", ".join(f"{t}+{n}" for t, n in inserted.items())
+    )
 
 
 def register_cli(app: Flask) -> None:

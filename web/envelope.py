@@ -76,8 +76,9 @@ def json_body() -> dict[str, Any]:
     return payload
 
 
-def int_arg(name: str, default: int | None = None, minimum: int | None = None,
-            maximum: int | None = None) -> int:
+def int_arg(
+    name: str, default: int | None = None, minimum: int | None = None, maximum: int | None = None
+) -> int:
     """An integer query parameter, validated; missing without default is a 400."""
     raw = request.args.get(name)
     if raw is None or raw == "":
