@@ -212,3 +212,25 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def login_as(services):
+    """Log a user in the way the login route does (a real session hash in Redis).
+
+    Returns a function ``(user_id, role="user") -> headers`` for the test client.
+    The users/login tests cover the route that creates these sessions.
+    """
+    from web.auth import TOKEN_KEY, UserSummary
+
+    def _login(user_id: int, role: str = "user", nick_name: str | None = None) -> dict[str, str]:
+        token = uuid.uuid4().hex
+        summary = UserSummary(
+            id=user_id, nick_name=nick_name or f"user_{user_id}", icon="", role=role
+        )
+        key = TOKEN_KEY.format(token=token)
+        services.redis.hset(key, mapping=summary.to_hash())
+        services.redis.expire(key, services.settings.login_token_ttl)
+        return {"authorization": token}
+
+    return _login
