@@ -1,0 +1,513 @@
+"""Distributed locks on Redis: a simple mutex and a Redisson-style reentrant lock.
+
+* :class:`SimpleLock` -- the hmdp ``SimpleRedisLock``: ``SET key token NX PX``
+  with a random per-instance token; release and extend check the token in Lua
+  (``lua/unlock.lua``, ``lua/extend.lua``) so nobody deletes a lock that expired
+  and was taken by someone else. Not reentrant.
+* :class:`RLock` -- Redisson's ``RLock``: the lock is one HASH
+  ``{owner_id: hold_count}`` with a lease (PEXPIRE). ``owner_id`` is a
+  per-process UUID (new after fork) + ":" + the thread id, so two threads of one
+  process are two owners. The same thread may acquire it again (reentrancy);
+  the lock goes away when the hold count drops to zero. Without an explicit
+  lease a *watchdog* renews the lease every ``lease/3`` while the owner holds
+  it; a SIGKILLed process renews nothing, so its locks expire after the lease.
+
+Waiting (both kinds) is not polling: a waiter subscribes to the lock's unlock
+channel (``hmdp_lock__channel:<name>``), retries when a release publishes there,
+and otherwise sleeps at most the lock's remaining PTTL (an expiry publishes
+nothing). Each waiter uses its own pub/sub connection from a side pool, not the
+application's bounded pool, so many waiters cannot starve the holder of the
+connection it needs to release.
+
+Watchdog design: ONE daemon thread per process serves every held RLock (it
+exists only while some lock needs renewing). One thread rather than a timer per
+lock keeps thread count flat however many locks a process holds, and a daemon
+thread dies with its process, which is exactly the crash semantics we want. It
+also stops renewing a lock whose holding thread has died without releasing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+from redis.commands.core import Script
+
+from metrics import LOCK_CONTENTION, LOCK_HOLD, LOCK_WAIT
+
+from .scripts import load_script
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CHANNEL_PREFIX = "hmdp_lock__channel:"
+# Waiting when the holder's key has no TTL (-1) or vanished between calls (-2).
+_NO_TTL_WAIT = 1.0
+_SUBSCRIBE_CONFIRM_WAIT = 2.0
+
+
+class LockError(Exception):
+    """Base class of lock errors."""
+
+
+class LockNotOwnedError(LockError):
+    """Release or extend of a lock the caller does not hold (or that expired)."""
+
+
+class LockTimeout(LockError):
+    """A context-manager acquire with a bounded wait did not get the lock in time."""
+
+
+def unlock_channel(name: str) -> str:
+    """The pub/sub channel a release of lock ``name`` publishes on."""
+    return CHANNEL_PREFIX + name
+
+
+# --- metrics: label children bound once (cheap on the hot path) ----------------
+_WAIT = {kind: LOCK_WAIT.labels(kind=kind) for kind in ("simple", "rlock")}
+_HOLD = {kind: LOCK_HOLD.labels(kind=kind) for kind in ("simple", "rlock")}
+_CONTENTION = {kind: LOCK_CONTENTION.labels(kind=kind) for kind in ("simple", "rlock")}
+
+
+# --- per-process identity and state (reset in a forked child) ----------------
+class _ProcessState:
+    """Everything one process keeps about locks; replaced wholesale after fork."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.process_id = uuid.uuid4().hex
+        self.lock = threading.Lock()
+        self.holds: dict[tuple[int, str, str], _Hold] = {}
+        self.watchdog: _Watchdog | None = None
+        # side pools for pub/sub waiters, one per application pool
+        self.side_clients: weakref.WeakKeyDictionary[Any, redis.Redis] = weakref.WeakKeyDictionary()
+
+
+_state = _ProcessState()
+
+
+def _after_fork_in_child() -> None:
+    global _state
+    _state = _ProcessState()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _current() -> _ProcessState:
+    """This process's state (also checks the pid, for forks that skip the hook)."""
+    state = _state
+    if state.pid != os.getpid():
+        _after_fork_in_child()
+        state = _state
+    return state
+
+
+def owner_id() -> str:
+    """The RLock owner id of the calling thread: process UUID + ":" + thread id."""
+    return f"{_current().process_id}:{threading.get_ident()}"
+
+
+def _side_client(client: redis.Redis) -> redis.Redis:
+    """A client on an unbounded side pool to the same server, for pub/sub waits."""
+    state = _current()
+    pool = client.connection_pool
+    with state.lock:
+        side = state.side_clients.get(pool)
+        if side is None:
+            kwargs = dict(pool.connection_kwargs)
+            side = redis.Redis(
+                connection_pool=redis.ConnectionPool(
+                    connection_class=pool.connection_class, **kwargs
+                )
+            )
+            state.side_clients[pool] = side
+    return side
+
+
+def _wait_for_lock(
+    client: redis.Redis,
+    name: str,
+    attempt: Callable[[], int | None],
+    deadline: float | None,
+) -> bool:
+    """Block until ``attempt()`` succeeds (returns None) or ``deadline`` passes.
+
+    ``attempt`` returns None when it got the lock, else the holder's PTTL (ms).
+    We subscribe to the unlock channel and wait for the confirmation BEFORE the
+    next attempt, so a release between our attempt and our wait cannot be
+    missed; then each wait ends on an unlock message or after the PTTL.
+    """
+    pubsub = _side_client(client).pubsub()
+    try:
+        pubsub.subscribe(unlock_channel(name))
+        confirm = _SUBSCRIBE_CONFIRM_WAIT
+        if deadline is not None:
+            confirm = max(0.0, min(confirm, deadline - time.monotonic()))
+        pubsub.get_message(timeout=confirm)  # the "subscribe" confirmation
+        while True:
+            ttl = attempt()
+            if ttl is None:
+                return True
+            wait = ttl / 1000.0 if ttl > 0 else _NO_TTL_WAIT
+            if ttl == -2:  # vanished between the checks: retry now
+                wait = 0.0
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                wait = min(wait, remaining)
+            if wait > 0:
+                pubsub.get_message(timeout=wait)  # an unlock message, or the fallback
+    finally:
+        with contextlib.suppress(redis.RedisError, OSError):
+            pubsub.close()
+
+
+# --- SimpleLock ----------------------------------------------------------------
+class SimpleLock:
+    """A non-reentrant mutex: ``SET name token NX PX ttl``, released by token.
+
+    Used where a short critical section needs one winner (cache rebuilds). The
+    key is ``name`` as given; the value is a random token of this instance, so
+    the instance (not the thread) owns the lock.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        name: str,
+        ttl_ms: int = 10_000,
+        *,
+        timeout: float | None = None,
+    ):
+        if ttl_ms <= 0:
+            raise ValueError("ttl_ms must be positive")
+        self.client = client
+        self.name = name
+        self.ttl_ms = int(ttl_ms)
+        self.timeout = timeout  # bounded wait of the context manager (None = forever)
+        self.token = uuid.uuid4().hex
+        self._acquired_at: float | None = None
+        self._unlock: Script | None = None
+        self._extend: Script | None = None
+
+    def _try(self) -> int | None:
+        if self.client.set(self.name, self.token, nx=True, px=self.ttl_ms):
+            return None
+        return int(self.client.pttl(self.name))
+
+    def acquire(self, blocking: bool = False, timeout: float | None = None) -> bool:
+        """Take the lock; with ``blocking``, wait (up to ``timeout`` s, None = forever).
+
+        Returns False when not acquired (non-blocking and held, or timed out).
+        """
+        start = time.monotonic()
+        if self.client.set(self.name, self.token, nx=True, px=self.ttl_ms):
+            self._acquired_at = time.monotonic()
+            _WAIT["simple"].observe(self._acquired_at - start)
+            return True
+        _CONTENTION["simple"].inc()
+        got = False
+        if blocking:
+            deadline = None if timeout is None else start + timeout
+            got = _wait_for_lock(self.client, self.name, self._try, deadline)
+        now = time.monotonic()
+        _WAIT["simple"].observe(now - start)
+        if got:
+            self._acquired_at = now
+        return got
+
+    def release(self) -> None:
+        """Delete the lock if it still holds our token; else LockNotOwnedError."""
+        if self._unlock is None:
+            self._unlock = load_script(self.client, "unlock")
+        released = self._unlock(keys=[self.name], args=[self.token, unlock_channel(self.name)])
+        acquired_at, self._acquired_at = self._acquired_at, None
+        if not released:
+            raise LockNotOwnedError(f"lock {self.name!r} is not held by this instance")
+        if acquired_at is not None:
+            _HOLD["simple"].observe(time.monotonic() - acquired_at)
+
+    def extend(self, additional_ms: int) -> None:
+        """Add ``additional_ms`` to the remaining TTL (owner only), for long work."""
+        if additional_ms <= 0:
+            raise ValueError("additional_ms must be positive")
+        if self._extend is None:
+            self._extend = load_script(self.client, "extend")
+        if not self._extend(keys=[self.name], args=[self.token, int(additional_ms)]):
+            raise LockNotOwnedError(f"lock {self.name!r} is not held by this instance")
+
+    def locked(self) -> bool:
+        """Whether anyone holds the lock now."""
+        return bool(self.client.exists(self.name))
+
+    def owned(self) -> bool:
+        """Whether this instance holds the lock now."""
+        return self.client.get(self.name) in (self.token, self.token.encode())
+
+    def __enter__(self) -> SimpleLock:
+        if not self.acquire(blocking=True, timeout=self.timeout):
+            raise LockTimeout(f"lock {self.name!r} not acquired within {self.timeout}s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"SimpleLock({self.name!r}, ttl_ms={self.ttl_ms})"
+
+
+# --- RLock -----------------------------------------------------------------------
+@dataclass(eq=False)
+class _Hold:
+    """What this process knows about one owner's holds of one RLock."""
+
+    client: redis.Redis
+    name: str
+    owner: str
+    lease_ms: int
+    thread: threading.Thread
+    since: float
+    watchdog: list[bool] = field(default_factory=list)  # one flag per hold, LIFO
+    due: float = 0.0
+
+    @property
+    def renewing(self) -> bool:
+        return any(self.watchdog)
+
+
+class _Watchdog:
+    """One daemon thread renewing every watchdog-held RLock of this process."""
+
+    def __init__(self, state: _ProcessState):
+        self.state = state
+        self.wake = threading.Condition(state.lock)
+        self.thread = threading.Thread(target=self._run, name="hmdp-lock-watchdog", daemon=True)
+
+    def _due_holds(self) -> tuple[list[_Hold], float | None]:
+        now = time.monotonic()
+        due: list[_Hold] = []
+        next_due: float | None = None
+        for hold in self.state.holds.values():
+            if not hold.renewing:
+                continue
+            if hold.due <= now:
+                due.append(hold)
+            elif next_due is None or hold.due < next_due:
+                next_due = hold.due
+        return due, next_due
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                due, next_due = self._due_holds()
+                if not due:
+                    if next_due is None:
+                        self.state.watchdog = None  # nothing to renew: exit
+                        return
+                    self.wake.wait(next_due - time.monotonic())
+                    continue
+            for hold in due:
+                self._renew(hold)
+
+    def _renew(self, hold: _Hold) -> None:
+        interval = hold.lease_ms / 3000.0
+        if not hold.thread.is_alive():
+            log.warning("lock %s: holder thread died without release; lease will expire", hold.name)
+            self._forget(hold)
+            return
+        try:
+            renewed = load_script(hold.client, "rlock_renew")(
+                keys=[hold.name], args=[hold.lease_ms, hold.owner]
+            )
+        except (redis.RedisError, OSError) as exc:
+            log.warning("lock %s: lease renewal failed (%s); retrying", hold.name, exc)
+            hold.due = time.monotonic() + min(interval, 1.0) / 3
+            return
+        if not renewed:
+            log.warning("lock %s: lost (expired or force-released); renewal stopped", hold.name)
+            self._forget(hold)
+            return
+        hold.due = time.monotonic() + interval
+
+    def _forget(self, hold: _Hold) -> None:
+        with self.wake:
+            hold.watchdog = [False] * len(hold.watchdog)
+
+
+def _ensure_watchdog(state: _ProcessState) -> None:
+    """Start the watchdog thread if none runs, or wake it (call under state.lock)."""
+    if state.watchdog is None:
+        state.watchdog = _Watchdog(state)
+        state.watchdog.thread.start()
+    else:
+        state.watchdog.wake.notify()
+
+
+class RLock:
+    """A reentrant distributed lock with Redisson semantics (see module doc).
+
+    Cheap to create (per request is fine); the holds live in Redis and in a
+    per-process table, so two instances with the same name in one thread are
+    the same lock. Usable as ``with RLock(...)`` and as a decorator.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        name: str,
+        lease_ms: int = 30_000,
+        *,
+        wait_timeout: float | None = None,
+    ):
+        if lease_ms <= 0:
+            raise ValueError("lease_ms must be positive")
+        self.client = client
+        self.name = name
+        self.lease_ms = int(lease_ms)
+        self.wait_timeout = wait_timeout  # bounded wait of the context manager/decorator
+        self.channel = unlock_channel(name)
+        self._acquire_script: Script | None = None
+        self._release_script: Script | None = None
+
+    def _key(self, owner: str) -> tuple[int, str, str]:
+        return (id(self.client.connection_pool), self.name, owner)
+
+    def acquire(
+        self,
+        blocking: bool = True,
+        wait_timeout: float | None = None,
+        lease: float | None = None,
+    ) -> bool:
+        """Take (or re-enter) the lock; False if not acquired in time.
+
+        ``wait_timeout`` (s) bounds a blocking wait (None = forever). ``lease``
+        (s) sets an explicit lease with no watchdog: the lock expires after it
+        even if the holder still runs. Without it the watchdog keeps it alive.
+        """
+        if lease is not None and lease <= 0:
+            raise ValueError("lease must be positive")
+        start = time.monotonic()
+        owner = owner_id()
+        lease_ms = self.lease_ms if lease is None else max(1, int(lease * 1000))
+        if self._acquire_script is None:
+            self._acquire_script = load_script(self.client, "rlock_acquire")
+        script = self._acquire_script
+
+        def attempt() -> int | None:
+            ttl = script(keys=[self.name], args=[lease_ms, owner])
+            return None if ttl is None else int(ttl)
+
+        got = attempt() is None
+        if not got:
+            _CONTENTION["rlock"].inc()
+            if blocking:
+                deadline = None if wait_timeout is None else start + wait_timeout
+                got = _wait_for_lock(self.client, self.name, attempt, deadline)
+        now = time.monotonic()
+        _WAIT["rlock"].observe(now - start)
+        if got:
+            self._record_hold(owner, lease_ms, watchdog=lease is None, now=now)
+        return got
+
+    def _record_hold(self, owner: str, lease_ms: int, watchdog: bool, now: float) -> None:
+        state = _current()
+        key = self._key(owner)
+        with state.lock:
+            hold = state.holds.get(key)
+            if hold is None:
+                hold = _Hold(
+                    client=self.client,
+                    name=self.name,
+                    owner=owner,
+                    lease_ms=self.lease_ms,
+                    thread=threading.current_thread(),
+                    since=now,
+                )
+                state.holds[key] = hold
+            hold.watchdog.append(watchdog)
+            if watchdog:
+                hold.lease_ms = self.lease_ms
+                if hold.due == 0.0 or hold.due > now + lease_ms / 3000.0:
+                    hold.due = now + lease_ms / 3000.0
+                _ensure_watchdog(state)
+
+    def release(self) -> None:
+        """Drop one hold; at zero the lock is deleted and waiters are woken.
+
+        Raises LockNotOwnedError if the calling thread does not hold it (never
+        did, or its lease expired, or it was force-released).
+        """
+        owner = owner_id()
+        if self._release_script is None:
+            self._release_script = load_script(self.client, "rlock_release")
+        left = int(self._release_script(keys=[self.name], args=[owner, self.channel]))
+        state = _current()
+        key = self._key(owner)
+        with state.lock:
+            hold = state.holds.get(key)
+            if hold is not None:
+                if hold.watchdog:
+                    hold.watchdog.pop()
+                if left <= 0 or not hold.watchdog:
+                    del state.holds[key]
+                    if left == 0:
+                        _HOLD["rlock"].observe(time.monotonic() - hold.since)
+        if left < 0:
+            raise LockNotOwnedError(f"lock {self.name!r} is not held by {owner}")
+
+    def force_release(self) -> bool:
+        """Delete the lock whoever holds it and wake waiters (operators only).
+
+        Returns True if there was a lock. A holder's watchdog notices at its
+        next renewal and stops; its later release raises LockNotOwnedError.
+        """
+        return bool(
+            load_script(self.client, "lock_force_release")(keys=[self.name], args=[self.channel])
+        )
+
+    def is_held_by_me(self) -> bool:
+        """Whether the calling thread holds the lock now."""
+        return bool(self.client.hexists(self.name, owner_id()))
+
+    def hold_count(self) -> int:
+        """How many times the calling thread holds the lock (0 = not held)."""
+        value = self.client.hget(self.name, owner_id())
+        return int(value) if value is not None else 0
+
+    def is_locked(self) -> bool:
+        """Whether anyone holds the lock now."""
+        return bool(self.client.exists(self.name))
+
+    def __enter__(self) -> RLock:
+        if not self.acquire(blocking=True, wait_timeout=self.wait_timeout):
+            raise LockTimeout(f"lock {self.name!r} not acquired within {self.wait_timeout}s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __call__(self, func: F) -> F:
+        """Decorator: every call of ``func`` runs holding the lock."""
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"RLock({self.name!r}, lease_ms={self.lease_ms})"
