@@ -12,12 +12,10 @@
   lease a *watchdog* renews the lease every ``lease/3`` while the owner holds
   it; a SIGKILLed process renews nothing, so its locks expire after the lease.
 
-Waiting (both kinds) is not polling: a waiter subscribes to the lock's unlock
+Waiting (both kinds) is not polling: a waiter listens on the lock's unlock
 channel (``hmdp_lock__channel:<name>``), retries when a release publishes there,
 and otherwise sleeps at most the lock's remaining PTTL (an expiry publishes
-nothing). Each waiter uses its own pub/sub connection from a side pool, not the
-application's bounded pool, so many waiters cannot starve the holder of the
-connection it needs to release.
+nothing). See :mod:`cache.lock_wait` (one shared subscriber per process).
 
 Watchdog design: ONE daemon thread per process serves every held RLock (it
 exists only while some lock needs renewing). One thread rather than a timer per
@@ -28,14 +26,12 @@ also stops renewing a lock whose holding thread has died without releasing.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -45,16 +41,12 @@ from redis.commands.core import Script
 
 from metrics import LOCK_CONTENTION, LOCK_HOLD, LOCK_WAIT
 
+from .lock_wait import unlock_channel, wait_for_lock
 from .scripts import load_script
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-CHANNEL_PREFIX = "hmdp_lock__channel:"
-# Waiting when the holder's key has no TTL (-1) or vanished between calls (-2).
-_NO_TTL_WAIT = 1.0
-_SUBSCRIBE_CONFIRM_WAIT = 2.0
 
 
 class LockError(Exception):
@@ -67,11 +59,6 @@ class LockNotOwnedError(LockError):
 
 class LockTimeout(LockError):
     """A context-manager acquire with a bounded wait did not get the lock in time."""
-
-
-def unlock_channel(name: str) -> str:
-    """The pub/sub channel a release of lock ``name`` publishes on."""
-    return CHANNEL_PREFIX + name
 
 
 # --- metrics: label children bound once (cheap on the hot path) ----------------
@@ -90,8 +77,6 @@ class _ProcessState:
         self.lock = threading.Lock()
         self.holds: dict[tuple[int, str, str], _Hold] = {}
         self.watchdog: _Watchdog | None = None
-        # side pools for pub/sub waiters, one per application pool
-        self.side_clients: weakref.WeakKeyDictionary[Any, redis.Redis] = weakref.WeakKeyDictionary()
 
 
 _state = _ProcessState()
@@ -117,62 +102,6 @@ def _current() -> _ProcessState:
 def owner_id() -> str:
     """The RLock owner id of the calling thread: process UUID + ":" + thread id."""
     return f"{_current().process_id}:{threading.get_ident()}"
-
-
-def _side_client(client: redis.Redis) -> redis.Redis:
-    """A client on an unbounded side pool to the same server, for pub/sub waits."""
-    state = _current()
-    pool = client.connection_pool
-    with state.lock:
-        side = state.side_clients.get(pool)
-        if side is None:
-            kwargs = dict(pool.connection_kwargs)
-            side = redis.Redis(
-                connection_pool=redis.ConnectionPool(
-                    connection_class=pool.connection_class, **kwargs
-                )
-            )
-            state.side_clients[pool] = side
-    return side
-
-
-def _wait_for_lock(
-    client: redis.Redis,
-    name: str,
-    attempt: Callable[[], int | None],
-    deadline: float | None,
-) -> bool:
-    """Block until ``attempt()`` succeeds (returns None) or ``deadline`` passes.
-
-    ``attempt`` returns None when it got the lock, else the holder's PTTL (ms).
-    We subscribe to the unlock channel and wait for the confirmation BEFORE the
-    next attempt, so a release between our attempt and our wait cannot be
-    missed; then each wait ends on an unlock message or after the PTTL.
-    """
-    pubsub = _side_client(client).pubsub()
-    try:
-        pubsub.subscribe(unlock_channel(name))
-        confirm = _SUBSCRIBE_CONFIRM_WAIT
-        if deadline is not None:
-            confirm = max(0.0, min(confirm, deadline - time.monotonic()))
-        pubsub.get_message(timeout=confirm)  # the "subscribe" confirmation
-        while True:
-            ttl = attempt()
-            if ttl is None:
-                return True
-            wait = ttl / 1000.0 if ttl > 0 else _NO_TTL_WAIT
-            if ttl == -2:  # vanished between the checks: retry now
-                wait = 0.0
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                wait = min(wait, remaining)
-            if wait > 0:
-                pubsub.get_message(timeout=wait)  # an unlock message, or the fallback
-    finally:
-        with contextlib.suppress(redis.RedisError, OSError):
-            pubsub.close()
 
 
 # --- SimpleLock ----------------------------------------------------------------
@@ -222,7 +151,7 @@ class SimpleLock:
         got = False
         if blocking:
             deadline = None if timeout is None else start + timeout
-            got = _wait_for_lock(self.client, self.name, self._try, deadline)
+            got = wait_for_lock(self.client, self.name, self._try, deadline)
         now = time.monotonic()
         _WAIT["simple"].observe(now - start)
         if got:
@@ -415,7 +344,7 @@ class RLock:
             _CONTENTION["rlock"].inc()
             if blocking:
                 deadline = None if wait_timeout is None else start + wait_timeout
-                got = _wait_for_lock(self.client, self.name, attempt, deadline)
+                got = wait_for_lock(self.client, self.name, attempt, deadline)
         now = time.monotonic()
         _WAIT["rlock"].observe(now - start)
         if got:

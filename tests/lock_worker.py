@@ -1,0 +1,106 @@
+"""A child process for the lock tests (run with sys.executable, never imported).
+
+Modes:
+  count URL KIND THREADS ITERATIONS NAME COUNTER GO
+      KIND is rlock | simple | none. Starts THREADS threads, prints "ready",
+      waits for one token on the Redis list GO, then each thread does
+      ITERATIONS read-modify-write increments (GET then SET) of COUNTER under
+      the lock NAME. Prints "done" at the end.
+  hold URL NAME LEASE_MS
+      Acquires RLock NAME (watchdog on), prints "held", then sleeps until killed.
+  release URL NAME
+      Tries to release RLock NAME; prints "not-owned" or "released".
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from cache.connection import connect
+from cache.locks import LockNotOwnedError, RLock, SimpleLock
+
+
+def _increment(client, counter: str) -> None:
+    value = client.get(counter)
+    client.set(counter, int(value or 0) + 1)
+
+
+def count(url: str, kind: str, threads: int, iterations: int, name: str, counter: str, go: str):
+    client = connect(url)
+    start = threading.Event()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            start.wait()
+            if kind == "rlock":
+                lock = RLock(client, name)
+                for _ in range(iterations):
+                    with lock:
+                        _increment(client, counter)
+            elif kind == "simple":
+                simple = SimpleLock(client, name, ttl_ms=10_000)
+                for _ in range(iterations):
+                    simple.acquire(blocking=True)
+                    try:
+                        _increment(client, counter)
+                    finally:
+                        simple.release()
+            else:  # "none": the control run, expected to lose updates
+                for _ in range(iterations):
+                    _increment(client, counter)
+        except BaseException as exc:  # reported to the parent through the exit code
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    print("ready", flush=True)
+    client.blpop([go], timeout=60)
+    start.set()
+    for thread in workers:
+        thread.join()
+    if errors:
+        print(f"error {errors[0]!r}", flush=True)
+        sys.exit(1)
+    print("done", flush=True)
+
+
+def hold(url: str, name: str, lease_ms: int) -> None:
+    client = connect(url)
+    lock = RLock(client, name, lease_ms=lease_ms)
+    lock.acquire()
+    print("held", flush=True)
+    while True:
+        time.sleep(1)
+
+
+def release(url: str, name: str) -> None:
+    client = connect(url)
+    try:
+        RLock(client, name).release()
+    except LockNotOwnedError:
+        print("not-owned", flush=True)
+        return
+    print("released", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    mode, url, *rest = argv
+    if mode == "count":
+        kind, threads, iterations, name, counter, go = rest
+        count(url, kind, int(threads), int(iterations), name, counter, go)
+    elif mode == "hold":
+        name, lease_ms = rest
+        hold(url, name, int(lease_ms))
+    elif mode == "release":
+        (name,) = rest
+        release(url, name)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,437 @@
+"""cache/locks.py against a real Redis, with real child processes and real SIGKILLs.
+
+Timing is never asserted as a speed: waits are bounded by generous deadlines
+(liveness), and "woke promptly" is checked against the lock's own TTL fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import process_env
+
+from cache.connection import connect
+from cache.locks import LockNotOwnedError, LockTimeout, RLock, SimpleLock, owner_id
+
+WORKER = Path(__file__).with_name("lock_worker.py")
+ROOT = WORKER.parent.parent
+
+
+# --- helpers -------------------------------------------------------------------
+class Child:
+    """A lock_worker.py process whose stdout lines we can wait for."""
+
+    def __init__(self, settings, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER), args[0], settings.redis_url, *args[1:]],
+            env=process_env(settings),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("<eof>")
+
+    def expect(self, want: str, timeout: float = 60) -> None:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"child printed nothing in {timeout}s (wanted {want!r})")
+        if line != want:
+            stderr = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            pytest.fail(f"child printed {line!r}, wanted {want!r}\n{stderr}")
+
+    def finish(self, timeout: float = 120) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def redis_client(settings) -> redis.Redis:
+    """This test's Redis, without building the web app (cache/ needs no Flask)."""
+    client = connect(settings.redis_url)
+    yield client
+    client.connection_pool.disconnect()
+
+
+@pytest.fixture
+def children():
+    started: list[Child] = []
+    yield started
+    for child in started:
+        child.kill()
+
+
+def run_in_thread(fn) -> tuple[threading.Thread, dict]:
+    """Run ``fn`` in a new thread; the dict gets "result"/"error" and "elapsed"."""
+    out: dict = {}
+
+    def target() -> None:
+        start = time.monotonic()
+        try:
+            out["result"] = fn()
+        except BaseException as exc:
+            out["error"] = exc
+        out["elapsed"] = time.monotonic() - start
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def script_calls(client: redis.Redis) -> int:
+    """EVAL + EVALSHA calls since the last CONFIG RESETSTAT."""
+    stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{cmd}", {}).get("calls", 0) for cmd in ("eval", "evalsha"))
+
+
+# --- mutual exclusion across processes -------------------------------------------
+PROCESSES, THREADS, ITERATIONS = 4, 5, 250  # 5,000 increments in total
+
+
+def _count_with(settings, client: redis.Redis, kind: str, children: list[Child]) -> int:
+    for _ in range(PROCESSES):
+        children.append(
+            Child(
+                settings,
+                "count",
+                kind,
+                str(THREADS),
+                str(ITERATIONS),
+                "lock:counter",
+                "counter",
+                "go",
+            )
+        )
+    for child in children:
+        child.expect("ready")
+    client.rpush("go", *["1"] * PROCESSES)
+    for child in children:
+        child.expect("done", timeout=180)
+        assert child.finish() == 0
+    return int(client.get("counter") or 0)
+
+
+@pytest.mark.parametrize("kind", ["rlock", "simple"])
+def test_read_modify_write_is_exact_under_the_lock(settings, redis_client, children, kind):
+    assert _count_with(settings, redis_client, kind, children) == PROCESSES * THREADS * ITERATIONS
+    assert not redis_client.exists("lock:counter")
+
+
+def test_read_modify_write_loses_updates_without_a_lock(settings, redis_client, children):
+    """The control: the same workload unlocked does lose updates (the test can fail)."""
+    assert _count_with(settings, redis_client, "none", children) < PROCESSES * THREADS * ITERATIONS
+
+
+# --- RLock: reentrancy and ownership ----------------------------------------------
+def test_reentrant_holds_count_and_release_at_zero(redis_client):
+    lock = RLock(redis_client, "lock:order:7")
+    assert lock.acquire() and lock.acquire(blocking=False)
+    assert lock.hold_count() == 2 and lock.is_held_by_me()
+    # the same name through another instance in the same thread is the same hold
+    assert RLock(redis_client, "lock:order:7").hold_count() == 2
+
+    lock.release()
+    assert lock.hold_count() == 1
+    thread, out = run_in_thread(lambda: RLock(redis_client, "lock:order:7").acquire(False))
+    thread.join(10)
+    assert out["result"] is False  # still held after the first release
+
+    lock.release()
+    assert not redis_client.exists("lock:order:7")
+    assert lock.hold_count() == 0 and not lock.is_held_by_me()
+    with pytest.raises(LockNotOwnedError):
+        lock.release()
+
+
+def test_release_of_a_never_held_lock_raises(redis_client):
+    with pytest.raises(LockNotOwnedError):
+        RLock(redis_client, "lock:nobody").release()
+
+
+def test_another_thread_cannot_release_or_share_the_hold(redis_client):
+    lock = RLock(redis_client, "lock:order:8")
+    assert lock.acquire()
+    thread, out = run_in_thread(lock.release)  # same instance, other thread
+    thread.join(10)
+    assert isinstance(out.get("error"), LockNotOwnedError)
+    thread, out = run_in_thread(lambda: (lock.acquire(blocking=False), lock.hold_count()))
+    thread.join(10)
+    assert out["result"] == (False, 0)
+    assert lock.hold_count() == 1
+    lock.release()
+
+
+def test_another_process_cannot_release(settings, redis_client, children):
+    lock = RLock(redis_client, "lock:order:9")
+    assert lock.acquire()
+    child = Child(settings, "release", "lock:order:9")
+    children.append(child)
+    child.expect("not-owned")
+    assert lock.hold_count() == 1
+    lock.release()
+
+
+def test_a_forked_child_is_another_owner(redis_client):
+    lock = RLock(redis_client, "lock:order:10")
+    assert lock.acquire()
+    parent_owner = owner_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new process UUID, so it does not hold the lock
+        code = 1
+        try:
+            if owner_id().split(":")[0] != parent_owner.split(":")[0]:
+                try:
+                    lock.release()
+                except LockNotOwnedError:
+                    code = 0
+            os.write(write_end, b"x")
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    os.read(read_end, 1)
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert lock.hold_count() == 1
+    lock.release()
+
+
+def test_decorator_acquires_on_each_call(redis_client):
+    lock = RLock(redis_client, "lock:decorated")
+    seen: list[int] = []
+
+    @lock
+    def work(depth: int) -> None:
+        seen.append(lock.hold_count())
+        if depth:
+            work(depth - 1)
+
+    work(2)
+    assert seen == [1, 2, 3]
+    assert not redis_client.exists("lock:decorated")
+
+
+def test_context_manager_with_bounded_wait_raises_lock_timeout(redis_client):
+    holder = RLock(redis_client, "lock:busy")
+    assert holder.acquire(lease=30)
+    thread, out = run_in_thread(
+        lambda: RLock(redis_client, "lock:busy", wait_timeout=0.2).__enter__()
+    )
+    thread.join(20)
+    assert isinstance(out.get("error"), LockTimeout)
+    holder.release()
+
+
+# --- lease, watchdog, crashes -----------------------------------------------------
+def _pttl_samples_until_gone(client: redis.Redis, name: str, limit: float) -> list[int]:
+    """PTTL of ``name`` every 20 ms until it is gone (or ``limit`` s passed)."""
+    samples: list[int] = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        ttl = client.pttl(name)
+        if ttl == -2:
+            return samples
+        samples.append(ttl)
+        time.sleep(0.02)
+    pytest.fail(f"{name} still there after {limit}s: PTTL samples {samples[-5:]}")
+
+
+def test_sigkilled_holder_leaves_nothing_renewing(settings, redis_client, children):
+    lease_ms = 500
+    child = Child(settings, "hold", "lock:order:11", str(lease_ms))
+    children.append(child)
+    child.expect("held")
+    # the child's watchdog keeps it alive past several leases ...
+    time.sleep(3 * lease_ms / 1000)
+    assert redis_client.exists("lock:order:11")
+    assert not RLock(redis_client, "lock:order:11").acquire(blocking=False)
+
+    child.kill()  # SIGKILL: no release, no atexit, no watchdog
+    samples = _pttl_samples_until_gone(redis_client, "lock:order:11", limit=lease_ms / 1000 + 10)
+    # ... and after the kill nobody renews: the TTL only runs down
+    assert all(a >= b for a, b in zip(samples, samples[1:], strict=False)), samples
+    assert all(ttl <= lease_ms for ttl in samples)
+    lock = RLock(redis_client, "lock:order:11")
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+def test_watchdog_keeps_the_lock_past_its_lease_and_release_is_immediate(redis_client):
+    lease_ms = 500
+    lock = RLock(redis_client, "lock:order:12", lease_ms=lease_ms)
+    assert lock.acquire()
+    deadline = time.monotonic() + 3 * lease_ms / 1000
+    checks = 0
+    while time.monotonic() < deadline:  # the holder "works" for 3 leases
+        assert lock.is_held_by_me()
+        checks += 1
+        time.sleep(0.05)
+    assert checks > 5
+    assert 0 < redis_client.pttl("lock:order:12") <= lease_ms
+    lock.release()
+    assert not redis_client.exists("lock:order:12")
+
+
+def test_explicit_lease_expires_while_the_holder_still_runs(redis_client):
+    lock = RLock(redis_client, "lock:order:13", lease_ms=500)
+    assert lock.acquire(lease=0.5)
+    samples = _pttl_samples_until_gone(redis_client, "lock:order:13", limit=10)
+    assert all(a >= b for a, b in zip(samples, samples[1:], strict=False)), samples
+    assert not lock.is_held_by_me()
+    with pytest.raises(LockNotOwnedError):
+        lock.release()
+
+
+def test_reentry_with_watchdog_renews_while_any_hold_wants_it(redis_client):
+    lock = RLock(redis_client, "lock:order:14", lease_ms=500)
+    assert lock.acquire(lease=0.5)  # outer: explicit lease
+    assert lock.acquire()  # inner: watchdog
+    time.sleep(1.5)
+    assert lock.hold_count() == 2
+    lock.release()
+    lock.release()
+    assert not redis_client.exists("lock:order:14")
+
+
+# --- waiting: pub/sub wake-up, no spinning ------------------------------------------
+def test_waiter_wakes_on_unlock_not_on_ttl_and_does_not_spin(redis_client):
+    lease_s = 30
+    holder = RLock(redis_client, "lock:order:15", lease_ms=lease_s * 1000)
+    assert holder.acquire(lease=lease_s)
+    redis_client.config_resetstat()
+    waiter = RLock(redis_client, "lock:order:15")
+    thread, out = run_in_thread(lambda: (waiter.acquire(), waiter.release()))
+    time.sleep(0.5)
+    assert thread.is_alive()  # blocked, not failed
+    holder.release()
+    thread.join(lease_s - 5)
+    assert "error" not in out, out.get("error")
+    # woke on the unlock message: far sooner than the 30 s TTL fallback
+    assert out["elapsed"] < lease_s / 2
+    # 1 holder release + the waiter's tries and release: a handful, not a spin
+    calls = script_calls(redis_client)
+    assert calls <= 8, calls
+
+
+def test_force_release_deletes_and_wakes_waiters(redis_client):
+    holder = RLock(redis_client, "lock:order:16", lease_ms=30_000)
+    assert holder.acquire(lease=30)
+    got = threading.Event()
+
+    def wait_then_hold() -> str:
+        lock = RLock(redis_client, "lock:order:16")
+        lock.acquire()
+        got.set()
+        return owner_id()
+
+    thread, out = run_in_thread(wait_then_hold)
+    time.sleep(0.3)
+    assert not got.is_set()
+    assert RLock(redis_client, "lock:order:16").force_release() is True
+    thread.join(15)
+    assert got.is_set() and out["elapsed"] < 15
+    assert redis_client.hexists("lock:order:16", out["result"])
+    with pytest.raises(LockNotOwnedError):
+        holder.release()  # the old holder lost it
+    assert RLock(redis_client, "lock:order:16").force_release() is True
+    assert RLock(redis_client, "lock:order:16").force_release() is False
+
+
+def test_bounded_wait_returns_false(redis_client):
+    holder = RLock(redis_client, "lock:order:17")
+    assert holder.acquire()
+    thread, out = run_in_thread(
+        lambda: RLock(redis_client, "lock:order:17").acquire(wait_timeout=0.3)
+    )
+    thread.join(20)
+    assert out["result"] is False
+    assert 0.3 <= out["elapsed"] < 20  # returned on its own timeout, not the 30 s lease
+    holder.release()
+
+
+# --- SimpleLock ----------------------------------------------------------------
+def test_simple_lock_basic_ownership(redis_client):
+    lock = SimpleLock(redis_client, "lock:shop:42", ttl_ms=5_000)
+    other = SimpleLock(redis_client, "lock:shop:42", ttl_ms=5_000)
+    assert lock.acquire()
+    assert lock.locked() and lock.owned() and not other.owned()
+    assert not other.acquire()
+    with pytest.raises(LockNotOwnedError):
+        other.release()
+    with pytest.raises(LockNotOwnedError):
+        other.extend(1_000)
+    assert lock.owned()
+    lock.release()
+    assert not lock.locked()
+    with pytest.raises(LockNotOwnedError):
+        lock.release()
+    assert other.acquire()
+    other.release()
+
+
+def test_simple_lock_extend_keeps_it_alive(redis_client):
+    lock = SimpleLock(redis_client, "lock:shop:43", ttl_ms=400)
+    assert lock.acquire()
+    lock.extend(2_000)
+    assert redis_client.pttl("lock:shop:43") > 400
+    time.sleep(0.6)  # past the original TTL
+    assert lock.owned()
+    lock.release()
+
+
+def test_simple_lock_expires_without_extend(redis_client):
+    lock = SimpleLock(redis_client, "lock:shop:44", ttl_ms=200)
+    assert lock.acquire()
+    _pttl_samples_until_gone(redis_client, "lock:shop:44", limit=10)
+    with pytest.raises(LockNotOwnedError):
+        lock.release()
+
+
+def test_simple_lock_bounded_blocking_acquire_returns_false(redis_client):
+    holder = SimpleLock(redis_client, "lock:shop:45", ttl_ms=30_000)
+    assert holder.acquire()
+    waiter = SimpleLock(redis_client, "lock:shop:45")
+    start = time.monotonic()
+    assert waiter.acquire(blocking=True, timeout=0.3) is False
+    assert 0.3 <= time.monotonic() - start < 20
+    with pytest.raises(LockTimeout), SimpleLock(redis_client, "lock:shop:45", timeout=0.2):
+        pass
+    holder.release()
+
+
+def test_simple_lock_blocking_waiter_wakes_on_release(redis_client):
+    holder = SimpleLock(redis_client, "lock:shop:46", ttl_ms=30_000)
+    assert holder.acquire()
+    redis_client.config_resetstat()
+    waiter = SimpleLock(redis_client, "lock:shop:46")
+    thread, out = run_in_thread(lambda: waiter.acquire(blocking=True))
+    time.sleep(0.5)
+    assert thread.is_alive()
+    holder.release()
+    thread.join(25)
+    assert out["result"] is True and out["elapsed"] < 15
+    stats = redis_client.info("commandstats")
+    assert stats["cmdstat_set"]["calls"] <= 5, stats["cmdstat_set"]
+    waiter.release()
