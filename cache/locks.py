@@ -149,7 +149,7 @@ class SimpleLock:
             return True
         _CONTENTION["simple"].inc()
         got = False
-        if blocking:
+        if blocking and (timeout is None or timeout > 0):
             deadline = None if timeout is None else start + timeout
             got = wait_for_lock(self.client, self.name, self._try, deadline)
         now = time.monotonic()
@@ -203,6 +203,7 @@ class SimpleLock:
 class _Hold:
     """What this process knows about one owner's holds of one RLock."""
 
+    key: tuple[int, str, str]
     client: redis.Redis
     name: str
     owner: str
@@ -253,6 +254,8 @@ class _Watchdog:
 
     def _renew(self, hold: _Hold) -> None:
         interval = hold.lease_ms / 3000.0
+        if not self._wanted(hold):
+            return  # released meanwhile
         if not hold.thread.is_alive():
             log.warning("lock %s: holder thread died without release; lease will expire", hold.name)
             self._forget(hold)
@@ -266,10 +269,15 @@ class _Watchdog:
             hold.due = time.monotonic() + min(interval, 1.0) / 3
             return
         if not renewed:
-            log.warning("lock %s: lost (expired or force-released); renewal stopped", hold.name)
+            if self._wanted(hold):
+                log.warning("lock %s: lost (expired or force-released); renewal stopped", hold.name)
             self._forget(hold)
             return
         hold.due = time.monotonic() + interval
+
+    def _wanted(self, hold: _Hold) -> bool:
+        with self.wake:
+            return hold.renewing and self.state.holds.get(hold.key) is hold
 
     def _forget(self, hold: _Hold) -> None:
         with self.wake:
@@ -342,7 +350,7 @@ class RLock:
         got = attempt() is None
         if not got:
             _CONTENTION["rlock"].inc()
-            if blocking:
+            if blocking and (wait_timeout is None or wait_timeout > 0):
                 deadline = None if wait_timeout is None else start + wait_timeout
                 got = wait_for_lock(self.client, self.name, attempt, deadline)
         now = time.monotonic()
@@ -358,6 +366,7 @@ class RLock:
             hold = state.holds.get(key)
             if hold is None:
                 hold = _Hold(
+                    key=key,
                     client=self.client,
                     name=self.name,
                     owner=owner,
@@ -371,6 +380,11 @@ class RLock:
                 hold.lease_ms = self.lease_ms
                 if hold.due == 0.0 or hold.due > now + lease_ms / 3000.0:
                     hold.due = now + lease_ms / 3000.0
+                _ensure_watchdog(state)
+            elif hold.renewing:
+                # An explicit (maybe short) lease inside a watchdog hold just cut
+                # the TTL: renew now so the outer hold is not lost.
+                hold.due = now
                 _ensure_watchdog(state)
 
     def release(self) -> None:
