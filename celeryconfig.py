@@ -9,6 +9,7 @@ is harmless.
 
 # Modules that define tasks; a worker imports them at start. Each feature adds its own.
 imports: tuple[str, ...] = ()
+imports += ("tasks.cache", "beat.cache_jobs")  # shop cache (issue 4)
 
 task_serializer = "json"
 result_serializer = "json"
@@ -39,8 +40,26 @@ task_routes = {
     "tasks.orders.*": {"queue": "orders"},
     "tasks.cache.*": {"queue": "cache"},
     "beat.jobs.*": {"queue": "beat"},
+    "beat.cache_jobs.*": {"queue": "beat"},
 }
 task_default_queue = "celery"
 
 # Periodic jobs (beat/jobs.py); each feature adds its entries here.
 beat_schedule: dict[str, dict] = {}
+# Shop cache (issue 4): refresh hot keys before they expire, recompute the hot
+# set, rebuild the Bloom filter of shop ids.
+beat_schedule["cache-refresh-logical-expiry"] = {
+    "task": "beat.cache_jobs.refresh_logical_expiry",
+    "schedule": 60.0,
+    "options": {"expires": 55.0},
+}
+beat_schedule["cache-warm-hot-shops"] = {
+    "task": "beat.cache_jobs.warm_hot_shops",
+    "schedule": 600.0,
+    "options": {"expires": 300.0},
+}
+beat_schedule["cache-rebuild-shop-bloom"] = {
+    "task": "beat.cache_jobs.rebuild_shop_bloom",
+    "schedule": 3600.0,
+    "options": {"expires": 1800.0},
+}

@@ -22,6 +22,11 @@ CACHE_REBUILD_WAIT = Histogram(
     ["strategy"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+CACHE_INVALIDATIONS = Counter(
+    "hmdp_cache_invalidations_total",
+    "Cache invalidations after a write, by how the near-caches confirmed",
+    ["outcome"],  # none (no L1 anywhere) | acked | waited_ttl (an ack was missing)
+)
 
 # --- locks (cache/locks.py) ----------------------------------------------------
 LOCK_WAIT = Histogram(

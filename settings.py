@@ -74,6 +74,11 @@ class Settings:
     near_cache_size: int = 10_000
     shop_cache_strategy: str = "mutex"  # passthrough | mutex | logical
     hot_shop_count: int = 100
+    rebuild_wait: float = 3.0  # longest a reader waits for another's rebuild (then 503)
+    near_cache_enabled: bool = True  # in-process L1 in front of Redis (pub/sub invalidated)
+    logical_refresh_ahead: int = 5 * 60  # beat refreshes logical keys this long before expiry
+    bloom_expected_shops: int = 200_000  # Bloom filter sizing (m, k) for this many shop ids
+    bloom_fp_rate: float = 0.01
 
     # --- login ------------------------------------------------------------
     login_code_ttl: int = 2 * 60
@@ -119,6 +124,13 @@ class Settings:
             near_cache_size=_int(env, "HMDP_NEAR_CACHE_SIZE", cls.near_cache_size),
             shop_cache_strategy=env.get("HMDP_SHOP_CACHE_STRATEGY") or cls.shop_cache_strategy,
             hot_shop_count=_int(env, "HMDP_HOT_SHOP_COUNT", cls.hot_shop_count),
+            rebuild_wait=_float(env, "HMDP_REBUILD_WAIT", cls.rebuild_wait),
+            near_cache_enabled=_bool(env, "HMDP_NEAR_CACHE", cls.near_cache_enabled),
+            logical_refresh_ahead=_int(
+                env, "HMDP_LOGICAL_REFRESH_AHEAD", cls.logical_refresh_ahead
+            ),
+            bloom_expected_shops=_int(env, "HMDP_BLOOM_EXPECTED_SHOPS", cls.bloom_expected_shops),
+            bloom_fp_rate=_float(env, "HMDP_BLOOM_FP_RATE", cls.bloom_fp_rate),
             login_code_ttl=_int(env, "HMDP_LOGIN_CODE_TTL", cls.login_code_ttl),
             login_token_ttl=_int(env, "HMDP_LOGIN_TOKEN_TTL", cls.login_token_ttl),
             login_max_wrong_codes=_int(
@@ -146,6 +158,10 @@ class Settings:
             )
         if not 0 <= self.ttl_jitter <= 1:
             raise ValueError("HMDP_TTL_JITTER must be between 0 and 1")
+        if not 0 < self.bloom_fp_rate < 1:
+            raise ValueError("HMDP_BLOOM_FP_RATE must be between 0 and 1 (exclusive)")
+        if self.bloom_expected_shops < 1:
+            raise ValueError("HMDP_BLOOM_EXPECTED_SHOPS must be at least 1")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:

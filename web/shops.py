@@ -1,5 +1,344 @@
-"""Routes of /shops (being built; see the issue that owns this module)."""
+"""Shop routes: the cached GET /shop/{id}, admin create/update, lists, shop types.
 
-from flask import Blueprint
+GET /shop/{id} goes through the shop cache region (:mod:`cache.shops`): a
+near-cache hit costs no Redis call, a Redis hit one round trip, and the JSON
+stored in the cache is wrapped into the envelope as text, never re-encoded.
+Writes go to the database first and THEN invalidate the cache (Redis keys and
+every process's near-cache), in that order, before the response is sent.
 
-bp = Blueprint("shops", __name__)
+``flask cache warm [--top N]`` (this blueprint's CLI group) rebuilds the Bloom
+filter and warms the shop types and the hot shops, like ``flask seed`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import click
+from flask import Blueprint, Flask, Response, current_app, request
+from sqlalchemy import select
+
+from cache.region import CacheRegion, RebuildTimeout
+from cache.shop_source import shop_json
+from cache.shops import (
+    rebuild_shop_bloom,
+    shop_bloom,
+    shop_near_cache,
+    shop_region,
+    shop_types_json,
+    warm_hot_shops,
+    warm_shop_types,
+)
+from models.entities import Shop, ShopType
+from models.session import Database
+from services import Services
+
+from .auth import admin_required
+from .envelope import ApiError, BadRequest, NotFound, int_arg, json_body, ok
+from .runtime import services
+
+bp = Blueprint("shops", __name__, cli_group="cache")
+
+NAME_PAGE_SIZE = 10
+TYPE_PAGE_SIZE = 5
+MAX_PAGE = 10_000
+MAX_ID = 2**63 - 1
+REFRESH_TASK = "tasks.cache.refresh_shop"
+_EXTENSION = "hmdp_shop_cache"
+
+
+# --- the region of this app (one per process, built on first use) ---------------
+
+
+class _RegionHolder:
+    """Builds the app's region lazily: creating the app must not connect anywhere."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.region: CacheRegion | None = None
+
+    def get(self, app: Flask) -> CacheRegion:
+        region = self.region
+        if region is not None:
+            return region
+        with self.lock:
+            if self.region is None:
+                svc: Services = app.extensions["hmdp"]
+                sender = app.extensions["hmdp_celery"]
+
+                def refresher(key: str) -> None:
+                    sender.send_task(REFRESH_TASK, args=[int(key)])
+
+                self.region = shop_region(
+                    svc.redis,
+                    svc.db,
+                    svc.settings,
+                    refresher=refresher,
+                    near=shop_near_cache(svc.redis, svc.settings),
+                )
+            return self.region
+
+
+@bp.record_once
+def _install(state: Any) -> None:
+    state.app.extensions[_EXTENSION] = _RegionHolder()
+
+
+def shop_cache() -> CacheRegion:
+    """This app's shop region."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return app.extensions[_EXTENSION].get(app)
+
+
+def _ok_json_text(data_text: str) -> Response:
+    """A success envelope around JSON text that is already encoded (no re-encode)."""
+    body = '{"success":true,"errorMsg":null,"data":' + data_text + ',"total":null}'
+    return Response(body, mimetype="application/json")
+
+
+def _shop_id(raw: object) -> int:
+    """A positive 64-bit id from a path segment or JSON value, else 400."""
+    if isinstance(raw, bool):
+        raise BadRequest("id must be a positive integer")
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
+        value = int(raw)
+    else:
+        raise BadRequest("id must be a positive integer")
+    if not 1 <= value <= MAX_ID:
+        raise BadRequest("id must be a positive integer")
+    return value
+
+
+# --- reads --------------------------------------------------------------------------
+
+
+@bp.get("/shop/<shop_id>")
+def get_shop(shop_id: str) -> Response:
+    """One shop, from the cache (503 if another request's rebuild is stuck)."""
+    ident = _shop_id(shop_id)
+    try:
+        text = shop_cache().get(ident)
+    except RebuildTimeout as exc:
+        raise ApiError(
+            f"shop is being loaded, retry shortly ({exc})", 503, {"Retry-After": 1}
+        ) from None
+    if text is None:
+        raise NotFound("shop not found")
+    return _ok_json_text(text)
+
+
+@bp.get("/shop-type/list")
+def shop_types() -> Response:
+    """All shop types ordered by sort, cached as one JSON text in cache:shop-type."""
+    svc = services()
+    return _ok_json_text(shop_types_json(svc.redis, svc.db, svc.settings))
+
+
+@bp.get("/shop/of/name")
+def shops_by_name() -> Response:
+    """Shops whose name contains ``name``, 10 per page (database, not cached)."""
+    name = (request.args.get("name") or "").strip()
+    if not name:
+        raise BadRequest("query parameter 'name' is required")
+    if len(name) > 128:
+        raise BadRequest("query parameter 'name' is too long (max 128)")
+    current = int_arg("current", default=1, minimum=1, maximum=MAX_PAGE)
+    escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    query = (
+        select(Shop)
+        .where(Shop.name.like(f"%{escaped}%", escape="\\"))
+        .order_by(Shop.id)
+        .offset((current - 1) * NAME_PAGE_SIZE)
+        .limit(NAME_PAGE_SIZE)
+    )
+    with services().db.sessions() as session:
+        return ok([shop_json(s) for s in session.scalars(query)])
+
+
+def shops_of_type_page(db: Database, type_id: int, current: int) -> list[dict[str, Any]]:
+    """Page ``current`` (1-based, 5 per page) of a type's shops in id order.
+
+    The database half of GET /shop/of/type; the distance-sorted (x, y) variant
+    can sit beside it and the view chooses between them.
+    """
+    query = (
+        select(Shop)
+        .where(Shop.type_id == type_id)
+        .order_by(Shop.id)
+        .offset((current - 1) * TYPE_PAGE_SIZE)
+        .limit(TYPE_PAGE_SIZE)
+    )
+    with db.sessions() as session:
+        return [shop_json(s) for s in session.scalars(query)]
+
+
+@bp.get("/shop/of/type")
+def shops_by_type() -> Response:
+    """Shops of a type, 5 per page."""
+    type_id = int_arg("typeId", minimum=1, maximum=MAX_ID)
+    current = int_arg("current", default=1, minimum=1, maximum=MAX_PAGE)
+    return ok(shops_of_type_page(services().db, type_id, current))
+
+
+# --- writes (admin) --------------------------------------------------------------------
+
+# field -> (kind, min, max): lengths for strings, values for numbers.
+_FIELDS: dict[str, tuple[str, float, float]] = {
+    "name": ("str", 1, 128),
+    "typeId": ("int", 1, MAX_ID),
+    "images": ("str", 0, 1024),
+    "area": ("str", 0, 128),
+    "address": ("str", 0, 255),
+    "x": ("num", -180, 180),
+    "y": ("num", -90, 90),
+    "avgPrice": ("int", 0, 10**12),
+    "sold": ("int", 0, 2**31 - 1),
+    "comments": ("int", 0, 2**31 - 1),
+    "score": ("int", 0, 50),
+    "openHours": ("str", 0, 32),
+}
+_COLUMNS = {
+    "name": "name",
+    "typeId": "type_id",
+    "images": "images",
+    "area": "area",
+    "address": "address",
+    "x": "x",
+    "y": "y",
+    "avgPrice": "avg_price",
+    "sold": "sold",
+    "comments": "comments",
+    "score": "score",
+    "openHours": "open_hours",
+}
+_IGNORED = {"createTime", "updateTime", "distance"}  # read-only: a client may echo them
+_REQUIRED_ON_CREATE = ("name", "typeId", "x", "y")
+
+
+def _field(name: str, value: object) -> object:
+    kind, low, high = _FIELDS[name]
+    if kind == "str":
+        if not isinstance(value, str):
+            raise BadRequest(f"'{name}' must be a string")
+        if name == "name":
+            value = value.strip()
+        if not low <= len(value) <= high:
+            raise BadRequest(f"'{name}' must be {int(low)} to {int(high)} characters")
+        if any(ord(c) < 32 for c in value):
+            raise BadRequest(f"'{name}' must not contain control characters")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"'{name}' must be a number")
+    if kind == "int":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise BadRequest(f"'{name}' must be an integer")
+            value = int(value)
+    elif not math.isfinite(value):
+        raise BadRequest(f"'{name}' must be a finite number")
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be between {low:g} and {high:g}")
+    return value
+
+
+def _shop_fields(body: dict[str, Any], *, creating: bool) -> dict[str, object]:
+    """Validated column values from a shop body; unknown fields are a 400."""
+    unknown = sorted(set(body) - set(_FIELDS) - _IGNORED - {"id"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    values: dict[str, object] = {}
+    for name in _FIELDS:
+        if name in body and body[name] is not None:
+            values[_COLUMNS[name]] = _field(name, body[name])
+    if creating:
+        missing = [n for n in _REQUIRED_ON_CREATE if _COLUMNS[n] not in values]
+        if missing:
+            raise BadRequest(f"missing field(s): {', '.join(missing)}")
+    return values
+
+
+def _check_type(session: Any, values: dict[str, object]) -> None:
+    type_id = values.get("type_id")
+    if type_id is not None and session.get(ShopType, type_id) is None:
+        raise BadRequest(f"unknown typeId {type_id}")
+
+
+@bp.post("/shop")
+@admin_required
+def create_shop() -> Response:
+    """Create a shop; data = its id. It is readable through the cache at once."""
+    body = json_body()
+    if body.get("id") is not None:
+        raise BadRequest("'id' is assigned by the server; leave it out")
+    values = _shop_fields(body, creating=True)
+    svc = services()
+    region = shop_cache()
+    bloom = region.bloom if region.bloom is not None else shop_bloom(svc.redis, svc.settings)
+    with svc.db.session() as session:
+        _check_type(session, values)
+        shop = Shop(**values)
+        session.add(shop)
+        session.flush()  # the id, before commit
+        shop_id = shop.id
+        # Into the Bloom filter BEFORE the commit: if Redis fails, the insert is
+        # rolled back; if the commit fails, one extra bit is a harmless false positive.
+        bloom.add(shop_id)
+    # A null marker cached for this id (an earlier lookup) must go.
+    region.invalidate(shop_id)
+    return ok(shop_id)
+
+
+@bp.put("/shop")
+@admin_required
+def update_shop() -> Response:
+    """Update a shop: database first, THEN the cache is invalidated everywhere."""
+    body = json_body()
+    if "id" not in body:
+        raise BadRequest("'id' is required")
+    shop_id = _shop_id(body["id"])
+    values = _shop_fields(body, creating=False)
+    svc = services()
+    with svc.db.session() as session:
+        shop = session.get(Shop, shop_id)
+        if shop is None:
+            raise NotFound("shop not found")
+        _check_type(session, values)
+        for column, value in values.items():
+            setattr(shop, column, value)
+    region = shop_cache()
+    if region.invalidate(shop_id):
+        # It was a hot (logical) shop: put its logical key back from the new row
+        # now, rather than leave it to the mutex path until the next warm-up.
+        region.refresh(shop_id)
+    return ok()
+
+
+# --- seeding and warm-up ---------------------------------------------------------------
+
+
+def warm(svc: Services, top: int | None = None) -> dict[str, int]:
+    """Rebuild the Bloom filter, cache the shop types, write the hot shops' logical keys."""
+    settings = svc.settings
+    bloom = rebuild_shop_bloom(svc.redis, svc.db, settings)
+    warm_shop_types(svc.redis, svc.db, settings)
+    region = shop_region(svc.redis, svc.db, settings)
+    count = settings.hot_shop_count if top is None else top
+    hot = warm_hot_shops(region, svc.db, count)
+    return {"bloom": bloom, "hot": hot}
+
+
+def post_seed(svc: Services) -> None:
+    """After ``flask seed``: Bloom filter, shop types and hot shops ready before traffic."""
+    warm(svc)
+
+
+@bp.cli.command("warm")
+@click.option("--top", type=click.IntRange(min=0), default=None, help="Hot shops to warm.")
+def warm_command(top: int | None) -> None:
+    """Warm the shop cache now (Bloom filter, shop types, top-N hot shops)."""
+    result = warm(services(), top)
+    click.echo(f"bloom filter: {result['bloom']} shop ids; hot shops warmed: {result['hot']}")

@@ -1,0 +1,42 @@
+"""Periodic shop-cache upkeep, run by Celery beat (queue "beat").
+
+* ``refresh_logical_expiry`` -- rewrites logical keys shortly before they
+  expire, so readers normally never see an expired hot shop;
+* ``warm_hot_shops`` -- recomputes the hot set (top N by sold plus the explicit
+  ``cache:shop:hot`` ids) and writes their logical keys;
+* ``rebuild_shop_bloom`` -- rebuilds the Bloom filter of shop ids from the
+  database and swaps it in atomically.
+
+Each job uses the worker's Services (``self.app.services``) and never imports web.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from cache import shops
+
+
+@shared_task(bind=True, name="beat.cache_jobs.refresh_logical_expiry", ignore_result=True)
+def refresh_logical_expiry(self) -> int:  # type: ignore[no-untyped-def]
+    """Refresh logical keys expiring within settings.logical_refresh_ahead seconds."""
+    services = self.app.services
+    region = shops.shop_region(services.redis, services.db, services.settings)
+    return shops.refresh_due_logical(region, services.db, services.settings.logical_refresh_ahead)
+
+
+@shared_task(bind=True, name="beat.cache_jobs.warm_hot_shops", ignore_result=True)
+def warm_hot_shops(self, top: int | None = None) -> int:  # type: ignore[no-untyped-def]
+    """Recompute the hot set and write its logical keys (top N from settings)."""
+    services = self.app.services
+    settings = services.settings
+    region = shops.shop_region(services.redis, services.db, settings)
+    count = settings.hot_shop_count if top is None else int(top)
+    return shops.warm_hot_shops(region, services.db, count)
+
+
+@shared_task(bind=True, name="beat.cache_jobs.rebuild_shop_bloom", ignore_result=True)
+def rebuild_shop_bloom(self) -> int:  # type: ignore[no-untyped-def]
+    """Rebuild the shop Bloom filter (-1: another rebuild was running)."""
+    services = self.app.services
+    return shops.rebuild_shop_bloom(services.redis, services.db, services.settings)
