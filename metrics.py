@@ -79,6 +79,12 @@ ORDERS_DEAD_LETTERS = Gauge(
     "hmdp_orders_dead_letters", "Entries in the dead-letter stream", multiprocess_mode="livemax"
 )
 
+# --- social and location (cache/uv.py, web/blogs.py) ---------------------------
+UV_VISITS = Counter(
+    "hmdp_uv_visits_total", "Shop visits fed to UV counting, by fate", ["result"]
+)  # buffered | dropped (buffer full) | lost (flush failed)
+FEED_PUSHES = Counter("hmdp_feed_pushes_total", "Blog ids pushed into followers' inboxes")
+
 # --- rate limiting (cache/ratelimit.py) ----------------------------------------
 RATE_LIMIT_REJECTIONS = Counter(
     "hmdp_rate_limit_rejections_total", "Requests refused by a rate limit", ["rule"]

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ROOT = Path(__file__).resolve().parent
 
@@ -86,6 +87,15 @@ class Settings:
     login_max_wrong_codes: int = 5
     login_lock_seconds: int = 15 * 60
 
+    # --- social and location (follows, feed, nearby, sign-in, UV) ---------
+    feed_page_size: int = 10  # blogs per scroll page of /blog/of/follow
+    feed_inbox_size: int = 1000  # newest entries kept in each feed:{userId}
+    geo_radius_m: int = 5000  # /shop/of/type with x,y: search radius in meters
+    timezone: str = "UTC"  # IANA name; where "today" starts for sign-in and UV
+    uv_flush_interval: float = 1.0  # seconds between pipelined PFADD flushes
+    uv_buffer_max: int = 100_000  # visits buffered per process before new ones are dropped
+    uv_retention_days: int = 31  # uv:shop:{id}:{day} keys expire this long after the day
+
     # --- seckill ----------------------------------------------------------
     order_stream: str = "stream.orders"
     order_group: str = "g1"
@@ -137,6 +147,13 @@ class Settings:
                 env, "HMDP_LOGIN_MAX_WRONG_CODES", cls.login_max_wrong_codes
             ),
             login_lock_seconds=_int(env, "HMDP_LOGIN_LOCK_SECONDS", cls.login_lock_seconds),
+            feed_page_size=_int(env, "HMDP_FEED_PAGE_SIZE", cls.feed_page_size),
+            feed_inbox_size=_int(env, "HMDP_FEED_INBOX_SIZE", cls.feed_inbox_size),
+            geo_radius_m=_int(env, "HMDP_GEO_RADIUS_M", cls.geo_radius_m),
+            timezone=env.get("HMDP_TIMEZONE") or cls.timezone,
+            uv_flush_interval=_float(env, "HMDP_UV_FLUSH_INTERVAL", cls.uv_flush_interval),
+            uv_buffer_max=_int(env, "HMDP_UV_BUFFER_MAX", cls.uv_buffer_max),
+            uv_retention_days=_int(env, "HMDP_UV_RETENTION_DAYS", cls.uv_retention_days),
             order_stream=env.get("HMDP_ORDER_STREAM") or cls.order_stream,
             order_group=env.get("HMDP_ORDER_GROUP") or cls.order_group,
             order_dead_letter_stream=env.get("HMDP_ORDER_DEAD_LETTER_STREAM")
@@ -162,6 +179,16 @@ class Settings:
             raise ValueError("HMDP_BLOOM_FP_RATE must be between 0 and 1 (exclusive)")
         if self.bloom_expected_shops < 1:
             raise ValueError("HMDP_BLOOM_EXPECTED_SHOPS must be at least 1")
+        if self.feed_page_size < 1 or self.feed_inbox_size < 1 or self.geo_radius_m < 1:
+            raise ValueError(
+                "HMDP_FEED_PAGE_SIZE, HMDP_FEED_INBOX_SIZE and HMDP_GEO_RADIUS_M must be >= 1"
+            )
+        if self.uv_flush_interval <= 0:
+            raise ValueError("HMDP_UV_FLUSH_INTERVAL must be positive")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"HMDP_TIMEZONE must be an IANA zone, got {self.timezone!r}") from None
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:

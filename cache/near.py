@@ -207,7 +207,8 @@ def _listen(ref: weakref.ref[NearCache], stop: threading.Event) -> None:
         cache = ref()
         if cache is None:
             return
-        client, channel = cache.client, cache.channel
+        client, channel, member = cache.client, cache.channel, cache.member_id
+        members_key = cache.members_key
         heartbeat = load_script(client, "near_heartbeat")
         pubsub = client.pubsub(ignore_subscribe_messages=False)
         try:
@@ -231,7 +232,9 @@ def _listen(ref: weakref.ref[NearCache], stop: threading.Event) -> None:
                 timeout = max(0.0, min(0.25, next_beat - time.monotonic()))
                 message = pubsub.get_message(timeout=timeout)
                 cache = ref()
-                if cache is None:
+                if cache is None:  # dropped: deregister so no writer waits for our ack
+                    with contextlib.suppress(redis.RedisError):
+                        client.zrem(members_key, member)
                     return
                 if message and message["type"] == "message":
                     cache._handle(message["data"])

@@ -29,6 +29,7 @@ BLUEPRINT_MODULES = (
     "web.orders",
     "web.blogs",
     "web.follows",
+    "web.signs",
 )
 
 

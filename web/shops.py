@@ -98,13 +98,13 @@ def _ok_json_text(data_text: str) -> Response:
     return Response(body, mimetype="application/json")
 
 
-def _shop_id(raw: object) -> int:
-    """A positive 64-bit id from a path segment or JSON value, else 400."""
+def _shop_id(raw: object, from_path: bool = False) -> int:
+    """A positive 64-bit id from a path segment (str) or a JSON number, else 400."""
     if isinstance(raw, bool):
         raise BadRequest("id must be a positive integer")
     if isinstance(raw, int):
         value = raw
-    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
+    elif from_path and isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
         value = int(raw)
     else:
         raise BadRequest("id must be a positive integer")
@@ -119,7 +119,7 @@ def _shop_id(raw: object) -> int:
 @bp.get("/shop/<shop_id>")
 def get_shop(shop_id: str) -> Response:
     """One shop, from the cache (503 if another request's rebuild is stuck)."""
-    ident = _shop_id(shop_id)
+    ident = _shop_id(shop_id, from_path=True)
     try:
         text = shop_cache().get(ident)
     except RebuildTimeout as exc:
