@@ -1,5 +1,280 @@
-"""Routes of /blogs (being built; see the issue that owns this module)."""
+"""Routes of /blog: publish, read, like, hot list, per-user lists and the follow feed.
 
-from flask import Blueprint
+* Likes: who liked is the ZSET ``blog:liked:{blogId}``; the count is
+  ``tb_blog.liked``. A toggle is decided atomically in Redis and its +1/-1 is
+  applied in SQL (``liked = liked + delta``), so the two agree under
+  concurrent toggles (:mod:`cache.likes`).
+* Feed (push model): publishing writes the blog, then pushes its id into each
+  follower's inbox ``feed:{userId}`` scored by the publish time in ms;
+  ``GET /blog/of/follow`` scrolls it by score (:mod:`cache.feed`). If Redis
+  fails after the blog is committed, the blog stays published and the error
+  is logged: followers miss it in their feed, nothing else is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from flask import Blueprint, Response
+from sqlalchemy import Select, select, update
+
+from cache import feed as feed_store
+from cache import likes as like_store
+from metrics import FEED_PUSHES
+from models.entities import Blog, Shop, User
+
+from .auth import current_user, login_required, require_user
+from .envelope import BadRequest, NotFound, Unauthorized, int_arg, json_body, ok
+from .follows import MAX_ID, follower_ids, path_id, user_summaries
+from .runtime import services, settings
+from .signs import now_ms
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("blogs", __name__)
+
+PAGE_SIZE = 10
+MAX_PAGE = 10_000
+LIKERS_SHOWN = 5
+MAX_TITLE = 255
+MAX_CONTENT = 5_000
+MAX_IMAGES = 2_048  # the comma-joined column
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def blog_json(blog: Blog, author: User | None, is_like: bool) -> dict[str, Any]:
+    """hmdp's Blog as JSON: the row, the author's name and icon, and the caller's isLike."""
+    return {
+        "id": blog.id,
+        "shopId": blog.shop_id,
+        "userId": blog.user_id,
+        "title": blog.title,
+        "content": blog.content,
+        "images": blog.images,
+        "liked": blog.liked,
+        "comments": blog.comments,
+        "name": author.nick_name if author else "",
+        "icon": author.icon if author else "",
+        "isLike": is_like,
+        "createTime": _iso(blog.create_time),
+        "updateTime": _iso(blog.update_time),
+    }
+
+
+def _viewer() -> int | None:
+    user = current_user()
+    return user.id if user else None
+
+
+def _render(blogs: Sequence[Blog]) -> list[dict[str, Any]]:
+    """Blogs with their authors (one query) and the caller's likes (one pipeline)."""
+    if not blogs:
+        return []
+    author_ids = {b.user_id for b in blogs}
+    with services().db.sessions() as session:
+        authors = {u.id: u for u in session.scalars(select(User).where(User.id.in_(author_ids)))}
+    liked = like_store.liked_among(services().redis, [b.id for b in blogs], _viewer())
+    return [blog_json(b, authors.get(b.user_id), b.id in liked) for b in blogs]
+
+
+def _page(query: Select, current: int) -> list[dict[str, Any]]:
+    with services().db.sessions() as session:
+        blogs = list(session.scalars(query.offset((current - 1) * PAGE_SIZE).limit(PAGE_SIZE)))
+    return _render(blogs)
+
+
+def _current() -> int:
+    return int_arg("current", default=1, minimum=1, maximum=MAX_PAGE)
+
+
+def _get_blog(blog_id: int) -> Blog:
+    with services().db.sessions() as session:
+        blog = session.get(Blog, blog_id)
+    if blog is None:
+        raise NotFound("no such blog")
+    return blog
+
+
+# --- publishing ------------------------------------------------------------------------
+
+
+def _text(body: dict[str, Any], name: str, limit: int, required: bool = True) -> str:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise BadRequest(f"'{name}' is required")
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string")
+    value = value.strip()
+    if required and not value:
+        raise BadRequest(f"'{name}' must not be blank")
+    if len(value) > limit:
+        raise BadRequest(f"'{name}' must be at most {limit} characters")
+    return value
+
+
+def _images(value: object) -> str:
+    """hmdp stores images as one comma-separated string; a list of strings is joined."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        if not all(isinstance(v, str) and v and "," not in v for v in value):
+            raise BadRequest("'images' must be a string or a list of non-empty strings")
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise BadRequest("'images' must be a string or a list of strings")
+    if len(value) > MAX_IMAGES:
+        raise BadRequest(f"'images' must be at most {MAX_IMAGES} characters")
+    return value
+
+
+def _shop_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest("'shopId' must be a positive integer")
+    if not 1 <= value <= MAX_ID:
+        raise NotFound("no such shop")
+    return value
+
+
+@bp.post("/blog")
+@login_required
+def publish() -> Response:
+    """Publish a blog ``{shopId, title, content, images}``; data = its id.
+
+    The row is committed first, then the id is pushed into every follower's
+    feed (pipelined batches; inboxes trimmed to settings.feed_inbox_size).
+    """
+    body = json_body()
+    shop_id = _shop_id(body.get("shopId"))
+    title = _text(body, "title", MAX_TITLE)
+    content = _text(body, "content", MAX_CONTENT)
+    images = _images(body.get("images"))
+    me = require_user().id
+    with services().db.session() as session:
+        if session.get(Shop, shop_id) is None:
+            raise NotFound("no such shop")
+        if session.get(User, me) is None:
+            raise Unauthorized("your account no longer exists")
+        blog = Blog(shop_id=shop_id, user_id=me, title=title, content=content, images=images)
+        session.add(blog)
+        session.flush()
+        blog_id = blog.id
+    try:
+        pushed = feed_store.push(
+            services().redis, follower_ids(me), blog_id, now_ms(), settings().feed_inbox_size
+        )
+        FEED_PUSHES.inc(pushed)
+    except redis.RedisError:
+        log.exception("blog %s published but not pushed to the feeds", blog_id)
+    return ok(blog_id)
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+@bp.get("/blog/<blog_id>")
+def get_blog(blog_id: str) -> Response:
+    """One blog with its author's name/icon and whether the caller likes it."""
+    blog = _get_blog(path_id(blog_id, "blog"))
+    return ok(_render([blog])[0])
+
+
+@bp.get("/blog/hot")
+def hot() -> Response:
+    """Blogs by likes, most liked first (ties: newest first), 10 per page."""
+    query = select(Blog).order_by(Blog.liked.desc(), Blog.id.desc())
+    return ok(_page(query, _current()))
+
+
+@bp.get("/blog/of/me")
+@login_required
+def of_me() -> Response:
+    """The caller's blogs, newest first, 10 per page."""
+    me = require_user().id
+    return ok(_page(select(Blog).where(Blog.user_id == me).order_by(Blog.id.desc()), _current()))
+
+
+@bp.get("/blog/of/user")
+def of_user() -> Response:
+    """A user's blogs, newest first, 10 per page (404 for an unknown user)."""
+    user_id = int_arg("id", minimum=1, maximum=MAX_ID)
+    current = _current()
+    with services().db.sessions() as session:
+        if session.get(User, user_id) is None:
+            raise NotFound("no such user")
+    return ok(_page(select(Blog).where(Blog.user_id == user_id).order_by(Blog.id.desc()), current))
+
+
+# --- likes -----------------------------------------------------------------------------
+
+
+@bp.put("/blog/like/<blog_id>")
+@login_required
+def like(blog_id: str) -> Response:
+    """Toggle the caller's like; data = ``{isLike}`` after the toggle.
+
+    Redis decides (atomically) whether this toggle likes or unlikes; the same
+    +1/-1 goes to tb_blog.liked in SQL. If that update fails the toggle is
+    undone in Redis, so the set and the counter never drift apart.
+    """
+    ident = path_id(blog_id, "blog")
+    _get_blog(ident)
+    me = require_user().id
+    client = services().redis
+    done = like_store.toggle(client, ident, me, now_ms())
+    try:
+        with services().db.session() as session:
+            result = session.execute(
+                update(Blog).where(Blog.id == ident).values(liked=Blog.liked + done.delta)
+            )
+            if result.rowcount == 0:
+                raise NotFound("no such blog")
+    except BaseException:
+        like_store.undo(client, ident, me, done)
+        raise
+    return ok({"isLike": done.delta > 0})
+
+
+@bp.get("/blog/likes/<blog_id>")
+def likers(blog_id: str) -> Response:
+    """The first five users who like the blog, earliest like first."""
+    ident = path_id(blog_id, "blog")
+    _get_blog(ident)
+    ids = like_store.first_likers(services().redis, ident, LIKERS_SHOWN)
+    with services().db.sessions() as session:
+        return ok(user_summaries(session, ids))
+
+
+# --- feed ------------------------------------------------------------------------------
+
+
+@bp.get("/blog/of/follow")
+@login_required
+def feed() -> Response:
+    """One scroll page of the caller's feed: ``{list, minTime, offset}``.
+
+    First call without ``lastId`` (or with the current time in ms); then pass
+    the answer's ``minTime`` as ``lastId`` and its ``offset`` as ``offset``.
+    An empty list means the end. Blogs deleted since they were pushed are
+    left out of the list but still advance the cursor.
+    """
+    cfg = settings()
+    last_id = int_arg("lastId", default=-1, minimum=0, maximum=MAX_ID)
+    offset = int_arg("offset", default=0, minimum=0, maximum=cfg.feed_inbox_size)
+    me = require_user().id
+    page = feed_store.scroll(
+        services().redis, me, None if last_id < 0 else last_id, offset, cfg.feed_page_size
+    )
+    blogs: list[Blog] = []
+    if page.ids:
+        with services().db.sessions() as session:
+            found = {b.id: b for b in session.scalars(select(Blog).where(Blog.id.in_(page.ids)))}
+        blogs = [found[i] for i in page.ids if i in found]
+    return ok({"list": _render(blogs), "minTime": page.min_time, "offset": page.offset})

@@ -1,5 +1,161 @@
-"""Routes of /follows (being built; see the issue that owns this module)."""
+"""Routes of /follow: follow/unfollow a user, "do I follow?", common follows.
 
-from flask import Blueprint
+The database (tb_follow, one row per pair) is the truth and is written first;
+the Redis set ``follows:{userId}`` mirrors it for the reads (see
+:mod:`cache.follows` for the lock and rebuild rules). Following also keeps the
+profile counters in step: ``followee`` of the follower and ``fans`` of the
+followed user move in the same transaction as the row, and only when the row
+really appeared or went (following twice changes nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from flask import Blueprint, Response
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cache import follows as follow_store
+from models.entities import Follow, User, UserInfo
+
+from .auth import login_required, require_user
+from .envelope import BadRequest, Conflict, NotFound, ok
+from .runtime import services
 
 bp = Blueprint("follows", __name__)
+
+MAX_ID = 2**63 - 1
+
+
+def path_id(raw: str, what: str = "user") -> int:
+    """An id from a path segment: not digits -> 400, out of range -> 404 (cannot exist)."""
+    if not (raw.isascii() and raw.isdigit()):
+        raise BadRequest(f"{what} id must be a positive integer")
+    value = int(raw)
+    if not 1 <= value <= MAX_ID:
+        raise NotFound(f"no such {what}")
+    return value
+
+
+def user_summaries(session: Session, ids: Sequence[int]) -> list[dict]:
+    """``{id, nickName, icon}`` of the given users, in the given order (unknown ids skipped)."""
+    if not ids:
+        return []
+    users = {u.id: u for u in session.scalars(select(User).where(User.id.in_(ids)))}
+    return [
+        {"id": u.id, "nickName": u.nick_name, "icon": u.icon}
+        for u in (users.get(i) for i in ids)
+        if u is not None
+    ]
+
+
+def followed_ids(user_id: int) -> list[int]:
+    """The ids ``user_id`` follows, from the database (rebuilds the Redis set)."""
+    with services().db.sessions() as session:
+        return list(session.scalars(select(Follow.follow_user_id).where(Follow.user_id == user_id)))
+
+
+def follower_ids(user_id: int) -> Iterable[int]:
+    """The ids that follow ``user_id`` (a blog's feed goes to them)."""
+    with services().db.sessions() as session:
+        return list(session.scalars(select(Follow.user_id).where(Follow.follow_user_id == user_id)))
+
+
+def _require_user_row(session: Session, user_id: int) -> None:
+    if session.get(User, user_id) is None:
+        raise NotFound("no such user")
+
+
+def _bump(session: Session, user_id: int, column: str, delta: int) -> None:
+    """Add ``delta`` to a profile counter in SQL (atomic), never below zero."""
+    col = getattr(UserInfo, column)
+    stmt = update(UserInfo).where(UserInfo.user_id == user_id).values({column: col + delta})
+    if delta < 0:
+        stmt = stmt.where(col > 0)
+    session.execute(stmt)
+
+
+def _write_follow(me: int, target: int, follow: bool) -> bool:
+    """Apply the follow/unfollow to the database; True if a row was added or removed."""
+    try:
+        with services().db.session() as session:
+            _require_user_row(session, target)
+            if session.get(User, me) is None:
+                raise NotFound("your account no longer exists")
+            existing = session.scalar(
+                select(Follow.id).where(Follow.user_id == me, Follow.follow_user_id == target)
+            )
+            if follow == (existing is not None):
+                return False  # already in the wanted state: idempotent
+            if follow:
+                session.add(Follow(user_id=me, follow_user_id=target))
+                session.flush()  # a concurrent duplicate fails here, before the counters
+            else:
+                session.execute(delete(Follow).where(Follow.id == existing))
+            delta = 1 if follow else -1
+            _bump(session, me, "followee", delta)
+            _bump(session, target, "fans", delta)
+            return True
+    except IntegrityError:
+        # The unique pair already exists (a racing request won): nothing changed.
+        return False
+
+
+def _follow_flag(raw: str) -> bool:
+    if raw not in ("true", "false"):
+        raise BadRequest("isFollow must be 'true' or 'false'")
+    return raw == "true"
+
+
+@bp.put("/follow/<target>/<is_follow>")
+@login_required
+def follow(target: str, is_follow: str) -> Response:
+    """Follow (``true``) or unfollow (``false``) a user; repeating it changes nothing.
+
+    data = true if this call changed something, false if already in that state.
+    """
+    flag = _follow_flag(is_follow)
+    target_id = path_id(target)
+    me = require_user().id
+    if target_id == me:
+        raise BadRequest("you cannot follow yourself")
+    try:
+        changed = follow_store.change(
+            services().redis,
+            me,
+            target_id,
+            flag,
+            lambda: _write_follow(me, target_id, flag),
+        )
+    except follow_store.FollowBusy:
+        raise Conflict("another follow change of yours is in progress; retry") from None
+    return ok(changed)
+
+
+def _existing_user(raw: str) -> int:
+    user_id = path_id(raw)
+    with services().db.sessions() as session:
+        _require_user_row(session, user_id)
+    return user_id
+
+
+@bp.get("/follow/or/not/<target>")
+@login_required
+def is_following(target: str) -> Response:
+    """Whether the caller follows this user (data = true/false)."""
+    target_id = _existing_user(target)
+    me = require_user().id
+    return ok(follow_store.is_following(services().redis, me, target_id, lambda: followed_ids(me)))
+
+
+@bp.get("/follow/common/<target>")
+@login_required
+def common_follows(target: str) -> Response:
+    """Users that both the caller and this user follow (SINTER), as user summaries."""
+    target_id = _existing_user(target)
+    me = require_user().id
+    ids = follow_store.common(services().redis, me, target_id, followed_ids)
+    with services().db.sessions() as session:
+        return ok(user_summaries(session, ids))
