@@ -10,6 +10,7 @@ is harmless.
 # Modules that define tasks; a worker imports them at start. Each feature adds its own.
 imports: tuple[str, ...] = ()
 imports += ("tasks.cache", "beat.cache_jobs")  # shop cache (issue 4)
+imports += ("tasks.orders", "beat.order_jobs")  # seckill orders (issue 5)
 
 task_serializer = "json"
 result_serializer = "json"
@@ -41,11 +42,18 @@ task_routes = {
     "tasks.cache.*": {"queue": "cache"},
     "beat.jobs.*": {"queue": "beat"},
     "beat.cache_jobs.*": {"queue": "beat"},
+    "beat.order_jobs.*": {"queue": "beat"},
 }
 task_default_queue = "celery"
 
 # Periodic jobs (beat/jobs.py); each feature adds its entries here.
 beat_schedule: dict[str, dict] = {}
+# Seckill: settle Stream entries no task settled (lost dispatch, dead worker).
+beat_schedule["recover-pending-orders"] = {
+    "task": "beat.order_jobs.recover_pending_orders",
+    "schedule": 15.0,
+    "options": {"expires": 14.0},
+}
 # Shop cache (issue 4): refresh hot keys before they expire, recompute the hot
 # set, rebuild the Bloom filter of shop ids.
 beat_schedule["cache-refresh-logical-expiry"] = {

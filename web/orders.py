@@ -1,5 +1,304 @@
-"""Routes of /orders (being built; see the issue that owns this module)."""
+"""The seckill order route and ``flask orders verify``.
 
-from flask import Blueprint
+``POST /voucher-order/seckill/<id>`` answers at once from Redis: ONE call to
+``lua/seckill.lua`` decides and reserves (see :mod:`cache.seckill`), then the
+order task is dispatched by name. The reservation is already durable in the
+orders Stream, so a failed dispatch (broker down) is logged and counted but the
+answer is still a success: beat's recovery persists it from the Stream. The
+dispatch happens off the request path (:mod:`web.order_dispatch`).
 
-bp = Blueprint("orders", __name__)
+data = the order id as a decimal STRING: ids are 64-bit (cache/ids.py) and a
+JSON number above 2^53 loses digits in JavaScript.
+
+``flask orders verify [VOUCHER_ID]`` (and :func:`verify_orders` for scripts)
+audits Redis against the database: stock + buyers must match on both sides,
+every reservation must be a row, a pending Stream entry or a dead letter, and
+no row may exist without a reservation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import click
+from flask import Blueprint, Flask, Response, current_app
+from sqlalchemy import select
+
+from cache import order_stream
+from cache.order_stream import MalformedEntry, OrderEntry
+from cache.seckill import (
+    DUPLICATE,
+    ENDED,
+    EXHAUSTED,
+    NOT_STARTED,
+    OK,
+    SOLD_OUT,
+    UNKNOWN,
+    MissingVouchers,
+    SeckillGate,
+    load_voucher,
+    redis_snapshot,
+)
+from metrics import ORDER_DISPATCH_FAILURES, SECKILL_OUTCOMES
+from models.entities import SeckillVoucher, VoucherOrder
+from services import Services
+
+from .auth import login_required, require_user
+from .envelope import ApiError, Conflict, NotFound, ok
+from .order_dispatch import CelerySender, OrderDispatcher
+from .runtime import celery, services
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("orders", __name__, cli_group="orders")
+
+# By name: the web tier never imports task code (tests check it matches).
+ORDER_TASK = "tasks.orders.create_voucher_order"
+_EXTENSION = "hmdp_seckill"
+_REFUSALS = {
+    SOLD_OUT: "sold out",
+    DUPLICATE: "already ordered",
+    NOT_STARTED: "not started",
+    ENDED: "ended",
+}
+_OUTCOMES = {
+    name: SECKILL_OUTCOMES.labels(outcome=name)
+    for name in (OK, SOLD_OUT, DUPLICATE, NOT_STARTED, ENDED, UNKNOWN, EXHAUSTED)
+}
+
+
+def _count_dispatch_failures(count: int, reason: BaseException | str) -> None:
+    ORDER_DISPATCH_FAILURES.inc(count)
+    log.debug("%d order dispatches failed or dropped: %s", count, reason)
+
+
+class _Seckill:
+    """This app's gate, dispatcher and memory of missing vouchers (built on first use)."""
+
+    def __init__(self, svc: Services):
+        self.gate = SeckillGate(svc.redis, svc.settings)
+        self.missing = MissingVouchers()
+        self.dispatcher = OrderDispatcher(
+            CelerySender(celery(), ORDER_TASK), _count_dispatch_failures
+        )
+
+
+_build_lock = threading.Lock()
+
+
+def _seckill() -> _Seckill:
+    state = current_app.extensions.get(_EXTENSION)
+    if state is None:
+        with _build_lock:
+            state = current_app.extensions.get(_EXTENSION)
+            if state is None:
+                state = _Seckill(services())
+                current_app.extensions[_EXTENSION] = state
+    return state
+
+
+def _load_from_database(state: _Seckill, voucher_id: int) -> bool:
+    """Load a voucher Redis does not know; False if the database does not know it either."""
+    if voucher_id in state.missing:
+        return False
+    svc = services()
+    with svc.db.session() as session:
+        row = session.get(SeckillVoucher, voucher_id)
+    if row is None:
+        state.missing.add(voucher_id)
+        return False
+    load_voucher(svc.redis, voucher_id, row.stock, row.begin_time, row.end_time)
+    order_stream.ensure_group(svc.redis, svc.settings)
+    return True
+
+
+def flush_dispatch(app: Flask, timeout: float = 10.0) -> bool:
+    """Wait until ``app`` published (or dropped) every order task queued so far."""
+    state = app.extensions.get(_EXTENSION)
+    return state is None or state.dispatcher.flush(timeout)
+
+
+@bp.post("/voucher-order/seckill/<int(min=1, max=9223372036854775807):voucher_id>")
+@login_required
+def seckill(voucher_id: int) -> Response:
+    """Flash-sale order: 200 with the order id, or 409 with the reason, at once."""
+    user = require_user()
+    state = _seckill()
+    result = state.gate.reserve(voucher_id, user.id)
+    if result.outcome == UNKNOWN and _load_from_database(state, voucher_id):
+        result = state.gate.reserve(voucher_id, user.id)
+    _OUTCOMES[result.outcome].inc()
+    if result.ok:
+        assert result.order_id is not None
+        entry = OrderEntry(result.order_id, user.id, voucher_id, result.stream_id)
+        state.dispatcher.submit(entry.to_payload())  # failures are counted, never raised
+        return ok(str(result.order_id))
+    if result.outcome in _REFUSALS:
+        raise Conflict(_REFUSALS[result.outcome])
+    if result.outcome == UNKNOWN:
+        raise NotFound("voucher not found")
+    raise ApiError("order ids exhausted for today, try again later", 503)
+
+
+# --- audit -------------------------------------------------------------------------------
+
+
+@dataclass
+class VoucherAudit:
+    """Redis against the database for one seckill voucher."""
+
+    voucher_id: int
+    db_stock: int | None = None
+    db_orders: int = 0
+    redis_stock: int | None = None
+    redis_buyers: int = 0
+    unsettled: int = 0
+    dead_letters: int = 0
+    lost: int = 0
+    phantom: int = 0
+    duplicates: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        return (
+            f"voucher {self.voucher_id}: db stock={self.db_stock} orders={self.db_orders} | "
+            f"redis stock={self.redis_stock} buyers={self.redis_buyers} | "
+            f"unsettled={self.unsettled} dead={self.dead_letters} lost={self.lost} "
+            f"phantom={self.phantom} duplicates={self.duplicates}"
+            + ("" if self.ok else " | MISMATCH: " + "; ".join(self.problems))
+        )
+
+
+@dataclass
+class OrderAudit:
+    """The whole audit: per voucher, plus the Stream's backlog."""
+
+    vouchers: list[VoucherAudit]
+    stream_length: int
+    pending: int
+    dead_letters: int
+    malformed: int
+
+    @property
+    def ok(self) -> bool:
+        """No oversell, loss, duplicate, phantom, dead letter or malformed entry."""
+        return self.malformed == 0 and all(v.ok for v in self.vouchers)
+
+    @property
+    def unsettled(self) -> int:
+        return sum(v.unsettled for v in self.vouchers)
+
+    def lines(self) -> list[str]:
+        return [v.line() for v in self.vouchers] + [
+            f"stream: length={self.stream_length} pending={self.pending} "
+            f"dead_letters={self.dead_letters} malformed={self.malformed}",
+            f"result: {'OK' if self.ok else 'MISMATCH'}"
+            + (f" ({self.unsettled} reservations not yet persisted)" if self.unsettled else ""),
+        ]
+
+
+def _users_by_voucher(client, stream: str) -> tuple[dict[int, set[int]], int]:  # type: ignore[no-untyped-def]
+    users: dict[int, set[int]] = defaultdict(set)
+    malformed = 0
+    for stream_id, fields in order_stream.iter_stream(client, stream):
+        try:
+            entry = OrderEntry.from_fields(fields, stream_id)
+        except MalformedEntry:
+            malformed += 1
+            continue
+        users[entry.voucher_id].add(entry.user_id)
+    return users, malformed
+
+
+def verify_orders(svc: Services, voucher_id: int | None = None) -> OrderAudit:
+    """Audit seckill orders (one voucher, or all): see the module doc for the rules.
+
+    Safe while orders are still being settled: reads go Redis buyers, then the
+    Stream, then the database, then the buyers again, so an entry settled in
+    between is seen either in the Stream or as a row, never as lost.
+    """
+    client, settings = svc.redis, svc.settings
+    with svc.db.session() as session:
+        if voucher_id is None:
+            ids = list(session.scalars(select(SeckillVoucher.voucher_id).order_by("voucher_id")))
+        else:
+            ids = [voucher_id]
+    before = {v: redis_snapshot(client, v) for v in ids}
+    pending, malformed = _users_by_voucher(client, settings.order_stream)
+    dead, _ = _users_by_voucher(client, settings.order_dead_letter_stream)
+    db: dict[int, tuple[int | None, list[int]]] = {}
+    with svc.db.session() as session:  # one transaction: one snapshot of stock and rows
+        for v in ids:
+            stock = session.scalar(
+                select(SeckillVoucher.stock).where(SeckillVoucher.voucher_id == v)
+            )
+            users = list(
+                session.scalars(select(VoucherOrder.user_id).where(VoucherOrder.voucher_id == v))
+            )
+            db[v] = (stock, users)
+    after = {v: redis_snapshot(client, v).buyers for v in ids}
+    stats = order_stream.stream_stats(client, settings)
+
+    audits = []
+    for v in ids:
+        snap, (db_stock, users) = before[v], db[v]
+        a = VoucherAudit(v, db_stock, len(users), snap.stock, len(snap.buyers))
+        a.unsettled, a.dead_letters = len(pending.get(v, ())), len(dead.get(v, ()))
+        db_users = set(users)
+        a.duplicates = len(users) - len(db_users)
+        a.lost = len(snap.buyers - db_users - pending.get(v, set()) - dead.get(v, set()))
+        a.phantom = len(db_users - after[v])
+        if db_stock is None:
+            a.problems.append("not a seckill voucher in the database")
+        elif db_stock < 0 or (snap.stock is not None and snap.stock < 0):
+            a.problems.append("OVERSELL: negative stock")
+        if snap.stock is None and (users or snap.buyers or a.unsettled):
+            a.problems.append("orders exist but Redis has no stock for the voucher")
+        redis_initial = None if snap.stock is None else snap.stock + len(snap.buyers)
+        db_initial = None if db_stock is None else db_stock + len(users)
+        if None not in (redis_initial, db_initial) and redis_initial != db_initial:
+            a.problems.append(
+                f"initial stock differs: redis {snap.stock}+{len(snap.buyers)} "
+                f"!= db {db_stock}+{len(users)}"
+            )
+        if a.duplicates:
+            a.problems.append(f"{a.duplicates} duplicate orders")
+        if a.lost:
+            a.problems.append(f"{a.lost} reservations LOST (no row, no stream entry)")
+        if a.phantom:
+            a.problems.append(f"{a.phantom} orders without a Redis reservation")
+        if a.dead_letters:
+            a.problems.append(f"{a.dead_letters} dead-lettered reservations need attention")
+        audits.append(a)
+    return OrderAudit(audits, stats.length, stats.pending, stats.dead_letters, malformed)
+
+
+@bp.cli.command("verify")
+@click.argument("voucher_id", required=False, type=click.IntRange(1, 2**63 - 1))
+@click.option("--drained", is_flag=True, help="Also fail while reservations are not yet persisted.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=0.0,
+    help="Seconds to wait for the backlog to drain before judging.",
+)
+def verify_command(voucher_id: int | None, drained: bool, wait: float) -> None:
+    """Compare Redis and database orders; exit 1 on oversell, loss or duplicates."""
+    svc = services()
+    deadline = time.monotonic() + wait
+    audit = verify_orders(svc, voucher_id)
+    while audit.unsettled and time.monotonic() < deadline:
+        time.sleep(0.5)
+        audit = verify_orders(svc, voucher_id)
+    for line in audit.lines():
+        click.echo(line)
+    if not audit.ok or (drained and audit.unsettled):
+        raise SystemExit(1)

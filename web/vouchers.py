@@ -1,5 +1,235 @@
-"""Routes of /vouchers (being built; see the issue that owns this module)."""
+"""Voucher routes: admin creation (ordinary and seckill) and a shop's voucher list.
 
-from flask import Blueprint
+A seckill voucher is written to the database first (voucher + seckill row in
+one transaction) and then loaded into Redis for the gate (stock only if absent,
+window always; see :func:`cache.seckill.load_voucher`). If the Redis step fails
+the voucher still exists and the order route loads it on first use, so a
+creation is never half-done in a way that needs repair. Every field is checked
+before anything is written: bad input is a 400 with nothing stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from flask import Blueprint, Response
+from sqlalchemy import select
+
+from cache import order_stream
+from cache.seckill import live_stocks, load_voucher
+from models.entities import SeckillVoucher, Shop, Voucher
+from services import Services
+
+from .auth import admin_required
+from .envelope import BadRequest, NotFound, json_body, ok
+from .runtime import services
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("vouchers", __name__)
+
+MAX_ID = 2**63 - 1
+MAX_MONEY = 10**12  # cents
+MAX_STOCK = 100_000_000
+TYPE_ORDINARY = 0
+TYPE_SECKILL = 1
+
+
+# --- validation ---------------------------------------------------------------------
+
+
+def _int_field(body: dict, name: str, minimum: int, maximum: int) -> int:
+    value = body.get(name)
+    if value is None:
+        raise BadRequest(f"'{name}' is required")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"'{name}' must be an integer")
+    if not minimum <= value <= maximum:
+        raise BadRequest(f"'{name}' must be between {minimum} and {maximum}")
+    return value
+
+
+def _str_field(body: dict, name: str, max_len: int, required: bool = False) -> str:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"'{name}' is required")
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string")
+    value = value.strip()
+    if required and not value:
+        raise BadRequest(f"'{name}' must not be empty")
+    if len(value) > max_len:
+        raise BadRequest(f"'{name}' must be at most {max_len} characters")
+    return value
+
+
+def _time_field(body: dict, name: str) -> datetime:
+    """An ISO-8601 time; with an offset it is converted, without one it is UTC."""
+    value = body.get(name)
+    if value is None:
+        raise BadRequest(f"'{name}' is required")
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be an ISO-8601 string")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise BadRequest(f"'{name}' is not an ISO-8601 time: {value[:40]!r}") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    if not 2000 <= moment.year <= 9999:
+        raise BadRequest(f"'{name}' is out of range")
+    return moment.replace(microsecond=0)
+
+
+def _voucher_fields(body: dict[str, Any]) -> dict[str, Any]:
+    fields = {
+        "shop_id": _int_field(body, "shopId", 1, MAX_ID),
+        "title": _str_field(body, "title", 255, required=True),
+        "sub_title": _str_field(body, "subTitle", 255),
+        "rules": _str_field(body, "rules", 1024),
+        "pay_value": _int_field(body, "payValue", 0, MAX_MONEY),
+        "actual_value": _int_field(body, "actualValue", 0, MAX_MONEY),
+    }
+    if fields["pay_value"] > fields["actual_value"]:
+        raise BadRequest("'payValue' must not exceed 'actualValue'")
+    return fields
+
+
+def _seckill_fields(body: dict[str, Any]) -> dict[str, Any]:
+    fields = {
+        "stock": _int_field(body, "stock", 1, MAX_STOCK),
+        "begin_time": _time_field(body, "beginTime"),
+        "end_time": _time_field(body, "endTime"),
+    }
+    if fields["end_time"] <= fields["begin_time"]:
+        raise BadRequest("'endTime' must be after 'beginTime'")
+    return fields
+
+
+# --- writes ---------------------------------------------------------------------------
+
+
+def _create(voucher: dict[str, Any], seckill: dict[str, Any] | None) -> int:
+    svc = services()
+    with svc.db.session() as session:
+        if session.get(Shop, voucher["shop_id"]) is None:
+            raise NotFound("shop not found")
+        row = Voucher(**voucher, type=TYPE_SECKILL if seckill else TYPE_ORDINARY, status=1)
+        session.add(row)
+        session.flush()
+        if seckill:
+            session.add(SeckillVoucher(voucher_id=row.id, **seckill))
+        voucher_id = row.id
+    if seckill:
+        _load_into_redis(svc, voucher_id, seckill)
+    return voucher_id
+
+
+def _load_into_redis(svc: Services, voucher_id: int, seckill: dict[str, Any]) -> None:
+    try:
+        load_voucher(
+            svc.redis, voucher_id, seckill["stock"], seckill["begin_time"], seckill["end_time"]
+        )
+        order_stream.ensure_group(svc.redis, svc.settings)
+    except (redis.RedisError, OSError) as exc:
+        # The voucher is committed; the order route loads it on first use.
+        log.warning("seckill voucher %s not loaded into Redis yet: %s", voucher_id, exc)
+
+
+@bp.post("/voucher")
+@admin_required
+def create_voucher() -> Response:
+    """Create an ordinary voucher; data = its id."""
+    return ok(_create(_voucher_fields(json_body()), None))
+
+
+@bp.post("/voucher/seckill")
+@admin_required
+def create_seckill_voucher() -> Response:
+    """Create a seckill voucher and load its stock and window into Redis; data = id."""
+    body = json_body()
+    voucher, seckill = _voucher_fields(body), _seckill_fields(body)
+    return ok(_create(voucher, seckill))
+
+
+# --- reads -------------------------------------------------------------------------------
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+@bp.get("/voucher/list/<int(min=1, max=9223372036854775807):shop_id>")
+def list_vouchers(shop_id: int) -> Response:
+    """A shop's active vouchers; seckill ones with stock (live from Redis), begin, end."""
+    svc = services()
+    with svc.db.session() as session:
+        if session.get(Shop, shop_id) is None:
+            raise NotFound("shop not found")
+        rows = session.execute(
+            select(Voucher, SeckillVoucher)
+            .outerjoin(SeckillVoucher, SeckillVoucher.voucher_id == Voucher.id)
+            .where(Voucher.shop_id == shop_id, Voucher.status == 1)
+            .order_by(Voucher.id)
+        ).all()
+    seckill_ids = [v.id for v, sv in rows if sv is not None]
+    try:
+        live = live_stocks(svc.redis, seckill_ids)
+    except (redis.RedisError, OSError) as exc:  # the list is still useful with DB stock
+        log.warning("live stock unavailable: %s", exc)
+        live = {}
+    data = []
+    for voucher, sv in rows:
+        item: dict[str, Any] = {
+            "id": voucher.id,
+            "shopId": voucher.shop_id,
+            "title": voucher.title,
+            "subTitle": voucher.sub_title,
+            "rules": voucher.rules,
+            "payValue": voucher.pay_value,
+            "actualValue": voucher.actual_value,
+            "type": voucher.type,
+            "status": voucher.status,
+            "createTime": _iso(voucher.create_time),
+            "updateTime": _iso(voucher.update_time),
+        }
+        if sv is not None:
+            item["stock"] = live.get(voucher.id, sv.stock)
+            item["beginTime"] = _iso(sv.begin_time)
+            item["endTime"] = _iso(sv.end_time)
+        data.append(item)
+    return ok(data)
+
+
+# --- seed ------------------------------------------------------------------------------------
+
+
+def load_all_seckill_vouchers(svc: Services) -> int:
+    """Load every seckill voucher into Redis (stock only if absent); returns how many."""
+    with svc.db.session() as session:
+        rows = session.execute(
+            select(
+                SeckillVoucher.voucher_id,
+                SeckillVoucher.stock,
+                SeckillVoucher.begin_time,
+                SeckillVoucher.end_time,
+            )
+        ).all()
+    for voucher_id, stock, begin, end in rows:
+        load_voucher(svc.redis, voucher_id, stock, begin, end)
+    order_stream.ensure_group(svc.redis, svc.settings)
+    return len(rows)
+
+
+def post_seed(svc: Services) -> None:
+    """``flask seed``: make the seckill vouchers sellable and create the stream group.
+
+    Idempotent: a voucher whose stock is already in Redis keeps it (it may have
+    sold); only missing ones are loaded from the database.
+    """
+    load_all_seckill_vouchers(svc)

@@ -1,0 +1,370 @@
+"""The orders Stream: reservations waiting to become rows, and their recovery.
+
+Settlement design (the contract every writer and reader here follows):
+
+* The seckill Lua script XADDs each reservation ``{orderId, userId, voucherId}``
+  to ``stream.orders`` in the same atomic step that takes the stock. The Stream
+  is the durable record of "sold in Redis, not yet a row" (Redis runs with AOF).
+* **An entry present in the Stream is unsettled; settling deletes it.** Whoever
+  persists an order (the Celery task, or recovery) calls :func:`acknowledge`
+  afterwards: ``XACK`` + ``XDEL`` in one MULTI. An entry is only ever deleted
+  after its row is committed (or after it was moved to the dead-letter stream,
+  atomically, by :func:`dead_letter`). That keeps the Stream bounded by the
+  unsettled work alone, so no trimming by length is needed or wanted: ``XLEN``
+  *is* the backlog, and nothing unsettled can be trimmed away.
+* The consumer group ``g1`` (created at ``0`` with MKSTREAM, so entries written
+  before it are not skipped) is used by recovery only. Tasks get their entry in
+  the Celery message and never XREADGROUP (their XACK is a no-op unless
+  recovery holds the entry, in which case it is right to clear it). Entries in
+  the group's pending list (PEL) are exactly those recovery took on; the PEL's
+  delivery counter is the attempt counter for the dead-letter rule.
+* :func:`recover` (run by beat every ~15 s, see ``beat/order_jobs.py``):
+  1. *stuck*: ``XPENDING ... IDLE`` finds PEL entries idle longer than
+     ``order_claim_idle_ms`` (recovery died or failed mid-way); ``XCLAIM``
+     takes them over (incrementing the delivery count). An entry that has
+     reached ``order_max_deliveries`` deliveries goes to the dead-letter stream.
+     XPENDING + XCLAIM rather than XAUTOCLAIM because their replies are the
+     same on Redis 6.2 and 7 except for deleted entries (6.2: a nil entry, 7:
+     omitted), which we detect by id either way; an id that is gone from the
+     Stream was settled, so it is simply XACKed.
+  2. *never picked up*: entries after the group's last-delivered id and older
+     than the idle threshold (a lost dispatch, or a task that gave up) are
+     counted with XRANGE and read with ``XREADGROUP ... >`` (so they enter
+     the PEL with one delivery) and settled.
+  Both call the same ``settle`` callable as the task (one code path; it takes
+  the per-user lock, checks for an existing row, and relies on the UNIQUE
+  constraint last), so a task and recovery settling one entry at the same time
+  still give one row. Several failures in a row (database down) end the run
+  early instead of burning every entry's delivery budget.
+
+This module never imports ``tasks`` or ``web``: the settling is passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import redis
+
+from metrics import ORDERS_DEAD_LETTERED, ORDERS_RECOVERED
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+RECOVERY_CONSUMER = "recovery"
+MAX_ID = (1 << 63) - 1
+_PAGE = 1000
+
+
+class MalformedEntry(ValueError):
+    """A Stream entry or task payload that is not a valid reservation."""
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool):
+        raise MalformedEntry(f"{name} must be an integer")
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise MalformedEntry(f"{name} must be an integer, got {value!r}") from None
+    if not 0 < number <= MAX_ID:
+        raise MalformedEntry(f"{name} out of range: {number}")
+    return number
+
+
+@dataclass(frozen=True)
+class OrderEntry:
+    """One reservation: what the gate sold and where it sits in the Stream."""
+
+    order_id: int
+    user_id: int
+    voucher_id: int
+    stream_id: str | None = None
+
+    @classmethod
+    def from_fields(cls, fields: dict | None, stream_id: str | None) -> OrderEntry:
+        """Parse a Stream entry's fields; MalformedEntry if they are not a reservation."""
+        if not fields:
+            raise MalformedEntry("empty entry")
+        return cls(
+            order_id=_positive_int(fields.get("orderId"), "orderId"),
+            user_id=_positive_int(fields.get("userId"), "userId"),
+            voucher_id=_positive_int(fields.get("voucherId"), "voucherId"),
+            stream_id=stream_id,
+        )
+
+    @classmethod
+    def from_payload(cls, payload: object) -> OrderEntry:
+        """Parse a Celery task payload (the Stream fields plus ``streamId``)."""
+        if not isinstance(payload, dict):
+            raise MalformedEntry("payload must be an object")
+        stream_id = payload.get("streamId")
+        if stream_id is not None and not isinstance(stream_id, str):
+            raise MalformedEntry("streamId must be a string")
+        return cls.from_fields(payload, stream_id)
+
+    def to_payload(self) -> dict[str, object]:
+        """The Celery task argument; the order id as a string (64-bit, see cache/ids.py)."""
+        return {
+            "orderId": str(self.order_id),
+            "userId": self.user_id,
+            "voucherId": self.voucher_id,
+            "streamId": self.stream_id,
+        }
+
+
+# --- group, acknowledgement, dead letters -------------------------------------------
+
+
+def ensure_group(client: redis.Redis, settings: Settings) -> bool:
+    """Create the consumer group (and the Stream) if missing; True if created now."""
+    try:
+        client.xgroup_create(settings.order_stream, settings.order_group, id="0", mkstream=True)
+        return True
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" in str(exc):
+            return False
+        raise
+
+
+def acknowledge(client: redis.Redis, settings: Settings, stream_id: str) -> None:
+    """Mark an entry settled: XACK (if recovery held it) and XDEL, atomically."""
+    pipe = client.pipeline(transaction=True)
+    pipe.xack(settings.order_stream, settings.order_group, stream_id)
+    pipe.xdel(settings.order_stream, stream_id)
+    pipe.execute()
+
+
+def dead_letter(
+    client: redis.Redis,
+    settings: Settings,
+    stream_id: str,
+    fields: dict | None,
+    reason: str,
+    deliveries: int | None = None,
+) -> None:
+    """Move an entry to the dead-letter stream (copy, XACK, XDEL in one MULTI).
+
+    For entries no retry can settle (oversell attempt, malformed, given up);
+    an operator inspects ``stream.orders.dead``. Logged at ERROR and counted.
+    """
+    record = {k: v for k, v in (fields or {}).items() if k not in {"reason", "sourceId"}}
+    record.update(reason=reason[:500], sourceId=stream_id, at=str(int(time.time() * 1000)))
+    if deliveries is not None:
+        record["deliveries"] = str(deliveries)
+    pipe = client.pipeline(transaction=True)
+    pipe.xadd(settings.order_dead_letter_stream, record)
+    pipe.xack(settings.order_stream, settings.order_group, stream_id)
+    pipe.xdel(settings.order_stream, stream_id)
+    pipe.execute()
+    ORDERS_DEAD_LETTERED.inc()
+    log.error("order entry %s dead-lettered: %s (%s)", stream_id, reason, fields)
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def iter_stream(client: redis.Redis, stream: str) -> Iterator[tuple[str, dict]]:
+    """Every entry of ``stream``, oldest first, read in pages."""
+    start = "-"
+    while True:
+        page = client.xrange(stream, min=start, max="+", count=_PAGE)
+        yield from page
+        if len(page) < _PAGE:
+            return
+        start = "(" + page[-1][0]
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Backlog figures: unsettled entries, held by recovery, dead letters."""
+
+    length: int
+    pending: int
+    dead_letters: int
+
+
+def stream_stats(client: redis.Redis, settings: Settings) -> StreamStats:
+    """Read the backlog figures (the gauges are read at scrape time by web/metrics.py)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(settings.order_stream)
+    pipe.xlen(settings.order_dead_letter_stream)
+    length, dead = pipe.execute()
+    try:
+        pending = int(client.xpending(settings.order_stream, settings.order_group)["pending"])
+    except redis.ResponseError:  # no group yet
+        pending = 0
+    return StreamStats(int(length), pending, int(dead))
+
+
+# --- recovery ----------------------------------------------------------------------------
+
+
+Settle = Callable[[OrderEntry], str]
+
+
+@dataclass
+class RecoveryReport:
+    """What one recovery run did (returned by the beat job, logged)."""
+
+    claimed: int = 0  # stuck entries taken over from the PEL
+    picked_up: int = 0  # never-delivered entries read with XREADGROUP
+    settled: Counter = field(default_factory=Counter)  # outcome -> count
+    acked_deleted: int = 0  # PEL ids whose entry was already settled
+    dead_lettered: int = 0
+    failed: int = 0
+    aborted: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "claimed": self.claimed,
+            "picked_up": self.picked_up,
+            "settled": dict(self.settled),
+            "acked_deleted": self.acked_deleted,
+            "dead_lettered": self.dead_lettered,
+            "failed": self.failed,
+            "aborted": self.aborted,
+        }
+
+
+class _Run:
+    """State of one recovery run (the phases share the failure streak)."""
+
+    def __init__(
+        self, client: redis.Redis, settings: Settings, settle: Settle, max_failures: int
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.settle = settle
+        self.max_failures = max_failures
+        self.streak = 0
+        self.report = RecoveryReport()
+
+    def handle(self, stream_id: str, fields: dict | None, deliveries: int) -> None:
+        """Settle one entry, or dead-letter it if it cannot or may no longer be tried."""
+        report = self.report
+        if deliveries > self.settings.order_max_deliveries:
+            dead_letter(
+                self.client,
+                self.settings,
+                stream_id,
+                fields,
+                f"not settled after {deliveries - 1} deliveries",
+                deliveries - 1,
+            )
+            report.dead_lettered += 1
+            return
+        try:
+            entry = OrderEntry.from_fields(fields, stream_id)
+        except MalformedEntry as exc:
+            dead_letter(self.client, self.settings, stream_id, fields, f"malformed: {exc}")
+            report.dead_lettered += 1
+            return
+        try:
+            outcome = self.settle(entry)
+        except Exception as exc:  # any failure: leave it pending, try again later
+            report.failed += 1
+            self.streak += 1
+            log.warning("recovery of %s failed (%s: %s)", stream_id, type(exc).__name__, exc)
+            if self.streak >= self.max_failures:
+                log.error("recovery stopped after %d failures in a row", self.streak)
+                report.aborted = True
+            return
+        self.streak = 0
+        report.settled[outcome] += 1
+        ORDERS_RECOVERED.inc()
+
+    def stuck(self, batch: int) -> int:
+        """Phase 1: take over PEL entries idle past the threshold; returns how many."""
+        s = self.settings
+        idle = s.order_claim_idle_ms
+        pending = self.client.xpending_range(
+            s.order_stream, s.order_group, min="-", max="+", count=batch, idle=idle
+        )
+        if not pending:
+            return 0
+        ids = [p["message_id"] for p in pending]
+        deliveries = {p["message_id"]: int(p["times_delivered"]) + 1 for p in pending}
+        claimed = self.client.xclaim(s.order_stream, s.order_group, RECOVERY_CONSUMER, idle, ids)
+        got = {sid: fields for sid, fields in claimed if sid is not None}
+        self._ack_deleted([sid for sid in ids if sid not in got])
+        self.report.claimed += len(got)
+        for sid in ids:
+            if sid in got and not self.report.aborted:
+                self.handle(sid, got[sid], deliveries[sid])
+        return len(ids)
+
+    def _ack_deleted(self, ids: list[str]) -> None:
+        """Clear PEL ids whose entries are gone from the Stream (already settled)."""
+        if not ids:
+            return
+        s = self.settings
+        pipe = self.client.pipeline(transaction=False)
+        for sid in ids:
+            pipe.xrange(s.order_stream, min=sid, max=sid)
+        gone = [sid for sid, found in zip(ids, pipe.execute(), strict=True) if not found]
+        if gone:
+            self.client.xack(s.order_stream, s.order_group, *gone)
+            self.report.acked_deleted += len(gone)
+
+    def never_delivered(self, batch: int, now_ms: int) -> int:
+        """Phase 2: read entries nobody took that are older than the threshold."""
+        s = self.settings
+        cutoff = now_ms - s.order_claim_idle_ms
+        if cutoff <= 0:
+            return 0
+        group = next(
+            g for g in self.client.xinfo_groups(s.order_stream) if g["name"] == s.order_group
+        )
+        older = self.client.xrange(
+            s.order_stream, min="(" + group["last-delivered-id"], max=str(cutoff), count=batch
+        )
+        if not older:
+            return 0
+        # Only recovery reads the group (under its lock), so the first len(older)
+        # undelivered entries are these (fewer if some were settled meanwhile).
+        replies = self.client.xreadgroup(
+            s.order_group, RECOVERY_CONSUMER, {s.order_stream: ">"}, count=len(older)
+        )
+        entries = replies[0][1] if replies else []
+        self.report.picked_up += len(entries)
+        for sid, fields in entries:
+            if self.report.aborted:
+                break  # left in the PEL with one delivery: claimed on a later run
+            self.handle(sid, fields, 1)
+        return len(entries)
+
+
+def recover(
+    client: redis.Redis,
+    settings: Settings,
+    settle: Settle,
+    *,
+    now_ms: int | None = None,
+    batch: int = 200,
+    budget_s: float = 10.0,
+    max_failures: int = 3,
+) -> RecoveryReport:
+    """Settle every entry no task has settled in time (see the module doc).
+
+    Runs phase 1 and 2 in batches until both find nothing, ``budget_s`` is
+    spent (the next beat run continues) or ``max_failures`` settle attempts
+    fail in a row. Call it under a lock so that one recovery runs at a time.
+    """
+    ensure_group(client, settings)
+    run = _Run(client, settings, settle, max_failures)
+    deadline = time.monotonic() + budget_s
+    while not run.report.aborted and time.monotonic() < deadline:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        found = run.stuck(batch)
+        if not run.report.aborted:
+            found += run.never_delivered(batch, now)
+        if found == 0:
+            break
+    if run.report.claimed or run.report.picked_up or run.report.acked_deleted:
+        log.info("order recovery: %s", run.report.as_dict())
+    return run.report

@@ -1,0 +1,172 @@
+"""The seckill gate: one atomic Lua call decides a flash-sale order in Redis.
+
+Redis holds, per seckill voucher: ``seckill:stock:{id}`` (remaining stock, a
+string), ``seckill:window:{id}`` (hash ``begin``/``end`` in epoch ms) and
+``seckill:order:{id}`` (the set of buyers). ``lua/seckill.lua`` checks window,
+duplicate and stock, then reserves: the order id, the Stream entry, the stock
+decrement and the buyer set change happen together or not at all, so no number
+of concurrent requests can sell more than the stock or twice to one user.
+
+The database stays the source of truth for voucher *definitions*: a voucher
+missing in Redis is loaded from it on demand (:func:`load_voucher`, stock only
+if absent, so sold stock is never reset). Persisting the reservation is the
+job of the order task (see :mod:`cache.order_stream`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis
+
+from settings import Settings
+
+from .ids import ID_KEY_TTL, day_key, id_parts
+from .scripts import load_script
+
+STOCK_KEY = "seckill:stock:{voucher_id}"
+WINDOW_KEY = "seckill:window:{voucher_id}"
+ORDER_SET_KEY = "seckill:order:{voucher_id}"
+ID_PREFIX = "order"
+
+OK = "ok"
+SOLD_OUT = "sold_out"
+DUPLICATE = "duplicate"
+NOT_STARTED = "not_started"
+ENDED = "ended"
+UNKNOWN = "unknown"
+EXHAUSTED = "id_exhausted"
+_CODES = {0: OK, 1: SOLD_OUT, 2: DUPLICATE, 3: NOT_STARTED, 4: ENDED, 5: UNKNOWN, 6: EXHAUSTED}
+
+
+def stock_key(voucher_id: int) -> str:
+    return STOCK_KEY.format(voucher_id=voucher_id)
+
+
+def window_key(voucher_id: int) -> str:
+    return WINDOW_KEY.format(voucher_id=voucher_id)
+
+
+def order_set_key(voucher_id: int) -> str:
+    return ORDER_SET_KEY.format(voucher_id=voucher_id)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Epoch milliseconds of a datetime; naive means UTC (what the database stores)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate's answer: an outcome, and for ``ok`` the order and Stream ids."""
+
+    outcome: str
+    order_id: int | None = None
+    stream_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == OK
+
+
+class SeckillGate:
+    """Runs ``lua/seckill.lua`` for one Redis client (create once per process)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.client = client
+        self.stream = settings.order_stream
+        self.script = load_script(client, "seckill")
+
+    def reserve(self, voucher_id: int, user_id: int, now: float | None = None) -> GateResult:
+        """Try to reserve one unit of ``voucher_id`` for ``user_id``: ONE Redis call."""
+        now = time.time() if now is None else now
+        high, low = id_parts(now)
+        reply = self.script(
+            keys=[
+                stock_key(voucher_id),
+                window_key(voucher_id),
+                order_set_key(voucher_id),
+                self.stream,
+                day_key(ID_PREFIX, now),
+            ],
+            args=[user_id, voucher_id, int(now * 1000), high, low, ID_KEY_TTL],
+        )
+        outcome = _CODES[int(reply[0])]
+        if outcome != OK:
+            return GateResult(outcome)
+        return GateResult(OK, int(reply[1]), str(reply[2]))
+
+
+def load_voucher(
+    client: redis.Redis, voucher_id: int, stock: int, begin: datetime, end: datetime
+) -> bool:
+    """Make a seckill voucher known to the gate; True if the stock was loaded now.
+
+    Idempotent and safe to repeat at any time: the stock is written only when
+    absent (never reset after sales), the window always (the database is the
+    authority on it). One MULTI, so the gate never sees stock without a window.
+    """
+    pipe = client.pipeline(transaction=True)
+    pipe.set(stock_key(voucher_id), int(stock), nx=True)
+    pipe.hset(window_key(voucher_id), mapping={"begin": epoch_ms(begin), "end": epoch_ms(end)})
+    loaded, _ = pipe.execute()
+    return bool(loaded)
+
+
+@dataclass(frozen=True)
+class RedisSnapshot:
+    """Redis' view of one voucher, read atomically (for audits)."""
+
+    stock: int | None  # None: not loaded
+    buyers: frozenset[int]
+
+
+def redis_snapshot(client: redis.Redis, voucher_id: int) -> RedisSnapshot:
+    """Stock and buyer set in one MULTI, so ``stock + len(buyers)`` is consistent."""
+    pipe = client.pipeline(transaction=True)
+    pipe.get(stock_key(voucher_id))
+    pipe.smembers(order_set_key(voucher_id))
+    stock, members = pipe.execute()
+    return RedisSnapshot(None if stock is None else int(stock), frozenset(int(m) for m in members))
+
+
+def live_stocks(client: redis.Redis, voucher_ids: list[int]) -> dict[int, int]:
+    """Current Redis stock of each loaded voucher (one MGET)."""
+    if not voucher_ids:
+        return {}
+    values = client.mget([stock_key(v) for v in voucher_ids])
+    return {v: int(s) for v, s in zip(voucher_ids, values, strict=True) if s is not None}
+
+
+class MissingVouchers:
+    """A small in-process memory of ids the database does not know.
+
+    A flood of orders for a nonexistent voucher would otherwise cost one
+    database query each. Only consulted after the gate said "unknown", so a
+    voucher created meanwhile (loaded into Redis at creation) is never hidden.
+    """
+
+    def __init__(self, ttl: float = 5.0, max_size: int = 10_000):
+        self.ttl = ttl
+        self.max_size = max_size
+        self._until: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, voucher_id: int) -> bool:
+        until = self._until.get(voucher_id)
+        return until is not None and until > time.monotonic()
+
+    def add(self, voucher_id: int) -> None:
+        """Remember ``voucher_id`` as missing for ``ttl`` seconds."""
+        with self._lock:
+            if len(self._until) >= self.max_size:
+                now = time.monotonic()
+                self._until = {k: u for k, u in self._until.items() if u > now}
+                if len(self._until) >= self.max_size:
+                    self._until.clear()
+            self._until[voucher_id] = time.monotonic() + self.ttl

@@ -1,0 +1,222 @@
+"""Turning a seckill reservation into exactly one order row.
+
+:func:`settle_order` is THE settling code path: the Celery task
+``tasks.orders.create_voucher_order`` and the beat recovery job both call it,
+so whatever delivered a reservation (a first message, a redelivery after a
+worker was killed, a duplicate message, recovery from the Stream), the result
+is one row. Defences, outermost first:
+
+1. the per-user lock ``lock:order:{userId}`` (cache.locks.RLock, watchdog
+   renewed): one settle per user at a time, across processes;
+2. an existence check by order id and by (user, voucher): a settled order
+   returns early;
+3. one transaction: INSERT the order, then ``UPDATE tb_seckill_voucher SET
+   stock = stock - 1 WHERE voucher_id = ? AND stock > 0``, commit. The insert
+   goes first so the voucher's hot row is locked only from the UPDATE to the
+   commit; the UNIQUE (user_id, voucher_id) constraint turns any race that got
+   past 1 and 2 into an IntegrityError, i.e. "already settled". An UPDATE that
+   matches no row means the database has no stock left for a reservation
+   Redis made: an oversell attempt. Nothing is written; it is logged, counted
+   and dead-lettered for an operator. It must never happen.
+
+After the commit the Stream entry is acknowledged (XACK + XDEL, see
+:mod:`cache.order_stream`). Database and Redis outages raise; the task retries
+with capped exponential backoff and full jitter, and when it gives up, the
+entry is still in the Stream for recovery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import redis
+from celery import shared_task
+from celery.utils.time import get_exponential_backoff_interval
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from cache import order_stream
+from cache.locks import LockError, LockNotOwnedError, RLock
+from cache.order_stream import MalformedEntry, OrderEntry
+from metrics import ORDER_TASK_SECONDS, ORDER_TASKS
+from models.entities import SeckillVoucher, VoucherOrder, utcnow
+from models.session import Database
+from services import Services
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "tasks.orders.create_voucher_order"
+LOCK_KEY = "lock:order:{user_id}"
+LOCK_WAIT_SECONDS = 10.0
+
+# Outcomes of settle_order (also the ORDER_TASKS labels).
+CREATED = "created"
+DUPLICATE = "duplicate"
+OVERSELL = "oversell"
+REJECTED = "rejected"
+
+# Failures worth retrying: the backends are down or slow, or the lock is busy.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    OperationalError,
+    PoolTimeout,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    LockError,
+)
+MAX_RETRIES = 8
+BACKOFF_FACTOR = 1
+BACKOFF_MAX = 30
+
+
+class _NoStock(Exception):
+    """The guarded UPDATE matched no row (rolls the insert back)."""
+
+
+def _existing(db: Database, entry: OrderEntry) -> VoucherOrder | None:
+    with db.session() as session:
+        return session.scalars(
+            select(VoucherOrder).where(
+                or_(
+                    VoucherOrder.id == entry.order_id,
+                    and_(
+                        VoucherOrder.user_id == entry.user_id,
+                        VoucherOrder.voucher_id == entry.voucher_id,
+                    ),
+                )
+            )
+        ).first()
+
+
+def _classify(row: VoucherOrder, entry: OrderEntry) -> str:
+    if row.id == entry.order_id and (row.user_id, row.voucher_id) != (
+        entry.user_id,
+        entry.voucher_id,
+    ):
+        return REJECTED  # the id belongs to another order: never overwrite it
+    if row.id != entry.order_id:
+        log.warning(
+            "user %s already has order %s for voucher %s; reservation %s not persisted again",
+            entry.user_id,
+            row.id,
+            entry.voucher_id,
+            entry.order_id,
+        )
+    return DUPLICATE
+
+
+def persist_order(db: Database, entry: OrderEntry) -> str:
+    """Write the order row and take the database stock, once (caller holds the lock).
+
+    Returns CREATED, DUPLICATE (already there), OVERSELL (no stock left in
+    the database; nothing written) or REJECTED (order id taken by another order).
+    """
+    row = _existing(db, entry)
+    if row is not None:
+        return _classify(row, entry)
+    try:
+        with db.session() as session:
+            session.add(
+                VoucherOrder(id=entry.order_id, user_id=entry.user_id, voucher_id=entry.voucher_id)
+            )
+            session.flush()
+            taken = session.execute(
+                update(SeckillVoucher)
+                .where(SeckillVoucher.voucher_id == entry.voucher_id, SeckillVoucher.stock > 0)
+                .values(stock=SeckillVoucher.stock - 1, update_time=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if taken.rowcount != 1:
+                raise _NoStock
+    except _NoStock:
+        return OVERSELL
+    except IntegrityError:
+        row = _existing(db, entry)
+        if row is None:  # not a duplicate after all: let the caller retry
+            raise
+        return _classify(row, entry)
+    return CREATED
+
+
+def settle_order(services: Services, entry: OrderEntry) -> str:
+    """Persist one reservation exactly once and settle its Stream entry.
+
+    The one function the task and recovery share. Raises on outages (the
+    entry stays in the Stream); returns the outcome otherwise.
+    """
+    settings = services.settings
+    client = services.redis
+    lock = RLock(client, LOCK_KEY.format(user_id=entry.user_id), settings.order_lock_lease_ms)
+    if not lock.acquire(blocking=True, wait_timeout=LOCK_WAIT_SECONDS):
+        raise LockError(f"order lock of user {entry.user_id} busy for {LOCK_WAIT_SECONDS}s")
+    try:
+        outcome = persist_order(services.db, entry)
+    finally:
+        try:
+            lock.release()
+        except LockNotOwnedError:  # lease lost while we worked; the constraint held
+            log.warning("order lock of user %s expired during settle", entry.user_id)
+        except (redis.RedisError, OSError) as exc:  # it expires by itself
+            log.warning("order lock of user %s not released: %s", entry.user_id, exc)
+    if outcome == OVERSELL:
+        log.error(
+            "OVERSELL ATTEMPT: reservation %s (user %s, voucher %s) has no database stock",
+            entry.order_id,
+            entry.user_id,
+            entry.voucher_id,
+        )
+    if entry.stream_id is None:
+        return outcome
+    fields = {k: str(v) for k, v in entry.to_payload().items() if k != "streamId"}
+    if outcome == OVERSELL:
+        order_stream.dead_letter(
+            client, settings, entry.stream_id, fields, "oversell: no database stock left"
+        )
+    elif outcome == REJECTED:
+        order_stream.dead_letter(
+            client, settings, entry.stream_id, fields, "order id belongs to another order"
+        )
+    else:
+        order_stream.acknowledge(client, settings, entry.stream_id)
+    return outcome
+
+
+def run_order_task(services: Services, payload: object) -> str:
+    """The task body without Celery (tests call it directly): parse, then settle."""
+    try:
+        entry = OrderEntry.from_payload(payload)
+    except MalformedEntry as exc:
+        # Nothing to retry; if it came from a real reservation, the Stream
+        # entry is intact and recovery settles it from there.
+        log.error("malformed order task payload %r: %s", payload, exc)
+        return REJECTED
+    return settle_order(services, entry)
+
+
+@shared_task(bind=True, name=TASK_NAME, acks_late=True, max_retries=MAX_RETRIES)
+def create_voucher_order(self, payload: dict) -> str:  # type: ignore[no-untyped-def]
+    """Persist one seckill reservation (idempotent under any number of deliveries)."""
+    started = time.perf_counter()
+    try:
+        outcome = run_order_task(self.app.services, payload)
+    except RETRYABLE as exc:
+        if self.request.retries >= MAX_RETRIES:
+            ORDER_TASKS.labels(result="failed").inc()
+            log.error("order task gave up after %d retries: %s", self.request.retries, exc)
+            raise  # the Stream entry remains; recovery settles it
+        ORDER_TASKS.labels(result="retried").inc()
+        countdown = get_exponential_backoff_interval(
+            BACKOFF_FACTOR, self.request.retries, BACKOFF_MAX, full_jitter=True
+        )
+        raise self.retry(exc=exc, countdown=max(countdown, 0.2)) from exc
+    except DBAPIError as exc:  # not an outage: a bug or a constraint we did not expect
+        ORDER_TASKS.labels(result="failed").inc()
+        log.exception("order task failed: %s", exc)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            ORDER_TASK_SECONDS.observe(time.perf_counter() - started)
+    ORDER_TASKS.labels(result=outcome).inc()
+    return outcome

@@ -1,0 +1,115 @@
+"""The seckill gate (lua/seckill.lua through cache/seckill.py) on a real Redis."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cache.ids import decode
+from cache.seckill import (
+    DUPLICATE,
+    ENDED,
+    NOT_STARTED,
+    OK,
+    SOLD_OUT,
+    UNKNOWN,
+    SeckillGate,
+    epoch_ms,
+    load_voucher,
+    redis_snapshot,
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@pytest.fixture
+def gate(redis_client, settings) -> SeckillGate:
+    return SeckillGate(redis_client, settings)
+
+
+def _load(redis_client, voucher_id=1, stock=3, begin=None, end=None) -> None:
+    begin = begin or _now() - timedelta(hours=1)
+    end = end or _now() + timedelta(hours=1)
+    load_voucher(redis_client, voucher_id, stock, begin, end)
+
+
+def test_success_reserves_everything_in_one_step(gate, redis_client, settings):
+    _load(redis_client, stock=3)
+    result = gate.reserve(1, 42)
+    assert result.outcome == OK and result.order_id and result.stream_id
+    assert redis_client.get("seckill:stock:1") == "2"
+    assert redis_client.smembers("seckill:order:1") == {"42"}
+    entries = redis_client.xrange(settings.order_stream)
+    assert entries == [
+        (result.stream_id, {"orderId": str(result.order_id), "userId": "42", "voucherId": "1"})
+    ]
+    made_at, count = decode(result.order_id)
+    assert abs((made_at.replace(tzinfo=None) - _now()).total_seconds()) < 60 and count == 1
+
+
+def test_refusals_change_nothing(gate, redis_client, settings):
+    _load(redis_client, stock=1)
+    assert gate.reserve(1, 1).outcome == OK
+    before = redis_client.xlen(settings.order_stream)
+    assert gate.reserve(1, 1).outcome == DUPLICATE
+    assert gate.reserve(1, 2).outcome == SOLD_OUT
+    assert redis_client.get("seckill:stock:1") == "0"
+    assert redis_client.smembers("seckill:order:1") == {"1"}
+    assert redis_client.xlen(settings.order_stream) == before
+
+
+def test_window_is_checked_against_now(gate, redis_client):
+    begin, end = _now() + timedelta(hours=1), _now() + timedelta(hours=2)
+    _load(redis_client, stock=5, begin=begin, end=end)
+    assert gate.reserve(1, 1).outcome == NOT_STARTED
+    assert gate.reserve(1, 1, now=epoch_ms(begin) / 1000).outcome == OK
+    assert gate.reserve(1, 2, now=epoch_ms(end) / 1000).outcome == ENDED
+    assert gate.reserve(1, 2, now=epoch_ms(end) / 1000 - 0.001).outcome == OK
+    assert redis_client.get("seckill:stock:1") == "3"
+
+
+def test_unknown_voucher_and_missing_window(gate, redis_client):
+    assert gate.reserve(99, 1).outcome == UNKNOWN
+    redis_client.set("seckill:stock:98", 10)  # stock without a window: not usable
+    assert gate.reserve(98, 1).outcome == UNKNOWN
+    assert redis_client.get("seckill:stock:98") == "10"
+
+
+def test_loading_never_resets_sold_stock(gate, redis_client):
+    _load(redis_client, stock=3)
+    gate.reserve(1, 1)
+    new_end = _now() + timedelta(days=3)
+    assert not load_voucher(redis_client, 1, 3, _now() - timedelta(hours=1), new_end)
+    assert redis_client.get("seckill:stock:1") == "2"
+    assert int(redis_client.hget("seckill:window:1", "end")) == epoch_ms(new_end)
+
+
+def test_concurrent_gate_sells_exactly_the_stock_once_per_user(gate, redis_client, settings):
+    """200 users x 5 attempts each from 32 threads against stock 50."""
+    _load(redis_client, stock=50)
+    start = threading.Barrier(32)
+
+    def attempts(worker: int) -> list[tuple[int, str, int | None]]:
+        start.wait()
+        out = []
+        for user in range(worker, 200, 32):
+            for _ in range(5):
+                r = gate.reserve(1, user + 1)
+                out.append((user + 1, r.outcome, r.order_id))
+        return out
+
+    with ThreadPoolExecutor(32) as pool:
+        results = [r for chunk in pool.map(attempts, range(32)) for r in chunk]
+    wins = [(u, oid) for u, outcome, oid in results if outcome == OK]
+    assert len(wins) == 50
+    assert len({u for u, _ in wins}) == 50 and len({oid for _, oid in wins}) == 50
+    assert {o for _, o, _ in results} == {OK, DUPLICATE, SOLD_OUT}
+    snap = redis_snapshot(redis_client, 1)
+    assert snap.stock == 0 and snap.buyers == {u for u, _ in wins}
+    stream = redis_client.xrange(settings.order_stream)
+    assert sorted(int(f["orderId"]) for _, f in stream) == sorted(oid for _, oid in wins)
