@@ -133,9 +133,12 @@ class SimpleLock:
         self._extend: Script | None = None
 
     def _try(self) -> int | None:
-        if self.client.set(self.name, self.token, nx=True, px=self.ttl_ms):
-            return None
-        return int(self.client.pttl(self.name))
+        """One retry while waiting: SET NX and PTTL in one round trip (pipelined)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.name, self.token, nx=True, px=self.ttl_ms)
+        pipe.pttl(self.name)
+        got, ttl = pipe.execute()
+        return None if got else int(ttl)
 
     def acquire(self, blocking: bool = False, timeout: float | None = None) -> bool:
         """Take the lock; with ``blocking``, wait (up to ``timeout`` s, None = forever).
