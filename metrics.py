@@ -89,3 +89,7 @@ FEED_PUSHES = Counter("hmdp_feed_pushes_total", "Blog ids pushed into followers'
 RATE_LIMIT_REJECTIONS = Counter(
     "hmdp_rate_limit_rejections_total", "Requests refused by a rate limit", ["rule"]
 )
+RATE_LIMIT_ERRORS = Counter(
+    "hmdp_rate_limit_errors_total",
+    "Rate-limit checks that failed (Redis unavailable); the request was let through",
+)

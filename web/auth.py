@@ -9,18 +9,34 @@ checks a token itself and a new route cannot forget to.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import redis
 from flask import Flask, current_app, g, request
+
+from cache.login import TOKEN_KEY, load_session
 
 from .envelope import Forbidden, Unauthorized
 from .runtime import services
 
 F = TypeVar("F", bound=Callable)
+log = logging.getLogger(__name__)
 
-TOKEN_KEY = "login:token:{token}"
+__all__ = [
+    "TOKEN_KEY",
+    "UserSummary",
+    "admin_required",
+    "current_token",
+    "current_user",
+    "login_required",
+    "register_auth",
+    "require_user",
+    "required_access",
+]
+MAX_TOKEN_LENGTH = 128
 ACCESS_ATTR = "_hmdp_access"  # "user" or "admin"
 
 
@@ -87,19 +103,24 @@ def require_user() -> UserSummary:
     return user
 
 
+def current_token() -> str:
+    """The raw token this request carries ("" if none)."""
+    return (request.headers.get("authorization") or "").strip()
+
+
 def _load_session() -> UserSummary | None:
-    token = (request.headers.get("authorization") or "").strip()
-    if not token or len(token) > 128:
+    """The session of this request's token, its TTL refreshed; None if absent or bad."""
+    token = current_token()
+    if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    key = TOKEN_KEY.format(token=token)
-    client = services().redis
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(key)
-    pipe.expire(key, services().settings.login_token_ttl)
-    data, _ = pipe.execute()
+    svc = services()
+    data = load_session(svc.redis, token, svc.settings.login_token_ttl)
     if not data or "id" not in data:
         return None
-    return UserSummary.from_hash(data)
+    try:
+        return UserSummary.from_hash(data)
+    except ValueError:  # a corrupt hash is no session, not a 500
+        return None
 
 
 def register_auth(app: Flask) -> None:
@@ -107,12 +128,21 @@ def register_auth(app: Flask) -> None:
 
     @app.before_request
     def _authenticate() -> None:
+        g.user = None
+        rule = request.url_rule
+        if request.method == "OPTIONS" and getattr(rule, "provide_automatic_options", False):
+            return  # Flask's automatic answer (CORS preflight): runs no view, needs no token
         access = required_access(request.endpoint)
-        # Public routes still see the user (e.g. isLike on a blog), but a
-        # public route must not fail because the session store is slow.
-        g.user = _load_session() if (access or request.headers.get("authorization")) else None
         if access is None:
+            # Public routes still see the user (e.g. isLike on a blog), but a
+            # public route must not fail because the session store is down.
+            if current_token():
+                try:
+                    g.user = _load_session()
+                except redis.RedisError as exc:
+                    log.warning("session store unavailable, serving as anonymous: %s", exc)
             return
+        g.user = _load_session()
         if g.user is None:
             raise Unauthorized("not logged in")
         if access == "admin" and g.user.role != "admin":

@@ -1,5 +1,253 @@
-"""Routes of /users (being built; see the issue that owns this module)."""
+"""Routes of /user: login by SMS code (or password), sessions, user summaries and profiles.
 
-from flask import Blueprint
+Login follows hmdp: ``POST /user/code?phone=`` stores a 6-digit code in
+``login:code:{phone}`` and hands it to the app's code sender (web/sms.py);
+``POST /user/login {phone, code}`` consumes the code (once), creates the user
+on first login and answers with a token whose session hash lives in
+``login:token:{token}``. Wrong codes count towards a per-phone lock
+(settings.login_max_wrong_codes within settings.login_lock_seconds): a locked
+phone gets 429 with ``Retry-After`` until the lock ends.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+from flask import Blueprint, Response, request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash
+
+from cache import login as login_store
+from models.entities import User, UserInfo
+
+from .auth import UserSummary, current_token, login_required, require_user
+from .envelope import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    json_body,
+    ok,
+)
+from .runtime import services, settings
+from .sms import code_sender, install_code_sender, is_valid_phone
 
 bp = Blueprint("users", __name__)
+bp.record_once(lambda state: install_code_sender(state.app))
+
+NICK_PREFIX = "user_"
+NICK_ALPHABET = string.ascii_lowercase + string.digits
+MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and must not reach the driver
+MAX_PASSWORD = 128
+
+
+def _phone(value: object) -> str:
+    if value is None or value == "":
+        raise BadRequest("phone is required")
+    if not is_valid_phone(value):
+        raise BadRequest("phone must be a mainland mobile number (11 digits, 13x-19x)")
+    return value  # type: ignore[return-value]
+
+
+def _locked(seconds: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"too many wrong attempts for this phone; try again in {seconds} s",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+def new_code() -> str:
+    """A uniformly random 6-digit code (leading zeros kept)."""
+    return f"{secrets.randbelow(1_000_000):06d}"
+
+
+def new_nick_name() -> str:
+    """hmdp's default nickname for a new user: ``user_`` + 10 random characters."""
+    return NICK_PREFIX + "".join(secrets.choice(NICK_ALPHABET) for _ in range(10))
+
+
+@bp.post("/user/code")
+def send_code() -> Response:
+    """Send a login code; refused while the phone is locked, so the lock cannot be reset."""
+    phone = _phone(request.args.get("phone"))
+    client = services().redis
+    locked = login_store.lock_remaining(client, phone)
+    if locked:
+        raise _locked(locked)
+    code = new_code()
+    login_store.store_code(client, phone, code, settings().login_code_ttl)
+    try:
+        code_sender().send(phone, code)
+    except Exception as exc:
+        login_store.discard_code(client, phone)
+        raise ApiError("the login code could not be delivered; try again", 503) from exc
+    return ok()
+
+
+def _find_or_create_user(phone: str) -> User:
+    """The user with this phone, created (with an empty profile) on first login.
+
+    The phone column is unique: if a concurrent first login wins the insert,
+    this one reads the winner's row instead of creating a second user.
+    """
+    db = services().db
+    with db.session() as session:
+        user = session.scalar(select(User).where(User.phone == phone))
+        if user is not None:
+            return user
+    try:
+        with db.session() as session:
+            user = User(phone=phone, nick_name=new_nick_name(), icon="", password="", role="user")
+            session.add(user)
+            session.flush()
+            session.add(UserInfo(user_id=user.id))
+        return user
+    except IntegrityError:
+        with db.session() as session:
+            user = session.scalar(select(User).where(User.phone == phone))
+        if user is None:
+            raise
+        return user
+
+
+def _start_session(user: User) -> str:
+    role = "admin" if user.role == "admin" or user.phone in settings().admin_phones else "user"
+    summary = UserSummary(id=user.id, nick_name=user.nick_name, icon=user.icon, role=role)
+    token = secrets.token_urlsafe(32)
+    login_store.create_session(
+        services().redis, token, summary.to_hash(), settings().login_token_ttl
+    )
+    return token
+
+
+def _login_with_code(phone: str, code: object) -> User:
+    if not isinstance(code, str) or len(code) != 6 or not code.isascii() or not code.isdigit():
+        raise BadRequest("code must be the 6 digits that were sent")
+    cfg = settings()
+    attempt = login_store.use_code(
+        services().redis, phone, code, cfg.login_max_wrong_codes, cfg.login_lock_seconds
+    )
+    if attempt.status == "locked":
+        raise _locked(attempt.n)
+    if attempt.status == "missing":
+        raise Unauthorized("no valid code for this phone (expired or never sent)")
+    if attempt.status == "wrong":
+        left = f"; {attempt.n} attempts left" if attempt.n >= 0 else ""
+        raise Unauthorized(f"wrong code{left}")
+    return _find_or_create_user(phone)
+
+
+def _login_with_password(phone: str, password: object) -> User:
+    if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD:
+        raise BadRequest(f"password must be a non-empty string of at most {MAX_PASSWORD} chars")
+    client = services().redis
+    locked = login_store.lock_remaining(client, phone)
+    if locked:
+        raise _locked(locked)
+    with services().db.session() as session:
+        user = session.scalar(select(User).where(User.phone == phone))
+    if user is None or not user.password:
+        # No password to guess: not counted, and no difference from a wrong one.
+        raise Unauthorized("wrong phone or password (or no password set: log in with a code)")
+    if not check_password_hash(user.password, password):
+        cfg = settings()
+        attempt = login_store.record_failure(
+            client, phone, cfg.login_max_wrong_codes, cfg.login_lock_seconds
+        )
+        if attempt.status == "locked":
+            raise _locked(attempt.n)
+        raise Unauthorized("wrong phone or password (or no password set: log in with a code)")
+    login_store.reset_failures(client, phone)
+    return user
+
+
+@bp.post("/user/login")
+def login() -> Response:
+    """Log in with ``{phone, code}`` (or ``{phone, password}``); data = the session token."""
+    body = json_body()
+    phone = _phone(body.get("phone"))
+    code, password = body.get("code"), body.get("password")
+    if code not in (None, ""):
+        user = _login_with_code(phone, code)
+    elif password not in (None, ""):
+        user = _login_with_password(phone, password)
+    else:
+        raise BadRequest("code is required")
+    return ok(_start_session(user))
+
+
+@bp.get("/user/me")
+@login_required
+def me() -> Response:
+    """The logged-in user's summary (straight from the session)."""
+    return ok(require_user().to_json())
+
+
+@bp.post("/user/logout")
+@login_required
+def logout() -> Response:
+    """End this session: the token stops working at once."""
+    login_store.delete_session(services().redis, current_token())
+    return ok()
+
+
+def _user(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id) if 0 < user_id <= MAX_ID else None
+    if user is None:
+        raise NotFound("no such user")
+    return user
+
+
+@bp.get("/user/<int:user_id>")
+def get_user(user_id: int) -> Response:
+    """A user's public summary ``{id, nickName, icon}``."""
+    with services().db.session() as session:
+        user = _user(session, user_id)
+        return ok({"id": user.id, "nickName": user.nick_name, "icon": user.icon})
+
+
+def _iso(value: object) -> str | None:
+    return value.isoformat() if value is not None else None  # type: ignore[attr-defined]
+
+
+@bp.get("/user/info/<int:user_id>")
+def get_user_info(user_id: int) -> Response:
+    """A user's profile; a user without a profile row gets the empty defaults."""
+    with services().db.session() as session:
+        user = _user(session, user_id)
+        info = session.get(UserInfo, user.id)
+        if info is None:
+            return ok(
+                {
+                    "userId": user.id,
+                    "city": "",
+                    "introduce": "",
+                    "fans": 0,
+                    "followee": 0,
+                    "gender": 0,
+                    "birthday": None,
+                    "level": 0,
+                    "credits": 0,
+                    "createTime": None,
+                    "updateTime": None,
+                }
+            )
+        return ok(
+            {
+                "userId": info.user_id,
+                "city": info.city,
+                "introduce": info.introduce,
+                "fans": info.fans,
+                "followee": info.followee,
+                "gender": info.gender,
+                "birthday": _iso(info.birthday),
+                "level": info.level,
+                "credits": info.credits,
+                "createTime": _iso(info.create_time),
+                "updateTime": _iso(info.update_time),
+            }
+        )

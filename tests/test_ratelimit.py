@@ -1,0 +1,419 @@
+"""Rate limiting: the two Lua strategies (exact, atomic, clock-driven) and the route hook.
+
+Strategy tests drive the clock with an explicit ``now`` (seconds) instead of
+sleeping. Redis still expires keys on its own clock, so the rules here are
+slow (minutes/hours): a key never vanishes between two steps of a test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import process_env
+from prometheus_client import REGISTRY
+
+from cache.login import create_session
+from cache.ratelimit import (
+    Decision,
+    SlidingWindow,
+    SlidingWindowLimiter,
+    TokenBucket,
+    TokenBucketLimiter,
+    limiter_for,
+    parse_rule,
+)
+from cache.server import free_port
+from web.auth import UserSummary
+from web.ratelimit import EXTENSION, ROUTE_LIMITS, RouteLimit, RouteLimiter
+from web.sms import EXTENSION as SENDER
+from web.sms import MemoryCodeSender
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = 1_000_000.0  # an arbitrary caller clock (seconds)
+
+
+# --- rule specs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, rule",
+    [
+        ("10,5/s", TokenBucket(capacity=10, rate=5.0)),
+        ("100,50/second", TokenBucket(capacity=100, rate=50.0)),
+        ("5,2/min", TokenBucket(capacity=5, rate=2 / 60)),
+        (" 5 , 2 / minutes ", TokenBucket(capacity=5, rate=2 / 60)),
+        ("3,0.5/h", TokenBucket(capacity=3, rate=0.5 / 3600)),
+        ("100/10min", SlidingWindow(limit=100, window=600.0)),
+        ("2/hour", SlidingWindow(limit=2, window=3600.0)),
+        ("7/d", SlidingWindow(limit=7, window=86400.0)),
+        ("off", None),
+        ("", None),
+    ],
+)
+def test_parse_rule(spec, rule):
+    assert parse_rule(spec) == rule
+
+
+@pytest.mark.parametrize(
+    "spec", ["10", "10,5", "x/s", "10,5/fortnight", "0/s", "10,0/s", "-1/s", "5/0min", "1,2,3/s"]
+)
+def test_parse_rule_rejects_nonsense(spec):
+    with pytest.raises(ValueError):
+        parse_rule(spec)
+
+
+def test_bad_spec_stops_the_app_at_start(settings):
+    from web import create_app
+
+    with pytest.raises(ValueError, match="rate limit"):
+        create_app(settings.with_(rate_limit_login="5 per minute"))
+
+
+# --- token bucket ---------------------------------------------------------------
+
+
+def test_token_bucket_burst_then_refill_at_the_sustained_rate(redis_client):
+    limiter = TokenBucketLimiter(redis_client)
+    rule = TokenBucket(capacity=10, rate=5 / 60)  # burst 10, then 5 a minute
+    key = "ratelimit:test:tb"
+    remaining = [limiter.hit(key, rule, now=T0).remaining for _ in range(10)]
+    assert remaining == list(range(9, -1, -1))
+
+    refused = limiter.hit(key, rule, now=T0)
+    assert refused == Decision(
+        allowed=False, limit=10, remaining=0, reset_after=120.0, retry_after=12.0
+    )
+    assert refused.headers() == {
+        "X-RateLimit-Limit": "10",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": "120",
+        "Retry-After": "12",
+    }
+    assert not limiter.hit(key, rule, now=T0 + 11.9).allowed  # 0.99 tokens: not yet
+    assert limiter.hit(key, rule, now=T0 + 12).allowed  # one token per 12 s
+    assert not limiter.hit(key, rule, now=T0 + 12).allowed
+
+    # One minute later: exactly five more.
+    later = [limiter.hit(key, rule, now=T0 + 72).allowed for _ in range(6)]
+    assert later == [True] * 5 + [False]
+
+    # After a long idle time the bucket is full, never fuller.
+    idle = [limiter.hit(key, rule, now=T0 + 10_000).allowed for _ in range(11)]
+    assert idle == [True] * 10 + [False]
+
+
+def test_token_bucket_key_expires_when_it_would_be_full(redis_client):
+    limiter = TokenBucketLimiter(redis_client)
+    limiter.hit("ratelimit:test:ttl", TokenBucket(capacity=10, rate=1 / 60), now=T0)
+    # One token short: full again after 60 s, so the key need not live longer.
+    assert 59_000 < redis_client.pttl("ratelimit:test:ttl") <= 60_000
+
+
+def test_token_bucket_clock_going_backwards_credits_nothing(redis_client):
+    limiter = TokenBucketLimiter(redis_client)
+    rule = TokenBucket(capacity=2, rate=1 / 60)
+    assert limiter.hit("k", rule, now=T0 + 60).allowed
+    assert limiter.hit("k", rule, now=T0 + 60).allowed
+    assert not limiter.hit("k", rule, now=T0).allowed  # an older clock
+    assert not limiter.hit("k", rule, now=T0 + 119).allowed
+    assert limiter.hit("k", rule, now=T0 + 120).allowed
+
+
+# --- sliding window ---------------------------------------------------------------
+
+
+def test_sliding_window_is_exact(redis_client):
+    limiter = SlidingWindowLimiter(redis_client)
+    rule = SlidingWindow(limit=3, window=60.0)
+    key = "ratelimit:test:sw"
+    assert [limiter.hit(key, rule, now=T0 + t).remaining for t in (0, 10, 20)] == [2, 1, 0]
+    refused = limiter.hit(key, rule, now=T0 + 30)
+    assert not refused.allowed and refused.retry_after == 30.0 and refused.reset_after == 50.0
+    assert not limiter.hit(key, rule, now=T0 + 59.999).allowed
+    assert limiter.hit(key, rule, now=T0 + 60).allowed  # the t=0 request left the window
+    refused = limiter.hit(key, rule, now=T0 + 61)
+    assert not refused.allowed and refused.retry_after == 9.0  # t=10 leaves at 70
+    assert redis_client.zcard(key) == 3  # refused requests are not logged
+
+
+def test_sliding_window_same_instant_requests_are_all_counted(redis_client):
+    limiter = SlidingWindowLimiter(redis_client)
+    rule = SlidingWindow(limit=50, window=60.0)
+    results = [limiter.hit("k", rule, now=T0).allowed for _ in range(60)]
+    assert results == [True] * 50 + [False] * 10
+
+
+def test_sliding_window_with_a_lowered_limit_waits_for_enough_to_leave(redis_client):
+    limiter = SlidingWindowLimiter(redis_client)
+    for t in range(5):
+        limiter.hit("k", SlidingWindow(limit=5, window=60.0), now=T0 + t)
+    refused = limiter.hit("k", SlidingWindow(limit=3, window=60.0), now=T0 + 10)
+    assert not refused.allowed and refused.retry_after == 52.0  # t=2 must leave: 62
+
+
+# --- both: several keys at once ------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", [TokenBucket(capacity=2, rate=1 / 3600), SlidingWindow(2, 3600.0)])
+def test_several_keys_are_charged_all_or_nothing(redis_client, rule):
+    limiter = limiter_for(redis_client, rule)
+    phone, ip, other_ip = "rl:phone", "rl:ip", "rl:ip2"
+    assert limiter.hit_all([(phone, rule), (ip, rule)], now=T0).remaining == 1
+    assert limiter.hit(ip, rule, now=T0).allowed  # ip: 0 left, phone: 1 left
+    refused = limiter.hit_all([(phone, rule), (ip, rule)], now=T0)
+    assert not refused.allowed and refused.retry_after > 0
+    # The phone was not charged for the refused request.
+    assert limiter.hit_all([(phone, rule), (other_ip, rule)], now=T0).allowed
+    assert not limiter.hit_all([(phone, rule), (other_ip, rule)], now=T0).allowed
+
+
+def test_a_limiter_refuses_the_other_strategys_rule(redis_client):
+    with pytest.raises(TypeError):
+        TokenBucketLimiter(redis_client).hit("k", SlidingWindow(1, 1.0))
+
+
+# --- exactness across processes --------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["token_bucket", "sliding_window"])
+def test_exactly_the_limit_is_admitted_across_8_processes(settings, redis_client, strategy):
+    """8 processes, 1,000 requests at one key, limit 100: exactly 100 admitted."""
+    run = uuid.uuid4().hex[:8]
+    key, ready, go = f"ratelimit:test:{run}", f"test:ready:{run}", f"test:go:{run}"
+    env = process_env(settings)
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "tests" / "ratelimit_worker.py"),
+                settings.redis_url,
+                strategy,
+                key,
+                "125",
+                ready,
+                go,
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    try:
+        for _ in workers:
+            assert redis_client.blpop([ready], timeout=60) is not None, "a worker never started"
+        redis_client.rpush(go, *["1"] * len(workers))
+        outputs = [w.communicate(timeout=120) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    for worker, (_out, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err
+    admitted = [int(out.strip()) for out, _ in outputs]
+    assert sum(admitted) == 100, admitted
+    if strategy == "sliding_window":
+        assert redis_client.zcard(key) == 100
+
+
+# --- the route hook ----------------------------------------------------------------
+
+
+@pytest.fixture
+def make_app(settings):
+    """Apps with rate limiting on (and other changes); closed at the end."""
+    from web import create_app
+
+    apps = []
+
+    def _make(**changes):
+        app = create_app(settings.with_(rate_limit_enabled=True, **changes))
+        app.config["TESTING"] = True
+        app.extensions[SENDER] = MemoryCodeSender()
+        apps.append(app)
+        return app
+
+    yield _make
+    for app in apps:
+        app.extensions["hmdp"].close()
+
+
+def _send(client, phone: str, ip: str = "10.0.0.1", **headers):
+    return client.post(
+        f"/user/code?phone={phone}", environ_base={"REMOTE_ADDR": ip}, headers=headers
+    )
+
+
+def _rejections(rule: str) -> float:
+    return REGISTRY.get_sample_value("hmdp_rate_limit_rejections_total", {"rule": rule}) or 0.0
+
+
+def test_send_code_is_limited_per_ip(make_app):
+    client = make_app(rate_limit_login="2,1/h").test_client()
+    first = _send(client, "13700000001")
+    assert first.status_code == 200
+    assert first.headers["X-RateLimit-Limit"] == "2"
+    assert first.headers["X-RateLimit-Remaining"] == "1"
+    assert "Retry-After" not in first.headers
+    assert _send(client, "13700000002").status_code == 200
+    before = _rejections("code")
+    refused = _send(client, "13700000003")
+    assert refused.status_code == 429 and refused.is_json
+    assert refused.get_json()["success"] is False
+    assert refused.headers["Retry-After"] == "3600"
+    assert refused.headers["X-RateLimit-Limit"] == "2"
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert refused.headers["X-RateLimit-Reset"] == "7200"
+    assert _rejections("code") == before + 1
+    # The refused request charged nothing to its phone: from elsewhere it still has 2.
+    assert _send(client, "13700000003", ip="10.0.0.2").status_code == 200
+    assert _send(client, "13700000003", ip="10.0.0.3").status_code == 200
+
+
+def test_send_code_is_limited_per_phone(make_app, redis_client):
+    client = make_app(rate_limit_login="2,1/h").test_client()
+    assert _send(client, "13700000001", ip="10.0.0.1").status_code == 200
+    assert _send(client, "13700000001", ip="10.0.0.2").status_code == 200
+    assert _send(client, "13700000001", ip="10.0.0.3").status_code == 429
+    assert redis_client.exists("ratelimit:code:phone:13700000001") == 1
+    # Login has its own budget: the phone can still log in.
+    sender = client.application.extensions[SENDER]
+    code = sender.last_code("13700000001")
+    login = client.post(
+        "/user/login",
+        json={"phone": "13700000001", "code": code},
+        environ_base={"REMOTE_ADDR": "10.0.0.9"},
+    )
+    assert login.status_code == 200, login.data
+    assert redis_client.exists("ratelimit:login:phone:13700000001") == 1
+
+
+def test_login_is_limited_per_phone_from_the_json_body(make_app):
+    client = make_app(rate_limit_login="2,1/h").test_client()
+    for i, expected in enumerate([401, 401, 429]):
+        response = client.post(
+            "/user/login",
+            json={"phone": "13700000001", "code": "000000"},
+            environ_base={"REMOTE_ADDR": f"10.0.1.{i}"},
+        )
+        assert response.status_code == expected
+
+
+def test_a_sliding_window_spec_limits_with_a_sliding_window(make_app, redis_client):
+    client = make_app(rate_limit_login="2/h").test_client()
+    assert [_send(client, "13700000001").status_code for _ in range(3)] == [200, 200, 429]
+    assert redis_client.type("ratelimit:code:phone:13700000001") == "zset"
+
+
+def test_forwarded_for_is_used_only_behind_a_trusted_proxy(make_app, redis_client):
+    behind = make_app(rate_limit_login="2,1/h", trusted_proxies=1).test_client()
+    statuses = [
+        _send(
+            behind, f"1370000000{i}", ip="127.0.0.1", **{"X-Forwarded-For": f"6.6.6.{i}, 10.9.9.9"}
+        ).status_code
+        for i in range(3)
+    ]
+    assert statuses == [200, 200, 429]  # spoofed left entries do not help
+    assert redis_client.exists("ratelimit:code:ip:10.9.9.9") == 1
+    assert not redis_client.keys("ratelimit:code:ip:6.6.6.*")
+
+    redis_client.flushall()
+    direct = make_app(rate_limit_login="2,1/h").test_client()
+    statuses = [
+        _send(
+            direct, f"1370000000{i}", ip="10.0.0.5", **{"X-Forwarded-For": f"10.9.9.{i}"}
+        ).status_code
+        for i in range(3)
+    ]
+    assert statuses == [200, 200, 429]  # without a trusted proxy the header is ignored
+    assert redis_client.keys("ratelimit:code:ip:*") == ["ratelimit:code:ip:10.0.0.5"]
+
+
+def test_per_user_limits_see_the_logged_in_user(make_app, redis_client):
+    app = make_app(rate_limit_seckill="2,1/h")
+    limiter = RouteLimiter(
+        app.extensions["hmdp"].settings,
+        {"users.me": RouteLimit("probe", "rate_limit_seckill", ("user",))},
+    )
+    app.extensions[EXTENSION] = limiter
+    client = app.test_client()
+    tokens = {}
+    for user_id in (7, 8):
+        tokens[user_id] = uuid.uuid4().hex
+        create_session(
+            redis_client, tokens[user_id], UserSummary(user_id, f"u{user_id}", "").to_hash(), 600
+        )
+
+    def me(user_id: int, ip: str) -> int:
+        headers = {"authorization": tokens[user_id]}
+        return client.get("/user/me", headers=headers, environ_base={"REMOTE_ADDR": ip}).status_code
+
+    assert [me(7, f"10.0.0.{i}") for i in range(3)] == [200, 200, 429]  # any IP: same user
+    assert me(8, "10.0.0.0") == 200
+    assert client.get("/user/me").status_code == 401  # auth runs first: no session, no charge
+    assert not redis_client.keys("ratelimit:probe:ip:*")
+
+
+def test_rejected_input_writes_only_rate_limit_counters(make_app, redis_client):
+    client = make_app().test_client()
+    assert _send(client, "12345").status_code == 400
+    assert client.post("/user/login", data="nope").status_code == 400
+    assert client.post("/user/login", json={"phone": "1", "code": "1"}).status_code == 400
+    assert all(key.startswith("ratelimit:") for key in redis_client.keys("*"))
+
+
+def test_unlimited_routes_and_pending_endpoints_do_not_crash(make_app):
+    client = make_app().test_client()
+    response = client.get("/healthz")
+    assert response.status_code == 200 and "X-RateLimit-Limit" not in response.headers
+
+
+def test_disabled_rate_limiting_limits_nothing(app, redis_client):
+    app.extensions[SENDER] = MemoryCodeSender()
+    client = app.test_client()
+    assert all(_send(client, "13700000001").status_code == 200 for _ in range(20))
+    assert not redis_client.keys("ratelimit:*")
+
+
+def test_an_off_spec_disables_that_group(make_app, redis_client):
+    client = make_app(rate_limit_login="off").test_client()
+    assert all(_send(client, "13700000001").status_code == 200 for _ in range(10))
+    assert not redis_client.keys("ratelimit:*")
+
+
+def test_limiter_fails_open_when_redis_is_down(make_app):
+    app = make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    app.extensions[EXTENSION] = RouteLimiter(
+        app.extensions["hmdp"].settings,
+        {"health.healthz": RouteLimit("probe", "rate_limit_login", ("ip",))},
+    )
+    before = REGISTRY.get_sample_value("hmdp_rate_limit_errors_total") or 0.0
+    assert app.test_client().get("/healthz").status_code == 200
+    assert REGISTRY.get_sample_value("hmdp_rate_limit_errors_total") == before + 1
+
+
+@pytest.mark.parametrize("endpoint", sorted(ROUTE_LIMITS))
+def test_every_table_entry_names_a_real_endpoint(app, endpoint):
+    """Entries of blueprints that have no routes yet are skipped, not passed."""
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+    blueprint = endpoint.split(".")[0]
+    if not any(e.startswith(blueprint + ".") for e in endpoints):
+        pytest.skip(f"blueprint {blueprint!r} has no routes yet")
+    assert endpoint in endpoints, f"{endpoint} is rate limited but no route has that name"
+
+
+def test_a_limited_request_costs_one_evalsha(make_app, redis_client):
+    client = make_app().test_client()
+    assert _send(client, "13700000001").status_code == 200  # loads the script once
+    redis_client.config_resetstat()
+    assert _send(client, "13700000002").status_code == 200
+    stats = redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert "cmdstat_eval" not in stats and "cmdstat_script|load" not in stats

@@ -1,0 +1,190 @@
+"""Rate limits on routes, applied in one place: a before-request hook and a table.
+
+``ROUTE_LIMITS`` maps endpoint names to a limit group (whose rule spec is a
+Settings field) and to the subjects it is counted per: the client IP, the
+logged-in user, and/or the phone in the request. A request is charged to all
+its subjects at once in ONE script call (cache/ratelimit.py), all or nothing;
+over the limit it gets 429 with ``Retry-After`` and ``X-RateLimit-*`` headers,
+and every limited response carries the ``X-RateLimit-*`` headers.
+
+Endpoints of modules not written yet simply never match. The hook runs after
+the auth hook (registered after it), so per-user limits see the user; a
+per-user limit on an anonymous request falls back to the client IP. The
+client IP is the peer address, or, behind ``settings.trusted_proxies``
+proxies, the address the outermost trusted proxy saw (X-Forwarded-For counted
+from the right; entries further left are client-supplied and spoofable).
+
+If Redis cannot answer, the limiter fails OPEN (the request goes on, the error
+is counted in ``hmdp_rate_limit_errors_total``): a cache outage must not turn
+into refusing everything that could still be served.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+from flask import Flask, Response, current_app, g, request
+
+from cache.ratelimit import Decision, Limiter, Rule, limit_key, limiter_for, parse_rule
+from metrics import RATE_LIMIT_ERRORS, RATE_LIMIT_REJECTIONS
+from settings import Settings
+
+from .auth import current_user
+from .envelope import TooManyRequests
+from .runtime import services
+from .sms import is_valid_phone
+
+log = logging.getLogger(__name__)
+
+Subject = Literal["ip", "user", "phone"]
+EXTENSION = "hmdp_ratelimit"
+
+
+@dataclass(frozen=True)
+class RouteLimit:
+    """One route's limit: a group (bucket family), its spec's setting, and its subjects."""
+
+    group: str
+    setting: str
+    per: tuple[Subject, ...]
+
+
+SECKILL = RouteLimit("seckill", "rate_limit_seckill", ("user",))
+SHOP_QUERY = RouteLimit("shop_query", "rate_limit_shop_query", ("ip",))
+
+# Endpoint name -> limit. Shop queries share one budget per IP; the code and
+# login routes have separate budgets, each per phone AND per IP.
+ROUTE_LIMITS: dict[str, RouteLimit] = {
+    "orders.seckill": SECKILL,
+    "shops.get_shop": SHOP_QUERY,
+    "shops.shops_by_type": SHOP_QUERY,
+    "shops.shops_by_name": SHOP_QUERY,
+    "shops.shop_types": SHOP_QUERY,
+    "users.send_code": RouteLimit("code", "rate_limit_login", ("phone", "ip")),
+    "users.login": RouteLimit("login", "rate_limit_login", ("phone", "ip")),
+}
+
+
+def _valid_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def client_ip(trusted_proxies: int) -> str:
+    """The client's address: the peer, or what the outermost trusted proxy saw.
+
+    Each trusted proxy appends the address it received from to
+    X-Forwarded-For, so with N of them the client is the N-th entry from the
+    right; anything further left was written by the client and is ignored.
+    """
+    remote = request.remote_addr or "unknown"
+    if trusted_proxies <= 0:
+        return remote
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+    hops = [h for h in hops if h]
+    if len(hops) < trusted_proxies:
+        return remote
+    candidate = hops[-trusted_proxies]
+    return candidate if _valid_ip(candidate) else remote
+
+
+def _request_phone() -> str | None:
+    phone = request.args.get("phone")
+    if phone is None and request.content_length:
+        body = request.get_json(force=True, silent=True)
+        phone = body.get("phone") if isinstance(body, dict) else None
+    return phone if is_valid_phone(phone) else None
+
+
+class RouteLimiter:
+    """The table resolved against Settings; charges a request to its subjects."""
+
+    def __init__(self, settings: Settings, table: dict[str, RouteLimit] | None = None):
+        self.settings = settings
+        self.table = dict(ROUTE_LIMITS if table is None else table)
+        # Parsed at start-up: a bad spec stops the app instead of not limiting.
+        self.rules: dict[str, Rule | None] = {
+            limit.setting: parse_rule(getattr(settings, limit.setting))
+            for limit in self.table.values()
+        }
+        self._limiters: dict[type, Limiter] = {}
+        self._client: redis.Redis | None = None
+
+    def _limiter(self, client: redis.Redis, rule: Rule) -> Limiter:
+        if client is not self._client:  # Services reconnected: rebind the scripts
+            self._limiters, self._client = {}, client
+        limiter = self._limiters.get(type(rule))
+        if limiter is None:
+            limiter = self._limiters[type(rule)] = limiter_for(client, rule)
+        return limiter
+
+    def _subject_key(self, limit: RouteLimit, subject: Subject) -> str | None:
+        if subject == "user":
+            user = current_user()
+            if user is not None:
+                return limit_key(limit.group, "user", user.id)
+            subject = "ip"  # anonymous: count per address instead
+        if subject == "phone":
+            phone = _request_phone()
+            return limit_key(limit.group, "phone", phone) if phone else None
+        return limit_key(limit.group, "ip", client_ip(self.settings.trusted_proxies))
+
+    def check(self, endpoint: str | None, client: redis.Redis) -> Decision | None:
+        """The decision for this request, or None if its route is not limited."""
+        limit = self.table.get(endpoint or "")
+        if limit is None:
+            return None
+        rule = self.rules[limit.setting]
+        if rule is None:
+            return None
+        keys = sorted({k for s in limit.per if (k := self._subject_key(limit, s)) is not None})
+        if not keys:
+            return None
+        items = [(key, rule) for key in keys]
+        decision = self._limiter(client, rule).hit_all(items)
+        if not decision.allowed:
+            RATE_LIMIT_REJECTIONS.labels(rule=limit.group).inc()
+        return decision
+
+
+def register_ratelimit(app: Flask, settings: Settings) -> None:
+    """Install the rate-limit hook (after the auth hook); nothing when disabled.
+
+    The hook reads the table from ``app.extensions["hmdp_ratelimit"]``, so a
+    deployment (or a test) can swap in a RouteLimiter with its own table.
+    """
+    app.extensions[EXTENSION] = RouteLimiter(settings)
+    if not settings.rate_limit_enabled:
+        return
+
+    @app.before_request
+    def _rate_limit() -> None:
+        if request.method == "OPTIONS":  # CORS preflight: no work done, nothing to limit
+            return
+        limiter: RouteLimiter = current_app.extensions[EXTENSION]
+        try:
+            decision = limiter.check(request.endpoint, services().redis)
+        except redis.RedisError as exc:
+            RATE_LIMIT_ERRORS.inc()
+            log.warning("rate limiter unavailable, letting the request through: %s", exc)
+            return
+        if decision is None:
+            return
+        g.rate_limit = decision
+        if not decision.allowed:
+            raise TooManyRequests("too many requests; slow down", headers=decision.headers())
+
+    @app.after_request
+    def _rate_limit_headers(response: Response) -> Response:
+        decision: Decision | None = g.get("rate_limit")
+        if decision is not None:
+            for name, value in decision.headers().items():
+                response.headers[name] = value
+        return response
