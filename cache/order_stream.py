@@ -243,10 +243,12 @@ class _Run:
         self.max_failures = max_failures
         self.streak = 0
         self.report = RecoveryReport()
+        self.seen: set[str] = set()  # tried in this run: not again until the next run
 
     def handle(self, stream_id: str, fields: dict | None, deliveries: int) -> None:
         """Settle one entry, or dead-letter it if it cannot or may no longer be tried."""
         report = self.report
+        self.seen.add(stream_id)
         if deliveries > self.settings.order_max_deliveries:
             dead_letter(
                 self.client,
@@ -285,13 +287,16 @@ class _Run:
         pending = self.client.xpending_range(
             s.order_stream, s.order_group, min="-", max="+", count=batch, idle=idle
         )
+        pending = [p for p in pending if p["message_id"] not in self.seen]
         if not pending:
             return 0
         ids = [p["message_id"] for p in pending]
         deliveries = {p["message_id"]: int(p["times_delivered"]) + 1 for p in pending}
         claimed = self.client.xclaim(s.order_stream, s.order_group, RECOVERY_CONSUMER, idle, ids)
         got = {sid: fields for sid, fields in claimed if sid is not None}
-        self._ack_deleted([sid for sid in ids if sid not in got])
+        missing = [sid for sid in ids if sid not in got]
+        self.seen.update(missing)
+        self._ack_deleted(missing)
         self.report.claimed += len(got)
         for sid in ids:
             if sid in got and not self.report.aborted:
