@@ -37,7 +37,9 @@ from services import Services
 
 from .auth import admin_required
 from .envelope import ApiError, BadRequest, NotFound, int_arg, json_body, ok
+from .nearby import index_shop, position_args, shops_near
 from .runtime import services
+from .stats import record_shop_visit
 
 bp = Blueprint("shops", __name__, cli_group="cache")
 
@@ -128,6 +130,7 @@ def get_shop(shop_id: str) -> Response:
         ) from None
     if text is None:
         raise NotFound("shop not found")
+    record_shop_visit(ident)  # UV: an in-process buffer insert, no I/O
     return _ok_json_text(text)
 
 
@@ -181,6 +184,9 @@ def shops_by_type() -> Response:
     """Shops of a type, 5 per page."""
     type_id = int_arg("typeId", minimum=1, maximum=MAX_ID)
     current = int_arg("current", default=1, minimum=1, maximum=MAX_PAGE)
+    position = position_args()  # x, y: sorted by distance through GEO (web/nearby.py)
+    if position is not None:
+        return ok(shops_near(type_id, current, *position, TYPE_PAGE_SIZE, shop_json))
     return ok(shops_of_type_page(services().db, type_id, current))
 
 
@@ -289,6 +295,7 @@ def create_shop() -> Response:
         bloom.add(shop_id)
     # A null marker cached for this id (an earlier lookup) must go.
     region.invalidate(shop_id)
+    index_shop(shop_id)  # GEO index (web/nearby.py)
     return ok(shop_id)
 
 
@@ -310,10 +317,11 @@ def update_shop() -> Response:
         for column, value in values.items():
             setattr(shop, column, value)
     region = shop_cache()
-    if region.invalidate(shop_id):
-        # It was a hot (logical) shop: put its logical key back from the new row
-        # now, rather than leave it to the mutex path until the next warm-up.
+    if region.invalidate(shop_id) or region.client.sismember(region.hot_key, str(shop_id)):
+        # A hot (logical) shop: put its logical key back from the new row now,
+        # rather than leave it to the mutex path until the next warm-up.
         region.refresh(shop_id)
+    index_shop(shop_id)  # GEO index (web/nearby.py)
     return ok()
 
 
