@@ -94,6 +94,7 @@ class UnlockListener:
                     self.pubsub.subscribe(channel)
                 except (redis.RedisError, OSError) as exc:
                     log.warning("lock wait: subscribe to %s failed (%s)", channel, exc)
+                    self._unexpect(channel)
                     entry.confirmed.set()  # fall back to TTL-bounded waits
                 if self.thread is None:
                     self.thread = threading.Thread(
@@ -123,11 +124,21 @@ class UnlockListener:
                 self.pubsub.unsubscribe(channel)
             except (redis.RedisError, OSError) as exc:
                 log.warning("lock wait: unsubscribe from %s failed (%s)", channel, exc)
+                self._unexpect(channel)
             if not self.channels:
                 self.idle_since = time.monotonic()
 
+    def _unexpect(self, channel: str) -> None:
+        """Drop the confirmation we just queued for a command that was not sent."""
+        queue = self.pending.get(channel)
+        if queue:
+            queue.pop()
+            if not queue:
+                del self.pending[channel]
+
     # -- reader thread ---------------------------------------------------------
     def _run(self) -> None:
+        failing = False
         while True:
             with self.lock:
                 if not self.channels and time.monotonic() - self.idle_since > IDLE_EXIT:
@@ -141,10 +152,15 @@ class UnlockListener:
             except (redis.RedisError, OSError) as exc:
                 # Connection trouble: wake everyone (they retry, then fall back to
                 # TTL-bounded waits) and let redis-py reconnect and resubscribe.
-                log.warning("lock wait: listener error (%s); retrying", exc)
+                if not failing:
+                    log.warning("lock wait: listener connection failed (%s); retrying", exc)
+                failing = True
                 self._wake_all()
                 time.sleep(0.1)
                 continue
+            if failing:
+                log.info("lock wait: listener connection back")
+                failing = False
             if message is not None:
                 self._dispatch(message)
 
@@ -164,6 +180,12 @@ class UnlockListener:
                     event = queue.popleft()
                     if event is not None and kind == "subscribe":
                         event.set()
+                elif kind == "subscribe":
+                    # Not ours: redis-py re-subscribed after a reconnect. A release
+                    # may have published while we were away: make a waiter retry.
+                    entry = self.channels.get(channel)
+                    if entry is not None and entry.waiters:
+                        entry.waiters[0].event.set()
                 if not queue:
                     self.pending.pop(channel, None)
 

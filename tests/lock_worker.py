@@ -1,11 +1,11 @@
 """A child process for the lock tests (run with sys.executable, never imported).
 
 Modes:
-  count URL KIND THREADS ITERATIONS NAME COUNTER GO
-      KIND is rlock | simple | none. Starts THREADS threads, prints "ready",
-      waits for one token on the Redis list GO, then each thread does
-      ITERATIONS read-modify-write increments (GET then SET) of COUNTER under
-      the lock NAME. Prints "done" at the end.
+  count URL KINDS THREADS ITERATIONS NAME COUNTER GO
+      KINDS is a comma list of rlock | simple | none, run as phases. For each
+      KIND: prints "ready KIND", waits for one token on the Redis list GO:KIND,
+      then THREADS threads each do ITERATIONS read-modify-write increments (GET
+      then SET) of COUNTER:KIND under the lock NAME, and prints "done KIND".
   hold URL NAME LEASE_MS
       Acquires RLock NAME (watchdog on), prints "held", then sleeps until killed.
   release URL NAME
@@ -27,14 +27,11 @@ def _increment(client, counter: str) -> None:
     client.set(counter, int(value or 0) + 1)
 
 
-def count(url: str, kind: str, threads: int, iterations: int, name: str, counter: str, go: str):
-    client = connect(url)
-    start = threading.Event()
+def _phase(client, kind: str, threads: int, iterations: int, name: str, counter: str) -> None:
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
-            start.wait()
             if kind == "rlock":
                 lock = RLock(client, name)
                 for _ in range(iterations):
@@ -57,15 +54,20 @@ def count(url: str, kind: str, threads: int, iterations: int, name: str, counter
     workers = [threading.Thread(target=work) for _ in range(threads)]
     for thread in workers:
         thread.start()
-    print("ready", flush=True)
-    client.blpop([go], timeout=60)
-    start.set()
     for thread in workers:
         thread.join()
     if errors:
         print(f"error {errors[0]!r}", flush=True)
         sys.exit(1)
-    print("done", flush=True)
+
+
+def count(url: str, kinds: str, threads: int, iterations: int, name: str, counter: str, go: str):
+    client = connect(url)
+    for kind in kinds.split(","):
+        print(f"ready {kind}", flush=True)
+        client.blpop([f"{go}:{kind}"], timeout=120)
+        _phase(client, kind, threads, iterations, name, f"{counter}:{kind}")
+        print(f"done {kind}", flush=True)
 
 
 def hold(url: str, name: str, lease_ms: int) -> None:

@@ -21,6 +21,7 @@ from conftest import process_env
 
 from cache.connection import connect
 from cache.locks import LockNotOwnedError, LockTimeout, RLock, SimpleLock, owner_id
+from cache.scripts import load_script
 
 WORKER = Path(__file__).with_name("lock_worker.py")
 ROOT = WORKER.parent.parent
@@ -115,15 +116,16 @@ QUICK = (2, 125)
 
 
 def _count_with(
-    settings, client: redis.Redis, kind: str, children: list[Child], shape: tuple[int, int]
-) -> int:
+    settings, client: redis.Redis, kinds: list[str], children: list[Child], shape: tuple[int, int]
+) -> dict[str, int]:
+    """Run each kind as a phase in the same PROCESSES children; counter per kind."""
     threads, iterations = shape
     for _ in range(PROCESSES):
         children.append(
             Child(
                 settings,
                 "count",
-                kind,
+                ",".join(kinds),
                 str(threads),
                 str(iterations),
                 "lock:counter",
@@ -131,35 +133,40 @@ def _count_with(
                 "go",
             )
         )
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        for child in children:
+            child.expect(f"ready {kind}")
+        client.rpush(f"go:{kind}", *["1"] * PROCESSES)
+        for child in children:
+            child.expect(f"done {kind}", timeout=300)
+        counts[kind] = int(client.get(f"counter:{kind}") or 0)
     for child in children:
-        child.expect("ready")
-    client.rpush("go", *["1"] * PROCESSES)
-    for child in children:
-        child.expect("done", timeout=300)
         assert child.finish() == 0
-    return int(client.get("counter") or 0)
+    return counts
 
 
 def _total(shape: tuple[int, int]) -> int:
     return PROCESSES * shape[0] * shape[1]
 
 
-@pytest.mark.parametrize("kind", ["rlock", "simple"])
-def test_read_modify_write_is_exact_under_the_lock(settings, redis_client, children, kind):
-    assert _count_with(settings, redis_client, kind, children, QUICK) == _total(QUICK)
+def test_read_modify_write_is_exact_under_the_locks_and_lossy_without(
+    settings, redis_client, children
+):
+    """4 processes x 2 threads, 1,000 GET-then-SET increments per phase. The
+    unlocked control phase must lose updates (so the test can fail)."""
+    counts = _count_with(settings, redis_client, ["none", "rlock", "simple"], children, QUICK)
+    assert counts["rlock"] == _total(QUICK)
+    assert counts["simple"] == _total(QUICK)
+    assert counts["none"] < _total(QUICK)
     assert not redis_client.exists("lock:counter")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["rlock", "simple"])
-def test_5000_read_modify_writes_are_exact_under_the_lock(settings, redis_client, children, kind):
-    assert _count_with(settings, redis_client, kind, children, FULL) == _total(FULL) == 5000
+def test_5000_read_modify_writes_are_exact_under_the_locks(settings, redis_client, children):
+    counts = _count_with(settings, redis_client, ["rlock", "simple"], children, FULL)
+    assert counts == {"rlock": 5000, "simple": 5000} and _total(FULL) == 5000
     assert not redis_client.exists("lock:counter")
-
-
-def test_read_modify_write_loses_updates_without_a_lock(settings, redis_client, children):
-    """The control: the same workload unlocked does lose updates (the test can fail)."""
-    assert _count_with(settings, redis_client, "none", children, QUICK) < _total(QUICK)
 
 
 # --- RLock: reentrancy and ownership ----------------------------------------------
@@ -552,3 +559,32 @@ def test_benchmark_script_runs_tiny(settings, redis_client):
     assert "command: " in result.stdout
     assert "rlock   contended 2p x 2t" in result.stdout
     assert "simple  uncontended x1" in result.stdout
+
+
+def test_waiter_recovers_a_message_lost_while_its_listener_reconnects(redis_client):
+    """Kill the subscriber connection and release in one MULTI: the PUBLISH reaches
+    nobody. The waiter must still get the lock long before the 30 s TTL fallback,
+    because the listener re-subscribes and then makes a waiter retry."""
+    lease_s = 30
+    holder = RLock(redis_client, "lock:order:22")
+    assert holder.acquire(lease=lease_s)
+    thread, out = run_in_thread(lambda: RLock(redis_client, "lock:order:22").acquire())
+    time.sleep(0.3)
+    assert thread.is_alive()
+    owner = owner_id()
+    release = load_script(redis_client, "rlock_release")
+    redis_client.script_load(release.script)
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.client_kill_filter(_type="pubsub")
+    pipe.evalsha(
+        release.sha,
+        1,
+        "lock:order:22",
+        owner,
+        "hmdp_lock__channel:lock:order:22",
+    )
+    killed, released = pipe.execute()
+    assert killed >= 1 and released == 0
+    thread.join(lease_s - 5)
+    assert out.get("result") is True
+    assert out["elapsed"] < lease_s / 2
