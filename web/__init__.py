@@ -31,6 +31,8 @@ BLUEPRINT_MODULES = (
     "web.blogs",
     "web.follows",
     "web.signs",
+    "web.stats",
+    "web.nearby",
 )
 
 

@@ -28,10 +28,13 @@ CLOCK_EXTENSION = "hmdp_clock"
 Clock = Callable[[], datetime]
 
 
-def system_clock(timezone: str) -> Clock:
-    """The real time in ``timezone`` (an IANA name)."""
+def system_clock(timezone: str, utc_now: Clock | None = None) -> Clock:
+    """The real time (or ``utc_now()``, for tests) seen in ``timezone`` (an IANA name)."""
     zone = ZoneInfo(timezone)
-    return lambda: datetime.now(zone)
+    if utc_now is None:
+        return lambda: datetime.now(zone)
+    source = utc_now
+    return lambda: source().astimezone(zone)
 
 
 @bp.record_once

@@ -1,0 +1,129 @@
+"""Nearby shops: the GEO side of ``GET /shop/of/type?typeId&current&x&y``.
+
+This blueprint has no routes of its own; web/shops.py owns the shop routes and
+calls in here:
+
+* :func:`position_args` reads and validates ``x`` (longitude, -180..180) and
+  ``y`` (latitude, -85.05..85.05): both or neither;
+* :func:`shops_near` answers one page sorted by distance, each shop with
+  ``distance`` in meters (GEOSEARCH within settings.geo_radius_m);
+* :func:`index_shop` re-indexes a shop after its row was created or updated.
+
+``post_seed`` loads every shop into ``shop:geo:{typeId}`` (pipelined GEOADD),
+and a type whose key is missing is rebuilt from the database on first search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+from flask import Blueprint
+from sqlalchemy import select
+
+from cache import geo
+from models.entities import Shop, ShopType
+from models.session import Database
+from services import Services
+
+from .envelope import BadRequest, float_arg
+from .runtime import services, settings
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("nearby", __name__)
+
+MAX_LATITUDE = 85.05  # the documented bound (Redis itself stops at 85.05112878)
+
+
+def shop_points(db: Database, type_id: int | None = None) -> Iterator[geo.ShopPoint]:
+    """Every shop's (id, type, x, y), streamed from the database (optionally one type)."""
+    query = select(Shop.id, Shop.type_id, Shop.x, Shop.y).order_by(Shop.id)
+    if type_id is not None:
+        query = query.where(Shop.type_id == type_id)
+    with db.sessions() as session:
+        for row in session.execute(query.execution_options(yield_per=5000)):
+            yield geo.ShopPoint(row.id, row.type_id, row.x, row.y)
+
+
+def post_seed(svc: Services) -> None:
+    """After ``flask seed``: every shop in its type's GEO key before traffic arrives."""
+    geo.load(svc.redis, shop_points(svc.db))
+
+
+def position_args() -> tuple[float, float] | None:
+    """The caller's (x, y) from the query string, validated; None when both are absent."""
+    x, y = float_arg("x"), float_arg("y")
+    if x is None and y is None:
+        return None
+    if x is None or y is None:
+        raise BadRequest("query parameters 'x' and 'y' go together")
+    if not -180 <= x <= 180:
+        raise BadRequest("query parameter 'x' (longitude) must be between -180 and 180")
+    if not -MAX_LATITUDE <= y <= MAX_LATITUDE:
+        raise BadRequest(
+            f"query parameter 'y' (latitude) must be between -{MAX_LATITUDE} and {MAX_LATITUDE}"
+        )
+    return x, y
+
+
+def shops_near(
+    type_id: int,
+    current: int,
+    x: float,
+    y: float,
+    page_size: int,
+    to_json: Callable[[Shop], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Page ``current`` of a type's shops within the radius, nearest first, with ``distance``.
+
+    ``to_json`` renders a shop row (web/shops.py passes its own, so both list
+    variants look alike). Shops deleted from the database since they were
+    indexed are left out.
+    """
+    svc = services()
+    geo.ensure(svc.redis, type_id, lambda: shop_points(svc.db, type_id))
+    start = (current - 1) * page_size
+    found = geo.search(svc.redis, type_id, x, y, settings().geo_radius_m, start, start + page_size)
+    if not found:
+        return []
+    with svc.db.sessions() as session:
+        rows = {
+            s.id: s for s in session.scalars(select(Shop).where(Shop.id.in_([i for i, _ in found])))
+        }
+        page = []
+        for shop_id, distance in found:
+            shop = rows.get(shop_id)
+            if shop is not None:
+                page.append({**to_json(shop), "distance": round(distance, 2)})
+        return page
+
+
+def index_shop(shop_id: int) -> None:
+    """Put a created/updated shop at its current position and type (after the commit).
+
+    It is removed from every other type's key in the same MULTI, so a type
+    change needs no "old type" from the caller. The shop write has already
+    succeeded, so a Redis failure here is logged, not raised: the index then
+    lags until the type is reloaded (:func:`cache.geo.forget` is tried so the
+    next search reloads it from the database).
+    """
+    svc = services()
+    with svc.db.sessions() as session:
+        shop = session.get(Shop, shop_id)
+        type_ids = list(session.scalars(select(ShopType.id)))
+    if shop is None:
+        return
+    try:
+        geo.upsert(
+            svc.redis,
+            geo.ShopPoint(shop.id, shop.type_id, shop.x, shop.y),
+            other_type_ids=[t for t in type_ids if t != shop.type_id],
+        )
+    except redis.RedisError:
+        log.exception("shop %s not re-indexed for nearby search", shop_id)
+        with contextlib.suppress(redis.RedisError):
+            geo.forget(svc.redis, type_ids)
