@@ -50,6 +50,14 @@ def _acquire(lock, kind: str) -> None:
         lock.acquire(blocking=True)
 
 
+def _take_token(client, key: str, limit: float) -> None:
+    """BLPOP in short slices: redis-py 8's default socket timeout is 5 s."""
+    deadline = time.monotonic() + limit
+    while client.blpop([key], timeout=1) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no token on {key} within {limit}s (a worker did not start?)")
+
+
 def uncontended(url: str, kind: str, iterations: int) -> tuple[float, list[float]]:
     """Pairs per second and per-pair latencies (s) of one thread alone."""
     client = connect(url)
@@ -88,7 +96,7 @@ def _contended_worker(url: str, kind: str, threads: int, iterations: int, name: 
             handoffs.extend(mine)
 
     client.rpush(f"{name}:ready", "1")
-    client.blpop([barrier_key], timeout=600)
+    _take_token(client, barrier_key, limit=600)
     workers = [threading.Thread(target=work) for _ in range(threads)]
     for worker in workers:
         worker.start()
@@ -113,8 +121,7 @@ def contended(
     for proc in procs:
         proc.start()
     for _ in procs:  # every child imported and connected: start together
-        if client.blpop([f"{name}:ready"], timeout=120) is None:
-            raise RuntimeError("a benchmark worker did not start")
+        _take_token(client, f"{name}:ready", limit=300)
     start = time.perf_counter()
     client.rpush(f"{name}:go", *["go"] * processes)
     handoffs: list[float] = []

@@ -22,6 +22,14 @@ from cache.connection import connect
 from cache.locks import LockNotOwnedError, RLock, SimpleLock
 
 
+def _take_token(client, key: str, limit: float) -> None:
+    """BLPOP in short slices: redis-py 8's default socket timeout is 5 s."""
+    deadline = time.monotonic() + limit
+    while client.blpop([key], timeout=1) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no start token on {key} in {limit}s")
+
+
 def _increment(client, counter: str) -> None:
     value = client.get(counter)
     client.set(counter, int(value or 0) + 1)
@@ -65,7 +73,7 @@ def count(url: str, kinds: str, threads: int, iterations: int, name: str, counte
     client = connect(url)
     for kind in kinds.split(","):
         print(f"ready {kind}", flush=True)
-        client.blpop([f"{go}:{kind}"], timeout=120)
+        _take_token(client, f"{go}:{kind}", limit=300)
         _phase(client, kind, threads, iterations, name, f"{counter}:{kind}")
         print(f"done {kind}", flush=True)
 

@@ -555,7 +555,7 @@ def test_benchmark_script_runs_tiny(settings, redis_client):
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "command: " in result.stdout
     assert "rlock   contended 2p x 2t" in result.stdout
     assert "simple  uncontended x1" in result.stdout
