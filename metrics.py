@@ -93,3 +93,7 @@ RATE_LIMIT_ERRORS = Counter(
     "hmdp_rate_limit_errors_total",
     "Rate-limit checks that failed (Redis unavailable); the request was let through",
 )
+RATE_LIMIT_ERRORS = Counter(
+    "hmdp_rate_limit_errors_total",
+    "Rate-limit checks that failed (Redis unavailable); the request was let through",
+)

@@ -113,6 +113,13 @@ class Settings:
     rate_limit_login: str = "5,2/min"  # per phone AND per IP (code and login each)
     # Proxies in front that append to X-Forwarded-For (nginx: 1); 0 = use the peer address.
     trusted_proxies: int = 0
+    # Specs parsed by cache.ratelimit.parse_rule: "BURST,SUSTAINED/UNIT" = token
+    # bucket, "N/UNIT" = exact sliding window, "off" = no limit.
+    rate_limit_seckill: str = "10,5/s"  # per user
+    rate_limit_shop_query: str = "100,50/s"  # per client IP, all shop queries together
+    rate_limit_login: str = "5,2/min"  # per phone AND per IP (code and login each)
+    # Proxies in front that append to X-Forwarded-For (nginx: 1); 0 = use the peer address.
+    trusted_proxies: int = 0
 
     # --- database pool ----------------------------------------------------
     db_pool_size: int = 10
@@ -169,6 +176,11 @@ class Settings:
             order_claim_idle_ms=_int(env, "HMDP_ORDER_CLAIM_IDLE_MS", cls.order_claim_idle_ms),
             order_lock_lease_ms=_int(env, "HMDP_ORDER_LOCK_LEASE_MS", cls.order_lock_lease_ms),
             rate_limit_enabled=_bool(env, "HMDP_RATE_LIMIT_ENABLED", cls.rate_limit_enabled),
+            rate_limit_seckill=env.get("HMDP_RATE_LIMIT_SECKILL") or cls.rate_limit_seckill,
+            rate_limit_shop_query=env.get("HMDP_RATE_LIMIT_SHOP_QUERY")
+            or cls.rate_limit_shop_query,
+            rate_limit_login=env.get("HMDP_RATE_LIMIT_LOGIN") or cls.rate_limit_login,
+            trusted_proxies=_int(env, "HMDP_TRUSTED_PROXIES", cls.trusted_proxies),
             rate_limit_seckill=env.get("HMDP_RATE_LIMIT_SECKILL") or cls.rate_limit_seckill,
             rate_limit_shop_query=env.get("HMDP_RATE_LIMIT_SHOP_QUERY")
             or cls.rate_limit_shop_query,

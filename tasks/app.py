@@ -15,6 +15,9 @@ import celeryconfig
 from services import Services
 from settings import Settings
 
+from .exporter import install_worker_metrics
+from .logging import install_celery_logging
+
 
 class HmdpCelery(Celery):
     """A Celery app that carries the Services of its process."""
@@ -32,10 +35,12 @@ def create_celery(settings: Settings | None = None, services: Services | None = 
     app.conf.result_backend = settings.celery_result_backend
     app.conf.task_ignore_result = settings.celery_result_backend is None
     app.services = services
+    install_celery_logging(settings)
 
     @worker_process_init.connect(weak=False)
     def _fresh_connections_after_fork(**_: object) -> None:
         # Pools inherited from the parent would be shared across processes.
         services.close()
 
+    install_worker_metrics(settings, services)  # after the reset above: pool gauges
     return app

@@ -19,6 +19,7 @@ from .auth import register_auth
 from .cli import register_cli
 from .errors import register_error_handlers
 from .ratelimit import register_ratelimit
+from .ratelimit import register_ratelimit
 
 # One module per concern, each exposing ``bp`` (a Blueprint) and optionally
 # ``post_seed(services)``, run by ``flask seed`` after the demo rows are in.
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_error_handlers(app)
     register_auth(app)
+    register_ratelimit(app, settings)  # after auth: per-user limits need the user
     register_ratelimit(app, settings)  # after auth: per-user limits need the user
     register_cli(app)
     for name in BLUEPRINT_MODULES:

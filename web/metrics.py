@@ -1,0 +1,192 @@
+"""``GET /metrics``: HTTP metrics by route, hmdp's own metrics, and live Redis/DB readings.
+
+* HTTP: prometheus-flask-exporter's request histogram/counter, labelled by the
+  URL rule (``/shop/<int:shop_id>``), never the raw path, so ids cannot explode
+  the label cardinality; unmatched paths share the label ``<unmatched>``.
+* Under gunicorn with several workers the launcher sets ``PROMETHEUS_MULTIPROC_DIR``
+  (deploy/gunicorn.conf.py: a fresh directory per instance, wiped at start,
+  ``mark_process_dead`` on worker exit); every worker's samples are then
+  aggregated from that directory, so a scrape counts ALL of the instance's
+  traffic whichever worker serves it.
+* Stream length, pending, lag/backlog and dead letters are read from Redis at
+  scrape time (:class:`StreamCollector`): correct whichever process last
+  touched the stream, cheap (XLEN, XINFO GROUPS) and failure-tolerant: with
+  Redis down the scrape still answers 200 with ``hmdp_redis_up 0``.
+* Database pool usage comes from pool events (:func:`metrics.track_pool`).
+
+``/metrics`` needs no login and is in no rate-limit table (web/ratelimit.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+from flask import Flask, Request, Response, request
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
+from prometheus_flask_exporter import PrometheusMetrics
+
+from metrics import track_pool
+from services import Services
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+UNMATCHED = "<unmatched>"
+# Beyond this many undelivered entries the exact lag does not matter (the alert
+# fires at 10k); bounds the fallback count on Redis < 7, which has no "lag".
+LAG_COUNT_CAP = 10_001
+
+
+def url_rule(req: Request) -> str:
+    """The route template of a request: the label value of the HTTP metrics."""
+    return req.url_rule.rule if req.url_rule is not None else UNMATCHED
+
+
+class StreamCollector(Collector):
+    """Reads the order stream's state from Redis at scrape time."""
+
+    def __init__(self, settings: Settings, redis_url: Callable[[], str]):
+        self.settings = settings
+        self._redis_url = redis_url
+        self._client: redis.Redis | None = None
+
+    def client(self) -> redis.Redis:
+        """A small client of its own with short timeouts: a hung Redis must not hang scrapes."""
+        if self._client is None:
+            timeout = self.settings.metrics_redis_timeout
+            self._client = redis.Redis.from_url(
+                self._redis_url(),
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                decode_responses=True,
+                max_connections=4,
+            )
+        return self._client
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily("hmdp_redis_up", "1 if the metrics scrape could read Redis")
+        try:
+            readings = self._read()
+        except (redis.RedisError, OSError, RuntimeError, ValueError) as exc:
+            log.warning("metrics: cannot read Redis: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        for name, doc, value in readings:
+            family = GaugeMetricFamily(name, doc)
+            family.add_metric([], value)
+            yield family
+
+    def _read(self) -> list[tuple[str, str, float]]:
+        s = self.settings
+        client = self.client()
+        pipe = client.pipeline(transaction=False)
+        pipe.xlen(s.order_stream)
+        pipe.xlen(s.order_dead_letter_stream)
+        pipe.xinfo_groups(s.order_stream)
+        length, dead, groups = pipe.execute(raise_on_error=False)
+        if isinstance(length, Exception):
+            raise length
+        if isinstance(dead, Exception):
+            raise dead
+        if isinstance(groups, redis.ResponseError):  # no such stream yet
+            groups = []
+        elif isinstance(groups, Exception):
+            raise groups
+        group = next((g for g in groups if g.get("name") == s.order_group), None)
+        if group is None:  # nobody consumes yet: everything is undelivered
+            pending, lag = 0, int(length)
+        else:
+            pending = int(group.get("pending") or 0)
+            lag = self._lag(client, group, int(length))
+        return [
+            ("hmdp_orders_stream_length", "Entries in the orders stream (XLEN)", length),
+            ("hmdp_orders_pending", "Entries delivered to the group but not acked", pending),
+            ("hmdp_orders_lag", "Entries not yet delivered to the consumer group", lag),
+            (
+                "hmdp_orders_backlog",
+                "Orders waiting: not yet delivered plus delivered but unacked",
+                pending + lag,
+            ),
+            ("hmdp_orders_dead_letters", "Entries in the dead-letter stream (XLEN)", dead),
+        ]
+
+    def _lag(self, client: redis.Redis, group: dict[str, Any], length: int) -> int:
+        lag = group.get("lag")
+        if lag is not None:  # Redis >= 7 keeps it (None when it cannot tell)
+            return int(lag)
+        last_delivered = group.get("last-delivered-id") or "0-0"
+        newest = client.xrevrange(self.settings.order_stream, count=1)
+        if not newest or newest[0][0] == last_delivered:
+            return 0
+        undelivered = client.xrange(
+            self.settings.order_stream, min=f"({last_delivered}", count=LAG_COUNT_CAP
+        )
+        return min(len(undelivered), length)
+
+
+class _Forward(Collector):
+    """Exposes another registry's metrics through this one (single-process mode)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self.registry.collect()
+
+
+def exposition_registry(
+    settings: Settings, exporter_registry: CollectorRegistry, extra: Iterable[Collector]
+) -> CollectorRegistry:
+    """The registry a scrape renders.
+
+    Multiprocess: everything the instance's processes wrote to the shared
+    directory, aggregated. Single process: this process's default registry
+    (metrics.py, process stats) plus the exporter's per-app registry.
+    """
+    registry = CollectorRegistry()
+    if settings.prometheus_multiproc_dir is not None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        MultiProcessCollector(registry, path=str(settings.prometheus_multiproc_dir))
+    else:
+        registry.register(_Forward(REGISTRY))
+        registry.register(_Forward(exporter_registry))
+    for collector in extra:
+        registry.register(collector)
+    return registry
+
+
+def register_metrics(app: Flask, services: Services) -> PrometheusMetrics:
+    """Track every request by route and serve ``/metrics`` for this app."""
+    settings = services.settings
+    # A registry per app: the exporter's metric objects must not collide in the
+    # process-wide default registry when a process (a test run) builds several apps.
+    exporter_registry = CollectorRegistry()
+    exporter = PrometheusMetrics(
+        app,
+        path=None,
+        registry=exporter_registry,
+        group_by=url_rule,
+        excluded_paths=["^/metrics$"],
+    )
+    stream = StreamCollector(settings, lambda: services.redis_url)
+    registry = exposition_registry(settings, exporter_registry, [stream])
+    track_pool(services.db.engine.pool)
+
+    @exporter.do_not_track()
+    def metrics_view() -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept"))
+        return Response(encoder(registry), headers={"Content-Type": content_type})
+
+    app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics_view, methods=["GET"])
+    app.extensions["hmdp_metrics"] = exporter
+    return exporter
