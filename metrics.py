@@ -6,6 +6,8 @@ gunicorn with several workers, ``PROMETHEUS_MULTIPROC_DIR`` makes them shared
 """
 
 from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
 
 # --- cache (cache/region.py) -------------------------------------------------
 CACHE_REQUESTS = Counter(
@@ -69,15 +71,10 @@ ORDERS_RECOVERED = Counter(
 ORDERS_DEAD_LETTERED = Counter(
     "hmdp_orders_dead_lettered_total", "Stream entries moved to the dead-letter stream"
 )
-ORDERS_STREAM_LENGTH = Gauge(
-    "hmdp_orders_stream_length", "Entries in the orders stream", multiprocess_mode="livemax"
-)
-ORDERS_PENDING = Gauge(
-    "hmdp_orders_pending", "Unsettled entries in the consumer group", multiprocess_mode="livemax"
-)
-ORDERS_DEAD_LETTERS = Gauge(
-    "hmdp_orders_dead_letters", "Entries in the dead-letter stream", multiprocess_mode="livemax"
-)
+# Stream length, pending, lag/backlog and dead letters are NOT gauges set by some
+# process: web/metrics.py reads them from Redis at scrape time (StreamCollector),
+# as hmdp_orders_stream_length, hmdp_orders_pending, hmdp_orders_backlog,
+# hmdp_orders_dead_letters and hmdp_redis_up.
 
 # --- social and location (cache/uv.py, web/blogs.py) ---------------------------
 UV_VISITS = Counter(
@@ -85,13 +82,48 @@ UV_VISITS = Counter(
 )  # buffered | dropped (buffer full) | lost (flush failed)
 FEED_PUSHES = Counter("hmdp_feed_pushes_total", "Blog ids pushed into followers' inboxes")
 
+# --- database pool (every process; see track_pool) -----------------------------
+# Set from pool events in the process that owns the pool; "liveall" keeps one
+# series per live process (a pid label under gunicorn/Celery multiprocess mode),
+# so exhaustion of ONE worker's pool is visible, not averaged away.
+DB_POOL_CHECKED_OUT = Gauge(
+    "hmdp_db_pool_checked_out",
+    "Database connections checked out of this process's pool",
+    multiprocess_mode="liveall",
+)
+DB_POOL_CAPACITY = Gauge(
+    "hmdp_db_pool_capacity",
+    "Connections this process's pool may hold (pool_size + max_overflow)",
+    multiprocess_mode="liveall",
+)
+
+
+def track_pool(pool: Pool) -> None:
+    """Keep DB_POOL_* up to date from ``pool``'s checkout/checkin events.
+
+    Events, not a scrape-time collector: under gunicorn only the worker that
+    serves a scrape would run a collector, while each worker has its own pool.
+    """
+    if event.contains(pool, "checkout", _on_checkout):
+        return
+    size = pool.size() if hasattr(pool, "size") else 0
+    overflow = getattr(pool, "_max_overflow", 0)  # QueuePool keeps it private
+    DB_POOL_CAPACITY.set(size + max(overflow, 0))
+    event.listen(pool, "checkout", _on_checkout)
+    event.listen(pool, "checkin", _on_checkin)
+
+
+def _on_checkout(*_: object) -> None:
+    DB_POOL_CHECKED_OUT.inc()
+
+
+def _on_checkin(*_: object) -> None:
+    DB_POOL_CHECKED_OUT.dec()
+
+
 # --- rate limiting (cache/ratelimit.py) ----------------------------------------
 RATE_LIMIT_REJECTIONS = Counter(
     "hmdp_rate_limit_rejections_total", "Requests refused by a rate limit", ["rule"]
-)
-RATE_LIMIT_ERRORS = Counter(
-    "hmdp_rate_limit_errors_total",
-    "Rate-limit checks that failed (Redis unavailable); the request was let through",
 )
 RATE_LIMIT_ERRORS = Counter(
     "hmdp_rate_limit_errors_total",

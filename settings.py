@@ -113,17 +113,21 @@ class Settings:
     rate_limit_login: str = "5,2/min"  # per phone AND per IP (code and login each)
     # Proxies in front that append to X-Forwarded-For (nginx: 1); 0 = use the peer address.
     trusted_proxies: int = 0
-    # Specs parsed by cache.ratelimit.parse_rule: "BURST,SUSTAINED/UNIT" = token
-    # bucket, "N/UNIT" = exact sliding window, "off" = no limit.
-    rate_limit_seckill: str = "10,5/s"  # per user
-    rate_limit_shop_query: str = "100,50/s"  # per client IP, all shop queries together
-    rate_limit_login: str = "5,2/min"  # per phone AND per IP (code and login each)
-    # Proxies in front that append to X-Forwarded-For (nginx: 1); 0 = use the peer address.
-    trusted_proxies: int = 0
 
     # --- database pool ----------------------------------------------------
     db_pool_size: int = 10
     db_max_overflow: int = 40
+
+    # --- operations: logs and metrics ---------------------------------------
+    log_format: str = "json"  # json (one object per line) | text
+    log_level: str = "INFO"
+    access_log: bool = True  # one hmdp.access line per request
+    # Set by the launcher (gunicorn.conf.py, deploy/cluster.py, compose) before the
+    # process starts: prometheus_client reads it at import to go multiprocess.
+    prometheus_multiproc_dir: Path | None = None
+    worker_metrics_port: int = 0  # Celery worker's own /metrics (0 = off)
+    worker_metrics_host: str = "127.0.0.1"
+    metrics_redis_timeout: float = 1.0  # scrape-time Redis reads give up after this
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -181,13 +185,19 @@ class Settings:
             or cls.rate_limit_shop_query,
             rate_limit_login=env.get("HMDP_RATE_LIMIT_LOGIN") or cls.rate_limit_login,
             trusted_proxies=_int(env, "HMDP_TRUSTED_PROXIES", cls.trusted_proxies),
-            rate_limit_seckill=env.get("HMDP_RATE_LIMIT_SECKILL") or cls.rate_limit_seckill,
-            rate_limit_shop_query=env.get("HMDP_RATE_LIMIT_SHOP_QUERY")
-            or cls.rate_limit_shop_query,
-            rate_limit_login=env.get("HMDP_RATE_LIMIT_LOGIN") or cls.rate_limit_login,
-            trusted_proxies=_int(env, "HMDP_TRUSTED_PROXIES", cls.trusted_proxies),
             db_pool_size=_int(env, "HMDP_DB_POOL_SIZE", cls.db_pool_size),
             db_max_overflow=_int(env, "HMDP_DB_MAX_OVERFLOW", cls.db_max_overflow),
+            log_format=env.get("HMDP_LOG_FORMAT") or cls.log_format,
+            log_level=(env.get("HMDP_LOG_LEVEL") or cls.log_level).upper(),
+            access_log=_bool(env, "HMDP_ACCESS_LOG", cls.access_log),
+            prometheus_multiproc_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"])
+            if env.get("PROMETHEUS_MULTIPROC_DIR")
+            else None,
+            worker_metrics_port=_int(env, "HMDP_WORKER_METRICS_PORT", cls.worker_metrics_port),
+            worker_metrics_host=env.get("HMDP_WORKER_METRICS_HOST") or cls.worker_metrics_host,
+            metrics_redis_timeout=_float(
+                env, "HMDP_METRICS_REDIS_TIMEOUT", cls.metrics_redis_timeout
+            ),
         ).validated()
 
     def validated(self) -> Settings:
@@ -199,6 +209,10 @@ class Settings:
             )
         if not 0 <= self.ttl_jitter <= 1:
             raise ValueError("HMDP_TTL_JITTER must be between 0 and 1")
+        if self.log_format not in {"json", "text"}:
+            raise ValueError(f"HMDP_LOG_FORMAT must be json or text, got {self.log_format!r}")
+        if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"HMDP_LOG_LEVEL must be a logging level, got {self.log_level!r}")
         if not 0 < self.bloom_fp_rate < 1:
             raise ValueError("HMDP_BLOOM_FP_RATE must be between 0 and 1 (exclusive)")
         if self.bloom_expected_shops < 1:

@@ -18,7 +18,8 @@ from tasks.app import create_celery
 from .auth import register_auth
 from .cli import register_cli
 from .errors import register_error_handlers
-from .ratelimit import register_ratelimit
+from .logging import register_request_logging
+from .metrics import register_metrics
 from .ratelimit import register_ratelimit
 
 # One module per concern, each exposing ``bp`` (a Blueprint) and optionally
@@ -54,9 +55,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["hmdp_celery"] = create_celery(settings, services)
     app.extensions["hmdp_post_seed"] = []
 
+    register_request_logging(app, settings.access_log)  # first: the request id
+    register_metrics(app, services)
     register_error_handlers(app)
     register_auth(app)
-    register_ratelimit(app, settings)  # after auth: per-user limits need the user
     register_ratelimit(app, settings)  # after auth: per-user limits need the user
     register_cli(app)
     for name in BLUEPRINT_MODULES:
