@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The two README commands, runnable on a machine that has only Python 3.11+.
 
-    python3 manage.py up     # install, migrate, load demo data, run web+worker+beat+Flower
-    python3 manage.py test   # install (with test tools) and run the whole suite
+    python3 manage.py up       # install, migrate, load demo data, run web+worker+beat+Flower
+    python3 manage.py cluster  # the same behind nginx: 3 web instances (deploy/cluster.py)
+    python3 manage.py test     # install (with test tools) and run the whole suite
 
 The first part of this file uses the standard library only: it creates
 ``.venv``, installs the project into it (again only when ``pyproject.toml``
@@ -14,10 +15,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
 import venv
 from pathlib import Path
 
@@ -68,51 +68,8 @@ def reexec_in_venv(extras: str) -> None:
 # --- up: the whole system in one terminal ---------------------------------------
 
 
-class Supervisor:
-    """Starts child processes, stops them all on Ctrl-C or when one dies."""
-
-    def __init__(self) -> None:
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
-        self.stopping = False
-
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        _log(f"starting {name}: {' '.join(args)}")
-        # Own session: Ctrl-C reaches only us, and we stop children in order.
-        self.children[name] = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True)
-
-    def wait(self) -> int:
-        """Block until a signal or a child exit; return the exit code to use."""
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        while not self.stopping:
-            for name, proc in self.children.items():
-                if proc.poll() is not None:
-                    _log(f"{name} exited with {proc.returncode}; stopping everything")
-                    self.stop()
-                    return 1
-            time.sleep(0.3)
-        self.stop()
-        return 0
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        self.stopping = True
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM every child (graceful for gunicorn and Celery), then wait, then kill."""
-        for name, proc in reversed(list(self.children.items())):
-            if proc.poll() is None:
-                _log(f"stopping {name}")
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.children.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
 def command_up(args: argparse.Namespace) -> int:
+    from deploy.supervisor import Supervisor
     from settings import Settings
 
     settings = Settings.from_env()
@@ -196,11 +153,45 @@ def command_up(args: argparse.Namespace) -> int:
             server.stop()
 
 
+# --- cluster: 3 web instances behind nginx ------------------------------------------
+
+
+def command_cluster(args: argparse.Namespace) -> int:
+    from deploy.cluster import run
+
+    return run(args)
+
+
 # --- test -------------------------------------------------------------------------
+
+
+def ensure_nginx() -> None:
+    """Best effort: the cluster tests need nginx; as root, install Debian's package.
+
+    Without it (not root, no package index) those tests skip and say why.
+    """
+    if shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        _log("nginx not installed (and not root): the cluster tests will be skipped")
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx"]
+    _log("installing nginx for the cluster tests (apt-get install nginx)")
+    for step in ([], [["apt-get", "update", "-q"]]):
+        try:
+            for cmd in step:
+                subprocess.run(cmd, env=env, check=True, timeout=600, capture_output=True)
+            subprocess.run(install, env=env, check=True, timeout=600, capture_output=True)
+            return
+        except (subprocess.SubprocessError, OSError) as exc:
+            last = exc
+    _log(f"could not install nginx ({last}); the cluster tests will be skipped")
 
 
 def command_test(args: argparse.Namespace) -> int:
     """Run the suite; pytest's 'no tests' (5) is a failure here, not a pass."""
+    ensure_nginx()
     cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
     _log(" ".join(cmd))
     return subprocess.call(cmd, cwd=ROOT)
@@ -220,13 +211,20 @@ def main() -> int:
     up.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
     up.add_argument("--size", choices=["small", "full"], default="small")
     up.add_argument("--no-seed", action="store_true")
+    cluster = sub.add_parser(
+        "cluster", help="3 gunicorn instances behind nginx, worker, beat, Flower (no Docker)"
+    )
+    from deploy.cluster import build_parser as cluster_options  # stdlib only, like this file
+
+    cluster_options(cluster)
     test = sub.add_parser("test", help="run the test suite")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     # One environment for both commands: the run command also gets the load-test tools.
     reexec_in_venv("dev")
     sys.path.insert(0, str(ROOT))
-    return {"up": command_up, "test": command_test}[args.command](args)
+    commands = {"up": command_up, "cluster": command_cluster, "test": command_test}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Deployment: gunicorn config, nginx template, the local cluster, compose assets."""
