@@ -342,6 +342,10 @@ class RLock:
         start = time.monotonic()
         owner = owner_id()
         lease_ms = self.lease_ms if lease is None else max(1, int(lease * 1000))
+        if lease is not None and self._renewing(owner):
+            # Re-entering a watchdog hold: a short explicit lease must not cut
+            # the TTL under the outer hold (the watchdog renews every lease/3).
+            lease_ms = max(lease_ms, self.lease_ms)
         if self._acquire_script is None:
             self._acquire_script = load_script(self.client, "rlock_acquire")
         script = self._acquire_script
@@ -361,6 +365,12 @@ class RLock:
         if got:
             self._record_hold(owner, lease_ms, watchdog=lease is None, now=now)
         return got
+
+    def _renewing(self, owner: str) -> bool:
+        state = _current()
+        with state.lock:
+            hold = state.holds.get(self._key(owner))
+            return hold is not None and hold.renewing
 
     def _record_hold(self, owner: str, lease_ms: int, watchdog: bool, now: float) -> None:
         state = _current()
@@ -383,11 +393,6 @@ class RLock:
                 hold.lease_ms = self.lease_ms
                 if hold.due == 0.0 or hold.due > now + lease_ms / 3000.0:
                     hold.due = now + lease_ms / 3000.0
-                _ensure_watchdog(state)
-            elif hold.renewing:
-                # An explicit (maybe short) lease inside a watchdog hold just cut
-                # the TTL: renew now so the outer hold is not lost.
-                hold.due = now
                 _ensure_watchdog(state)
 
     def release(self) -> None:

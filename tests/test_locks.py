@@ -545,7 +545,7 @@ def test_benchmark_script_runs_tiny(settings, redis_client):
             "--iterations",
             "5",
             "--processes",
-            "2",
+            "1",
             "--threads",
             "2",
         ],
@@ -557,7 +557,7 @@ def test_benchmark_script_runs_tiny(settings, redis_client):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "command: " in result.stdout
-    assert "rlock   contended 2p x 2t" in result.stdout
+    assert "rlock   contended 1p x 2t" in result.stdout
     assert "simple  uncontended x1" in result.stdout
 
 
