@@ -124,13 +124,11 @@ class NearCache:
             if generation != self._gen or not self.serving():
                 return False
             entries = self._entries
-            if key not in entries and len(entries) >= self.size:
-                now = time.monotonic()
-                expired = [k for k, (exp, _) in entries.items() if exp <= now]
-                for k in expired:
-                    del entries[k]
-                if len(entries) >= self.size:
-                    del entries[next(iter(entries))]
+            # Re-insert at the end: insertion order is then (about) expiry order,
+            # so dropping the first entry drops the oldest, usually expired, one.
+            entries.pop(key, None)
+            if len(entries) >= self.size:
+                del entries[next(iter(entries))]
             entries[key] = (read_at + self.ttl, text)
             return True
 
