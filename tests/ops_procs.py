@@ -1,0 +1,187 @@
+"""Real processes for the operations tests: gunicorn with deploy/gunicorn.conf.py, Celery
+workers, their JSON logs. Each runs in its own session so a test can stop or kill
+the whole group and nothing outlives it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from conftest import ROOT, process_env
+
+from cache.server import free_port
+from settings import Settings
+
+
+def http(
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, headers, body); raises OSError if none."""
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    if method == "POST":
+        request.data = b""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The JSON log objects of a process log (other lines ignored)."""
+    entries = []
+    if not path.exists():
+        return entries
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(line))
+    return entries
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log=None):
+    """Poll ``predicate`` until truthy (returned) or fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n{tail}")
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            raise AssertionError(f"timed out waiting for {what}\n{tail}")
+        time.sleep(0.1)
+
+
+def answers(url: str) -> bool:
+    try:
+        return http(url, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115 - owned by the child
+    try:
+        return subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        out.close()
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 30) -> int:
+    """Signal the process (its group for SIGKILL), wait, then make sure nothing is left."""
+    with contextlib.suppress(ProcessLookupError):
+        if sig == signal.SIGKILL:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(wait)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode
+
+
+def children(pid: int) -> set[int]:
+    """Direct children of ``pid`` (gunicorn workers of a master)."""
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+@contextlib.contextmanager
+def gunicorn(
+    settings: Settings, log: Path, workers: int = 1, **env: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """gunicorn -c deploy/gunicorn.conf.py on a free port; yields (base url, process)."""
+    port = free_port()
+    child_env = process_env(settings, GUNICORN_WORKERS=str(workers), **env)
+    child_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the config picks one per instance
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "deploy/gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "web.wsgi:app",
+        ],
+        child_env,
+        log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: answers(f"{base}/healthz"), 60, "gunicorn /healthz", proc, log)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            stop_group(proc)
+
+
+@contextlib.contextmanager
+def celery_worker(
+    settings: Settings, log: Path, concurrency: int = 2, **env: str
+) -> Iterator[subprocess.Popen]:
+    """A real Celery worker on every queue; yields once it is ready to consume."""
+    name = f"ops-{uuid.uuid4().hex[:8]}@%h"
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.worker",
+            "worker",
+            "-Q",
+            "celery,orders,cache,beat",
+            "--pool",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            name,
+        ],
+        process_env(settings, **env),
+        log,
+    )
+    try:
+        wait_for(
+            lambda: any(e.get("msg", "").endswith(" ready.") for e in json_lines(log)),
+            60,
+            "the Celery worker to be ready",
+            proc,
+            log,
+        )
+        yield proc
+    finally:
+        if proc.poll() is None:
+            stop_group(proc, signal.SIGTERM, wait=30)

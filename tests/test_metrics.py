@@ -1,0 +1,225 @@
+"""/metrics: route labels, live Redis readings, DB pool, and correctness under gunicorn -w 2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from ops_procs import children, gunicorn, http, json_lines
+from prometheus_client.parser import text_string_to_metric_families
+
+from cache.server import free_port
+
+DURATION = "flask_http_request_duration_seconds"
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of an exposition as (name, labels, value)."""
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    """The sum of the samples named ``name`` whose labels include ``labels``."""
+    found = [v for n, lab, v in samples(text) if n == name and labels.items() <= lab.items()]
+    return sum(found) if found else None
+
+
+def scrape(client) -> str:
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.data
+    return response.get_data(as_text=True)
+
+
+# --- in-process app ----------------------------------------------------------------
+
+
+def test_http_metrics_are_labelled_by_route_template_not_raw_path(app, client):
+    app.add_url_rule("/probe/<int:item_id>", "probe", lambda item_id: {"id": item_id})
+    for item_id in (1, 2, 3, 3):
+        assert client.get(f"/probe/{item_id}").status_code == 200
+    assert client.get("/no/such/path/42").status_code == 404
+    text = scrape(client)
+    count = f"{DURATION}_count"
+    assert value(text, count, url_rule="/probe/<int:item_id>", status="200") == 4
+    assert value(text, count, url_rule="<unmatched>", status="404") == 1
+    rules = {lab.get("url_rule") for n, lab, _ in samples(text) if n == count}
+    assert not any(r and ("/probe/1" in r or "/no/such" in r) for r in rules)
+    # The scrape itself is not counted.
+    assert value(text, count, url_rule="/metrics") is None
+
+
+def test_metrics_need_no_login_and_are_never_rate_limited(settings):
+    from web import create_app
+
+    app = create_app(settings.with_(rate_limit_enabled=True))
+    try:
+        client = app.test_client()
+        statuses = {client.get("/metrics").status_code for _ in range(300)}
+        assert statuses == {200}
+    finally:
+        app.extensions["hmdp"].close()
+
+
+def test_stream_collector_reads_length_pending_lag_and_dead_letters(app, client, redis_client):
+    s = app.extensions["hmdp"].settings
+    for i in range(7):
+        redis_client.xadd(s.order_stream, {"n": str(i)})
+    redis_client.xgroup_create(s.order_stream, s.order_group, id="0")
+    # 3 delivered to a consumer, not acked; 1 of them acked -> 2 pending, 4 undelivered.
+    delivered = redis_client.xreadgroup(s.order_group, "c1", {s.order_stream: ">"}, count=3)
+    first_id = delivered[0][1][0][0]
+    redis_client.xack(s.order_stream, s.order_group, first_id)
+    redis_client.xadd(s.order_dead_letter_stream, {"n": "dead"})
+    text = scrape(client)
+    assert value(text, "hmdp_redis_up") == 1
+    assert value(text, "hmdp_orders_stream_length") == 7
+    assert value(text, "hmdp_orders_pending") == 2
+    assert value(text, "hmdp_orders_lag") == 4
+    assert value(text, "hmdp_orders_backlog") == 6
+    assert value(text, "hmdp_orders_dead_letters") == 1
+
+
+def test_stream_collector_without_group_counts_everything_as_backlog(app, client, redis_client):
+    s = app.extensions["hmdp"].settings
+    for i in range(3):
+        redis_client.xadd(s.order_stream, {"n": str(i)})
+    text = scrape(client)
+    assert value(text, "hmdp_orders_pending") == 0
+    assert value(text, "hmdp_orders_backlog") == 3
+
+
+def test_redis_down_gives_redis_up_zero_not_a_500(settings):
+    from web import create_app
+
+    app = create_app(settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    try:
+        text = scrape(app.test_client())
+    finally:
+        app.extensions["hmdp"].close()
+    assert value(text, "hmdp_redis_up") == 0
+    assert value(text, "hmdp_orders_backlog") is None  # no made-up readings
+
+
+def test_hung_redis_times_out_into_redis_up_zero(settings, redis_client):
+    from web import create_app
+
+    app = create_app(settings.with_(metrics_redis_timeout=0.3))
+    try:
+        redis_client.client_pause(1500, all=True)  # the real server stops answering
+        text = scrape(app.test_client())
+    finally:
+        app.extensions["hmdp"].close()
+        time.sleep(1.3)  # let the pause run out before the next test flushes
+    assert value(text, "hmdp_redis_up") == 0
+
+
+def test_db_pool_gauge_follows_checkouts(app, client, services):
+    before = value(scrape(client), "hmdp_db_pool_checked_out")
+    assert value(scrape(client), "hmdp_db_pool_capacity") > 0
+    conn = services.db.engine.connect()
+    try:
+        during = value(scrape(client), "hmdp_db_pool_checked_out")
+    finally:
+        conn.close()
+    after = value(scrape(client), "hmdp_db_pool_checked_out")
+    assert during == before + 1
+    assert after == before
+
+
+# --- real gunicorn with two workers ---------------------------------------------------
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    status, _, body = http(url)
+    return status, body
+
+
+def _pids_serving(log: Path, path: str) -> set[int]:
+    """Pids of the gunicorn workers that logged an access line for ``path``."""
+    return {
+        e["pid"]
+        for e in json_lines(log)
+        if e.get("logger") == "hmdp.access" and e.get("path") == path
+    }
+
+
+@pytest.fixture
+def gunicorn_two_workers(settings, tmp_path):
+    """A real gunicorn -w 2 (our config) serving the test settings; yields (base url, log)."""
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(settings, log, workers=2, GUNICORN_THREADS="4") as (base, proc):
+        yield base, log, proc
+
+
+def test_gunicorn_two_workers_metrics_count_all_traffic(gunicorn_two_workers, settings):
+    base, log, proc = gunicorn_two_workers
+    workers = children(proc.pid)
+    assert len(workers) == 2
+
+    # What the start-up probe already sent (the scrape itself is not counted).
+    before = value(_get(f"{base}/metrics")[1].decode(), f"{DURATION}_count", url_rule="/healthz")
+    # Parallel clients on fresh connections, until both workers served some.
+    sent = 0
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        nonlocal sent
+        for _ in range(n):
+            status, _ = _get(f"{base}/healthz")
+            assert status == 200
+            with lock:
+                sent += 1
+
+    while True:
+        threads = [threading.Thread(target=client, args=(25,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if _pids_serving(log, "/healthz") == workers or sent >= 2000:
+            break
+    assert _pids_serving(log, "/healthz") == workers, "traffic never reached both workers"
+    assert sent >= 200
+
+    # Scrape until both workers have served a scrape: each must count ALL requests.
+    counts = []
+    for _ in range(200):
+        status, body = _get(f"{base}/metrics")
+        assert status == 200
+        counts.append(value(body.decode(), f"{DURATION}_count", url_rule="/healthz"))
+        if len(counts) >= 4 and _pids_serving(log, "/metrics") == workers:
+            break
+    assert _pids_serving(log, "/metrics") == workers
+    assert set(counts) == {before + sent}
+
+    # One live series per worker for the pool gauges ("liveall" keeps a pid label).
+    text = _get(f"{base}/metrics")[1].decode()
+    pool_pids = {int(lab["pid"]) for n, lab, _ in samples(text) if n == "hmdp_db_pool_capacity"}
+    assert pool_pids == workers
+
+    # A worker dies: its requests stay counted, its live gauges go (child_exit hook).
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = children(proc.pid)
+        if victim not in now and len(now) == 2:
+            break
+        time.sleep(0.1)
+    text = ""
+    while time.monotonic() < deadline:
+        text = _get(f"{base}/metrics")[1].decode()
+        pool_pids = {int(lab["pid"]) for n, lab, _ in samples(text) if n == "hmdp_db_pool_capacity"}
+        if victim not in pool_pids and len(pool_pids) == 2:
+            break
+        time.sleep(0.1)
+    assert victim not in pool_pids and len(pool_pids) == 2
+    assert value(text, f"{DURATION}_count", url_rule="/healthz") == before + sent
