@@ -82,11 +82,9 @@ class SeckillGate:
         self.stream = settings.order_stream
         self.script = load_script(client, "seckill")
 
-    def reserve(self, voucher_id: int, user_id: int, now: float | None = None) -> GateResult:
-        """Try to reserve one unit of ``voucher_id`` for ``user_id``: ONE Redis call."""
-        now = time.time() if now is None else now
+    def _call(self, voucher_id: int, user_id: int, now: float, client=None):  # type: ignore[no-untyped-def]
         high, low = id_parts(now)
-        reply = self.script(
+        return self.script(
             keys=[
                 stock_key(voucher_id),
                 window_key(voucher_id),
@@ -95,11 +93,30 @@ class SeckillGate:
                 day_key(ID_PREFIX, now),
             ],
             args=[user_id, voucher_id, int(now * 1000), high, low, ID_KEY_TTL],
+            client=client,
         )
+
+    @staticmethod
+    def _result(reply: list) -> GateResult:
         outcome = _CODES[int(reply[0])]
         if outcome != OK:
             return GateResult(outcome)
         return GateResult(OK, int(reply[1]), str(reply[2]))
+
+    def reserve(self, voucher_id: int, user_id: int, now: float | None = None) -> GateResult:
+        """Try to reserve one unit of ``voucher_id`` for ``user_id``: ONE Redis call."""
+        now = time.time() if now is None else now
+        return self._result(self._call(voucher_id, user_id, now))
+
+    def reserve_many(
+        self, voucher_id: int, user_ids: list[int], now: float | None = None
+    ) -> list[GateResult]:
+        """One attempt per user in one pipeline (bulk tools, tests); each stays atomic."""
+        now = time.time() if now is None else now
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in user_ids:
+            self._call(voucher_id, user_id, now, client=pipe)
+        return [self._result(reply) for reply in pipe.execute()]
 
 
 def load_voucher(

@@ -34,7 +34,7 @@ import time
 import redis
 from celery import shared_task
 from celery.utils.time import get_exponential_backoff_interval
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Row, and_, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -75,10 +75,11 @@ class _NoStock(Exception):
     """The guarded UPDATE matched no row (rolls the insert back)."""
 
 
-def _existing(db: Database, entry: OrderEntry) -> VoucherOrder | None:
-    with db.session() as session:
-        return session.scalars(
-            select(VoucherOrder).where(
+def _existing(db: Database, entry: OrderEntry) -> Row | None:
+    with db.engine.connect() as conn:  # a short read of its own (see persist_order)
+        return conn.execute(
+            select(VoucherOrder.id, VoucherOrder.user_id, VoucherOrder.voucher_id)
+            .where(
                 or_(
                     VoucherOrder.id == entry.order_id,
                     and_(
@@ -87,10 +88,11 @@ def _existing(db: Database, entry: OrderEntry) -> VoucherOrder | None:
                     ),
                 )
             )
+            .limit(1)
         ).first()
 
 
-def _classify(row: VoucherOrder, entry: OrderEntry) -> str:
+def _classify(row: Row, entry: OrderEntry) -> str:
     if row.id == entry.order_id and (row.user_id, row.voucher_id) != (
         entry.user_id,
         entry.voucher_id,
@@ -112,24 +114,33 @@ def persist_order(db: Database, entry: OrderEntry) -> str:
 
     Returns CREATED, DUPLICATE (already there), OVERSELL (no stock left in
     the database; nothing written) or REJECTED (order id taken by another order).
+    The existence check is its own short transaction, so that the write
+    transaction starts with a write (SQLite then waits for the lock instead of
+    failing to upgrade a read snapshot). Core statements, not the ORM unit of
+    work: this runs once per order and its CPU cost is the drain rate.
     """
     row = _existing(db, entry)
     if row is not None:
         return _classify(row, entry)
+    now = utcnow()
     try:
-        with db.session() as session:
-            session.add(
-                VoucherOrder(id=entry.order_id, user_id=entry.user_id, voucher_id=entry.voucher_id)
+        with db.engine.begin() as conn:
+            conn.execute(
+                insert(VoucherOrder).values(
+                    id=entry.order_id,
+                    user_id=entry.user_id,
+                    voucher_id=entry.voucher_id,
+                    create_time=now,
+                    update_time=now,
+                )
             )
-            session.flush()
-            taken = session.execute(
+            taken = conn.execute(
                 update(SeckillVoucher)
                 .where(SeckillVoucher.voucher_id == entry.voucher_id, SeckillVoucher.stock > 0)
-                .values(stock=SeckillVoucher.stock - 1, update_time=utcnow())
-                .execution_options(synchronize_session=False)
+                .values(stock=SeckillVoucher.stock - 1, update_time=now)
             )
             if taken.rowcount != 1:
-                raise _NoStock
+                raise _NoStock  # rolls the insert back
     except _NoStock:
         return OVERSELL
     except IntegrityError:

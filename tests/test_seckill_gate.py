@@ -113,3 +113,11 @@ def test_concurrent_gate_sells_exactly_the_stock_once_per_user(gate, redis_clien
     assert snap.stock == 0 and snap.buyers == {u for u, _ in wins}
     stream = redis_client.xrange(settings.order_stream)
     assert sorted(int(f["orderId"]) for _, f in stream) == sorted(oid for _, oid in wins)
+
+
+def test_reserve_many_is_one_attempt_per_user_in_a_pipeline(gate, redis_client, settings):
+    _load(redis_client, stock=3)
+    results = gate.reserve_many(1, [1, 2, 2, 3, 4])
+    assert [r.outcome for r in results] == [OK, OK, DUPLICATE, OK, SOLD_OUT]
+    assert len({r.order_id for r in results if r.ok}) == 3
+    assert redis_client.xlen(settings.order_stream) == 3
