@@ -344,6 +344,12 @@ class _Run:
         return len(entries)
 
 
+def _redis_now_ms(client: redis.Redis) -> int:
+    """Redis' clock: Stream ids carry its milliseconds, so ages compare on one clock."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def recover(
     client: redis.Redis,
     settings: Settings,
@@ -364,7 +370,7 @@ def recover(
     run = _Run(client, settings, settle, max_failures)
     deadline = time.monotonic() + budget_s
     while not run.report.aborted and time.monotonic() < deadline:
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        now = _redis_now_ms(client) if now_ms is None else now_ms
         found = run.stuck(batch)
         if not run.report.aborted:
             found += run.never_delivered(batch, now)

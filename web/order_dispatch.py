@@ -23,6 +23,7 @@ forked child (gunicorn, Celery prefork) gets its own queue and thread.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -106,6 +107,7 @@ class OrderDispatcher:
         self._thread: threading.Thread | None = None
         self._open_until = 0.0
         self._next_backoff = backoff[0]
+        self._flush_at_exit = False
 
     # --- producer side (request threads) -------------------------------------------
 
@@ -133,6 +135,11 @@ class OrderDispatcher:
             self._queue = queue.Queue(self.max_queue)
             self._thread = None
         if self._thread is None:
+            if not self._flush_at_exit:
+                # A clean exit (gunicorn's graceful stop) publishes what is queued;
+                # a crash loses it, and recovery settles those from the Stream.
+                atexit.register(self.flush, 2.0)
+                self._flush_at_exit = True
             self._thread = threading.Thread(
                 target=self._run, args=(self._queue,), name="hmdp-order-dispatch", daemon=True
             )
