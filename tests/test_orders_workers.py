@@ -9,6 +9,7 @@ nothing left unsettled.
 
 from __future__ import annotations
 
+import contextvars
 import sqlite3
 import threading
 import time
@@ -84,7 +85,9 @@ def _reserve_and_dispatch(app, services, voucher_id: int, users: range) -> list[
     send = CelerySender(app.extensions["hmdp_celery"], ORDER_TASK)
     try:
         for start in range(0, len(entries), 200):
-            send([e.to_payload() for e in entries[start : start + 200]])
+            send(
+                [(contextvars.copy_context(), e.to_payload()) for e in entries[start : start + 200]]
+            )
     finally:
         send.close()
     return entries

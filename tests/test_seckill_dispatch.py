@@ -23,11 +23,12 @@ class Recorder:
         self.gate = threading.Event()
         self.gate.set()
 
-    def send(self, batch: list[dict]) -> None:
+    def send(self, batch: list) -> None:
         self.gate.wait(10)
         if self.fail:
             raise ConnectionError("broker down")
-        self.batches.append(batch)
+        self.batches.append([payload for _, payload in batch])
+        self.contexts = [context for context, _ in batch]
 
     def on_failure(self, count: int, reason: object) -> None:
         self.failures.append(count)
@@ -87,3 +88,18 @@ def test_the_thread_exits_when_idle_and_comes_back():
     d.submit({"n": 2})
     assert d.flush(10)
     assert [p["n"] for b in rec.batches for p in b] == [1, 2]
+
+
+def test_the_submitters_context_travels_with_the_payload():
+    import contextvars
+
+    var: contextvars.ContextVar[str | None] = contextvars.ContextVar("rid", default=None)
+    rec = Recorder()
+    d = OrderDispatcher(rec.send, rec.on_failure)
+    token = var.set("request-42")
+    try:
+        d.submit({"n": 1})
+    finally:
+        var.reset(token)
+    assert d.flush(10)
+    assert rec.contexts[0].run(var.get) == "request-42"

@@ -9,6 +9,8 @@ only a latency optimisation: if it is late or lost, beat's recovery settles the
 entry. Hence:
 
 * the view calls :meth:`OrderDispatcher.submit` (a queue put, microseconds);
+  the request's context variables travel with the payload, so the publish
+  (in the dispatcher thread) still carries the request id to the task's logs;
 * one daemon thread per process (a greenlet under gevent) drains the queue and
   publishes up to ``max_batch`` tasks through ONE long-lived kombu producer,
   in one Redis pipeline when kombu supports ``Producer.batch()``;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import logging
 import os
 import queue
@@ -37,7 +40,8 @@ from celery import Celery
 log = logging.getLogger(__name__)
 
 Payload = dict[str, object]
-SendBatch = Callable[[list[Payload]], None]
+Item = tuple[contextvars.Context, Payload]  # the submitter's context, and the payload
+SendBatch = Callable[[list[Item]], None]
 OnFailure = Callable[[int, BaseException | str], None]
 
 
@@ -67,14 +71,18 @@ class CelerySender:
             with contextlib.suppress(Exception):
                 producer.connection.release()
 
-    def __call__(self, payloads: list[Payload]) -> None:
+    def __call__(self, items: list[Item]) -> None:
         producer = self._producer or self._connect()
         batch = getattr(producer, "batch", None)  # kombu >= 5.7: one pipeline
         try:
-            with batch(max_size=4 * len(payloads) + 4) if batch else contextlib.nullcontext():
-                for payload in payloads:
-                    self.app.send_task(
-                        self.task_name, args=[payload], producer=producer, retry=False
+            with batch(max_size=4 * len(items) + 4) if batch else contextlib.nullcontext():
+                for context, payload in items:
+                    context.run(
+                        self.app.send_task,
+                        self.task_name,
+                        args=[payload],
+                        producer=producer,
+                        retry=False,
                     )
                     time.sleep(0)  # let request greenlets/threads in between messages
         except BaseException:
@@ -103,7 +111,7 @@ class OrderDispatcher:
         self.backoff = backoff
         self._lock = threading.Lock()
         self._pid: int | None = None
-        self._queue: queue.Queue[Payload] | None = None
+        self._queue: queue.Queue[Item] | None = None
         self._thread: threading.Thread | None = None
         self._open_until = 0.0
         self._next_backoff = backoff[0]
@@ -119,7 +127,7 @@ class OrderDispatcher:
         with self._lock:
             q = self._ensure_thread()
             try:
-                q.put_nowait(payload)
+                q.put_nowait((contextvars.copy_context(), payload))
             except queue.Full:
                 dropped = True
             else:
@@ -128,7 +136,7 @@ class OrderDispatcher:
             self.on_failure(1, "dispatch queue full")
         return not dropped
 
-    def _ensure_thread(self) -> queue.Queue[Payload]:
+    def _ensure_thread(self) -> queue.Queue[Item]:
         """The queue of this process, its thread running (call under the lock)."""
         if self._pid != os.getpid() or self._queue is None:
             self._pid = os.getpid()
@@ -158,7 +166,7 @@ class OrderDispatcher:
 
     # --- consumer side (the dispatcher thread) --------------------------------------
 
-    def _run(self, q: queue.Queue[Payload]) -> None:
+    def _run(self, q: queue.Queue[Item]) -> None:
         while True:
             try:
                 first = q.get(timeout=self.idle_exit)
@@ -180,7 +188,7 @@ class OrderDispatcher:
                 for _ in batch:
                     q.task_done()
 
-    def _deliver(self, batch: list[Payload]) -> None:
+    def _deliver(self, batch: list[Item]) -> None:
         if time.monotonic() < self._open_until:
             self.on_failure(len(batch), "broker unavailable (dispatch paused)")
             return
