@@ -59,7 +59,7 @@ ORDER_DISPATCH_FAILURES = Counter(
 # --- order tasks (tasks/orders.py) and recovery (beat) --------------------------
 ORDER_TASKS = Counter(
     "hmdp_order_tasks_total", "Order task runs by result", ["result"]
-)  # created | duplicate | retried | failed
+)  # created | duplicate | oversell | rejected | retried | failed
 ORDER_TASK_SECONDS = Histogram(
     "hmdp_order_task_seconds",
     "Order task duration",
@@ -70,6 +70,10 @@ ORDERS_RECOVERED = Counter(
 )
 ORDERS_DEAD_LETTERED = Counter(
     "hmdp_orders_dead_lettered_total", "Stream entries moved to the dead-letter stream"
+)
+ORDER_OVERSELL_ATTEMPTS = Counter(
+    "hmdp_order_oversell_attempts_total",
+    "Reservations refused by the database stock guard (must stay 0; alert on any)",
 )
 # Stream length, pending, lag/backlog and dead letters are NOT gauges set by some
 # process: web/metrics.py reads them from Redis at scrape time (StreamCollector),

@@ -41,7 +41,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from cache import order_stream
 from cache.locks import LockError, LockNotOwnedError, RLock
 from cache.order_stream import MalformedEntry, OrderEntry
-from metrics import ORDER_TASK_SECONDS, ORDER_TASKS
+from metrics import ORDER_OVERSELL_ATTEMPTS, ORDER_TASK_SECONDS, ORDER_TASKS
 from models.entities import SeckillVoucher, VoucherOrder, utcnow
 from models.session import Database
 from services import Services
@@ -172,6 +172,7 @@ def settle_order(services: Services, entry: OrderEntry) -> str:
         except (redis.RedisError, OSError) as exc:  # it expires by itself
             log.warning("order lock of user %s not released: %s", entry.user_id, exc)
     if outcome == OVERSELL:
+        ORDER_OVERSELL_ATTEMPTS.inc()
         log.error(
             "OVERSELL ATTEMPT: reservation %s (user %s, voucher %s) has no database stock",
             entry.order_id,

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client import REGISTRY
 from seckill_helpers import add_shop, create_seckill, db_orders, db_stock, order_count
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
@@ -137,8 +138,10 @@ def test_oversell_attempt_writes_nothing_and_is_dead_lettered(services, voucher,
         session.execute(
             update(SeckillVoucher).where(SeckillVoucher.voucher_id == voucher).values(stock=1)
         )
+    before = REGISTRY.get_sample_value("hmdp_order_oversell_attempts_total") or 0
     assert settle_order(services, entries[0]) == CREATED
     assert settle_order(services, entries[1]) == OVERSELL
+    assert REGISTRY.get_sample_value("hmdp_order_oversell_attempts_total") == before + 1
     assert db_orders(services, voucher) == [(entries[0].order_id, 20)]
     assert db_stock(services, voucher) == 0
     dead = services.redis.xrange(settings.order_dead_letter_stream)
