@@ -377,3 +377,16 @@ def _admin(services) -> dict:  # type: ignore[no-untyped-def]
         f"login:token:{token}", mapping={"id": 1, "nickName": "a", "icon": "", "role": "admin"}
     )
     return {"authorization": token}
+
+
+def test_the_task_and_the_recovery_job_are_imported_scheduled_and_routed(settings, services):
+    import celeryconfig
+    from beat.order_jobs import JOB_NAME
+
+    assert {"tasks.orders", "beat.order_jobs"} <= set(celeryconfig.imports)
+    entry = celeryconfig.beat_schedule["recover-pending-orders"]
+    assert entry["task"] == JOB_NAME and 0 < entry["schedule"] <= 30
+    app = create_celery(settings, services)
+    router = app.amqp.router
+    assert router.route({}, TASK_NAME)["queue"].name == "orders"
+    assert router.route({}, JOB_NAME)["queue"].name == "beat"
