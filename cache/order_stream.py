@@ -220,6 +220,7 @@ class RecoveryReport:
     aborted: bool = False
 
     def as_dict(self) -> dict[str, object]:
+        """JSON-friendly, for the beat job's result and logs."""
         return {
             "claimed": self.claimed,
             "picked_up": self.picked_up,

@@ -43,14 +43,17 @@ _CODES = {0: OK, 1: SOLD_OUT, 2: DUPLICATE, 3: NOT_STARTED, 4: ENDED, 5: UNKNOWN
 
 
 def stock_key(voucher_id: int) -> str:
+    """Remaining stock (hmdp's key name, so existing tooling reads it)."""
     return STOCK_KEY.format(voucher_id=voucher_id)
 
 
 def window_key(voucher_id: int) -> str:
+    """Sale window hash, so the script checks time without a database read."""
     return WINDOW_KEY.format(voucher_id=voucher_id)
 
 
 def order_set_key(voucher_id: int) -> str:
+    """Buyers of a voucher: the one-order-per-user rule lives here."""
     return ORDER_SET_KEY.format(voucher_id=voucher_id)
 
 
@@ -71,6 +74,7 @@ class GateResult:
 
     @property
     def ok(self) -> bool:
+        """True when a unit was reserved (and must be dispatched)."""
         return self.outcome == OK
 
 

@@ -165,9 +165,11 @@ class VoucherAudit:
 
     @property
     def ok(self) -> bool:
+        """No problem found for this voucher."""
         return not self.problems
 
     def line(self) -> str:
+        """One printable line of figures (and problems)."""
         return (
             f"voucher {self.voucher_id}: db stock={self.db_stock} orders={self.db_orders} | "
             f"redis stock={self.redis_stock} buyers={self.redis_buyers} | "
@@ -194,9 +196,11 @@ class OrderAudit:
 
     @property
     def unsettled(self) -> int:
+        """Reservations still waiting to become rows (not an error by itself)."""
         return sum(v.unsettled for v in self.vouchers)
 
     def lines(self) -> list[str]:
+        """The report ``flask orders verify`` prints."""
         return [v.line() for v in self.vouchers] + [
             f"stream: length={self.stream_length} pending={self.pending} "
             f"dead_letters={self.dead_letters} malformed={self.malformed}",
