@@ -4,6 +4,7 @@
     python3 manage.py up       # install, migrate, load demo data, run web+worker+beat+Flower
     python3 manage.py cluster  # the same behind nginx: 3 web instances (deploy/cluster.py)
     python3 manage.py test     # install (with test tools) and run the whole suite
+    python3 manage.py bench SCENARIO  # one load test on a fresh stack (loadtest/run.py)
 
 The first part of this file uses the standard library only: it creates
 ``.venv``, installs the project into it (again only when ``pyproject.toml``
@@ -197,6 +198,16 @@ def command_test(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, cwd=ROOT)
 
 
+# --- bench: one load-test scenario ------------------------------------------------
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    """Run loadtest/run.py inside the virtualenv (``bench list`` names the scenarios)."""
+    from loadtest.run import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -219,11 +230,20 @@ def main() -> int:
     cluster_options(cluster)
     test = sub.add_parser("test", help="run the test suite")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    bench = sub.add_parser(
+        "bench", help="run a load-test scenario (bench list; bench SCENARIO --help)", add_help=False
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     # One environment for both commands: the run command also gets the load-test tools.
     reexec_in_venv("dev")
     sys.path.insert(0, str(ROOT))
-    commands = {"up": command_up, "cluster": command_cluster, "test": command_test}
+    commands = {
+        "up": command_up,
+        "cluster": command_cluster,
+        "test": command_test,
+        "bench": command_bench,
+    }
     return commands[args.command](args)
 
 

@@ -1,11 +1,13 @@
 """Benchmark GET /shop/{id} against an empty Flask route on the same gunicorn.
 
-Starts its own embedded redis-server and a SQLite database under a temporary
-directory (or uses ``--database-url``), loads the demo data, warms the cache
-(Bloom filter, hot shops' logical keys, then one GET per id), starts gunicorn
-on a free port with ``loadtest/bench_shop_wsgi.py`` (the real app plus
-``/bench/empty``), and measures both routes in the same run with ``wrk``
-(``apt-get install wrk``) or, without it, a small multi-process HTTP client.
+Starts the stack with ``loadtest/stack.py`` (the runner's start-up code: an
+embedded redis-server and SQLite in a temporary directory, or a fresh database
+on ``--database-url``), loads the demo data and warms the cache (Bloom filter,
+hot shops' logical keys, then one GET per id), starts gunicorn on a free port
+with ``loadtest/bench_shop_wsgi.py`` (the real app plus ``/bench/empty``), and
+measures both routes in the same run with ``wrk`` (``loadtest/wrk/paths.lua``)
+or, without it, a small multi-process HTTP client. ``python3 manage.py bench
+shop-peak`` is the same measurement inside the runner's report.
 Prints req/s, p50/p99, the shop/empty ratio and the exact commands.
 
 Run it only on a quiet machine, e.g.::
@@ -17,16 +19,10 @@ Run it only on a quiet machine, e.g.::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import multiprocessing as mp
 import os
 import random
-import re
-import shlex
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,117 +34,29 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cache.server import EmbeddedRedis, free_port  # noqa: E402
-from cache.shop_source import top_shop_ids  # noqa: E402
-from models.demo import DemoSize, load_demo_data  # noqa: E402
-from models.migrate import upgrade  # noqa: E402
-from settings import Settings  # noqa: E402
+from loadtest import wrk  # noqa: E402
+from loadtest.stack import DataPlan, Stack  # noqa: E402
+from models.demo import DemoSize  # noqa: E402
 
 
-def prepare(args: argparse.Namespace, var_dir: Path, redis_url: str) -> tuple[str, list[int]]:
-    """Migrate, seed and warm (as `flask seed` does); returns (database URL, hot ids)."""
-    var_dir.mkdir(parents=True, exist_ok=True)
-    database_url = args.database_url or f"sqlite:///{var_dir / 'bench.db'}"
-    upgrade(database_url)
-    settings = Settings(
-        redis_url=redis_url,
-        database_url=database_url,
-        var_dir=var_dir,
-        hot_shop_count=args.hot,
-        shop_cache_strategy=args.strategy,
-    )
-    from web import create_app
-
-    app = create_app(settings)
-    services = app.extensions["hmdp"]
-    load_demo_data(services.db, DemoSize.named(args.size))
-    for step in app.extensions["hmdp_post_seed"]:
-        step(services)
-    ids = top_shop_ids(services.db, args.hot)
-    services.close()
-    return database_url, ids
-
-
-def start_gunicorn(args, env: dict[str, str], port: int) -> tuple[subprocess.Popen, list[str]]:  # type: ignore[no-untyped-def]
-    cmd = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "-c",
-        str(ROOT / "deploy" / "gunicorn.conf.py"),
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(args.workers),
-        "--worker-class",
-        args.worker_class,
-        "--threads",
-        str(args.threads),
-        "--log-level",
-        "warning",
-        "bench_shop_wsgi:app",
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}")
-        url = f"http://127.0.0.1:{port}/healthz"
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
-            if r.status == 200:
-                return proc, cmd
-        time.sleep(0.2)
-    raise RuntimeError("gunicorn did not answer /healthz in 60 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-# --- wrk ------------------------------------------------------------------------------------
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-    return float(number) * _UNITS[unit]
-
-
-def run_wrk(args, port: int, paths: list[str], workdir: Path) -> dict:  # type: ignore[no-untyped-def]
-    script = workdir / f"paths-{len(paths)}.lua"
-    quoted = ",".join(f'"{p}"' for p in paths)
-    script.write_text(
-        f"local paths = {{{quoted}}}\n"
-        "local n = #paths\n"
-        "request = function()\n"
-        "  return wrk.format('GET', paths[math.random(n)])\n"
-        "end\n"
-    )
-    cmd = [
-        "wrk",
-        f"-t{args.wrk_threads}",
-        f"-c{args.connections}",
-        f"-d{args.duration}s",
-        "--latency",
-        "-s",
-        str(script),
+def run_wrk(args, binary: str, port: int, paths: list[str], workdir: Path) -> dict:  # type: ignore[no-untyped-def]
+    paths_file = workdir / f"paths-{len(paths)}.txt"
+    paths_file.write_text("\n".join(paths) + "\n")
+    result = wrk.run(
+        binary,
         f"http://127.0.0.1:{port}",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+        "paths",
+        [str(paths_file)],
+        args.connections,
+        args.duration,
+        args.wrk_threads,
+    )
     return {
-        "rps": rps,
-        "p50": p50,
-        "p99": p99,
-        "errors": int(errors.group(1)) if errors else 0,
-        "cmd": shlex.join(cmd),
+        "rps": result.rps,
+        "p50": result.p50,
+        "p99": result.p99,
+        "errors": result.errors,
+        "cmd": result.cmd,
     }
 
 
@@ -237,47 +145,51 @@ def main() -> int:
     parser.add_argument("--no-near-cache", action="store_true", help="HMDP_NEAR_CACHE=0")
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
     args = parser.parse_args()
-    client = args.client
-    if client == "auto":
-        client = "wrk" if shutil.which("wrk") else "python"
+    binary = wrk.find_wrk() if args.client in {"auto", "wrk"} else None
+    if args.client == "wrk" and binary is None:
+        parser.error("wrk not found (apt-get install wrk)")
+    client = "wrk" if binary else "python"
 
+    size = DemoSize.named(args.size)
+    plan = DataPlan(
+        users=size.users,
+        shops=size.shops,
+        vouchers=size.vouchers,
+        seckill_vouchers=size.seckill_vouchers,
+        hot=args.hot,
+    )
     with tempfile.TemporaryDirectory(prefix="hmdp-bench-") as tmp:
         workdir = Path(tmp)
-        with EmbeddedRedis(workdir / "redis", appendonly=False) as redis_server:
+        overrides = {
+            "HMDP_SHOP_CACHE_STRATEGY": args.strategy,
+            "HMDP_NEAR_CACHE": "0" if args.no_near_cache else "1",
+        }
+        with Stack(workdir, database_url=args.database_url, env_overrides=overrides) as stack:
             print(f"seeding ({args.size}) and warming ...", flush=True)
-            database_url, ids = prepare(args, workdir / "var", redis_server.url)
-            port = free_port()
-            env = dict(os.environ)
-            env.update(
-                REDIS_URL=redis_server.url,
-                DATABASE_URL=database_url,
-                HMDP_VAR_DIR=str(workdir / "var"),
-                HMDP_RATE_LIMIT_ENABLED="0",
-                HMDP_HOT_SHOP_COUNT=str(args.hot),
-                HMDP_SHOP_CACHE_STRATEGY=args.strategy,
-                HMDP_NEAR_CACHE="0" if args.no_near_cache else "1",
-                PYTHONPATH=os.pathsep.join([str(ROOT / "loadtest"), str(ROOT)]),
+            stack.start_backends()
+            ids = stack.seed(plan).hot_ids
+            port = stack.start_web(
+                GUNICORN_WORKERS=str(args.workers),
+                GUNICORN_THREADS=str(args.threads),
+                GUNICORN_WORKER_CLASS=args.worker_class,
             )
-            gunicorn, gunicorn_cmd = start_gunicorn(args, env, port)
-            try:
-                shop_paths = [f"/shop/{i}" for i in ids]
-                for path in shop_paths * 2:  # every id cached (and in each L1 it reaches)
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
-                        assert r.status == 200
-                runner = (
-                    (lambda paths: run_wrk(args, port, paths, workdir))
-                    if client == "wrk"
-                    else (lambda paths: run_python_client(args, port, paths))
-                )
-                empty = runner(["/bench/empty"])
-                shop = runner(shop_paths)
-            finally:
-                stop(gunicorn)
+            shop_paths = [f"/shop/{i}" for i in ids]
+            for path in shop_paths * 2:  # every id cached (and in each L1 it reaches)
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
+                    assert r.status == 200
+            runner = (
+                (lambda paths: run_wrk(args, binary, port, paths, workdir))
+                if binary
+                else (lambda paths: run_python_client(args, port, paths))
+            )
+            empty = runner(["/bench/empty"])
+            shop = runner(shop_paths)
+            server_cmd = stack.commands["web"]
     print()
-    print(f"server : {shlex.join(gunicorn_cmd)}")
+    print(f"server : {server_cmd}")
     print(
         f"         strategy={args.strategy} near_cache={'off' if args.no_near_cache else 'on'} "
-        f"hot ids={len(ids)} size={args.size} cpus={os.cpu_count()}"
+        f"hot ids={len(ids)} size={args.size} cpus={os.cpu_count()} client={client}"
     )
     for name, result in (("empty route", empty), (f"GET /shop/{{id}} x{len(ids)}", shop)):
         print(f"client : {result['cmd']}")

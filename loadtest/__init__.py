@@ -1,0 +1,1 @@
+"""Load tests and benchmarks (``python3 manage.py bench``; see loadtest/run.py)."""

@@ -1,0 +1,581 @@
+"""Run one named load-test scenario end to end: ``python3 manage.py bench SCENARIO``.
+
+    python3 manage.py bench list
+    python3 manage.py bench seckill-500
+    python3 manage.py bench cache-high --duration 60
+    python3 manage.py bench shop-peak --worker-class gevent --workers 2
+    python3 manage.py bench seckill-30k --database-url mysql+pymysql://root@127.0.0.1:3306/
+
+Each run, on a fresh stack (``loadtest/stack.py``: embedded Redis + SQLite by
+default; REDIS_URL / DATABASE_URL or the options for others, MariaDB getting a
+database of its own that is dropped afterwards):
+
+1. seeds the scenario's demo data, writes sessions for its users, starts
+   gunicorn (``deploy/gunicorn.conf.py``; --workers/--worker-class/--threads
+   or GUNICORN_*) and, when it sells, a Celery worker;
+2. measures the same-run baselines: ``redis-benchmark -t get`` against the
+   stack's Redis (when the binary exists) and the empty Flask route
+   ``/bench/empty`` on the same gunicorn with the scenario's own generator;
+3. runs the scenario (locust, headless, or wrk for the *-peak runs), then
+   waits until the orders Stream is empty (every reservation a row);
+4. judges the orders (``loadtest/verify.py`` over ``web.orders.verify_orders``)
+   and prints the results table. Exit status 1 on any oversell, lost or
+   duplicate order (or a run that could not drain), else 0.
+
+Everything lands in ``loadtest/results/<scenario>-<timestamp>/`` (gitignored):
+locust's CSV and HTML report, wrk output, server and worker logs, the plan,
+``summary.json`` and ``table.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from loadtest import wrk  # noqa: E402
+from loadtest.scenarios import SCENARIOS, Scenario  # noqa: E402
+from loadtest.stack import SeedInfo, Stack  # noqa: E402
+from loadtest.verify import judge  # noqa: E402
+from settings import Settings  # noqa: E402
+
+RESULTS = ROOT / "loadtest" / "results"
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+HOT_SHARE = 0.8
+COLD_SPAN = 1.05  # uniform ids up to 5% above the shop count: ~5% of the cold ones are unknown
+GOALS = {
+    "shop-peak": "GET /shop/{id} >= 10,000 req/s, p99 <= 10 ms at 64 connections, >= 0.7x empty",
+    "seckill-peak": "gate incl. dispatch >= 3,000 req/s, p99 <= 50 ms at 64 connections",
+    "drain": "drain into MariaDB >= 1,000 orders/s",
+}
+
+BeforeVerify = Callable[[Stack, SeedInfo], None]
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+# --- generators --------------------------------------------------------------------------------
+
+
+def run_locust(
+    scenario: Scenario,
+    user_class: str,
+    base_url: str,
+    plan: dict[str, Any],
+    out_dir: Path,
+    label: str,
+    duration: float,
+    spawn_rate: float,
+) -> dict[str, Any]:
+    """One headless locust run; our precise summary (locustfile's ``out``) plus the command."""
+    plan = dict(plan, out=str(out_dir / f"{label}-result.json"), users=scenario.users)
+    plan_file = out_dir / f"{label}-plan.json"
+    plan_file.write_text(json.dumps(plan))
+    spawn_time = scenario.users / spawn_rate
+    if scenario.loops:
+        expected = scenario.users * scenario.loops / scenario.rate if scenario.rate else 120
+        run_time = int(spawn_time + 3 * expected + 120)  # a safety cap; locust quits when done
+    else:
+        run_time = int(spawn_time + duration + 1)
+    cmd = [
+        str(Path(sys.executable).parent / "locust"),
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--users",
+        str(scenario.users),
+        "--spawn-rate",
+        f"{spawn_rate:g}",
+        "--run-time",
+        f"{run_time}s",
+        "--host",
+        base_url,
+        "--csv",
+        str(out_dir / label),
+        "--html",
+        str(out_dir / f"{label}.html"),
+        "--only-summary",
+        "--stop-timeout",
+        "30",
+        "--loglevel",
+        "WARNING",
+        "--hmdp-plan",
+        str(plan_file),
+        user_class,
+    ]
+    if not scenario.loops:
+        cmd.insert(-1, "--reset-stats")  # measure the steady state, not the ramp-up
+    with (out_dir / f"{label}.log").open("w") as log:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+    result_file = Path(plan["out"])
+    if not result_file.exists():
+        raise RuntimeError(f"locust wrote no result (exit {done.returncode}); see {label}.log")
+    result = json.loads(result_file.read_text())
+    result["cmd"] = " ".join(cmd)
+    result["generator"] = "locust"
+    result["exit_code"] = done.returncode
+    return result
+
+
+def _wrk_summary(result: wrk.WrkResult) -> dict[str, Any]:
+    return {
+        "requests": result.requests,
+        "seconds": result.seconds,
+        "rps": result.rps,
+        "p50": result.p50,
+        "p95": result.p95,
+        "p99": result.p99,
+        "failures": result.errors,
+        "non_2xx": result.non_2xx,
+        "socket_errors": result.socket_errors,
+        "extra": result.extra,
+        "cmd": result.cmd,
+        "generator": "wrk",
+    }
+
+
+def redis_benchmark(url: str, out_dir: Path) -> dict[str, Any] | None:
+    """``redis-benchmark -t get`` against the stack's Redis (same run, same machine)."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return None
+    from redis.connection import parse_url
+
+    params = parse_url(url)
+    cmd = [
+        binary,
+        "-h",
+        str(params.get("host", "127.0.0.1")),
+        "-p",
+        str(params.get("port", 6379)),
+        "--dbnum",
+        str(params.get("db", 0)),
+        "-t",
+        "get",
+        "-n",
+        "100000",
+        "-c",
+        "50",
+        "--csv",
+    ]
+    if params.get("password"):
+        cmd[1:1] = ["-a", str(params["password"]), "--no-auth-warning"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    (out_dir / "redis-benchmark.csv").write_text(done.stdout + done.stderr)
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    if done.returncode != 0 or not rows:
+        return None
+    row = rows[0]
+    shown = [c if c != str(params.get("password")) else "***" for c in cmd]
+    return {
+        "requests": 100_000,
+        "rps": float(row["rps"]),
+        "p50": float(row["p50_latency_ms"]) if "p50_latency_ms" in row else None,
+        "p95": float(row["p95_latency_ms"]) if "p95_latency_ms" in row else None,
+        "p99": float(row["p99_latency_ms"]) if "p99_latency_ms" in row else None,
+        "failures": 0,
+        "cmd": " ".join(shown),
+        "generator": "redis-benchmark",
+    }
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def _warm(base_url: str, paths: list[str]) -> None:
+    """Every hot shop cached (and in each gunicorn worker's near-cache it reaches)."""
+    for path in paths * 2:
+        with contextlib.suppress(OSError), urllib.request.urlopen(base_url + path, timeout=30):
+            pass
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average": os.getloadavg(),
+        "commit": commit,
+    }
+
+
+def run_scenario(
+    scenario: Scenario,
+    args: argparse.Namespace,
+    out_dir: Path,
+    before_verify: BeforeVerify | None = None,
+) -> dict[str, Any]:
+    """Stack up, baselines, scenario, drain, verdict; returns the summary (also saved)."""
+    settings = Settings.from_env()
+    redis_url = args.redis_url or settings.redis_url
+    database_url = args.database_url or settings.database_url
+    summary: dict[str, Any] = {
+        "scenario": scenario.name,
+        "kind": scenario.kind,
+        "generator": scenario.generator,
+        "users": scenario.users,
+        "duration": scenario.duration,
+        "loops": scenario.loops,
+        "rate": scenario.rate,
+        "seed": scenario.seed,
+        "note": scenario.note,
+        "data": asdict(scenario.data),
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "argv": sys.argv,
+    }
+    gunicorn_env = {
+        name: str(value)
+        for name, value in (
+            ("GUNICORN_WORKERS", args.workers),
+            ("GUNICORN_WORKER_CLASS", args.worker_class),
+            ("GUNICORN_THREADS", args.threads),
+        )
+        if value is not None
+    }
+    wrk_binary = wrk.find_wrk() if scenario.generator == "wrk" else None
+    if scenario.generator == "wrk" and wrk_binary is None:
+        _log("wrk not found (and could not be installed): using locust instead")
+        scenario = replace(scenario, generator="locust")
+    with (
+        tempfile.TemporaryDirectory(prefix="hmdp-bench-") as tmp,
+        Stack(
+            Path(tmp),
+            redis_url=redis_url,
+            database_url=database_url,
+            log=_log,
+            logs=out_dir / "logs",
+        ) as stack,
+    ):
+        stack.start_backends()
+        summary["backend"] = stack.backend
+        info = stack.seed(scenario.data)
+        summary["seed_seconds"] = info.seconds
+        tokens: list[str] = []
+        if scenario.needs_orders:
+            count = scenario.data.users if scenario.kind == "seckill-peak" else scenario.users
+            tokens = stack.create_sessions(info.user_ids[:count])
+            (out_dir / "tokens.txt").write_text("\n".join(tokens) + "\n")
+            _log(f"{len(tokens)} sessions written (cache.login.create_session)")
+        port = stack.start_web(**gunicorn_env)
+        base_url = f"http://127.0.0.1:{port}"
+        if scenario.needs_orders:
+            stack.start_worker(args.worker_concurrency, args.worker_pool)
+        hot_paths = [f"/shop/{i}" for i in info.hot_ids]
+        _warm(base_url, hot_paths)
+        summary["commands"] = dict(stack.commands)
+        summary["server"] = {
+            "web": stack.commands.get("web"),
+            "worker": stack.commands.get("worker"),
+        }
+
+        # Baselines first, while nothing is draining.
+        summary["redis_benchmark"] = (
+            None if args.no_redis_benchmark else redis_benchmark(stack.redis_url or "", out_dir)
+        )
+        plan: dict[str, Any] = {
+            "hot_ids": info.hot_ids,
+            "shop_count": info.shop_count,
+            "cold_span": int(info.shop_count * COLD_SPAN),
+            "hot_share": HOT_SHARE,
+            "vouchers": sorted(info.seckill_stock),
+            "loops": scenario.loops,
+            "pace": scenario.users / scenario.rate if scenario.rate else 0,
+            "tokens_file": str(out_dir / "tokens.txt") if tokens else "",
+        }
+        spawn_rate = args.spawn_rate or max(50.0, scenario.users / 5)
+        duration = scenario.duration
+        baseline_duration = min(duration, args.baseline_duration) if duration else 0
+        (out_dir / "paths-empty.txt").write_text("/bench/empty\n")
+        (out_dir / "paths-hot.txt").write_text("\n".join(hot_paths) + "\n")
+        wrk_log = out_dir / "wrk.log"
+
+        def wrk_paths(paths_file: str, seconds: float) -> dict[str, Any]:
+            assert wrk_binary is not None
+            return _wrk_summary(
+                wrk.run(
+                    wrk_binary,
+                    base_url,
+                    "paths",
+                    [str(out_dir / paths_file)],
+                    scenario.users,
+                    seconds,
+                    args.wrk_threads,
+                    log_file=wrk_log,
+                )
+            )
+
+        if args.baseline_duration <= 0:
+            summary["empty"] = None
+        elif scenario.generator == "wrk":
+            summary["empty"] = wrk_paths("paths-empty.txt", duration)
+        else:
+            summary["empty"] = run_locust(
+                scenario,
+                "EmptyUser",
+                base_url,
+                plan,
+                out_dir,
+                "empty",
+                baseline_duration,
+                spawn_rate,
+            )
+
+        _log(f"running {scenario.name} ({scenario.generator}, {scenario.users} users)")
+        started = time.monotonic()
+        if scenario.kind == "shop-peak":
+            result = wrk_paths("paths-hot.txt", duration)
+        elif scenario.kind == "seckill-peak" and scenario.generator == "wrk":
+            assert wrk_binary is not None
+            result = _wrk_summary(
+                wrk.run(
+                    wrk_binary,
+                    base_url,
+                    "seckill",
+                    [
+                        str(out_dir / "tokens.txt"),
+                        ",".join(map(str, sorted(info.seckill_stock))),
+                        str(args.wrk_threads),
+                    ],
+                    scenario.users,
+                    duration,
+                    args.wrk_threads,
+                    log_file=wrk_log,
+                )
+            )
+            # 409 (sold out, already ordered) is a correct answer, not an error.
+            result["successes"] = result["extra"].get("ok", 0)
+            result["failures"] = result["extra"].get("other", 0) + result["socket_errors"]
+        else:
+            user_class = scenario.locust_class if scenario.kind != "seckill-peak" else "SeckillUser"
+            result = run_locust(
+                scenario, user_class, base_url, plan, out_dir, "scenario", duration, spawn_rate
+            )
+            result["successes"] = result.get("outcomes", {}).get("ok", 0)
+        load_seconds = time.monotonic() - started
+        summary["result"] = result
+
+        if scenario.needs_orders:
+            drain = stack.wait_drained(stall=args.drain_stall)
+            summary["drain"] = {
+                "backlog_at_end_of_load": drain.backlog_at_start,
+                "left": drain.backlog_left,
+                "seconds": drain.seconds,
+                "rate_after_load": drain.rate,
+                "load_seconds": load_seconds,
+            }
+            if before_verify is not None:
+                before_verify(stack, info)
+            verdict = judge(
+                stack.services,
+                info.seckill_stock,
+                successes=result.get("successes", 0),
+                client_duplicates=result.get("duplicate_order_ids", 0)
+                + result.get("duplicate_purchases", 0),
+                unobserved_allowance=scenario.users if scenario.generator == "wrk" else 0,
+            )
+            rows = verdict.rows
+            summary["drain"]["orders_per_second_overall"] = (
+                rows / (load_seconds + drain.seconds) if load_seconds + drain.seconds else None
+            )
+            summary["verdict"] = asdict(verdict) | {"ok": verdict.ok}
+        else:
+            summary["verdict"] = None
+        summary["commands"] = dict(stack.commands)
+    summary["commands"]["generator"] = result["cmd"]
+    if summary.get("empty"):
+        summary["commands"]["empty"] = summary["empty"]["cmd"]
+    if summary.get("redis_benchmark"):
+        summary["commands"]["redis-benchmark"] = summary["redis_benchmark"]["cmd"]
+    return summary
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The results table (plain text, also written to table.txt)."""
+    lines = [
+        f"{summary['scenario']} on {summary['backend']} -- {summary['date']} -- "
+        f"{summary['machine']['cpus']} CPUs, load {summary['machine']['load_average'][0]:.2f} "
+        f"before the run",
+        "",
+        f"{'':<26}{'generator':<16}{'users':>6}{'requests':>10}{'req/s':>10}{'p50 ms':>9}"
+        f"{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}",
+    ]
+    rows = [
+        (summary["scenario"], summary["result"]),
+        ("empty route (same run)", summary.get("empty")),
+    ]
+    rows.append(("redis-benchmark -t get", summary.get("redis_benchmark")))
+    for name, r in rows:
+        if not r:
+            continue
+        users = 50 if r["generator"] == "redis-benchmark" else summary["users"]
+        lines.append(
+            f"{name:<26}{r['generator']:<16}{users:>6}{_num(r['requests']):>10}"
+            f"{_num(r['rps']):>10}{_num(r.get('p50'), 2):>9}{_num(r.get('p95'), 2):>9}"
+            f"{_num(r.get('p99'), 2):>9}{_num(r.get('failures', 0)):>8}"
+        )
+    empty, result = summary.get("empty"), summary["result"]
+    if empty and empty.get("rps"):
+        lines.append(
+            f"ratio {summary['scenario']} / empty route: {result['rps'] / empty['rps']:.2f}"
+        )
+    if result.get("cpu_warning") or (empty or {}).get("cpu_warning"):
+        lines.append("NOTE: locust warned that its CPU was saturated (the generator was a limit)")
+    verdict = summary.get("verdict")
+    if verdict:
+        lines += [
+            "",
+            f"orders: successes {verdict['successes']:,}  reservations {verdict['reservations']:,}  "
+            f"rows {verdict['rows']:,}  stock deducted {verdict['db_deducted']:,} "
+            f"(of {verdict['initial_stock']:,})",
+            f"        oversell {verdict['oversell']}  lost {verdict['lost']}  "
+            f"duplicates {verdict['duplicates']}  -> {'OK' if verdict['ok'] else 'FAILED'}",
+        ]
+        outcomes = result.get("outcomes") or {
+            k: v for k, v in result.get("extra", {}).items() if k in {"ok", "refused", "other"}
+        }
+        if outcomes:
+            lines.append("        answers: " + ", ".join(f"{k} {v:,}" for k, v in outcomes.items()))
+        lines += [f"        PROBLEM: {p}" for p in verdict["problems"]]
+        drain = summary["drain"]
+        rate = drain["rate_after_load"]
+        lines.append(
+            f"drain: {drain['backlog_at_end_of_load']:,} unsettled at the end of the load, "
+            f"{drain['left']:,} left after {drain['seconds']:.1f} s"
+            + (f" ({rate:,.0f} orders/s)" if rate else "")
+            + f"; {verdict['rows']:,} rows in {drain['load_seconds'] + drain['seconds']:.1f} s "
+            f"from the start of the load"
+        )
+    if summary["scenario"] in GOALS or summary["kind"] in GOALS:
+        lines.append(f"goal: {GOALS.get(summary['kind'], '')}")
+    if verdict and summary["backend"] == "mysql":
+        lines.append(f"goal: {GOALS['drain']}")
+    lines.append("")
+    lines.append("commands:")
+    lines += [f"  {k}: {v}" for k, v in summary["commands"].items()]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="manage.py bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("scenario", help=f"one of: list, {', '.join(SCENARIOS)}")
+    size = parser.add_argument_group("load")
+    size.add_argument("--users", type=int, help="locust users (wrk: connections)")
+    size.add_argument("--duration", type=float, help="seconds of steady load")
+    size.add_argument("--loops", type=int, help="calls per user (seckill scenarios)")
+    size.add_argument("--rate", type=float, help="offered req/s in total (0: closed loop)")
+    size.add_argument("--stock", type=int, help="stock of every seckill voucher")
+    size.add_argument("--shops", type=int, help="demo shops (cache scenarios: 50,000)")
+    size.add_argument("--hot", type=int, help="hot shops (the 80%% share of the reads)")
+    size.add_argument("--spawn-rate", type=float, help="locust users started per second")
+    size.add_argument("--wrk-threads", type=int, default=2)
+    size.add_argument(
+        "--baseline-duration",
+        type=float,
+        default=15,
+        help="seconds of the empty-route baseline for duration runs (0: no baseline)",
+    )
+    size.add_argument("--no-redis-benchmark", action="store_true")
+    stack = parser.add_argument_group("stack")
+    stack.add_argument("--redis-url", help="default: REDIS_URL, else an embedded redis-server")
+    stack.add_argument(
+        "--database-url",
+        help="default: DATABASE_URL, else SQLite; MySQL/MariaDB: a fresh database, dropped after",
+    )
+    stack.add_argument("--workers", type=int, help="gunicorn workers (GUNICORN_WORKERS)")
+    stack.add_argument("--worker-class", help="gunicorn worker class (GUNICORN_WORKER_CLASS)")
+    stack.add_argument("--threads", type=int, help="gunicorn threads (GUNICORN_THREADS)")
+    stack.add_argument("--worker-concurrency", type=int, default=4, help="Celery processes")
+    stack.add_argument("--worker-pool", default="prefork", help="Celery pool")
+    stack.add_argument("--drain-stall", type=float, default=60, help="give up draining after s")
+    stack.add_argument("--results-dir", type=Path, default=RESULTS)
+    return parser
+
+
+def main(argv: list[str] | None = None, before_verify: BeforeVerify | None = None) -> int:
+    """The command line; ``before_verify`` lets tests corrupt real state before the verdict."""
+    args = build_parser().parse_args(argv)
+    if args.scenario == "list":
+        for s in SCENARIOS.values():
+            load = f"{s.loops} calls each" if s.loops else f"{s.duration:g} s"
+            rate = f"{s.rate:,.0f} req/s offered" if s.rate else "closed loop"
+            print(
+                f"{s.name:<15} {s.generator:<7} {s.users:>6} users  {load:<14} {rate:<20} {s.note}"
+            )
+        return 0
+    if args.scenario not in SCENARIOS:
+        print(f"unknown scenario {args.scenario!r}; try 'list'", file=sys.stderr)
+        return 2
+    base = SCENARIOS[args.scenario]
+    data = replace(
+        base.data,
+        seckill_stock=base.data.seckill_stock if args.stock is None else args.stock,
+        shops=args.shops or base.data.shops,
+        hot=base.data.hot if args.hot is None else args.hot,
+    )
+    scenario = base.scaled(
+        users=args.users, duration=args.duration, loops=args.loops, rate=args.rate, data=data
+    )
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = args.results_dir / f"{scenario.name}-{stamp}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _log(f"results in {out_dir}")
+    summary = run_scenario(scenario, args, out_dir, before_verify)
+    summary["results_dir"] = str(out_dir)
+    text = table(summary)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out_dir / "table.txt").write_text(text + "\n")
+    print()
+    print(text)
+    verdict = summary.get("verdict")
+    return 1 if verdict and not verdict["ok"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""The system under test for every load test: Redis, a database, gunicorn, a Celery worker.
+
+One piece of start-up code for ``loadtest/run.py`` (the scenario runner) and
+``loadtest/bench_shop.py``:
+
+* Redis: our own embedded ``redis-server`` (AOF on, as in production) in the
+  work directory, or a given ``REDIS_URL`` whose database must be empty (it is
+  flushed afterwards, so nobody else's keys are ever touched);
+* the database: a SQLite file in the work directory, or, for a MySQL/MariaDB
+  server URL, a fresh database of our own (``hmdp_bench_<pid>_<hex>``) that is
+  dropped afterwards, whatever database the URL names;
+* demo data at the size a scenario needs (``models.demo``) plus every
+  ``post_seed`` step (Bloom filter, hot shops, seckill stock in Redis), i.e.
+  what ``flask seed`` does; seckill stock can be raised before Redis loads it;
+* sessions written with the login route's own code (``cache.login``), so that
+  thousands of distinct logged-in users exist without the rate-limited API;
+* gunicorn with ``deploy/gunicorn.conf.py`` (GUNICORN_* env tunes it) serving
+  the real app plus ``/bench/empty`` (``loadtest/bench_shop_wsgi.py``), and a
+  Celery worker, both under ``deploy.supervisor.Supervisor``, logging to files.
+
+Rate limits are OFF in the stack (HMDP_RATE_LIMIT_ENABLED=0): every generator
+request comes from 127.0.0.1, which the per-IP limits would reject.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cache import login as login_store  # noqa: E402
+from cache.server import EmbeddedRedis, free_port  # noqa: E402
+from cache.shop_source import top_shop_ids  # noqa: E402
+from deploy.supervisor import Supervisor  # noqa: E402
+from models.demo import DemoSize, load_demo_data  # noqa: E402
+from models.entities import SeckillVoucher  # noqa: E402
+from models.migrate import upgrade  # noqa: E402
+from services import Services  # noqa: E402
+from settings import Settings  # noqa: E402
+
+WSGI_APP = "loadtest.bench_shop_wsgi:app"  # the real app + GET /bench/empty
+WORKER_QUEUES = "celery,orders,cache,beat"
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """How much demo data a scenario needs, and any seckill stock to raise."""
+
+    users: int = 200
+    shops: int = 500
+    vouchers: int = 20
+    seckill_vouchers: int = 10
+    hot: int = 100
+    seckill_stock: int | None = None  # None: the demo's 300 per seckill voucher
+
+    def demo_size(self) -> DemoSize:
+        return DemoSize(
+            users=self.users,
+            shops=self.shops,
+            vouchers=self.vouchers,
+            seckill_vouchers=self.seckill_vouchers,
+        )
+
+
+@dataclass
+class SeedInfo:
+    """What the seeded stack holds that generators and the verifier need."""
+
+    hot_ids: list[int]
+    shop_count: int
+    user_ids: list[int]  # demo users (not the admin)
+    seckill_stock: dict[int, int]  # voucher id -> stock before any sale
+    seconds: float = 0.0
+
+
+@dataclass
+class Stack:
+    """Start it with :meth:`start_backends`, :meth:`seed`, :meth:`start_web`...; close() undoes all."""
+
+    workdir: Path
+    redis_url: str | None = None  # None: embedded redis-server
+    database_url: str | None = None  # None: SQLite; mysql URL: a fresh database of ours
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+    logs: Path | None = None  # children's log files (default: workdir/logs)
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    _redis_server: EmbeddedRedis | None = None
+    _mysql_server: str | None = None
+    _mysql_database: str | None = None
+    _services: Services | None = None
+    commands: dict[str, str] = field(default_factory=dict)
+
+    # --- backends -------------------------------------------------------------------------
+
+    def start_backends(self) -> None:
+        """Redis and an empty migrated database, both ours (see the module doc)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "var").mkdir(exist_ok=True)
+        if self.redis_url is None:
+            self._redis_server = EmbeddedRedis(self.workdir / "redis").start()
+            self.redis_url = self._redis_server.url
+        else:
+            client = redis.Redis.from_url(self.redis_url)
+            try:
+                if client.dbsize():
+                    raise RuntimeError(
+                        f"{self.redis_url} is not empty; give an empty Redis database "
+                        "(it is flushed after the run)"
+                    )
+            finally:
+                client.close()
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{self.workdir / 'var' / 'bench.db'}"
+        elif self.database_url.startswith("mysql"):
+            self._create_mysql_database(self.database_url)
+        upgrade(self.database_url)
+        self.log(
+            f"redis {self.redis_url}; database {make_url(self.database_url).render_as_string()}"
+        )
+
+    def _create_mysql_database(self, url: str) -> None:
+        server = make_url(url).set(database=None)
+        name = f"hmdp_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        engine = sa.create_engine(server)
+        with engine.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+        engine.dispose()
+        self._mysql_server = server.render_as_string(hide_password=False)
+        query = dict(make_url(url).query)
+        query.setdefault("charset", "utf8mb4")
+        self.database_url = (
+            make_url(url).set(database=name, query=query).render_as_string(hide_password=False)
+        )
+        self._mysql_database = name
+
+    @property
+    def log_dir(self) -> Path:
+        return self.logs or self.workdir / "logs"
+
+    @property
+    def backend(self) -> str:
+        assert self.database_url is not None
+        return "sqlite" if self.database_url.startswith("sqlite") else "mysql"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of every child (and of our own Settings)."""
+        assert self.redis_url and self.database_url, "start_backends() first"
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=self.redis_url,
+            DATABASE_URL=self.database_url,
+            HMDP_VAR_DIR=str(self.workdir / "var"),
+            HMDP_RATE_LIMIT_ENABLED="0",
+            PYTHONPATH=str(ROOT),
+        )
+        env.update(self.env_overrides)
+        env.update(extra)
+        return env
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env())
+
+    @property
+    def services(self) -> Services:
+        """This process's connections to the stack (seeding, sessions, verifying)."""
+        if self._services is None:
+            self._services = Services(self.settings)
+        return self._services
+
+    # --- data -----------------------------------------------------------------------------
+
+    def seed(self, plan: DataPlan) -> SeedInfo:
+        """Demo rows, optional seckill stock, then every post_seed step (as `flask seed`)."""
+        from web import create_app
+
+        started = time.perf_counter()
+        self.env_overrides.setdefault("HMDP_HOT_SHOP_COUNT", str(plan.hot))
+        svc = self.services
+        load_demo_data(svc.db, plan.demo_size())
+        if plan.seckill_stock is not None:
+            with svc.db.session() as session:
+                session.execute(sa.update(SeckillVoucher).values(stock=plan.seckill_stock))
+        app = create_app(self.settings)
+        app_services = app.extensions["hmdp"]
+        try:
+            for step in app.extensions["hmdp_post_seed"]:
+                step(app_services)
+        finally:
+            app_services.close()
+        with svc.db.session() as session:
+            stock = dict(
+                session.execute(sa.select(SeckillVoucher.voucher_id, SeckillVoucher.stock)).all()
+            )
+        info = SeedInfo(
+            hot_ids=top_shop_ids(svc.db, plan.hot),
+            shop_count=plan.shops,
+            user_ids=list(range(2, plan.users + 2)),  # models.demo: id 1 is the admin
+            seckill_stock={int(k): int(v) for k, v in sorted(stock.items())},
+            seconds=time.perf_counter() - started,
+        )
+        self.log(
+            f"seeded {plan.users} users, {plan.shops} shops, {len(info.seckill_stock)} seckill "
+            f"vouchers in {info.seconds:.1f}s"
+        )
+        return info
+
+    def create_sessions(self, user_ids: Iterable[int]) -> list[str]:
+        """One session per user, written exactly as the login route writes it; the tokens.
+
+        ``web.users`` builds a UserSummary and calls ``cache.login.create_session``;
+        so do we (demo users' nick names are ``user_{id:06d}``, see models.demo).
+        """
+        from web.auth import UserSummary
+
+        client, ttl = self.services.redis, self.settings.login_token_ttl
+
+        def one(user_id: int) -> str:
+            token = secrets.token_urlsafe(32)
+            summary = UserSummary(id=user_id, nick_name=f"user_{user_id:06d}", icon="")
+            login_store.create_session(client, token, summary.to_hash(), ttl)
+            return token
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(one, user_ids))
+
+    # --- processes ------------------------------------------------------------------------
+
+    def start_web(self, port: int | None = None, timeout: float = 60.0, **gunicorn_env: str) -> int:
+        """gunicorn (deploy/gunicorn.conf.py; GUNICORN_* from env or arguments); its port."""
+        port = port or free_port()
+        env = self.env(GUNICORN_BIND=f"127.0.0.1:{port}", **gunicorn_env)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py: one dir per instance
+        cmd = [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "-c",
+            str(ROOT / "deploy" / "gunicorn.conf.py"),
+            WSGI_APP,
+        ]
+        self.supervisor.start("web", cmd, env, stdout=self.log_dir / "web.log")
+        self.commands["web"] = " ".join(
+            [f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("GUNICORN_")] + cmd
+        )
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{port}/healthz"
+        while time.monotonic() < deadline:
+            proc = self.supervisor.children["web"].proc
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {proc.returncode}; see logs/web.log")
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return port
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn did not answer /healthz in {timeout:.0f}s")
+
+    def start_worker(
+        self, concurrency: int = 2, pool: str = "prefork", timeout: float = 60.0
+    ) -> None:
+        """A Celery worker on every queue; returns once it answers a ping."""
+        celery = str(Path(sys.executable).parent / "celery")
+        name = f"bench-{os.getpid()}@%h"
+        cmd = [
+            celery,
+            "-A",
+            "tasks.worker",
+            "worker",
+            "-Q",
+            WORKER_QUEUES,
+            "--loglevel",
+            "WARNING",
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            pool,
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            name,
+        ]
+        self.supervisor.start("worker", cmd, self.env(), stdout=self.log_dir / "worker.log")
+        self.commands["worker"] = " ".join(cmd)
+        from tasks.app import create_celery
+
+        app = create_celery(self.settings, self.services)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                proc = self.supervisor.children["worker"].proc
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"celery exited with {proc.returncode}; see logs/worker.log")
+                if app.control.ping(timeout=0.5):
+                    return
+            raise RuntimeError(f"the Celery worker did not answer a ping in {timeout:.0f}s")
+        finally:
+            app.close()
+
+    # --- the orders backlog -------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        """Reservations not yet settled: the orders Stream holds exactly those."""
+        return int(self.services.redis.xlen(self.settings.order_stream))
+
+    def wait_drained(self, stall: float = 60.0, poll: float = 0.2) -> DrainResult:
+        """Wait until the orders Stream is empty, or it has not shrunk for ``stall`` s."""
+        started = time.monotonic()
+        first = last = self.backlog()
+        last_change = started
+        while last:
+            time.sleep(poll)
+            now_backlog = self.backlog()
+            now = time.monotonic()
+            if now_backlog != last:
+                last, last_change = now_backlog, now
+            elif now - last_change > stall:
+                break
+        return DrainResult(first, last, time.monotonic() - started)
+
+    # --- teardown ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop our processes, drop our database, stop or flush our Redis."""
+        self.supervisor.stop()
+        if self._services is not None:
+            with contextlib.suppress(Exception):
+                if self._redis_server is None and self.redis_url:
+                    self._services.redis.flushdb()
+            self._services.close()
+            self._services = None
+        if self._mysql_database and self._mysql_server:
+            engine = sa.create_engine(self._mysql_server)
+            with engine.connect() as conn:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{self._mysql_database}`"))
+            engine.dispose()
+            self._mysql_database = None
+        if self._redis_server is not None:
+            self._redis_server.stop()
+            self._redis_server = None
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    """The orders backlog from the end of the load to empty (or to the stall)."""
+
+    backlog_at_start: int
+    backlog_left: int
+    seconds: float
+
+    @property
+    def rate(self) -> float | None:
+        """Orders settled per second while draining (None without a real backlog)."""
+        settled = self.backlog_at_start - self.backlog_left
+        return settled / self.seconds if settled >= 100 and self.seconds > 0 else None

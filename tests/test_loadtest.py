@@ -1,0 +1,110 @@
+"""Smoke tests of the load-test runner (loadtest/run.py) with tiny numbers.
+
+Each test runs the real runner in-process: its own embedded Redis and SQLite
+(or a fresh MariaDB database), a real gunicorn, a real Celery worker and a real
+locust, exactly as ``python3 manage.py bench`` does, only with a handful of
+users. No timing is asserted: only counts, the orders verdict and the exit code.
+The verdict is shown to fail the run by corrupting the real database (a
+deleted order row, an order nobody reserved) between the drain and the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from loadtest.run import main
+from loadtest.stack import SeedInfo, Stack
+from models.entities import VoucherOrder
+
+QUIET = ["--baseline-duration", "0", "--no-redis-benchmark"]
+
+
+def _summary(results: Path) -> dict:
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_seckill_smoke_run_verifies_every_order(tmp_path: Path) -> None:
+    argv = ["seckill-500", "--users", "20", "--loops", "3", "--rate", "0"]
+    code = main([*argv, *QUIET, "--results-dir", str(tmp_path)])
+
+    summary = _summary(tmp_path)
+    verdict = summary["verdict"]
+    assert code == 0, verdict
+    result = summary["result"]
+    assert result["requests"] == 60  # 20 users x 3 calls, every answer read
+    assert result["failures"] == 0
+    # 20 distinct users, 3 distinct vouchers each, 300 stock: every call sells.
+    assert result["outcomes"] == {"ok": 60}
+    assert verdict["ok"] is True
+    assert (
+        verdict["successes"]
+        == verdict["reservations"]
+        == verdict["rows"]
+        == verdict["db_deducted"]
+        == 60
+    )
+    assert (verdict["oversell"], verdict["lost"], verdict["duplicates"]) == (0, 0, 0)
+    assert summary["drain"]["left"] == 0
+    run_dir = Path(summary["results_dir"])
+    assert (run_dir / "scenario.html").exists() and (run_dir / "scenario_stats.csv").exists()
+    assert "oversell 0  lost 0  duplicates 0" in (run_dir / "table.txt").read_text()
+
+
+def test_lost_or_oversold_orders_fail_the_run(tmp_path: Path) -> None:
+    """Stock 1 per voucher, two buyers each: then one row deleted, one order added."""
+    seen: dict[str, int] = {}
+
+    def corrupt(stack: Stack, info: SeedInfo) -> None:
+        with stack.services.db.session() as session:
+            rows = session.execute(
+                sa.select(VoucherOrder.id, VoucherOrder.user_id, VoucherOrder.voucher_id).order_by(
+                    VoucherOrder.voucher_id
+                )
+            ).all()
+            seen["rows"] = len(rows)
+            lost, oversold = rows[0], rows[1]
+            session.execute(sa.delete(VoucherOrder).where(VoucherOrder.id == lost.id))
+            buyer = next(u for u in info.user_ids if u != oversold.user_id)
+            session.add(
+                VoucherOrder(
+                    id=max(r.id for r in rows) + 1, user_id=buyer, voucher_id=oversold.voucher_id
+                )
+            )
+
+    argv = ["seckill-500", "--users", "20", "--loops", "1", "--rate", "0", "--stock", "1"]
+    code = main([*argv, *QUIET, "--results-dir", str(tmp_path)], before_verify=corrupt)
+
+    summary = _summary(tmp_path)
+    verdict = summary["verdict"]
+    # 20 users over 10 vouchers of stock 1: 10 sales, 10 "sold out", all correct answers.
+    assert seen["rows"] == 10
+    assert summary["result"]["outcomes"].get("ok") == 10
+    assert summary["result"]["failures"] == 0
+    assert code == 1
+    assert verdict["ok"] is False
+    assert verdict["lost"] == 1
+    assert verdict["oversell"] >= 1
+    assert "FAILED" in (Path(summary["results_dir"]) / "table.txt").read_text()
+
+
+def test_cache_smoke_run_reads_hot_and_cold_shops(tmp_path: Path) -> None:
+    argv = ["cache-baseline", "--users", "5", "--duration", "3", "--rate", "100", "--shops", "500"]
+    code = main([*argv, *QUIET, "--results-dir", str(tmp_path)])
+
+    summary = _summary(tmp_path)
+    assert code == 0
+    assert summary["verdict"] is None  # nothing sold, nothing to verify
+    by_name = summary["result"]["by_name"]
+    assert by_name["/shop/[id]"]["requests"] > 0
+    assert sum(r["failures"] for r in by_name.values()) == 0  # unknown ids: 404 as expected
+
+
+@pytest.mark.parametrize("name", ["../etc", "no-such-scenario"])
+def test_unknown_scenario_is_refused(tmp_path: Path, name: str) -> None:
+    assert main([name, "--results-dir", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())
