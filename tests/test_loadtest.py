@@ -14,11 +14,13 @@ import json
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from loadtest.run import main
 from loadtest.stack import SeedInfo, Stack
 from models.entities import VoucherOrder
+from settings import Settings
 
 QUIET = ["--baseline-duration", "0", "--no-redis-benchmark"]
 
@@ -28,11 +30,13 @@ def _summary(results: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def test_seckill_smoke_run_verifies_every_order(tmp_path: Path) -> None:
+def test_seckill_smoke_run_verifies_every_order(settings: Settings, tmp_path: Path) -> None:
+    """On each backend, through given URLs (an empty Redis; MariaDB: a database of its own)."""
     argv = ["seckill-500", "--users", "20", "--loops", "3", "--rate", "0"]
-    code = main([*argv, *QUIET, "--results-dir", str(tmp_path)])
+    argv += ["--redis-url", settings.redis_url or "", "--database-url", settings.database_url or ""]
+    code = main([*argv, *QUIET, "--results-dir", str(tmp_path / "results")])
 
-    summary = _summary(tmp_path)
+    summary = _summary(tmp_path / "results")
     verdict = summary["verdict"]
     assert code == 0, verdict
     result = summary["result"]
@@ -53,6 +57,8 @@ def test_seckill_smoke_run_verifies_every_order(tmp_path: Path) -> None:
     run_dir = Path(summary["results_dir"])
     assert (run_dir / "scenario.html").exists() and (run_dir / "scenario_stats.csv").exists()
     assert "oversell 0  lost 0  duplicates 0" in (run_dir / "table.txt").read_text()
+    assert summary["backend"] == ("mysql" if "mysql" in (settings.database_url or "") else "sqlite")
+    assert redis.Redis.from_url(settings.redis_url or "").dbsize() == 0  # flushed after the run
 
 
 def test_lost_or_oversold_orders_fail_the_run(tmp_path: Path) -> None:
