@@ -78,6 +78,23 @@ def child_exit(server, worker) -> None:
         multiprocess.mark_process_dead(worker.pid, path)
 
 
+def worker_exit(server, worker) -> None:
+    """Worker, after its last request (graceful stop): publish the order tasks it still queues.
+
+    The seckill view hands tasks to an in-process dispatcher thread (web/order_dispatch.py);
+    without this, reservations made just before a SIGTERM would wait for beat's recovery.
+    """
+    app = getattr(worker, "wsgi", None)
+    if app is None:
+        return
+    try:
+        from web.orders import flush_dispatch
+    except ImportError:  # the orders feature is not part of this build
+        return
+    if not flush_dispatch(app, timeout=max(1, graceful_timeout // 3)):
+        worker.log.warning("order tasks still queued at exit; beat's recovery will settle them")
+
+
 def worker_int(worker) -> None:
     """Worker got SIGINT/SIGQUIT (fast stop): say so, so lost requests are explainable."""
     worker.log.warning("worker %s stopping without waiting (SIGINT/SIGQUIT)", worker.pid)
