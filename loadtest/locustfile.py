@@ -43,19 +43,14 @@ _state: dict[str, Any] = {}
 
 
 def _reset() -> None:
-    _state.update(
-        latencies=defaultdict(list),
-        failures=Counter(),
-        first=None,
-        last=None,
-        outcomes=Counter(),
-        order_ids=Counter(),
-        bought=Counter(),
-    )
+    """Forget latencies (after the ramp-up); seckill outcomes always count, for the verdict."""
+    _state.update(latencies=defaultdict(list), failures=Counter(), first=None, last=None)
 
 
 _reset()
-_state.update(done_users=0, cpu_warning=False)
+_state.update(
+    outcomes=Counter(), order_ids=Counter(), bought=Counter(), done_users=0, cpu_warning=False
+)
 
 
 @events.init_command_line_parser.add_listener
@@ -71,6 +66,7 @@ def _load_plan(environment: Any, **_: Any) -> None:
     if not path:
         return
     PLAN.update(json.loads(Path(path).read_text()))
+    PLAN["reset_stats"] = bool(environment.reset_stats)
     if PLAN.get("tokens_file"):
         PLAN["tokens"] = Path(PLAN["tokens_file"]).read_text().split()
 
@@ -92,9 +88,10 @@ def _record(
     _state["last"] = end
 
 
-@events.reset_stats.add_listener
-def _on_reset() -> None:
-    _reset()  # --reset-stats: measure the steady state, like locust's own stats
+@events.spawning_complete.add_listener
+def _on_spawned(**_: Any) -> None:
+    if PLAN.get("reset_stats"):
+        _reset()  # --reset-stats: the steady state only, as locust's own stats do
 
 
 @events.cpu_warning.add_listener

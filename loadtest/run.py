@@ -456,6 +456,12 @@ def table(summary: dict[str, Any]) -> str:
             f"{_num(r['rps']):>10}{_num(r.get('p50'), 2):>9}{_num(r.get('p95'), 2):>9}"
             f"{_num(r.get('p99'), 2):>9}{_num(r.get('failures', 0)):>8}"
         )
+        by_name = r.get("by_name") or {}
+        for route, n in by_name.items() if len(by_name) > 1 else ():
+            lines.append(
+                f"  {route:<40}{_num(n['requests']):>16}{'':>10}{_num(n['p50'], 2):>9}"
+                f"{_num(n['p95'], 2):>9}{_num(n['p99'], 2):>9}{_num(n['failures']):>8}"
+            )
     empty, result = summary.get("empty"), summary["result"]
     if empty and empty.get("rps"):
         lines.append(
