@@ -73,14 +73,16 @@ def test_stream_collector_reads_length_pending_lag_and_dead_letters(app, client,
     for i in range(7):
         redis_client.xadd(s.order_stream, {"n": str(i)})
     redis_client.xgroup_create(s.order_stream, s.order_group, id="0")
-    # 3 delivered to a consumer, not acked; 1 of them acked -> 2 pending, 4 undelivered.
+    # 3 delivered to a consumer; 1 of them settled (acked and deleted, as the order
+    # task does) -> 2 pending, 4 undelivered.
     delivered = redis_client.xreadgroup(s.order_group, "c1", {s.order_stream: ">"}, count=3)
     first_id = delivered[0][1][0][0]
     redis_client.xack(s.order_stream, s.order_group, first_id)
+    redis_client.xdel(s.order_stream, first_id)
     redis_client.xadd(s.order_dead_letter_stream, {"n": "dead"})
     text = scrape(client)
     assert value(text, "hmdp_redis_up") == 1
-    assert value(text, "hmdp_orders_stream_length") == 7
+    assert value(text, "hmdp_orders_stream_length") == 6
     assert value(text, "hmdp_orders_pending") == 2
     assert value(text, "hmdp_orders_lag") == 4
     assert value(text, "hmdp_orders_backlog") == 6
