@@ -137,6 +137,7 @@ def command_up(args: argparse.Namespace) -> int:
             [
                 *celery,
                 "flower",
+                "--conf=deploy/flowerconfig.py",
                 f"--address={args.host}",
                 f"--port={args.flower_port}",
             ],

@@ -281,7 +281,9 @@ class Cluster:
             self._print_urls()
             return self.supervisor.wait()
         finally:
+            self.ready = False
             self.supervisor.stop()
+            self.write_state()  # not ready any more (operators and scripts read this)
             if server is not None:
                 log("stopping embedded redis-server")
                 server.stop()
@@ -353,7 +355,13 @@ class Cluster:
         if not a.no_flower:
             self.supervisor.start(
                 "flower",
-                [*celery, "flower", f"--address={a.host}", f"--port={a.flower_port}"],
+                [
+                    *celery,
+                    "flower",
+                    "--conf=deploy/flowerconfig.py",
+                    f"--address={a.host}",
+                    f"--port={a.flower_port}",
+                ],
                 env,
                 stdout=self.logs / "flower.log",
             )

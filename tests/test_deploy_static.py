@@ -182,6 +182,8 @@ def test_app_commands_point_at_real_modules_and_commands():
             if sub == "worker":
                 assert set(option(cmd, "-Q").split(",")) == queues
                 assert "-E" in cmd  # task events for Flower
+            if sub == "flower":
+                assert (ROOT / option(cmd, "--conf")).is_file()  # JSON logs for Flower too
         elif tool == "flask":
             assert option(cmd, "--app") == "web"
             assert cmd[3] in flask_commands, cmd
