@@ -42,7 +42,6 @@ PUBLIC_ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/blog/hot"): "blogs",
     ("GET", "/blog/of/user"): "blogs",
     ("GET", "/metrics"): None,  # Prometheus scrape endpoint, if mounted
-    ("GET", "/static/{}"): None,  # Flask's static files, if a static folder exists
 }
 
 # Contract routes that need a session (hmdp-api.md), with the access they need.

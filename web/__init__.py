@@ -41,7 +41,7 @@ BLUEPRINT_MODULES = (
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app; connections are opened on first use, not here."""
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # an API: no static files
     app.config.update(
         SECRET_KEY=settings.secret_key,
         JSON_AS_ASCII=False,
