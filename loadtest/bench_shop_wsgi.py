@@ -6,13 +6,22 @@ empty route" isolates the cost of the cache. It exists only in this module,
 never in web.wsgi (production).
 """
 
+import logging
+
 from flask import Response
 
+import logsetup
+from settings import Settings
 from web import create_app
 
 EMPTY = '{"success":true,"errorMsg":null,"data":null,"total":null}'
 
-app = create_app()
+_settings = Settings.from_env()
+if not logging.getLogger().handlers:
+    # gunicorn configured logging already (deploy/gunicorn.conf.py); another server
+    # (granian, compared in BENCHMARKS.md) gets the same JSON logs, so the same cost.
+    logsetup.configure(_settings.log_format, _settings.log_level)
+app = create_app(_settings)
 
 
 def bench_empty() -> Response:

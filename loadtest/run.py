@@ -288,7 +288,7 @@ def run_scenario(
             tokens = stack.create_sessions(info.user_ids[:count])
             (out_dir / "tokens.txt").write_text("\n".join(tokens) + "\n")
             _log(f"{len(tokens)} sessions written (cache.login.create_session)")
-        port = stack.start_web(**gunicorn_env)
+        port = stack.start_web(server=args.server, **gunicorn_env)
         base_url = f"http://127.0.0.1:{port}"
         if scenario.needs_orders:
             stack.start_worker(args.worker_concurrency, args.worker_pool)
@@ -533,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument(
         "--database-url",
         help="default: DATABASE_URL, else SQLite; MySQL/MariaDB: a fresh database, dropped after",
+    )
+    stack.add_argument(
+        "--server",
+        choices=["gunicorn", "granian"],
+        default="gunicorn",
+        help="WSGI server (granian only to compare; it is not the deployed server)",
     )
     stack.add_argument("--workers", type=int, help="gunicorn workers (GUNICORN_WORKERS)")
     stack.add_argument("--worker-class", help="gunicorn worker class (GUNICORN_WORKER_CLASS)")

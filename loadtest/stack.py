@@ -242,32 +242,63 @@ class Stack:
 
     # --- processes ------------------------------------------------------------------------
 
-    def start_web(self, port: int | None = None, timeout: float = 60.0, **gunicorn_env: str) -> int:
-        """gunicorn (deploy/gunicorn.conf.py; GUNICORN_* from env or arguments); its port."""
+    def start_web(
+        self,
+        port: int | None = None,
+        timeout: float = 60.0,
+        server: str = "gunicorn",
+        **gunicorn_env: str,
+    ) -> int:
+        """gunicorn (deploy/gunicorn.conf.py; GUNICORN_* from env or arguments); its port.
+
+        ``server="granian"`` runs granian instead (only to compare servers; it
+        reads GUNICORN_WORKERS / GUNICORN_THREADS as --workers / --blocking-threads).
+        """
         port = port or free_port()
         env = self.env(GUNICORN_BIND=f"127.0.0.1:{port}", **gunicorn_env)
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py: one dir per instance
-        cmd = [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "-c",
-            str(ROOT / "deploy" / "gunicorn.conf.py"),
-            WSGI_APP,
-        ]
+        bin_dir = Path(sys.executable).parent
+        if server == "gunicorn":
+            cmd = [str(bin_dir / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
+            cmd.append(WSGI_APP)
+            shown = [f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("GUNICORN_")]
+        elif server == "granian":
+            metrics_dir = self.workdir / "var" / "prometheus" / f"granian-{port}"
+            metrics_dir.mkdir(parents=True, exist_ok=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # as gunicorn.conf.py does
+            cmd = [
+                str(bin_dir / "granian"),
+                "--interface",
+                "wsgi",
+                "--no-ws",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                env.get("GUNICORN_WORKERS") or str(os.cpu_count() or 1),
+                "--blocking-threads",
+                env.get("GUNICORN_THREADS") or "8",
+                "--log-level",
+                "warning",
+                WSGI_APP,
+            ]
+            shown = []
+        else:
+            raise ValueError(f"unknown server {server!r} (gunicorn or granian)")
         self.supervisor.start("web", cmd, env, stdout=self.log_dir / "web.log")
-        self.commands["web"] = " ".join(
-            [f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("GUNICORN_")] + cmd
-        )
+        self.commands["web"] = " ".join(shown + cmd)
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{port}/healthz"
         while time.monotonic() < deadline:
             proc = self.supervisor.children["web"].proc
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {proc.returncode}; see logs/web.log")
+                raise RuntimeError(f"{server} exited with {proc.returncode}; see logs/web.log")
             with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
                     return port
             time.sleep(0.2)
-        raise RuntimeError(f"gunicorn did not answer /healthz in {timeout:.0f}s")
+        raise RuntimeError(f"{server} did not answer /healthz in {timeout:.0f}s")
 
     def start_worker(
         self, concurrency: int = 2, pool: str = "prefork", timeout: float = 60.0
