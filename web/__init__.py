@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from flask import Flask
+from flask.sessions import SessionInterface
 
 from services import Services
 from settings import Settings
@@ -38,6 +39,20 @@ BLUEPRINT_MODULES = (
 )
 
 
+class NoCookieSessions(SessionInterface):
+    """hmdp authenticates with the ``authorization`` header, never a cookie session.
+
+    Flask's default interface builds a signing serializer on every request even
+    when no session is used; this one hands Flask its read-only null session.
+    """
+
+    def open_session(self, app: Flask, request: object) -> None:
+        return None
+
+    def save_session(self, app: Flask, session: object, response: object) -> None:
+        return None
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app; connections are opened on first use, not here."""
     settings = settings or Settings.from_env()
@@ -49,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.session_interface = NoCookieSessions()
     services = Services(settings)
     app.extensions["hmdp"] = services
     # Used only to send tasks by name; the broker is contacted on first send.
