@@ -72,6 +72,7 @@ def reexec_in_venv(extras: str) -> None:
 def command_up(args: argparse.Namespace) -> int:
     from deploy.supervisor import Supervisor
     from settings import Settings
+    from tasks.app import worker_argv
 
     settings = Settings.from_env()
     env = dict(os.environ)
@@ -106,17 +107,9 @@ def command_up(args: argparse.Namespace) -> int:
         supervisor.start(
             "worker",
             [
-                *celery,
-                "worker",
-                "-Q",
-                "celery,orders,cache,beat",
+                str(bin_dir / "celery"),
+                *worker_argv(concurrency=args.concurrency, name="worker@%h"),
                 "-E",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                str(args.concurrency),
-                "-n",
-                "worker@%h",
             ],
             env,
         )

@@ -29,11 +29,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from deploy.supervisor import Supervisor, log
+from tasks.app import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
 PLACEHOLDER = re.compile(r"\$\{(LB_[A-Z0-9_]+)\}")
-QUEUES = "celery,orders,cache,beat"
 
 
 # --- nginx configuration ------------------------------------------------------------
@@ -323,17 +323,9 @@ class Cluster:
         self.supervisor.start(
             "worker",
             [
-                *celery,
-                "worker",
-                "-Q",
-                QUEUES,
+                celery[0],
+                *worker_argv(concurrency=a.concurrency, name=f"cluster-worker-{a.port}@%h"),
                 "-E",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                str(a.concurrency),
-                "-n",
-                f"cluster-worker-{a.port}@%h",
             ],
             worker_env,
             stdout=self.logs / "worker.log",

@@ -58,6 +58,7 @@ from models.demo import DemoSize, load_demo_data  # noqa: E402
 from models.entities import SeckillVoucher, Voucher, VoucherOrder, utcnow  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from settings import Settings  # noqa: E402
+from tasks.app import worker_argv  # noqa: E402
 
 BENCH_VOUCHER_BASE = 900_000  # gate-phase vouchers: ids far from the demo ones
 BENCH_USER_BASE = 5_000_000  # gate-phase users (sessions only; orders need no user row)
@@ -194,19 +195,11 @@ def start_celery(
             sys.executable,
             "-m",
             "celery",
-            "-A",
-            "tasks.worker",
-            "worker",
-            "-Q",
-            "celery,orders,cache,beat",
-            "--pool",
-            "prefork",
-            "-c",
-            str(args.celery_concurrency),
-            "-l",
-            "WARNING",
-            "-n",
-            f"bench{n}-{os.getpid()}@%h",
+            *worker_argv(
+                concurrency=args.celery_concurrency,
+                loglevel="WARNING",
+                name=f"bench{n}-{os.getpid()}@%h",
+            ),
         ]
         print(f"worker : {shlex.join(cmd)}", flush=True)
         with open(log, "ab") as out:

@@ -44,3 +44,42 @@ def create_celery(settings: Settings | None = None, services: Services | None = 
 
     install_worker_metrics(settings, services)  # after the reset above: pool gauges
     return app
+
+
+# Every queue celeryconfig routes to (orders, cache, beat) plus the default one.
+WORKER_QUEUES = "celery,orders,cache,beat"
+
+
+def worker_argv(
+    *,
+    concurrency: int = 2,
+    loglevel: str = "INFO",
+    name: str | None = None,
+    queues: str = WORKER_QUEUES,
+    pool: str = "prefork",
+    standalone: bool = False,
+) -> list[str]:
+    """The arguments after ``celery`` that start a worker on our queues.
+
+    One definition, so the launchers, the tests and the benchmarks run the same
+    worker; ``standalone`` skips gossip and mingle (a lone worker has no peers to
+    sync with, and starting up is faster).
+    """
+    argv = [
+        "-A",
+        "tasks.worker",
+        "worker",
+        "-Q",
+        queues,
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+    ]
+    if standalone:
+        argv += ["--without-gossip", "--without-mingle"]
+    if name:
+        argv += ["-n", name]
+    return argv

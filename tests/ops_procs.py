@@ -21,6 +21,7 @@ from conftest import ROOT, process_env
 
 from cache.server import free_port
 from settings import Settings
+from tasks.app import worker_argv
 
 
 def http(
@@ -154,21 +155,7 @@ def celery_worker(
             sys.executable,
             "-m",
             "celery",
-            "-A",
-            "tasks.worker",
-            "worker",
-            "-Q",
-            "celery,orders,cache,beat",
-            "--pool",
-            "prefork",
-            "-c",
-            str(concurrency),
-            "-l",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            name,
+            *worker_argv(concurrency=concurrency, name=name, standalone=True),
         ],
         process_env(settings, **env),
         log,

@@ -18,29 +18,18 @@ from pathlib import Path
 from conftest import ROOT, process_env
 
 from settings import Settings
-
-WORKER_ARGS = [
-    "-m",
-    "celery",
-    "-A",
-    "tasks.worker",
-    "worker",
-    "-Q",
-    "celery,orders,cache,beat",
-    "--pool",
-    "prefork",
-    "-c",
-    "2",
-    "-l",
-    "WARNING",
-    "--without-gossip",
-    "--without-mingle",
-]
+from tasks.app import worker_argv
 
 
 def start_worker(settings: Settings, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
     """Start one worker (2 prefork children) reading ``settings`` plus ``env``."""
-    args = [sys.executable, *WORKER_ARGS, "-n", f"orders-{uuid.uuid4().hex[:8]}@%h"]
+    name = f"orders-{uuid.uuid4().hex[:8]}@%h"
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        *worker_argv(loglevel="WARNING", name=name, standalone=True),
+    ]
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child; closed below
     try:
         return subprocess.Popen(

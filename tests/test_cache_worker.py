@@ -13,6 +13,7 @@ from conftest import process_env
 
 from cache.region import decode_logical, encode_logical
 from models.entities import Shop
+from tasks.app import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,18 +61,8 @@ def test_a_real_worker_refreshes_the_expired_hot_shop(client, seeded, services, 
             sys.executable,
             "-m",
             "celery",
-            "-A",
-            "tasks.worker",
-            "worker",
-            "-Q",
-            "cache",
-            "-P",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
+            *worker_argv(queues="cache", pool="solo", loglevel="WARNING", standalone=True),
             "--without-heartbeat",
-            "--loglevel",
-            "WARNING",
         ],
         cwd=ROOT,
         env=process_env(settings),
