@@ -53,9 +53,9 @@ from models.entities import SeckillVoucher  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
 from services import Services  # noqa: E402
 from settings import Settings  # noqa: E402
+from tasks.app import worker_argv  # noqa: E402
 
 WSGI_APP = "loadtest.bench_shop_wsgi:app"  # the real app + GET /bench/empty
-WORKER_QUEUES = "celery,orders,cache,beat"
 
 
 @dataclass(frozen=True)
@@ -305,24 +305,15 @@ class Stack:
     ) -> None:
         """A Celery worker on every queue; returns once it answers a ping."""
         celery = str(Path(sys.executable).parent / "celery")
-        name = f"bench-{os.getpid()}@%h"
         cmd = [
             celery,
-            "-A",
-            "tasks.worker",
-            "worker",
-            "-Q",
-            WORKER_QUEUES,
-            "--loglevel",
-            "WARNING",
-            "--concurrency",
-            str(concurrency),
-            "--pool",
-            pool,
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            name,
+            *worker_argv(
+                concurrency=concurrency,
+                loglevel="WARNING",
+                name=f"bench-{os.getpid()}@%h",
+                pool=pool,
+                standalone=True,
+            ),
         ]
         self.supervisor.start("worker", cmd, self.env(), stdout=self.log_dir / "worker.log")
         self.commands["worker"] = " ".join(cmd)
