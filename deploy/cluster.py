@@ -29,7 +29,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from deploy.supervisor import Supervisor, log
-from tasks.app import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
@@ -311,6 +310,10 @@ class Cluster:
             )
 
     def _start_celery(self, env: dict[str, str], celery: list[str]) -> None:
+        from tasks.app import (
+            worker_argv,
+        )  # not at import: manage.py reads this file before the venv exists
+
         a = self.args
         metrics_dir = self.settings.var_dir / "prometheus" / "worker"
         metrics_dir.mkdir(parents=True, exist_ok=True)  # must exist before the import
