@@ -135,7 +135,8 @@ class Stack:
         )
 
     def _create_mysql_database(self, url: str) -> None:
-        server = make_url(url).set(database=None)
+        # Not .set(database=None): URL.set ignores None, and the named database may not exist.
+        server = make_url(url)._replace(database=None)
         name = f"hmdp_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         engine = sa.create_engine(server)
         with engine.connect() as conn:
