@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import os
 import re
 import sys
 import traceback
-import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -47,8 +47,12 @@ def valid_request_id(value: str | None) -> str | None:
 
 
 def new_request_id() -> str:
-    """A fresh id for a request that did not bring a valid one."""
-    return uuid.uuid4().hex
+    """A fresh id for a request that did not bring a valid one.
+
+    128 random bits as 32 hex digits, like ``uuid4().hex`` at a third of its cost
+    (this runs on every request of the shop fast path).
+    """
+    return os.urandom(16).hex()
 
 
 def current_request_id() -> str | None:

@@ -77,6 +77,7 @@ class Settings:
     hot_shop_count: int = 100
     rebuild_wait: float = 3.0  # longest a reader waits for another's rebuild (then 503)
     near_cache_enabled: bool = True  # in-process L1 in front of Redis (pub/sub invalidated)
+    shop_fast_path: bool = True  # near-cache hits of GET /shop/{id} answered below Flask
     logical_refresh_ahead: int = 5 * 60  # beat refreshes logical keys this long before expiry
     bloom_expected_shops: int = 200_000  # Bloom filter sizing (m, k) for this many shop ids
     bloom_fp_rate: float = 0.01
@@ -154,6 +155,7 @@ class Settings:
             hot_shop_count=_int(env, "HMDP_HOT_SHOP_COUNT", cls.hot_shop_count),
             rebuild_wait=_float(env, "HMDP_REBUILD_WAIT", cls.rebuild_wait),
             near_cache_enabled=_bool(env, "HMDP_NEAR_CACHE", cls.near_cache_enabled),
+            shop_fast_path=_bool(env, "HMDP_SHOP_FAST_PATH", cls.shop_fast_path),
             logical_refresh_ahead=_int(
                 env, "HMDP_LOGICAL_REFRESH_AHEAD", cls.logical_refresh_ahead
             ),

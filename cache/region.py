@@ -232,15 +232,29 @@ class CacheRegion:
         key = str(key)
         near = self.near
         if near is not None:
-            text = near.get(key)
+            text = self.near_get(key)
             if text is not None:
-                self._metrics.physical["near_hit"].inc()
                 return text
             generation = near.generation
             read_at = time.monotonic()
         text = self._read(key)
         if near is not None and text is not None:
             near.put(key, text, generation, read_at)
+        return text
+
+    def near_get(self, key: str) -> str | None:
+        """A near-cache hit only (no Redis call, never a rebuild); None otherwise.
+
+        For callers that can serve a hit more cheaply than a full read but must
+        fall back to :meth:`get` on a miss (web/fastpath.py); counted as a
+        near hit, like in :meth:`get`.
+        """
+        near = self.near
+        if near is None:
+            return None
+        text = near.get(key)
+        if text is not None:
+            self._metrics.physical["near_hit"].inc()
         return text
 
     def _raw(self, key: str) -> list[str]:

@@ -14,6 +14,9 @@ is ours, on its own port, so flushing it between tests touches nobody else.
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import shutil
 import uuid
@@ -25,6 +28,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+import logsetup
 from cache.server import EmbeddedRedis, find_redis_server
 from models.entities import Base
 from models.migrate import upgrade
@@ -234,3 +238,22 @@ def login_as(services):
         return {"authorization": token}
 
     return _login
+
+
+@pytest.fixture
+def access_lines():
+    """The hmdp.access records of this test, formatted as the processes do."""
+    from web.logging import access_log
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logsetup.JsonFormatter())
+    handler.addFilter(logsetup.ContextFilter())
+    old_level = access_log.level
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        access_log.removeHandler(handler)
+        access_log.setLevel(old_level)

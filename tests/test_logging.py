@@ -12,7 +12,6 @@ import pytest
 from ops_procs import celery_worker, gunicorn, http, json_lines, wait_for
 
 import logsetup
-from web.logging import access_log
 
 ORDER_TASK = "tasks.orders.create_voucher_order"
 
@@ -85,23 +84,6 @@ def test_client_request_ids_are_validated(raw, kept):
 
 
 # --- the web tier -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def access_lines():
-    """The hmdp.access records of this test, formatted as the processes do."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logsetup.JsonFormatter())
-    handler.addFilter(logsetup.ContextFilter())
-    old_level = access_log.level
-    access_log.addHandler(handler)
-    access_log.setLevel(logging.INFO)
-    try:
-        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    finally:
-        access_log.removeHandler(handler)
-        access_log.setLevel(old_level)
 
 
 def test_client_request_id_is_echoed_and_logged(client, access_lines):

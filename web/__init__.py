@@ -19,6 +19,7 @@ from tasks.app import create_celery
 from .auth import register_auth
 from .cli import register_cli
 from .errors import register_error_handlers
+from .fastpath import install as install_fast_path
 from .logging import register_request_logging
 from .metrics import register_metrics
 from .ratelimit import register_ratelimit
@@ -82,4 +83,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(module.bp)
         if hasattr(module, "post_seed"):
             app.extensions["hmdp_post_seed"].append(module.post_seed)
+    if settings.shop_fast_path and settings.near_cache_enabled:
+        install_fast_path(app)  # last: it needs the routes and extensions above
     return app

@@ -78,16 +78,25 @@ def _valid_ip(value: str) -> bool:
 
 
 def client_ip(trusted_proxies: int) -> str:
-    """The client's address: the peer, or what the outermost trusted proxy saw.
+    """The client's address: the peer, or what the outermost trusted proxy saw."""
+    return forwarded_client_ip(
+        request.remote_addr, request.headers.get("X-Forwarded-For"), trusted_proxies
+    )
+
+
+def forwarded_client_ip(
+    remote_addr: str | None, forwarded_for: str | None, trusted_proxies: int
+) -> str:
+    """The client's address from the peer address and X-Forwarded-For (no request needed).
 
     Each trusted proxy appends the address it received from to
     X-Forwarded-For, so with N of them the client is the N-th entry from the
     right; anything further left was written by the client and is ignored.
     """
-    remote = request.remote_addr or "unknown"
+    remote = remote_addr or "unknown"
     if trusted_proxies <= 0:
         return remote
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+    hops = [h.strip() for h in (forwarded_for or "").split(",")]
     hops = [h for h in hops if h]
     if len(hops) < trusted_proxies:
         return remote
@@ -145,10 +154,30 @@ class RouteLimiter:
         if rule is None:
             return None
         keys = sorted({k for s in limit.per if (k := self._subject_key(limit, s)) is not None})
+        return self._charge(limit, rule, keys, client)
+
+    def check_ip(self, endpoint: str, ip: str, client: redis.Redis) -> Decision | None:
+        """Like :meth:`check` for a route limited per client address only, without a request.
+
+        The WSGI fast path (web/fastpath.py) charges its hits here, to the same
+        bucket the Flask hook would use.
+        """
+        limit = self.table.get(endpoint)
+        if limit is None:
+            return None
+        if limit.per != ("ip",):
+            raise ValueError(f"{endpoint} is not limited per address only: {limit.per}")
+        rule = self.rules[limit.setting]
+        if rule is None:
+            return None
+        return self._charge(limit, rule, [limit_key(limit.group, "ip", ip)], client)
+
+    def _charge(
+        self, limit: RouteLimit, rule: Rule, keys: list[str], client: redis.Redis
+    ) -> Decision | None:
         if not keys:
             return None
-        items = [(key, rule) for key in keys]
-        decision = self._limiter(client, rule).hit_all(items)
+        decision = self._limiter(client, rule).hit_all([(key, rule) for key in keys])
         if not decision.allowed:
             RATE_LIMIT_REJECTIONS.labels(rule=limit.group).inc()
         return decision

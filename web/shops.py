@@ -94,10 +94,18 @@ def shop_cache() -> CacheRegion:
     return app.extensions[_EXTENSION].get(app)
 
 
+def shop_region_holder(app: Flask) -> _RegionHolder:
+    """The holder of the app's region: ``.region`` is None until a request built it."""
+    return app.extensions[_EXTENSION]
+
+
+def shop_response_text(data_text: str) -> str:
+    """The success envelope around JSON text that is already encoded (no re-encode)."""
+    return '{"success":true,"errorMsg":null,"data":' + data_text + ',"total":null}'
+
+
 def _ok_json_text(data_text: str) -> Response:
-    """A success envelope around JSON text that is already encoded (no re-encode)."""
-    body = '{"success":true,"errorMsg":null,"data":' + data_text + ',"total":null}'
-    return Response(body, mimetype="application/json")
+    return Response(shop_response_text(data_text), mimetype="application/json")
 
 
 def _shop_id(raw: object, from_path: bool = False) -> int:
