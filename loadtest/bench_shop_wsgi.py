@@ -6,6 +6,7 @@ empty route" isolates the cost of the cache. It exists only in this module,
 never in web.wsgi (production).
 """
 
+import gc
 import logging
 
 from flask import Response
@@ -30,3 +31,7 @@ def bench_empty() -> Response:
 
 
 app.add_url_rule("/bench/empty", "bench_empty", bench_empty)
+
+# As web/wsgi.py: the start-up objects leave the collector's generations, so a full
+# collection walks only what requests allocate (fewer, shorter pauses: lower p99).
+gc.freeze()
