@@ -254,6 +254,8 @@ def run_scenario(
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": _machine(),
         "argv": sys.argv,
+        # The settings the runner's processes inherit (HMDP_ACCESS_LOG=0 and the like).
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("HMDP_", "GRANIAN_"))},
     }
     gunicorn_env = {
         name: str(value)

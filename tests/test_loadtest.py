@@ -17,6 +17,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from loadtest import chart, report
 from loadtest.run import main
 from loadtest.stack import SeedInfo, Stack
 from models.entities import VoucherOrder
@@ -57,6 +58,9 @@ def test_seckill_smoke_run_verifies_every_order(settings: Settings, tmp_path: Pa
     run_dir = Path(summary["results_dir"])
     assert (run_dir / "scenario.html").exists() and (run_dir / "scenario_stats.csv").exists()
     assert "oversell 0  lost 0  duplicates 0" in (run_dir / "table.txt").read_text()
+    table = report.markdown(chart.latest([run_dir / "summary.json"]))
+    assert "| seckill-500 | locust | 20 | closed loop | 60 |" in table
+    assert "60 / 60 / 0, 0, 0 OK" in table
     assert summary["backend"] == ("mysql" if "mysql" in (settings.database_url or "") else "sqlite")
     assert redis.Redis.from_url(settings.redis_url or "").dbsize() == 0  # flushed after the run
 
@@ -96,6 +100,8 @@ def test_lost_or_oversold_orders_fail_the_run(tmp_path: Path) -> None:
     assert verdict["lost"] == 1
     assert verdict["oversell"] >= 1
     assert "FAILED" in (Path(summary["results_dir"]) / "table.txt").read_text()
+    table = report.markdown(chart.latest([Path(summary["results_dir"]) / "summary.json"]))
+    assert "**FAILED**" in table
 
 
 def test_cache_smoke_run_reads_hot_and_cold_shops(tmp_path: Path) -> None:
@@ -108,6 +114,9 @@ def test_cache_smoke_run_reads_hot_and_cold_shops(tmp_path: Path) -> None:
     by_name = summary["result"]["by_name"]
     assert by_name["/shop/[id]"]["requests"] > 0
     assert sum(r["failures"] for r in by_name.values()) == 0  # unknown ids: 404 as expected
+    png = tmp_path / "matrix.png"
+    assert chart.main([str(Path(summary["results_dir"]) / "summary.json"), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("name", ["../etc", "no-such-scenario"])
