@@ -34,7 +34,7 @@ import time
 import redis
 from celery import shared_task
 from celery.utils.time import get_exponential_backoff_interval
-from sqlalchemy import Row, and_, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -71,25 +71,42 @@ BACKOFF_FACTOR = 1
 BACKOFF_MAX = 30
 
 
-class _NoStock(Exception):
-    """The guarded UPDATE matched no row (rolls the insert back)."""
+# The three statements of a settle, built once: building and coercing a Core
+# statement per call cost more CPU than the database's work for it (the drain
+# rate is CPU-bound, see BENCHMARKS.md). Parameters: oid, uid, vid, now.
+_EXISTING = (
+    select(VoucherOrder.id, VoucherOrder.user_id, VoucherOrder.voucher_id)
+    .where(
+        or_(
+            VoucherOrder.id == bindparam("oid"),
+            and_(
+                VoucherOrder.user_id == bindparam("uid"),
+                VoucherOrder.voucher_id == bindparam("vid"),
+            ),
+        )
+    )
+    .limit(1)
+)
+_INSERT = insert(VoucherOrder).values(
+    id=bindparam("oid"),
+    user_id=bindparam("uid"),
+    voucher_id=bindparam("vid"),
+    create_time=bindparam("now"),
+    update_time=bindparam("now"),
+)
+_TAKE_STOCK = (
+    update(SeckillVoucher)
+    .where(SeckillVoucher.voucher_id == bindparam("vid"), SeckillVoucher.stock > 0)
+    .values(stock=SeckillVoucher.stock - 1, update_time=bindparam("now"))
+)
 
 
-def _existing(db: Database, entry: OrderEntry) -> Row | None:
-    with db.engine.connect() as conn:  # a short read of its own (see persist_order)
-        return conn.execute(
-            select(VoucherOrder.id, VoucherOrder.user_id, VoucherOrder.voucher_id)
-            .where(
-                or_(
-                    VoucherOrder.id == entry.order_id,
-                    and_(
-                        VoucherOrder.user_id == entry.user_id,
-                        VoucherOrder.voucher_id == entry.voucher_id,
-                    ),
-                )
-            )
-            .limit(1)
-        ).first()
+def _params(entry: OrderEntry) -> dict[str, object]:
+    return {"oid": entry.order_id, "uid": entry.user_id, "vid": entry.voucher_id, "now": utcnow()}
+
+
+def _existing(conn: Connection, params: dict[str, object]) -> Row | None:
+    return conn.execute(_EXISTING, params).first()
 
 
 def _classify(row: Row, entry: OrderEntry) -> str:
@@ -114,40 +131,34 @@ def persist_order(db: Database, entry: OrderEntry) -> str:
 
     Returns CREATED, DUPLICATE (already there), OVERSELL (no stock left in
     the database; nothing written) or REJECTED (order id taken by another order).
-    The existence check is its own short transaction, so that the write
-    transaction starts with a write (SQLite then waits for the lock instead of
-    failing to upgrade a read snapshot). Core statements, not the ORM unit of
-    work: this runs once per order and its CPU cost is the drain rate.
+    One connection checkout: the existence check, then the write transaction
+    (INSERT, guarded UPDATE, COMMIT). On SQLite the check's read is committed
+    before the write, so that the write transaction starts with a write (SQLite
+    then waits for the lock instead of failing to upgrade a read snapshot); on
+    MySQL the check is a plain consistent read and the INSERT and UPDATE lock
+    what they touch, so the same transaction goes on (one round trip less).
+    Core statements built once, not the ORM unit of work: this runs once per
+    order and its CPU cost is the drain rate.
     """
-    row = _existing(db, entry)
-    if row is not None:
-        return _classify(row, entry)
-    now = utcnow()
-    try:
-        with db.engine.begin() as conn:
-            conn.execute(
-                insert(VoucherOrder).values(
-                    id=entry.order_id,
-                    user_id=entry.user_id,
-                    voucher_id=entry.voucher_id,
-                    create_time=now,
-                    update_time=now,
-                )
-            )
-            taken = conn.execute(
-                update(SeckillVoucher)
-                .where(SeckillVoucher.voucher_id == entry.voucher_id, SeckillVoucher.stock > 0)
-                .values(stock=SeckillVoucher.stock - 1, update_time=now)
-            )
-            if taken.rowcount != 1:
-                raise _NoStock  # rolls the insert back
-    except _NoStock:
-        return OVERSELL
-    except IntegrityError:
-        row = _existing(db, entry)
-        if row is None:  # not a duplicate after all: let the caller retry
-            raise
-        return _classify(row, entry)
+    params = _params(entry)
+    with db.engine.connect() as conn:
+        row = _existing(conn, params)
+        if row is not None:
+            return _classify(row, entry)
+        if conn.dialect.name == "sqlite":
+            conn.commit()
+        try:
+            conn.execute(_INSERT, params)
+            if conn.execute(_TAKE_STOCK, params).rowcount != 1:
+                conn.rollback()  # the insert goes with it
+                return OVERSELL
+            conn.commit()
+        except IntegrityError:
+            conn.rollback()
+            row = _existing(conn, params)
+            if row is None:  # not a duplicate after all: let the caller retry
+                raise
+            return _classify(row, entry)
     return CREATED
 
 
