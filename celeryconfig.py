@@ -2,9 +2,28 @@
 
 Read by :func:`tasks.app.create_celery`. Reliability choices for "nothing lost,
 nothing twice": tasks are acknowledged late (after they ran) and re-queued when
-their worker dies; the prefetch is 1 so that a killed worker holds as few
-unacknowledged messages as possible; every task is idempotent, so a redelivery
-is harmless.
+their worker dies; every task is idempotent, so a redelivery is harmless.
+
+Throughput choices (measured in BENCHMARKS.md, "Seckill drain into MariaDB"):
+
+* ``worker_prefetch_multiplier = 4``: each pool process has up to 4 messages
+  reserved, so a child finishing a task finds the next one already in the
+  worker instead of waiting for the main process's next BRPOP (with 1, the
+  children sat idle about half the time while the main process fetched).
+  Safe because nothing depends on the prefetch being small: a killed worker's
+  reserved messages are unacknowledged (acks late), so the broker gives them
+  back after ``visibility_timeout``; meanwhile beat's Stream recovery settles
+  their reservations from ``stream.orders`` once idle past
+  ``HMDP_ORDER_CLAIM_IDLE_MS``; a late redelivery is then a DUPLICATE no-op.
+  The cost is latency for other work behind a deep backlog, bounded by
+  concurrency x 4 messages.
+* task events OFF by default (``worker_send_task_events``,
+  ``task_send_sent_event``): each event is one more broker publish per task
+  state, and with them on the worker's main process spent about a third of
+  its time publishing events (py-spy). Only Flower reads them (our own
+  ``/metrics`` exporter does not: it counts inside the tasks), and Flower turns
+  them on by itself when it runs (``enable_events`` broadcast); ``manage.py up``
+  and ``deploy/cluster.py``, which run Flower, also start the worker with ``-E``.
 """
 
 # Modules that define tasks; a worker imports them at start. Each feature adds its own.
@@ -21,14 +40,14 @@ enable_utc = True
 task_acks_late = True
 task_reject_on_worker_lost = True
 task_acks_on_failure_or_timeout = True
-worker_prefetch_multiplier = 1
+worker_prefetch_multiplier = 4  # see the module doc
 task_track_started = False
 task_ignore_result = True
 task_time_limit = 120
 task_soft_time_limit = 100
 worker_max_tasks_per_child = 10_000
-worker_send_task_events = True  # Flower and the Prometheus exporter read events
-task_send_sent_event = True
+worker_send_task_events = False  # Flower turns them on (see the module doc)
+task_send_sent_event = False
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     # Redis broker: an unacknowledged message comes back after this long, so a
