@@ -1,7 +1,7 @@
 """Every hmdp-specific Prometheus metric, defined once, used by all layers.
 
-prometheus_client metrics are process-local objects (no connection); under
-gunicorn with several workers, ``PROMETHEUS_MULTIPROC_DIR`` makes them shared
+prometheus_client metrics are process-local objects (no connection); with
+several web worker processes, ``PROMETHEUS_MULTIPROC_DIR`` makes them shared
 (see web/metrics.py). Label values are small closed sets, never ids.
 """
 
@@ -88,7 +88,7 @@ FEED_PUSHES = Counter("hmdp_feed_pushes_total", "Blog ids pushed into followers'
 
 # --- database pool (every process; see track_pool) -----------------------------
 # Set from pool events in the process that owns the pool; "liveall" keeps one
-# series per live process (a pid label under gunicorn/Celery multiprocess mode),
+# series per live process (a pid label in web/Celery multiprocess mode),
 # so exhaustion of ONE worker's pool is visible, not averaged away.
 DB_POOL_CHECKED_OUT = Gauge(
     "hmdp_db_pool_checked_out",
@@ -105,7 +105,7 @@ DB_POOL_CAPACITY = Gauge(
 def track_pool(pool: Pool) -> None:
     """Keep DB_POOL_* up to date from ``pool``'s checkout/checkin events.
 
-    Events, not a scrape-time collector: under gunicorn only the worker that
+    Events, not a scrape-time collector: with several web workers only the one that
     serves a scrape would run a collector, while each worker has its own pool.
     """
     if event.contains(pool, "checkout", _on_checkout):

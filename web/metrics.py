@@ -3,11 +3,13 @@
 * HTTP: prometheus-flask-exporter's request histogram/counter, labelled by the
   URL rule (``/shop/<int:shop_id>``), never the raw path, so ids cannot explode
   the label cardinality; unmatched paths share the label ``<unmatched>``.
-* Under gunicorn with several workers the launcher sets ``PROMETHEUS_MULTIPROC_DIR``
-  (deploy/gunicorn.conf.py: a fresh directory per instance, wiped at start,
-  ``mark_process_dead`` on worker exit); every worker's samples are then
-  aggregated from that directory, so a scrape counts ALL of the instance's
-  traffic whichever worker serves it.
+* With several worker processes the launcher sets ``PROMETHEUS_MULTIPROC_DIR``
+  (deploy/web_server.py: a fresh directory per instance, wiped at start); every
+  worker's samples are then aggregated from that directory, so a scrape counts
+  ALL of the instance's traffic whichever worker serves it. A dead worker's live
+  gauges are dropped by its replacement (:func:`drop_dead_processes`; granian's
+  master has no hook for it, gunicorn's ``child_exit`` does it too) and by a
+  worker itself when it exits cleanly.
 * Stream length, pending, lag/backlog and dead letters are read from Redis at
   scrape time (:class:`StreamCollector`): correct whichever process last
   touched the stream, cheap (one pipeline: XLEN x2, XINFO GROUPS) and failure-tolerant: with
@@ -20,7 +22,11 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
+import os
+import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -163,6 +169,51 @@ def exposition_registry(
     return registry
 
 
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+def _process_gone(pid: int) -> bool:
+    """No such process, or a zombie (dead, not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc: trust kill()
+    return stat.rsplit(")", 1)[-1].split()[0] in {"Z", "X"}
+
+
+def drop_dead_processes(path: Path) -> set[int]:
+    """Remove the live gauges ("liveall"/"livesum"...) of processes that no longer exist.
+
+    A worker that crashed (SIGKILL, OOM) never cleaned up; its replacement calls
+    this at start, so /metrics stops showing the dead pid's DB pool series.
+    Counters and histograms stay: the requests it served did happen.
+    """
+    from prometheus_client import multiprocess
+
+    dead = set()
+    for file in path.glob("gauge_live*.db"):
+        match = _LIVE_GAUGE_FILE.match(file.name)
+        if match and int(match.group(1)) != os.getpid() and _process_gone(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, str(path))
+    return dead
+
+
+def _drop_own_live_gauges(path: str, pid: int) -> None:
+    """At a clean exit: this process's live gauges go with it (forked children only)."""
+    if os.getpid() == pid:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)
+
+
 def register_metrics(app: Flask, services: Services) -> PrometheusMetrics:
     """Track every request by route and serve ``/metrics`` for this app."""
     settings = services.settings
@@ -178,6 +229,14 @@ def register_metrics(app: Flask, services: Services) -> PrometheusMetrics:
     )
     stream = StreamCollector(settings, lambda: services.redis_url)
     registry = exposition_registry(settings, exporter_registry, [stream])
+    if settings.prometheus_multiproc_dir is not None:
+        drop_dead_processes(settings.prometheus_multiproc_dir)
+        multiprocessing.util.Finalize(
+            None,
+            _drop_own_live_gauges,
+            args=(str(settings.prometheus_multiproc_dir), os.getpid()),
+            exitpriority=0,  # after the order dispatcher's flush (10)
+        )
     track_pool(services.db.engine.pool)
 
     @exporter.do_not_track()

@@ -25,10 +25,10 @@ forked child (gunicorn, Celery prefork) gets its own queue and thread.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import contextvars
 import logging
+import multiprocessing.util
 import os
 import queue
 import threading
@@ -115,7 +115,7 @@ class OrderDispatcher:
         self._thread: threading.Thread | None = None
         self._open_until = 0.0
         self._next_backoff = backoff[0]
-        self._flush_at_exit = False
+        self._flush_at_exit: int | None = None  # the pid that registered the exit flush
 
     # --- producer side (request threads) -------------------------------------------
 
@@ -143,11 +143,14 @@ class OrderDispatcher:
             self._queue = queue.Queue(self.max_queue)
             self._thread = None
         if self._thread is None:
-            if not self._flush_at_exit:
-                # A clean exit (gunicorn's graceful stop) publishes what is queued;
-                # a crash loses it, and recovery settles those from the Stream.
-                atexit.register(self.flush, 2.0)
-                self._flush_at_exit = True
+            if self._flush_at_exit != self._pid:
+                # A clean exit (a graceful stop) publishes what is queued; a crash loses
+                # it, and recovery settles those from the Stream. A multiprocessing
+                # finalizer, not atexit: granian's workers are multiprocessing children,
+                # which end with os._exit (no atexit) after running the finalizers; in
+                # any other process multiprocessing runs them from its own atexit hook.
+                multiprocessing.util.Finalize(self, self.flush, args=(2.0,), exitpriority=10)
+                self._flush_at_exit = self._pid
             self._thread = threading.Thread(
                 target=self._run, args=(self._queue,), name="hmdp-order-dispatch", daemon=True
             )
