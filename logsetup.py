@@ -1,6 +1,6 @@
 """Structured logs: one JSON object per line, with the request id of the work being done.
 
-Every process (gunicorn workers, Celery workers, beat) logs through one handler
+Every process (web server and its workers, Celery workers, beat) logs through one handler
 on the root logger whose formatter writes ``{"ts", "level", "logger", "msg",
 "request_id", ...}``. The request id lives in a context variable: the web tier
 sets it per request (:mod:`web.logging`), the Celery hooks carry it in a message
@@ -109,8 +109,9 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 def logging_config(fmt: str = "json", level: str = "INFO") -> dict[str, Any]:
     """The dictConfig for a process: root -> one stderr handler with our filter.
 
-    Also used by deploy/gunicorn.conf.py as ``logconfig_dict`` so that gunicorn's
-    own loggers write the same JSON lines as the app.
+    Also handed to granian (deploy/web_server.py, ``--log-config``) and to gunicorn
+    (deploy/gunicorn.conf.py, ``logconfig_dict``) so that the server's own loggers
+    write the same JSON lines as the app.
     """
     formatter: dict[str, Any] = (
         {"()": f"{__name__}.JsonFormatter"} if fmt == "json" else {"format": TEXT_FORMAT}

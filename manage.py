@@ -71,6 +71,7 @@ def reexec_in_venv(extras: str) -> None:
 
 def command_up(args: argparse.Namespace) -> int:
     from deploy.supervisor import Supervisor
+    from deploy.web_server import web_argv
     from settings import Settings
     from tasks.app import worker_argv
 
@@ -92,18 +93,7 @@ def command_up(args: argparse.Namespace) -> int:
         subprocess.run([*flask, "db", "upgrade"], check=True, cwd=ROOT, env=env)
         if not args.no_seed:
             subprocess.run([*flask, "seed", f"--{args.size}"], check=True, cwd=ROOT, env=env)
-        supervisor.start(
-            "web",
-            [
-                str(bin_dir / "gunicorn"),
-                "-c",
-                "deploy/gunicorn.conf.py",
-                "--bind",
-                f"{args.host}:{args.port}",
-                "web.wsgi:app",
-            ],
-            env,
-        )
+        supervisor.start("web", [sys.executable, *web_argv(f"{args.host}:{args.port}")], env)
         supervisor.start(
             "worker",
             [
@@ -217,7 +207,7 @@ def main() -> int:
     up.add_argument("--size", choices=["small", "full"], default="small")
     up.add_argument("--no-seed", action="store_true")
     cluster = sub.add_parser(
-        "cluster", help="3 gunicorn instances behind nginx, worker, beat, Flower (no Docker)"
+        "cluster", help="3 web instances behind nginx, worker, beat, Flower (no Docker)"
     )
     from deploy.cluster import build_parser as cluster_options  # stdlib only, like this file
 

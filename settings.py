@@ -123,12 +123,26 @@ class Settings:
     log_format: str = "json"  # json (one object per line) | text
     log_level: str = "INFO"
     access_log: bool = True  # one hmdp.access line per request
-    # Set by the launcher (gunicorn.conf.py, deploy/cluster.py, compose) before the
+    # Set by the launcher (deploy/web_server.py, deploy/cluster.py, compose) before the
     # process starts: prometheus_client reads it at import to go multiprocess.
     prometheus_multiproc_dir: Path | None = None
     worker_metrics_port: int = 0  # Celery worker's own /metrics (0 = off)
     worker_metrics_host: str = "127.0.0.1"
     metrics_redis_timeout: float = 1.0  # scrape-time Redis reads give up after this
+
+    # --- web server (deploy/web_server.py builds the command from these) ---
+    web_server: str = "granian"  # granian (deployed, BENCHMARKS.md) | gunicorn (to compare)
+    web_workers: int = 0  # worker processes per instance; 0 = the CPU count
+    # Python threads per worker: granian's --blocking-threads, gunicorn's --threads;
+    # 0 = the server's default here (granian 2, gunicorn 8).
+    web_threads: int = 0
+    web_backlog: int = 2048  # listen backlog (granian: at least 128)
+    # gunicorn: idle keep-alive seconds; granian has no idle timeout, only on (> 0) or off
+    # (nginx closes its idle upstream connections after 20 s either way).
+    web_keepalive: int = 30
+    # SIGTERM: in-flight requests get this long before workers are killed (granian's
+    # --workers-kill-timeout, gunicorn's graceful_timeout); compose's stop_grace_period is longer.
+    web_graceful_timeout: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -200,6 +214,12 @@ class Settings:
             metrics_redis_timeout=_float(
                 env, "HMDP_METRICS_REDIS_TIMEOUT", cls.metrics_redis_timeout
             ),
+            web_server=env.get("HMDP_WEB_SERVER") or cls.web_server,
+            web_workers=_int(env, "HMDP_WEB_WORKERS", cls.web_workers),
+            web_threads=_int(env, "HMDP_WEB_THREADS", cls.web_threads),
+            web_backlog=_int(env, "HMDP_WEB_BACKLOG", cls.web_backlog),
+            web_keepalive=_int(env, "HMDP_WEB_KEEPALIVE", cls.web_keepalive),
+            web_graceful_timeout=_int(env, "HMDP_WEB_GRACEFUL_TIMEOUT", cls.web_graceful_timeout),
         ).validated()
 
     def validated(self) -> Settings:
@@ -215,6 +235,14 @@ class Settings:
             raise ValueError(f"HMDP_LOG_FORMAT must be json or text, got {self.log_format!r}")
         if self.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"HMDP_LOG_LEVEL must be a logging level, got {self.log_level!r}")
+        if self.web_server not in {"granian", "gunicorn"}:
+            raise ValueError(
+                f"HMDP_WEB_SERVER must be granian or gunicorn, got {self.web_server!r}"
+            )
+        if self.web_backlog < 128:
+            raise ValueError("HMDP_WEB_BACKLOG must be at least 128 (granian's minimum)")
+        if not 1 <= self.web_graceful_timeout <= 1800:
+            raise ValueError("HMDP_WEB_GRACEFUL_TIMEOUT must be 1..1800 seconds")
         if not 0 < self.bloom_fp_rate < 1:
             raise ValueError("HMDP_BLOOM_FP_RATE must be between 0 and 1 (exclusive)")
         if self.bloom_expected_shops < 1:

@@ -1,1 +1,2 @@
-"""Deployment: gunicorn config, nginx template, the local cluster, compose assets."""
+"""Deployment: the web server command (granian; a gunicorn config to compare), nginx
+template, Prometheus and Grafana assets, the local cluster."""

@@ -1,7 +1,7 @@
 """The local cluster without Docker: ``python3 manage.py cluster``.
 
 Starts, on loopback: Redis (embedded, unless ``REDIS_URL`` is set), migrations and
-demo data, three gunicorn web instances, nginx in front of them (the OS package,
+demo data, three web instances (deploy/web_server.py: granian), nginx in front of them (the OS package,
 a child process in the foreground, its config generated from
 deploy/nginx.conf.template into ``var/cluster/nginx/``), a Celery worker (with its
 metrics exporter), beat and Flower. Prints the URLs; Ctrl-C stops everything.
@@ -143,7 +143,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--web-ports", type=_ports, default=[8081, 8082, 8083], help="comma-separated"
     )
-    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn workers each")
+    parser.add_argument(
+        "--web-workers", type=int, default=2, help="worker processes each (HMDP_WEB_WORKERS)"
+    )
     parser.add_argument("--flower-port", type=int, default=5555)
     parser.add_argument(
         "--worker-metrics-port", type=int, default=9808, help="Celery worker /metrics; 0 = off"
@@ -288,22 +290,15 @@ class Cluster:
                 server.stop()
 
     def _start_web(self, env: dict[str, str], bin_dir: Path) -> None:
+        from deploy.web_server import web_argv  # standard library only, like this file
+
         a = self.args
-        web_env = dict(env, GUNICORN_WORKERS=str(a.web_workers))
-        web_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py: one dir per instance
+        web_env = dict(env, HMDP_WEB_WORKERS=str(a.web_workers))
+        web_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # deploy/web_server.py: one dir per instance
         for name, port in zip(self.web_names, a.web_ports, strict=True):
             self.supervisor.start(
                 name,
-                [
-                    str(bin_dir / "gunicorn"),
-                    "-c",
-                    "deploy/gunicorn.conf.py",
-                    "--bind",
-                    f"{a.host}:{port}",
-                    "--name",
-                    f"hmdp-{name}",
-                    "web.wsgi:app",
-                ],
+                [str(bin_dir / "python"), *web_argv(f"{a.host}:{port}", name=f"hmdp-{name}")],
                 web_env,
                 restart=True,
                 stdout=self.logs / f"{name}.log",

@@ -1,23 +1,25 @@
-"""gunicorn settings for the web tier (``gunicorn -c deploy/gunicorn.conf.py web.wsgi:app``).
+"""gunicorn settings for the web tier when ``HMDP_WEB_SERVER=gunicorn``.
 
-Every value can be overridden from the environment (GUNICORN_*), so the same
-file serves the one-command stack, the local cluster and the compose stack; the
-worker class and counts are left to benchmarking (BENCHMARKS.md).
+granian is the deployed server (BENCHMARKS.md "Web server choice"); gunicorn stays
+as the comparison the benchmarks can run (``bench --server gunicorn``). Start it
+the same way as granian: ``python -m deploy.web_server --bind HOST:PORT``
+(deploy/web_server.py), which execs ``gunicorn -c deploy/gunicorn.conf.py``.
+
+The common tuning comes from Settings (``HMDP_WEB_WORKERS``, ``HMDP_WEB_THREADS``,
+``HMDP_WEB_BACKLOG``, ``HMDP_WEB_KEEPALIVE``, ``HMDP_WEB_GRACEFUL_TIMEOUT``);
+gunicorn-only knobs stay GUNICORN_* here.
 
 Also wired here, because only the gunicorn master can do it:
 
-* Prometheus multiprocess mode: each instance gets its own fresh
-  ``PROMETHEUS_MULTIPROC_DIR`` (given, or ``$HMDP_VAR_DIR/prometheus/web-<bind>``),
-  wiped when the master starts, before any worker writes; a dead worker's live
-  gauges are dropped in ``child_exit``. /metrics then aggregates every worker.
+* Prometheus multiprocess mode: the instance's fresh ``PROMETHEUS_MULTIPROC_DIR``
+  (deploy.web_server.prepare_metrics_dir), wiped when the master starts, before
+  any worker writes; a dead worker's live gauges are dropped in ``child_exit``.
 * JSON logs: gunicorn's own loggers use the app's formatter (logsetup.py).
 * Graceful shutdown: on SIGTERM the master stops accepting, in-flight requests
   get ``graceful_timeout`` seconds to finish, then workers exit.
 """
 
-import multiprocessing
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -26,43 +28,33 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import logsetup  # noqa: E402  (needs the path above)
+from deploy.web_server import DEFAULT_THREADS, prepare_metrics_dir  # noqa: E402
 from settings import Settings  # noqa: E402
 
 _settings = Settings.from_env()
 
-bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8080")
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count()))
+bind = "127.0.0.1:8080"  # --bind on the command line (deploy/web_server.py)
+workers = _settings.web_workers or os.cpu_count() or 1
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = _settings.web_threads or DEFAULT_THREADS["gunicorn"]
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # gevent
-backlog = int(os.environ.get("GUNICORN_BACKLOG", "2048"))
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "30"))  # > nginx's upstream idle time
+backlog = _settings.web_backlog
+keepalive = _settings.web_keepalive  # > nginx's upstream idle time
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 # SIGTERM: in-flight requests get this long to finish (compose's stop_grace_period is longer).
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+graceful_timeout = _settings.web_graceful_timeout
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None  # the app logs hmdp.access lines
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 logconfig_dict = logsetup.logging_config(_settings.log_format, _settings.log_level)
-proc_name = os.environ.get("GUNICORN_PROC_NAME", "hmdp-web")
-
-
-def _multiproc_dir(server) -> Path:
-    """This instance's own directory: instances on one host must not share one."""
-    if _settings.prometheus_multiproc_dir is not None:
-        return _settings.prometheus_multiproc_dir
-    binds = "_".join(server.cfg.bind) or "default"
-    return _settings.var_dir / "prometheus" / ("web-" + re.sub(r"[^A-Za-z0-9.-]+", "_", binds))
+proc_name = "hmdp-web"
 
 
 def on_starting(server) -> None:
     """Master, before the first fork: choose and wipe the metrics directory."""
-    path = _multiproc_dir(server)
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink(missing_ok=True)
+    path = prepare_metrics_dir(_settings, "_".join(server.cfg.bind) or "default")
     # Workers inherit the environment: prometheus_client reads it at import,
     # Settings.from_env reads it in create_app.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)

@@ -1,8 +1,8 @@
 """A small process supervisor for ``manage.py up`` and ``manage.py cluster`` (stdlib only).
 
 Children run in their own sessions (Ctrl-C reaches only the supervisor, which
-then stops them in reverse start order: SIGTERM, which is graceful for gunicorn,
-Celery and nginx, then SIGKILL of the whole process group after a timeout). A
+then stops them in reverse start order: SIGTERM, which is graceful for the web
+server, Celery and nginx, then SIGKILL of the whole process group after a timeout). A
 child started with ``restart=True`` is started again when it exits, the way a
 process manager keeps web instances up during a rolling restart or after a
 crash; any other child's exit stops everything.
@@ -125,7 +125,7 @@ class Supervisor:
         self.stopping = True
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM every child (graceful for gunicorn and Celery), then wait, then kill."""
+        """SIGTERM every child (graceful for the web server and Celery), then wait, then kill."""
         self.stopping = True
         for child in reversed(list(self.children.values())):
             if child.proc is not None and child.proc.poll() is None:

@@ -4,7 +4,7 @@ Three phases (``--phases``, default all), on its own embedded redis-server (AOF
 on, as in production) and SQLite in a temp dir, or ``--database-url`` (use
 MariaDB for the drain goal):
 
-* ``gate``: ``POST /voucher-order/seckill/{id}`` on gunicorn (``web.wsgi``) with
+* ``gate``: ``POST /voucher-order/seckill/{id}`` on the deployed web server (``deploy/web_server.py``, ``web.wsgi``) with
   ``wrk`` (or a Python client), every request a fresh (user, voucher) pair so
   that nearly all succeed and are dispatched: req/s and p50/p99 *including*
   the dispatch (goal >= 3,000 req/s, p99 <= 50 ms at 64 connections, 2 cores).
@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import func, select  # noqa: E402
 
 from cache.server import EmbeddedRedis, free_port  # noqa: E402
+from deploy.web_server import web_argv  # noqa: E402
 from models.demo import DemoSize, load_demo_data  # noqa: E402
 from models.entities import SeckillVoucher, Voucher, VoucherOrder, utcnow  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
@@ -149,26 +150,21 @@ def process_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def start_gunicorn(
+def start_web(
     args: argparse.Namespace, env: dict[str, str], port: int, log: Path
 ) -> subprocess.Popen:
-    cmd = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "-c",
-        str(ROOT / "deploy" / "gunicorn.conf.py"),
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(args.workers),
-        "--worker-class",
-        args.worker_class,
-        "--threads",
-        str(args.threads),
-        "--log-level",
-        "warning",
-        "web.wsgi:app",
-    ]
-    print(f"server : {shlex.join(cmd)}  (log: {log})", flush=True)
+    """The deployed web server command (deploy/web_server.py) with this run's tuning."""
+    env = dict(
+        env,
+        HMDP_WEB_SERVER=args.server,
+        HMDP_WEB_WORKERS=str(args.workers),
+        GUNICORN_WORKER_CLASS=args.worker_class,
+    )
+    if args.threads:
+        env["HMDP_WEB_THREADS"] = str(args.threads)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # one per instance, chosen by the launcher
+    cmd = [sys.executable, *web_argv(f"127.0.0.1:{port}")]
+    print(f"server : {shlex.join(cmd)}  ({args.server}; log: {log})", flush=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -176,14 +172,14 @@ def start_gunicorn(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}")
+            raise RuntimeError(f"{args.server} exited with {proc.returncode}")
         url = f"http://127.0.0.1:{port}/healthz"
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
             if r.status == 200:
                 return proc
         time.sleep(0.2)
     stop(proc)
-    raise RuntimeError("gunicorn did not answer /healthz in 60 s")
+    raise RuntimeError(f"{args.server} did not answer /healthz in 60 s")
 
 
 def start_celery(
@@ -509,9 +505,12 @@ def main() -> int:
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--python-requests", type=int, default=60_000, help="python gate client")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
-    parser.add_argument("--worker-class", default="gthread")
+    parser.add_argument("--server", choices=["granian", "gunicorn"], default="granian")
+    parser.add_argument("--workers", type=int, default=2, help="web worker processes")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="threads per web worker (0: the server's default)"
+    )
+    parser.add_argument("--worker-class", default="gthread", help="gunicorn only")
     parser.add_argument("--access-log", action="store_true", help="keep the per-request log")
     parser.add_argument("--celery-workers", type=int, default=1)
     parser.add_argument("--celery-concurrency", type=int, default=2)
@@ -541,14 +540,14 @@ def main() -> int:
             seed(app, args.size)
             env = process_env(settings, args)
             port = free_port()
-            gunicorn = start_gunicorn(args, env, port, workdir / "gunicorn.log")
+            web = start_web(args, env, port, workdir / "web.log")
             try:
                 if phases & {"gate", "drain"}:
                     ok &= phase_gate_and_drain(args, app, env, port, workdir, phases)
                 if "run30k" in phases:
                     ok &= phase_run30k(args, app, env, port, workdir)
             finally:
-                stop(gunicorn)
+                stop(web)
                 app.extensions["hmdp"].close()
     print(f"\nresult: {'OK' if ok else 'FAILED'} (cpus={os.cpu_count()})")
     return 0 if ok else 1

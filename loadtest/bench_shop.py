@@ -1,9 +1,10 @@
-"""Benchmark GET /shop/{id} against an empty Flask route on the same gunicorn.
+"""Benchmark GET /shop/{id} against an empty Flask route on the same web server.
 
 Starts the stack with ``loadtest/stack.py`` (the runner's start-up code: an
 embedded redis-server and SQLite in a temporary directory, or a fresh database
 on ``--database-url``), loads the demo data and warms the cache (Bloom filter,
-hot shops' logical keys, then one GET per id), starts gunicorn on a free port
+hot shops' logical keys, then one GET per id), starts the web server (granian,
+or ``--server gunicorn``) on a free port
 with ``loadtest/bench_shop_wsgi.py`` (the real app plus ``/bench/empty``), and
 measures both routes in the same run with ``wrk`` (``loadtest/wrk/paths.lua``)
 or, without it, a small multi-process HTTP client. ``python3 manage.py bench
@@ -136,9 +137,12 @@ def main() -> int:
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--client-procs", type=int, default=2, help="python client only")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
-    parser.add_argument("--worker-class", default="gthread")
+    parser.add_argument("--server", choices=["granian", "gunicorn"], default="granian")
+    parser.add_argument("--workers", type=int, default=2, help="web worker processes")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="threads per web worker (0: the server's default)"
+    )
+    parser.add_argument("--worker-class", default="gthread", help="gunicorn only")
     parser.add_argument("--size", choices=["small", "full"], default="small")
     parser.add_argument("--hot", type=int, default=100, help="hot shops (the id set read)")
     parser.add_argument("--strategy", choices=["passthrough", "mutex", "logical"], default="mutex")
@@ -169,8 +173,9 @@ def main() -> int:
             stack.start_backends()
             ids = stack.seed(plan).hot_ids
             port = stack.start_web(
-                GUNICORN_WORKERS=str(args.workers),
-                GUNICORN_THREADS=str(args.threads),
+                server=args.server,
+                HMDP_WEB_WORKERS=str(args.workers),
+                HMDP_WEB_THREADS=str(args.threads),
                 GUNICORN_WORKER_CLASS=args.worker_class,
             )
             shop_paths = [f"/shop/{i}" for i in ids]

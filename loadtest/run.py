@@ -545,9 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stack.add_argument(
         "--server",
-        choices=["gunicorn", "granian"],
-        default="gunicorn",
-        help="WSGI server (granian only to compare; it is not the deployed server)",
+        choices=["granian", "gunicorn"],
+        default="granian",
+        help="WSGI server: granian (deployed) or gunicorn (to compare); deploy/web_server.py",
     )
     stack.add_argument("--workers", type=int, help="gunicorn workers (GUNICORN_WORKERS)")
     stack.add_argument("--worker-class", help="gunicorn worker class (GUNICORN_WORKER_CLASS)")

@@ -1,4 +1,4 @@
-"""The system under test for every load test: Redis, a database, gunicorn, a Celery worker.
+"""The system under test for every load test: Redis, a database, the web server, a Celery worker.
 
 One piece of start-up code for ``loadtest/run.py`` (the scenario runner) and
 ``loadtest/bench_shop.py``:
@@ -14,9 +14,10 @@ One piece of start-up code for ``loadtest/run.py`` (the scenario runner) and
   what ``flask seed`` does; seckill stock can be raised before Redis loads it;
 * sessions written with the login route's own code (``cache.login``), so that
   thousands of distinct logged-in users exist without the rate-limited API;
-* gunicorn with ``deploy/gunicorn.conf.py`` (GUNICORN_* env tunes it) serving
-  the real app plus ``/bench/empty`` (``loadtest/bench_shop_wsgi.py``), and a
-  Celery worker, both under ``deploy.supervisor.Supervisor``, logging to files.
+* the deployed web server command (``deploy/web_server.py``: granian, or
+  gunicorn to compare; HMDP_WEB_* env tunes it) serving the real app plus
+  ``/bench/empty`` (``loadtest/bench_shop_wsgi.py``), and a Celery worker, both
+  under ``deploy.supervisor.Supervisor``, logging to files.
 
 Rate limits are OFF in the stack (HMDP_RATE_LIMIT_ENABLED=0): every generator
 request comes from 127.0.0.1, which the per-IP limits would reject.
@@ -48,6 +49,7 @@ from cache import login as login_store  # noqa: E402
 from cache.server import EmbeddedRedis, free_port  # noqa: E402
 from cache.shop_source import top_shop_ids  # noqa: E402
 from deploy.supervisor import Supervisor  # noqa: E402
+from deploy.web_server import server_argv, web_argv  # noqa: E402
 from models.demo import DemoSize, load_demo_data  # noqa: E402
 from models.entities import SeckillVoucher  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
@@ -247,48 +249,33 @@ class Stack:
         self,
         port: int | None = None,
         timeout: float = 60.0,
-        server: str = "gunicorn",
-        **gunicorn_env: str,
+        server: str | None = None,
+        **server_env: str,
     ) -> int:
-        """gunicorn (deploy/gunicorn.conf.py; GUNICORN_* from env or arguments); its port.
+        """The deployed web server command (deploy/web_server.py) on a free port; its port.
 
-        ``server="granian"`` runs granian instead (only to compare servers; it
-        reads GUNICORN_WORKERS / GUNICORN_THREADS as --workers / --blocking-threads).
+        ``server``: granian (default, what is deployed) or gunicorn (to compare);
+        ``server_env``: HMDP_WEB_* (or GUNICORN_WORKER_CLASS) for this run. The
+        runner's --workers/--threads arrive as GUNICORN_WORKERS/GUNICORN_THREADS
+        and mean the same for either server (processes; threads per process).
         """
         port = port or free_port()
-        env = self.env(GUNICORN_BIND=f"127.0.0.1:{port}", **gunicorn_env)
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py: one dir per instance
-        bin_dir = Path(sys.executable).parent
-        if server == "gunicorn":
-            cmd = [str(bin_dir / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
-            cmd.append(WSGI_APP)
-            shown = [f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("GUNICORN_")]
-        elif server == "granian":
-            metrics_dir = self.workdir / "var" / "prometheus" / f"granian-{port}"
-            metrics_dir.mkdir(parents=True, exist_ok=True)
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # as gunicorn.conf.py does
-            cmd = [
-                str(bin_dir / "granian"),
-                "--interface",
-                "wsgi",
-                "--no-ws",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                env.get("GUNICORN_WORKERS") or str(os.cpu_count() or 1),
-                "--blocking-threads",
-                env.get("GUNICORN_THREADS") or "8",
-                "--log-level",
-                "warning",
-                WSGI_APP,
-            ]
-            shown = []
-        else:
-            raise ValueError(f"unknown server {server!r} (gunicorn or granian)")
+        aliases = {"GUNICORN_WORKERS": "HMDP_WEB_WORKERS", "GUNICORN_THREADS": "HMDP_WEB_THREADS"}
+        extra = {aliases.get(k, k): v for k, v in server_env.items()}
+        if server is not None:
+            extra["HMDP_WEB_SERVER"] = server
+        env = self.env(**extra)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # deploy/web_server.py: one dir per instance
+        settings = Settings.from_env(env)  # refuses an unknown server before starting anything
+        server = settings.web_server
+        bind = f"127.0.0.1:{port}"
+        cmd = [sys.executable, *web_argv(bind, app=WSGI_APP)]
+        shown = [
+            f"{k}={v}" for k, v in sorted(env.items()) if k.startswith(("HMDP_WEB_", "GUNICORN_"))
+        ]
+        shown += server_argv(settings, bind, app=WSGI_APP)  # what that command execs
         self.supervisor.start("web", cmd, env, stdout=self.log_dir / "web.log")
-        self.commands["web"] = " ".join(shown + cmd)
+        self.commands["web"] = " ".join(shown)
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{port}/healthz"
         while time.monotonic() < deadline:
