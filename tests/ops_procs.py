@@ -1,5 +1,5 @@
-"""Real processes for the operations tests: gunicorn with deploy/gunicorn.conf.py, Celery
-workers, their JSON logs. Each runs in its own session so a test can stop or kill
+"""Real processes for the operations tests: the deployed web server command
+(deploy/web_server.py: granian, or gunicorn), Celery workers, their JSON logs. Each runs in its own session so a test can stop or kill
 the whole group and nothing outlives it."""
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
 from conftest import ROOT, process_env
 
 from cache.server import free_port
+from deploy.web_server import SERVERS, web_argv
 from settings import Settings
 from tasks.app import worker_argv
 
@@ -29,16 +31,20 @@ def http(
     method: str = "GET",
     headers: dict[str, str] | None = None,
     timeout: float = 10,
-) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection: (status, headers, body); raises OSError if none."""
+) -> tuple[int, Message, bytes]:
+    """One request on a fresh connection: (status, headers, body); raises OSError if none.
+
+    The headers are looked up case-insensitively, as HTTP says (granian sends them
+    in lower case, gunicorn as the app wrote them).
+    """
     request = urllib.request.Request(url, method=method, headers=headers or {})
     if method == "POST":
         request.data = b""
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, error.headers, error.read()
 
 
 def json_lines(path: Path) -> list[dict]:
@@ -106,7 +112,7 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 
 
 
 def children(pid: int) -> set[int]:
-    """Direct children of ``pid`` (gunicorn workers of a master)."""
+    """Direct children of ``pid`` (the web server's workers of its master)."""
     try:
         return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
     except OSError:
@@ -114,30 +120,21 @@ def children(pid: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def gunicorn(
-    settings: Settings, log: Path, workers: int = 1, **env: str
+def web_server(
+    settings: Settings, log: Path, workers: int = 1, server: str = "granian", **env: str
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """gunicorn -c deploy/gunicorn.conf.py on a free port; yields (base url, process)."""
+    """``python -m deploy.web_server`` on a free port, as deployed; yields (base url, master).
+
+    The command execs the server, so the process is the server's master.
+    """
+    assert server in SERVERS, server
     port = free_port()
-    child_env = process_env(settings, GUNICORN_WORKERS=str(workers), **env)
-    child_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the config picks one per instance
-    proc = start(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "deploy/gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "web.wsgi:app",
-        ],
-        child_env,
-        log,
-    )
+    child_env = process_env(settings, HMDP_WEB_SERVER=server, HMDP_WEB_WORKERS=str(workers), **env)
+    child_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the launcher picks one per instance
+    proc = start([sys.executable, *web_argv(f"127.0.0.1:{port}")], child_env, log)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: answers(f"{base}/healthz"), 60, "gunicorn /healthz", proc, log)
+        wait_for(lambda: answers(f"{base}/healthz"), 60, f"{server} /healthz", proc, log)
         yield base, proc
     finally:
         if proc.poll() is None:

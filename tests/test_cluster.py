@@ -1,4 +1,4 @@
-"""``python3 manage.py cluster``: three gunicorn instances behind a real nginx.
+"""``python3 manage.py cluster``: three web instances (granian) behind a real nginx.
 
 One test, one cluster (start-up is the expensive part), two phases:
 

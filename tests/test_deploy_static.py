@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import yaml
 import celeryconfig
 import metrics
 from deploy import cluster
+from deploy.web_server import APP, web_argv
 from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,11 +171,10 @@ def test_app_commands_point_at_real_modules_and_commands():
         cmd = command_of(service)
         assert cmd, f"{name} has no command"
         tool = cmd[0]
-        if tool == "gunicorn":
-            conf = option(cmd, "-c")
-            assert (ROOT / conf).is_file()
-            module, attr = cmd[-1].split(":")
-            assert module_defines(module, attr), cmd[-1]
+        if tool == "python":  # the web tier: exactly the shared launcher's command
+            assert cmd[1:] == web_argv(option(cmd, "--bind")), cmd
+            module, attr = APP.split(":")
+            assert module_defines(module, attr), APP
         elif tool == "celery":
             target = option(cmd, "-A")
             assert module_defines(target, "app"), target
@@ -192,6 +193,36 @@ def test_app_commands_point_at_real_modules_and_commands():
         else:
             raise AssertionError(f"{name}: unexpected command {cmd}")
     app.extensions["hmdp"].close()
+
+
+def test_web_server_command_is_the_deployed_granian_with_its_settings():
+    from deploy.web_server import server_argv
+
+    settings = Settings.from_env(
+        {"HMDP_WEB_WORKERS": "3", "HMDP_WEB_THREADS": "2", "HMDP_WEB_GRACEFUL_TIMEOUT": "25"}
+    )
+    cmd = server_argv(settings, "0.0.0.0:8000", log_config=Path("/x/log.json"))
+    assert cmd[1:3] == ["-m", "granian"] and cmd[-1] == APP
+    for name, value in {
+        "--interface": "wsgi",
+        "--host": "0.0.0.0",
+        "--port": "8000",
+        "--workers": "3",
+        "--blocking-threads": "2",
+        "--workers-kill-timeout": "25",
+        "--backlog": str(settings.web_backlog),
+        "--log-config": "/x/log.json",
+    }.items():
+        assert option(cmd, name) == value, name
+    assert {"--no-ws", "--respawn-failed-workers", "--http1-keep-alive"} <= set(cmd)
+    default = server_argv(Settings.from_env({}), "127.0.0.1:1")
+    assert option(default, "--workers") == str(os.cpu_count())
+    assert option(default, "--blocking-threads") == "2"
+    gunicorn = server_argv(Settings.from_env({"HMDP_WEB_SERVER": "gunicorn"}), "127.0.0.1:1")
+    assert cmd[1:3] == ["-m", "granian"] and gunicorn[1:3] == ["-m", "gunicorn"]
+    assert Path(option(gunicorn, "-c")).is_file()
+    with pytest.raises(ValueError):
+        Settings.from_env({"HMDP_WEB_SERVER": "uwsgi"})
 
 
 def test_mounted_files_exist():
@@ -322,7 +353,8 @@ def _seconds(text: str) -> int:
 def test_stop_grace_periods_cover_graceful_shutdown():
     for name in WEB:
         env = env_of(SERVICES[name])
-        assert _seconds(SERVICES[name]["stop_grace_period"]) > int(env["GUNICORN_GRACEFUL_TIMEOUT"])
+        graceful = Settings.from_env(env).web_graceful_timeout
+        assert _seconds(SERVICES[name]["stop_grace_period"]) > graceful
     assert _seconds(SERVICES["worker"]["stop_grace_period"]) > celeryconfig.task_time_limit
 
 
@@ -334,7 +366,7 @@ def test_dockerfile_copies_the_application_and_prepares_the_metrics_dir():
     metrics_dir = env_of(SERVICES["worker"])["PROMETHEUS_MULTIPROC_DIR"]
     assert f"mkdir -p {metrics_dir}" in dockerfile
     cmd = json.loads(re.search(r"^CMD (.+)$", dockerfile, re.M).group(1))
-    assert (ROOT / option(cmd, "-c")).is_file()
+    assert cmd == ["python", *web_argv("0.0.0.0:8000")]
 
 
 # --- nginx ------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""SIGTERM is graceful: gunicorn finishes in-flight requests, a Celery worker finishes its
-running task (warm shutdown) and acknowledges it; nothing in flight is lost.
+"""SIGTERM is graceful: the web server (granian as deployed, and gunicorn) finishes
+in-flight requests and publishes the order tasks its workers still queue; a Celery
+worker finishes its running task (warm shutdown) and acknowledges it; nothing in
+flight is lost.
 
 To hold a request or a task "in flight" for as long as the test needs, the test
 makes a REAL dependency wait: it pauses the Redis server (CLIENT PAUSE) or holds
@@ -8,18 +10,25 @@ a database write lock, and releases it only after the SIGTERM went out.
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
-from ops_procs import celery_worker, children, gunicorn, http, json_lines, wait_for
+from ops_procs import celery_worker, children, http, json_lines, wait_for, web_server
 
+from cache.server import EmbeddedRedis
+from deploy.web_server import SERVERS
 from models.entities import VoucherOrder
 
 ORDER_TASK = "tasks.orders.create_voucher_order"
+# What each server's master logs when a SIGTERM starts its graceful stop.
+STOPPING = {"granian": "Shutting down granian", "gunicorn": "Handling signal: term"}
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -46,9 +55,12 @@ def _holds_connection_on(pid: int, port: int) -> bool:
     return False
 
 
-def test_sigterm_lets_gunicorn_finish_an_in_flight_request(settings, redis_client, tmp_path):
+@pytest.mark.parametrize("server", SERVERS)
+def test_sigterm_lets_the_web_server_finish_an_in_flight_request(
+    server, settings, redis_client, tmp_path
+):
     log = tmp_path / "web.log"
-    with gunicorn(settings, log, workers=1) as (base, master):
+    with web_server(settings, log, workers=1, server=server) as (base, master):
         port = int(base.rsplit(":", 1)[1])
         (worker,) = children(master.pid)
         result: dict = {}
@@ -72,7 +84,43 @@ def test_sigterm_lets_gunicorn_finish_an_in_flight_request(settings, redis_clien
     assert status == 200, body  # answered after Redis woke up, during the graceful stop
     lines = json_lines(log)
     assert any(e.get("path") == "/readyz" and e.get("status") == 200 for e in lines)
-    assert any("Handling signal: term" in e.get("msg", "") for e in lines)
+    assert any(STOPPING[server] in e.get("msg", "") for e in lines)
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_sigterm_publishes_the_order_tasks_a_web_worker_still_queues(
+    server, app, seeded, settings, login_as, tmp_path
+):
+    """The dispatcher's exit flush runs in the server's workers on a graceful stop.
+
+    granian's workers are multiprocessing children that end with ``os._exit``: an
+    ``atexit`` flush never runs there (it did under gunicorn only). The broker is a
+    Redis of its own, paused while the task is published, so the task is still in
+    the worker's queue when the SIGTERM arrives; it must reach the broker anyway.
+    """
+    if not any(r.rule.startswith("/voucher-order/seckill/") for r in app.url_map.iter_rules()):
+        pytest.skip("route POST /voucher-order/seckill/<id> not registered")
+    broker_server = EmbeddedRedis(tmp_path / "broker").start()
+    broker = redis.Redis.from_url(broker_server.url)
+    log = tmp_path / "web.log"
+    try:
+        with web_server(
+            settings, log, workers=1, server=server, CELERY_BROKER_URL=broker_server.url
+        ) as (base, master):
+            broker.client_pause(1500, all=True)  # the publish waits ~1.5 s for the broker
+            status, _, body = http(
+                f"{base}/voucher-order/seckill/11", method="POST", headers=login_as(5)
+            )
+            assert status == 200, body
+            order_id = int(json.loads(body)["data"])
+            master.send_signal(signal.SIGTERM)
+            assert master.wait(30) == 0
+        messages = [json.loads(m) for m in broker.lrange("orders", 0, -1)]
+        published = [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+        assert [int(p["orderId"]) for p in published] == [order_id], log.read_text()[-2000:]
+    finally:
+        broker.close()
+        broker_server.stop()
 
 
 def _hold_order_table(url: str):

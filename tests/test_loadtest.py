@@ -1,7 +1,7 @@
 """Smoke tests of the load-test runner (loadtest/run.py) with tiny numbers.
 
 Each test runs the real runner in-process: its own embedded Redis and SQLite
-(or a fresh MariaDB database), a real gunicorn, a real Celery worker and a real
+(or a fresh MariaDB database), the deployed web server (granian), a real Celery worker and a real
 locust, exactly as ``python3 manage.py bench`` does, only with a handful of
 users. No timing is asserted: only counts, the orders verdict and the exit code.
 The verdict is shown to fail the run by corrupting the real database (a

@@ -1,4 +1,5 @@
-"""/metrics: route labels, live Redis readings, DB pool, and correctness under gunicorn -w 2."""
+"""/metrics: route labels, live Redis readings, DB pool, and correctness with two worker
+processes under the deployed web server command (granian, and gunicorn to compare)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from ops_procs import children, gunicorn, http, json_lines
+from ops_procs import children, http, json_lines, web_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from cache.server import free_port
+from deploy.web_server import SERVERS
 
 DURATION = "flask_http_request_duration_seconds"
 
@@ -136,7 +138,7 @@ def test_db_pool_gauge_follows_checkouts(app, client, services):
     assert after == before
 
 
-# --- real gunicorn with two workers ---------------------------------------------------
+# --- a real web server with two workers ---------------------------------------------
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -145,7 +147,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def _pids_serving(log: Path, path: str) -> set[int]:
-    """Pids of the gunicorn workers that logged an access line for ``path``."""
+    """Pids of the web server's workers that logged an access line for ``path``."""
     return {
         e["pid"]
         for e in json_lines(log)
@@ -153,16 +155,19 @@ def _pids_serving(log: Path, path: str) -> set[int]:
     }
 
 
-@pytest.fixture
-def gunicorn_two_workers(settings, tmp_path):
-    """A real gunicorn -w 2 (our config) serving the test settings; yields (base url, log)."""
-    log = tmp_path / "gunicorn.log"
-    with gunicorn(settings, log, workers=2, GUNICORN_THREADS="4") as (base, proc):
+@pytest.fixture(params=SERVERS)
+def two_workers(request, settings, tmp_path):
+    """``deploy.web_server`` with 2 workers serving the test settings; yields (url, log, master)."""
+    log = tmp_path / "web.log"
+    with web_server(settings, log, workers=2, server=request.param, HMDP_WEB_THREADS="4") as (
+        base,
+        proc,
+    ):
         yield base, log, proc
 
 
-def test_gunicorn_two_workers_metrics_count_all_traffic(gunicorn_two_workers, settings):
-    base, log, proc = gunicorn_two_workers
+def test_two_workers_metrics_count_all_traffic(two_workers, settings):
+    base, log, proc = two_workers
     workers = children(proc.pid)
     assert len(workers) == 2
 
@@ -207,7 +212,8 @@ def test_gunicorn_two_workers_metrics_count_all_traffic(gunicorn_two_workers, se
     pool_pids = {int(lab["pid"]) for n, lab, _ in samples(text) if n == "hmdp_db_pool_capacity"}
     assert pool_pids == workers
 
-    # A worker dies: its requests stay counted, its live gauges go (child_exit hook).
+    # A worker dies: its requests stay counted, its live gauges go (gunicorn: child_exit;
+    # granian: the respawned worker drops them, web.metrics.drop_dead_processes).
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 30

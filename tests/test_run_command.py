@@ -85,5 +85,6 @@ def test_up_serves_ready_system_with_demo_data_and_stops_everything(tmp_path: Pa
         output = launcher.communicate(timeout=60)[0].decode()
     assert launcher.returncode == 0, output[-3000:]
     assert "stopping embedded redis-server" in output
+    assert "starting granian" in output  # the deployed server (deploy/web_server.py)
     time.sleep(0.5)
     assert _processes_with_env(f"HMDP_VAR_DIR={var}") == []
