@@ -105,6 +105,11 @@ def granian_log_config(settings: Settings) -> dict:
     return config
 
 
+def log_config_path(settings: Settings, bind: str) -> Path:
+    """Where :func:`prepare` writes granian's logging config for this instance."""
+    return instance_dir(settings, bind, "run") / "granian-logging.json"
+
+
 def server_argv(
     settings: Settings,
     bind: str,
@@ -166,9 +171,8 @@ def prepare(settings: Settings, bind: str, *, app: str = APP, name: str | None =
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # logsetup for --log-config
     log_config = None
     if settings.web_server == "granian":
-        run_dir = instance_dir(settings, bind, "run")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log_config = run_dir / "granian-logging.json"
+        log_config = log_config_path(settings, bind)
+        log_config.parent.mkdir(parents=True, exist_ok=True)
         log_config.write_text(json.dumps(granian_log_config(settings), indent=1))
     return server_argv(settings, bind, app=app, name=name, log_config=log_config), env
 

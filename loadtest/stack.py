@@ -49,7 +49,7 @@ from cache import login as login_store  # noqa: E402
 from cache.server import EmbeddedRedis, free_port  # noqa: E402
 from cache.shop_source import top_shop_ids  # noqa: E402
 from deploy.supervisor import Supervisor  # noqa: E402
-from deploy.web_server import server_argv, web_argv  # noqa: E402
+from deploy.web_server import log_config_path, server_argv, web_argv  # noqa: E402
 from models.demo import DemoSize, load_demo_data  # noqa: E402
 from models.entities import SeckillVoucher  # noqa: E402
 from models.migrate import upgrade  # noqa: E402
@@ -273,7 +273,8 @@ class Stack:
         shown = [
             f"{k}={v}" for k, v in sorted(env.items()) if k.startswith(("HMDP_WEB_", "GUNICORN_"))
         ]
-        shown += server_argv(settings, bind, app=WSGI_APP)  # what that command execs
+        log_config = log_config_path(settings, bind) if server == "granian" else None
+        shown += server_argv(settings, bind, app=WSGI_APP, log_config=log_config)  # what it execs
         self.supervisor.start("web", cmd, env, stdout=self.log_dir / "web.log")
         self.commands["web"] = " ".join(shown)
         deadline = time.monotonic() + timeout
