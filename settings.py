@@ -71,7 +71,10 @@ class Settings:
     shop_type_ttl: int = 60 * 60
     logical_ttl: int = 30 * 60
     rebuild_lock_ttl: int = 10
-    near_cache_ttl: float = 1.0
+    # L1 lifetime. Invalidation (pub/sub + acks) keeps it fresh; the TTL only bounds a
+    # process that missed a message. Each expiry of a hot key sends one read through Redis
+    # and Flask: at 1 s that was ~1.5% of the hot reads and the p99 of GET /shop/{id}.
+    near_cache_ttl: float = 5.0
     near_cache_size: int = 10_000
     shop_cache_strategy: str = "mutex"  # passthrough | mutex | logical
     hot_shop_count: int = 100

@@ -146,6 +146,12 @@ def server_argv(
         str(threads),
         "--backlog",
         str(settings.web_backlog),
+        # Requests per worker in flight or queued for a thread. granian's default
+        # (backlog / workers) stops accepting a worker's keep-alive connections beyond
+        # it: 25 of 30,000 seckill answers at 1,000 users never arrived (60 s client
+        # timeouts) while their reservations were made. One worker may hold them all.
+        "--backpressure",
+        str(settings.web_backlog),
         "--http1-keep-alive" if settings.web_keepalive > 0 else "--no-http1-keep-alive",
         "--workers-kill-timeout",
         str(settings.web_graceful_timeout),

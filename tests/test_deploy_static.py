@@ -211,6 +211,7 @@ def test_web_server_command_is_the_deployed_granian_with_its_settings():
         "--blocking-threads": "2",
         "--workers-kill-timeout": "25",
         "--backlog": str(settings.web_backlog),
+        "--backpressure": str(settings.web_backlog),
         "--log-config": "/x/log.json",
     }.items():
         assert option(cmd, name) == value, name
