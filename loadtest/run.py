@@ -3,7 +3,7 @@
     python3 manage.py bench list
     python3 manage.py bench seckill-500
     python3 manage.py bench cache-high --duration 60
-    python3 manage.py bench shop-peak --worker-class gevent --workers 2
+    python3 manage.py bench shop-peak --server gunicorn --worker-class gevent
     python3 manage.py bench seckill-30k --database-url mysql+pymysql://root@127.0.0.1:3306/
 
 Each run, on a fresh stack (``loadtest/stack.py``: embedded Redis + SQLite by
@@ -11,11 +11,12 @@ default; REDIS_URL / DATABASE_URL or the options for others, MariaDB getting a
 database of its own that is dropped afterwards):
 
 1. seeds the scenario's demo data, writes sessions for its users, starts
-   gunicorn (``deploy/gunicorn.conf.py``; --workers/--worker-class/--threads
-   or GUNICORN_*) and, when it sells, a Celery worker;
+   the web server with the deployed command (``deploy/web_server.py``:
+   granian, or gunicorn with --server gunicorn; --workers/--threads or
+   HMDP_WEB_*) and, when it sells, a Celery worker;
 2. measures the same-run baselines: ``redis-benchmark -t get`` against the
    stack's Redis (when the binary exists) and the empty Flask route
-   ``/bench/empty`` on the same gunicorn with the scenario's own generator;
+   ``/bench/empty`` on the same server with the scenario's own generator;
 3. runs the scenario (locust, headless, or wrk for the *-peak runs), then
    waits until the orders Stream is empty (every reservation a row);
 4. judges the orders (``loadtest/verify.py`` over ``web.orders.verify_orders``)
@@ -204,7 +205,7 @@ def redis_benchmark(url: str, out_dir: Path) -> dict[str, Any] | None:
 
 
 def _warm(base_url: str, paths: list[str]) -> None:
-    """Every hot shop cached (and in each gunicorn worker's near-cache it reaches)."""
+    """Every hot shop cached (and in each web worker's near-cache it reaches)."""
     for path in paths * 2:
         with contextlib.suppress(OSError), urllib.request.urlopen(base_url + path, timeout=30):
             pass
@@ -549,9 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="granian",
         help="WSGI server: granian (deployed) or gunicorn (to compare); deploy/web_server.py",
     )
-    stack.add_argument("--workers", type=int, help="gunicorn workers (GUNICORN_WORKERS)")
-    stack.add_argument("--worker-class", help="gunicorn worker class (GUNICORN_WORKER_CLASS)")
-    stack.add_argument("--threads", type=int, help="gunicorn threads (GUNICORN_THREADS)")
+    stack.add_argument("--workers", type=int, help="web worker processes (HMDP_WEB_WORKERS)")
+    stack.add_argument("--worker-class", help="gunicorn only: worker class (GUNICORN_WORKER_CLASS)")
+    stack.add_argument(
+        "--threads", type=int, help="threads per web worker (HMDP_WEB_THREADS; granian: blocking)"
+    )
     stack.add_argument("--worker-concurrency", type=int, default=4, help="Celery processes")
     stack.add_argument("--worker-pool", default="prefork", help="Celery pool")
     stack.add_argument(
