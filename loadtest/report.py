@@ -41,7 +41,8 @@ HEADER = (
 )
 
 
-def _n(value: Any, digits: int = 0) -> str:
+def number(value: Any, digits: int = 0) -> str:
+    """A figure for a table: thousands separated, floats to ``digits``, None as "-"."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -66,15 +67,15 @@ def row(summary: dict[str, Any]) -> str:
     cells = [
         summary["scenario"],
         result.get("generator", summary["generator"]),
-        _n(summary["users"]),
-        _n(summary["rate"]) if summary.get("rate") else "closed loop",
-        _n(result["requests"]),
-        _n(result["rps"]),
-        _n(result.get("p50"), 1),
-        _n(result.get("p95"), 1),
-        _n(result.get("p99"), 1),
-        _n(result.get("failures", 0)),
-        _n(empty.get("rps")),
+        number(summary["users"]),
+        number(summary["rate"]) if summary.get("rate") else "closed loop",
+        number(result["requests"]),
+        number(result["rps"]),
+        number(result.get("p50"), 1),
+        number(result.get("p95"), 1),
+        number(result.get("p99"), 1),
+        number(result.get("failures", 0)),
+        number(empty.get("rps")),
         _orders(summary),
         summary.get("seed") or "-",
     ]

@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from loadtest import wrk  # noqa: E402
+from loadtest.report import number  # noqa: E402
 from loadtest.scenarios import SCENARIOS, Scenario  # noqa: E402
 from loadtest.stack import SeedInfo, Stack  # noqa: E402
 from loadtest.verify import judge  # noqa: E402
@@ -433,14 +434,6 @@ def run_scenario(
 # --- the report --------------------------------------------------------------------------------
 
 
-def _num(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}"
-
-
 def table(summary: dict[str, Any]) -> str:
     """The results table (plain text, also written to table.txt)."""
     lines = [
@@ -461,15 +454,15 @@ def table(summary: dict[str, Any]) -> str:
             continue
         users = 50 if r["generator"] == "redis-benchmark" else summary["users"]
         lines.append(
-            f"{name:<26}{r['generator']:<16}{users:>6}{_num(r['requests']):>10}"
-            f"{_num(r['rps']):>10}{_num(r.get('p50'), 2):>9}{_num(r.get('p95'), 2):>9}"
-            f"{_num(r.get('p99'), 2):>9}{_num(r.get('failures', 0)):>8}"
+            f"{name:<26}{r['generator']:<16}{users:>6}{number(r['requests']):>10}"
+            f"{number(r['rps'], 1):>10}{number(r.get('p50'), 2):>9}{number(r.get('p95'), 2):>9}"
+            f"{number(r.get('p99'), 2):>9}{number(r.get('failures', 0)):>8}"
         )
         by_name = r.get("by_name") or {}
         for route, n in by_name.items() if len(by_name) > 1 else ():
             lines.append(
-                f"  {route:<40}{_num(n['requests']):>16}{'':>10}{_num(n['p50'], 2):>9}"
-                f"{_num(n['p95'], 2):>9}{_num(n['p99'], 2):>9}{_num(n['failures']):>8}"
+                f"  {route:<40}{number(n['requests']):>16}{'':>10}{number(n['p50'], 2):>9}"
+                f"{number(n['p95'], 2):>9}{number(n['p99'], 2):>9}{number(n['failures']):>8}"
             )
     empty, result = summary.get("empty"), summary["result"]
     if empty and empty.get("rps"):
