@@ -60,6 +60,11 @@ ORDER_DISPATCH_FAILURES = Counter(
 ORDER_TASKS = Counter(
     "hmdp_order_tasks_total", "Order task runs by result", ["result"]
 )  # created | duplicate | oversell | rejected | retried | failed
+ORDER_BATCH_SETTLED = Counter(
+    "hmdp_order_batch_settled_total",
+    "Stream entries an order task settled in its batch besides its own (group commit)",
+    ["outcome"],
+)  # created | duplicate | oversell | rejected
 ORDER_TASK_SECONDS = Histogram(
     "hmdp_order_task_seconds",
     "Order task duration",

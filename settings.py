@@ -81,6 +81,7 @@ class Settings:
     rebuild_wait: float = 3.0  # longest a reader waits for another's rebuild (then 503)
     near_cache_enabled: bool = True  # in-process L1 in front of Redis (pub/sub invalidated)
     shop_fast_path: bool = True  # near-cache hits of GET /shop/{id} answered below Flask
+    seckill_fast_path: bool = True  # POST /voucher-order/seckill/{id} answered below Flask
     logical_refresh_ahead: int = 5 * 60  # beat refreshes logical keys this long before expiry
     bloom_expected_shops: int = 200_000  # Bloom filter sizing (m, k) for this many shop ids
     bloom_fp_rate: float = 0.01
@@ -107,6 +108,9 @@ class Settings:
     order_max_deliveries: int = 5
     order_claim_idle_ms: int = 30_000
     order_lock_lease_ms: int = 30_000
+    # Entries one order task may claim from the Stream and settle in one transaction
+    # besides its own (group commit, tasks/orders.py); 1 = one order per task.
+    order_settle_batch: int = 100
 
     # --- rate limiting ----------------------------------------------------
     rate_limit_enabled: bool = True
@@ -173,6 +177,7 @@ class Settings:
             rebuild_wait=_float(env, "HMDP_REBUILD_WAIT", cls.rebuild_wait),
             near_cache_enabled=_bool(env, "HMDP_NEAR_CACHE", cls.near_cache_enabled),
             shop_fast_path=_bool(env, "HMDP_SHOP_FAST_PATH", cls.shop_fast_path),
+            seckill_fast_path=_bool(env, "HMDP_SECKILL_FAST_PATH", cls.seckill_fast_path),
             logical_refresh_ahead=_int(
                 env, "HMDP_LOGICAL_REFRESH_AHEAD", cls.logical_refresh_ahead
             ),
@@ -198,6 +203,7 @@ class Settings:
             order_max_deliveries=_int(env, "HMDP_ORDER_MAX_DELIVERIES", cls.order_max_deliveries),
             order_claim_idle_ms=_int(env, "HMDP_ORDER_CLAIM_IDLE_MS", cls.order_claim_idle_ms),
             order_lock_lease_ms=_int(env, "HMDP_ORDER_LOCK_LEASE_MS", cls.order_lock_lease_ms),
+            order_settle_batch=_int(env, "HMDP_ORDER_SETTLE_BATCH", cls.order_settle_batch),
             rate_limit_enabled=_bool(env, "HMDP_RATE_LIMIT_ENABLED", cls.rate_limit_enabled),
             rate_limit_seckill=env.get("HMDP_RATE_LIMIT_SECKILL") or cls.rate_limit_seckill,
             rate_limit_shop_query=env.get("HMDP_RATE_LIMIT_SHOP_QUERY")
@@ -256,6 +262,8 @@ class Settings:
             )
         if self.uv_flush_interval <= 0:
             raise ValueError("HMDP_UV_FLUSH_INTERVAL must be positive")
+        if not 1 <= self.order_settle_batch <= 1000:
+            raise ValueError("HMDP_ORDER_SETTLE_BATCH must be 1..1000")
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):

@@ -405,6 +405,12 @@ class RLock:
         if self._release_script is None:
             self._release_script = load_script(self.client, "rlock_release")
         left = int(self._release_script(keys=[self.name], args=[owner, self.channel]))
+        self._drop_hold(owner, left)
+        if left < 0:
+            raise LockNotOwnedError(f"lock {self.name!r} is not held by {owner}")
+
+    def _drop_hold(self, owner: str, left: int) -> None:
+        """Forget one hold after the release script ran (``left`` is its reply)."""
         state = _current()
         key = self._key(owner)
         with state.lock:
@@ -416,8 +422,6 @@ class RLock:
                     del state.holds[key]
                     if left == 0:
                         _HOLD["rlock"].observe(time.monotonic() - hold.since)
-        if left < 0:
-            raise LockNotOwnedError(f"lock {self.name!r} is not held by {owner}")
 
     def force_release(self) -> bool:
         """Delete the lock whoever holds it and wake waiters (operators only).
@@ -462,3 +466,56 @@ class RLock:
 
     def __repr__(self) -> str:
         return f"RLock({self.name!r}, lease_ms={self.lease_ms})"
+
+
+# --- many RLocks in one round trip (batch settling) --------------------------------
+def acquire_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
+    """Try each lock once, all in ONE pipeline; returns those taken (watchdog-held).
+
+    For a worker settling a batch of orders: one lock per user, and waiting on
+    a busy one would stall the whole batch, so nothing here waits; the caller
+    handles the entries of the locks it did not get one by one, with the
+    blocking :meth:`RLock.acquire`. Every lock must use ``client``.
+    """
+    if not locks:
+        return []
+    owner = owner_id()
+    script = load_script(client, "rlock_acquire")
+    pipe = client.pipeline(transaction=False)
+    for lock in locks:
+        script(keys=[lock.name], args=[lock.lease_ms, owner], client=pipe)
+    started = time.monotonic()
+    replies = pipe.execute()
+    now = time.monotonic()
+    taken = []
+    for lock, ttl in zip(locks, replies, strict=True):
+        if ttl is None:
+            lock._record_hold(owner, lock.lease_ms, watchdog=True, now=now)
+            taken.append(lock)
+        else:
+            _CONTENTION["rlock"].inc()
+    _WAIT["rlock"].observe(now - started)
+    return taken
+
+
+def release_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
+    """Drop one hold of each lock in ONE pipeline; returns those no longer ours.
+
+    A lock not held any more (its lease expired, or it was force-released) is
+    returned rather than raised, so that one lost lease does not leave the
+    others held until they expire.
+    """
+    if not locks:
+        return []
+    owner = owner_id()
+    script = load_script(client, "rlock_release")
+    pipe = client.pipeline(transaction=False)
+    for lock in locks:
+        script(keys=[lock.name], args=[owner, lock.channel], client=pipe)
+    lost = []
+    for lock, reply in zip(locks, pipe.execute(), strict=True):
+        left = int(reply)
+        lock._drop_hold(owner, left)
+        if left < 0:
+            lost.append(lock)
+    return lost

@@ -13,11 +13,15 @@ Settlement design (the contract every writer and reader here follows):
   unsettled work alone, so no trimming by length is needed or wanted: ``XLEN``
   *is* the backlog, and nothing unsettled can be trimmed away.
 * The consumer group ``g1`` (created at ``0`` with MKSTREAM, so entries written
-  before it are not skipped) is used by recovery only. Tasks get their entry in
-  the Celery message and never XREADGROUP (their XACK is a no-op unless
-  recovery holds the entry, in which case it is right to clear it). Entries in
-  the group's pending list (PEL) are exactly those recovery took on; the PEL's
-  delivery counter is the attempt counter for the dead-letter rule.
+  before it are not skipped) hands out entries that somebody is settling now.
+  Each task gets its own entry in the Celery message, and also *claims a batch*
+  of entries nobody took yet with ``XREADGROUP ... >`` (:func:`claim_new`,
+  consumer ``tasks``) to settle them together, one transaction for many
+  orders: group commit. The group makes those batches disjoint between
+  concurrent workers, and a worker killed mid-batch leaves its batch in the
+  pending list (PEL), where recovery finds it. Entries in the PEL are those a
+  batch or recovery took on; the PEL's delivery counter is the attempt counter
+  for the dead-letter rule.
 * :func:`recover` (run by beat every ~15 s, see ``beat/order_jobs.py``):
   1. *stuck*: ``XPENDING ... IDLE`` finds PEL entries idle longer than
      ``order_claim_idle_ms`` (recovery died or failed mid-way); ``XCLAIM``
@@ -56,6 +60,7 @@ from settings import Settings
 log = logging.getLogger(__name__)
 
 RECOVERY_CONSUMER = "recovery"
+TASK_CONSUMER = "tasks"  # one name for every worker: batches are disjoint all the same
 MAX_ID = (1 << 63) - 1
 _PAGE = 1000
 
@@ -139,6 +144,16 @@ def acknowledge(client: redis.Redis, settings: Settings, stream_id: str) -> None
     pipe.execute()
 
 
+def acknowledge_many(client: redis.Redis, settings: Settings, stream_ids: list[str]) -> None:
+    """:func:`acknowledge` for a settled batch: one XACK and one XDEL, one MULTI."""
+    if not stream_ids:
+        return
+    pipe = client.pipeline(transaction=True)
+    pipe.xack(settings.order_stream, settings.order_group, *stream_ids)
+    pipe.xdel(settings.order_stream, *stream_ids)
+    pipe.execute()
+
+
 def dead_letter(
     client: redis.Redis,
     settings: Settings,
@@ -177,6 +192,36 @@ def iter_stream(client: redis.Redis, stream: str) -> Iterator[tuple[str, dict]]:
         if len(page) < _PAGE:
             return
         start = "(" + page[-1][0]
+
+
+def claim_new(
+    client: redis.Redis, settings: Settings, count: int, own_id: str | None = None
+) -> tuple[bool, list[tuple[str, dict]]]:
+    """Claim up to ``count`` entries nobody took yet, for a task to settle as a batch.
+
+    Returns (whether ``own_id`` is still in the Stream, the claimed entries),
+    in one round trip. An entry gone from the Stream was settled (the row is
+    committed) or dead-lettered, so its task has nothing left to do. Claimed
+    entries are in the PEL under ``tasks``: if the claimer dies, recovery
+    takes them over once idle (phase 1 of :func:`recover`).
+    """
+    stream, group = settings.order_stream, settings.order_group
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        if own_id is not None:
+            pipe.xrange(stream, min=own_id, max=own_id)
+        pipe.xreadgroup(group, TASK_CONSUMER, {stream: ">"}, count=max(1, count))
+        try:
+            replies = pipe.execute()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc) or attempt == 2:
+                raise
+            ensure_group(client, settings)
+            continue
+        present = bool(replies[0]) if own_id is not None else False
+        read = replies[-1]
+        return present, (read[0][1] if read else [])
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -331,8 +376,9 @@ class _Run:
         )
         if not older:
             return 0
-        # Only recovery reads the group (under its lock), so the first len(older)
-        # undelivered entries are these (fewer if some were settled meanwhile).
+        # The first len(older) undelivered entries are these, unless a task's
+        # batch took some meanwhile: then newer ones come instead, which is
+        # harmless (settling is idempotent), just early.
         replies = self.client.xreadgroup(
             s.order_group, RECOVERY_CONSUMER, {s.order_stream: ">"}, count=len(older)
         )

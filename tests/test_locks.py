@@ -20,7 +20,15 @@ import redis
 from conftest import process_env
 
 from cache.connection import connect
-from cache.locks import LockNotOwnedError, LockTimeout, RLock, SimpleLock, owner_id
+from cache.locks import (
+    LockNotOwnedError,
+    LockTimeout,
+    RLock,
+    SimpleLock,
+    acquire_all,
+    owner_id,
+    release_all,
+)
 from cache.scripts import load_script
 
 WORKER = Path(__file__).with_name("lock_worker.py")
@@ -395,6 +403,35 @@ def test_bounded_wait_returns_false(redis_client):
     assert out["result"] is False
     assert 0.3 <= out["elapsed"] < 20  # returned on its own timeout, not the 30 s lease
     holder.release()
+
+
+def test_acquire_all_takes_the_free_locks_in_one_go_and_skips_held_ones(redis_client):
+    names = [f"lock:order:{n}" for n in (30, 31, 32)]
+    other = RLock(redis_client, names[1])
+    thread, out = run_in_thread(lambda: other.acquire(blocking=False))
+    thread.join(10)
+    assert out["result"] is True  # held by another thread: an owner that is not us
+    locks = [RLock(redis_client, name, lease_ms=3000) for name in names]
+    taken = acquire_all(redis_client, locks)
+    assert taken == [locks[0], locks[2]]
+    assert [lock.hold_count() for lock in locks] == [1, 0, 1]
+    time.sleep(3.5)  # past the lease: the watchdog renewed the batch's holds
+    assert locks[0].is_held_by_me() and locks[2].is_held_by_me()
+    assert release_all(redis_client, taken) == []
+    assert not redis_client.exists(names[0]) and not redis_client.exists(names[2])
+    assert redis_client.exists(names[1])  # the other owner's hold untouched
+    assert RLock(redis_client, names[1]).force_release()
+
+
+def test_release_all_reports_lost_locks_and_releases_the_rest(redis_client):
+    locks = [RLock(redis_client, f"lock:order:{n}") for n in (33, 34)]
+    assert acquire_all(redis_client, locks) == locks
+    assert locks[0].acquire()  # reentrant on top of the batch's hold
+    assert RLock(redis_client, "lock:order:34").force_release()
+    assert release_all(redis_client, locks) == [locks[1]]
+    assert locks[0].hold_count() == 1  # one hold left: the reentrant one
+    locks[0].release()
+    assert not redis_client.exists("lock:order:33")
 
 
 # --- SimpleLock ----------------------------------------------------------------

@@ -12,12 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client import REGISTRY
-from seckill_helpers import add_shop, create_seckill, db_orders, db_stock, order_count
-from sqlalchemy import update
+from seckill_helpers import add_shop, create_seckill, db_orders, db_stock, order_count, wait_for
+from sqlalchemy import event, update
 from sqlalchemy.exc import OperationalError
 
 from beat.order_jobs import run_recovery
 from cache import order_stream
+from cache.locks import RLock
 from cache.order_stream import OrderEntry, recover
 from cache.seckill import SeckillGate
 from models.entities import SeckillVoucher, VoucherOrder
@@ -158,6 +159,163 @@ def test_oversell_attempt_writes_nothing_and_is_dead_lettered(services, voucher,
 def test_malformed_payloads_are_rejected_without_writes(services, voucher, payload):
     assert run_order_task(services, payload) == REJECTED
     assert order_count(services) == 0
+
+
+# --- group commit: a task settles a batch claimed from the Stream ---------------------------
+
+
+def _batch_settled(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("hmdp_order_batch_settled_total", {"outcome": outcome})
+    return value or 0.0
+
+
+def _stream_empty(services, settings) -> bool:  # type: ignore[no-untyped-def]
+    pending = services.redis.xpending(settings.order_stream, settings.order_group)["pending"]
+    return services.redis.xlen(settings.order_stream) == 0 and pending == 0
+
+
+def test_one_task_settles_the_backlog_and_the_others_return_without_the_database(
+    services, voucher, settings
+):
+    entries = _reserve(services, voucher, range(1000, 1030))
+    before = _batch_settled(CREATED)
+    assert run_order_task(services, entries[5].to_payload()) == CREATED
+    assert _batch_settled(CREATED) == before + 29
+    assert sorted(db_orders(services, voucher)) == sorted((e.order_id, e.user_id) for e in entries)
+    assert db_stock(services, voucher) == 20 and _stream_empty(services, settings)
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    event.listen(services.db.engine, "before_cursor_execute", count)
+    try:
+        outcomes = [run_order_task(services, e.to_payload()) for e in entries]
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", count)
+    assert outcomes == [DUPLICATE] * 30
+    assert statements == []  # settled entries are gone from the Stream: no query needed
+    assert len(db_orders(services, voucher)) == 30 and db_stock(services, voucher) == 20
+    audit = verify_orders(services, voucher)
+    assert audit.ok and audit.unsettled == 0, audit.lines()
+
+
+def test_the_batch_size_bounds_what_one_task_claims(services, voucher, settings):
+    small = Services(settings.with_(order_settle_batch=4))
+    try:
+        entries = _reserve(small, voucher, range(1100, 1110))
+        assert run_order_task(small, entries[0].to_payload()) == CREATED
+        assert order_count(small) == 4
+        assert run_order_task(small, entries[9].to_payload()) == CREATED  # not in the next 4
+        assert order_count(small) == 9  # 4 claimed + its own, settled alone
+        # a task whose own entry is settled still claims and settles what is left:
+        assert run_order_task(small, entries[1].to_payload()) == DUPLICATE
+        assert order_count(small) == 10 and _stream_empty(small, settings)
+        assert run_order_task(small, entries[8].to_payload()) == DUPLICATE
+    finally:
+        small.close()
+    one = Services(settings.with_(order_settle_batch=1))  # batching off
+    try:
+        more = _reserve(one, voucher, range(1110, 1113))
+        assert run_order_task(one, more[0].to_payload()) == CREATED
+        assert order_count(one) == 11
+    finally:
+        one.close()
+
+
+def test_a_busy_user_lock_is_skipped_by_the_batch_then_settled_alone(services, voucher, settings):
+    entries = _reserve(services, voucher, range(1200, 1210))
+    busy = RLock(services.redis, "lock:order:1204")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.acquire()
+        held.set()
+        release.wait(10)
+        busy.release()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    seen_while_held: list[int] = []
+
+    def settle_batch() -> str:
+        return run_order_task(services, entries[0].to_payload())
+
+    with ThreadPoolExecutor(1) as pool:
+        outcome = pool.submit(settle_batch)
+        wait_for(lambda: order_count(services) == 9, 10, 0.01, "batch without the busy user")
+        seen_while_held.extend(u for _, u in db_orders(services, voucher))
+        release.set()
+        assert outcome.result(timeout=20) == CREATED
+    holder.join(10)
+    assert 1204 not in seen_while_held
+    assert sorted(u for _, u in db_orders(services, voucher)) == list(range(1200, 1210))
+    assert db_stock(services, voucher) == 40 and _stream_empty(services, settings)
+
+
+def test_a_batch_larger_than_the_database_stock_sells_exactly_what_is_left(
+    services, voucher, settings
+):
+    entries = _reserve(services, voucher, range(1300, 1305))
+    with services.db.session() as session:
+        session.execute(
+            update(SeckillVoucher).where(SeckillVoucher.voucher_id == voucher).values(stock=3)
+        )
+    before = REGISTRY.get_sample_value("hmdp_order_oversell_attempts_total") or 0
+    run_order_task(services, entries[0].to_payload())
+    assert db_stock(services, voucher) == 0
+    assert [u for _, u in sorted(db_orders(services, voucher), key=lambda r: r[1])] == [
+        1300,
+        1301,
+        1302,
+    ]
+    assert REGISTRY.get_sample_value("hmdp_order_oversell_attempts_total") == before + 2
+    dead = services.redis.xrange(settings.order_dead_letter_stream)
+    assert sorted(f["userId"] for _, f in dead) == ["1303", "1304"]
+    assert _stream_empty(services, settings)
+
+
+def test_a_batch_with_an_order_already_in_the_database_writes_the_rest_once(
+    services, voucher, settings
+):
+    entries = _reserve(services, voucher, range(1400, 1404))
+    assert persist_order(services.db, entries[2]) == CREATED  # a row, entry not yet settled
+    before = _batch_settled(DUPLICATE)
+    assert run_order_task(services, entries[0].to_payload()) == CREATED
+    assert _batch_settled(DUPLICATE) == before + 1
+    assert sorted(db_orders(services, voucher)) == sorted((e.order_id, e.user_id) for e in entries)
+    assert db_stock(services, voucher) == 46 and _stream_empty(services, settings)
+
+
+def test_a_batch_claimed_by_a_worker_that_died_is_recovered(services, voucher, settings):
+    entries = _reserve(services, voucher, range(1500, 1506))
+    present, claimed = order_stream.claim_new(services.redis, settings, 100, entries[0].stream_id)
+    assert present and [sid for sid, _ in claimed] == [e.stream_id for e in entries]
+    # ... and the claimer dies. The own task of one entry still settles it (alone):
+    assert run_order_task(services, entries[0].to_payload()) == CREATED
+    assert order_count(services) == 1
+    svc = _recovery_services(settings, order_claim_idle_ms=0)
+    try:
+        report = run_recovery(svc)
+    finally:
+        svc.close()
+    assert report["claimed"] == 5 and report["settled"] == {CREATED: 5}
+    assert sorted(u for _, u in db_orders(services, voucher)) == list(range(1500, 1506))
+    assert _stream_empty(services, settings)
+
+
+def test_a_malformed_entry_in_a_batch_is_dead_lettered_and_the_rest_settled(
+    services, voucher, settings
+):
+    entries = _reserve(services, voucher, [1600])
+    services.redis.xadd(settings.order_stream, {"orderId": "x", "userId": "1601"})
+    entries += _reserve(services, voucher, [1602])
+    assert run_order_task(services, entries[1].to_payload()) == CREATED
+    assert sorted(u for _, u in db_orders(services, voucher)) == [1600, 1602]
+    dead = services.redis.xrange(settings.order_dead_letter_stream)
+    assert len(dead) == 1 and dead[0][1]["reason"].startswith("malformed")
+    assert _stream_empty(services, settings)
 
 
 # --- recovery ---------------------------------------------------------------------------------
@@ -308,6 +466,7 @@ def test_recovery_is_skipped_while_the_database_is_down(services, voucher, setti
 
 def test_task_and_recovery_racing_on_many_entries_give_one_row_each(services, voucher, settings):
     entries = _reserve(services, voucher, range(700, 740))
+    created_in_batches = _batch_settled(CREATED)
     fast = _recovery_services(settings, order_claim_idle_ms=0)
     time.sleep(0.002)
     try:
@@ -318,8 +477,13 @@ def test_task_and_recovery_racing_on_many_entries_give_one_row_each(services, vo
             report = recovered.result()
     finally:
         fast.close()
-    created = outcomes.count(CREATED) + report["settled"].get(CREATED, 0)
-    assert created == 40
+    created = (
+        outcomes.count(CREATED)
+        + report["settled"].get(CREATED, 0)
+        + _batch_settled(CREATED)
+        - created_in_batches
+    )
+    assert created == 40  # each order created exactly once, whoever did it
     rows = db_orders(services, voucher)
     assert len(rows) == 40 and len({u for _, u in rows}) == 40
     assert db_stock(services, voucher) == 10

@@ -32,7 +32,12 @@ from web.order_dispatch import CelerySender
 from web.orders import ORDER_TASK, flush_dispatch, verify_orders
 
 # Locks of a killed worker expire fast; recovery by the worker treats 1 s as stuck.
-WORKER_ENV = {"HMDP_ORDER_LOCK_LEASE_MS": "3000", "HMDP_ORDER_CLAIM_IDLE_MS": "1000"}
+# Batches of 20 (group commit): small enough that a kill or an outage lands mid-drain.
+WORKER_ENV = {
+    "HMDP_ORDER_LOCK_LEASE_MS": "3000",
+    "HMDP_ORDER_CLAIM_IDLE_MS": "1000",
+    "HMDP_ORDER_SETTLE_BATCH": "20",
+}
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ def test_reads_every_documented_variable(tmp_path: Path):
         ({"HMDP_RATE_LIMIT_ENABLED": "maybe"}, "must be a boolean"),
         ({"HMDP_TTL_JITTER": "2"}, "between 0 and 1"),
         ({"HMDP_NULL_TTL": "-1"}, "must not be negative"),
+        ({"HMDP_ORDER_SETTLE_BATCH": "0"}, "HMDP_ORDER_SETTLE_BATCH must be 1..1000"),
     ],
 )
 def test_bad_values_fail_at_start_with_the_variable_named(env, message):
