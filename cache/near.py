@@ -24,8 +24,19 @@ returns, no process returns the old value**. How:
    recent (:data:`SERVE_BOUND_S`); on disconnect, on resubscribe and after a
    heartbeat gap it is cleared whole, since messages may have been missed.
 
-Eviction is FIFO by insertion (not LRU): with a TTL of about a second the hot
+Eviction is FIFO by insertion (not LRU): with a TTL of a few seconds the hot
 keys are re-inserted constantly anyway, and a hit then needs no lock.
+
+**Refresh-ahead** (:meth:`NearCache.lookup`): an entry that is read after a
+random point between :data:`REFRESH_AHEAD` of its TTL is handed, once, to the
+reader that found it, which re-reads Redis and re-inserts it (the region does
+that: :meth:`cache.region.CacheRegion.near_get`) while every other reader keeps
+getting the entry. A key read all the time then never expires: without it,
+every hot key expired every TTL in every process and the next reads took the
+slow path (Flask and a Redis round trip), all at about the same moment, since
+keys filled together expire together. The refreshed entry is an ordinary
+insert (generation taken and expiry counted from before its Redis read), so
+rule 3 above holds for it unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -49,6 +61,10 @@ MEMBER_WINDOW_MS = 5_000  # writers count members seen within this window
 SERVE_BOUND_S = 2.5  # L1 is served only if the last heartbeat is younger (< window)
 ACK_TTL_MS = 30_000  # an ack list left behind by a writer that gave up expires
 _RECONNECT_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+# An entry is due for a refresh from a random point between these fractions of
+# its TTL: early enough that one read finds it due well before it expires, spread
+# so that keys filled in the same instant are not refreshed in the same instant.
+REFRESH_AHEAD = (0.6, 0.8)
 
 
 class NearCache:
@@ -82,7 +98,8 @@ class NearCache:
         # Called at init and in a forked child: the thread did not survive the fork.
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, str]] = {}
+        # key -> (expires at, text, due for a refresh at), monotonic times
+        self._entries: dict[str, tuple[float, str, float]] = {}
         self._gen = 0
         self._live = False
         self._beat_at = float("-inf")
@@ -107,6 +124,31 @@ class NearCache:
             return None
         return entry[1]
 
+    def lookup(self, key: str) -> tuple[str | None, bool]:
+        """Like :meth:`get`, plus whether THIS caller should refresh the entry now.
+
+        True at most once per inserted entry: for the first reader after the
+        entry's refresh point (see :data:`REFRESH_AHEAD`). That reader re-reads
+        Redis and re-inserts the value with :meth:`put`; if it cannot (Redis down, key gone),
+        the entry simply expires at its TTL, as without refresh-ahead.
+        """
+        if not self.serving():
+            self.start()
+            return None, False
+        entry = self._entries.get(key)
+        if entry is None:
+            return None, False
+        now = time.monotonic()
+        if entry[0] <= now:
+            return None, False
+        if entry[2] > now:
+            return entry[1], False
+        with self._lock:  # claim it: the due point moves to the expiry, nobody else is due
+            if self._entries.get(key) is not entry:
+                return entry[1], False  # replaced or evicted meanwhile
+            self._entries[key] = (entry[0], entry[1], entry[0])
+        return entry[1], True
+
     @property
     def generation(self) -> int:
         """Snapshot this BEFORE reading Redis; pass it to :meth:`put`."""
@@ -129,7 +171,8 @@ class NearCache:
             entries.pop(key, None)
             if len(entries) >= self.size:
                 del entries[next(iter(entries))]
-            entries[key] = (read_at + self.ttl, text)
+            due = read_at + self.ttl * random.uniform(*REFRESH_AHEAD)
+            entries[key] = (read_at + self.ttl, text, due)
             return True
 
     def evict(self, keys: list[str]) -> None:

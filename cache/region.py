@@ -243,19 +243,51 @@ class CacheRegion:
         return text
 
     def near_get(self, key: str) -> str | None:
-        """A near-cache hit only (no Redis call, never a rebuild); None otherwise.
+        """A near-cache hit only (never a rebuild); None otherwise.
 
         For callers that can serve a hit more cheaply than a full read but must
         fall back to :meth:`get` on a miss (web/fastpath.py); counted as a
-        near hit, like in :meth:`get`.
+        near hit, like in :meth:`get`. A hit costs no Redis call, except for
+        the one reader per entry that finds it due for its refresh-ahead
+        (:meth:`cache.near.NearCache.lookup`): that one re-reads Redis once
+        (:meth:`near_refresh`) so that a key read all the time never expires.
         """
         near = self.near
         if near is None:
             return None
-        text = near.get(key)
-        if text is not None:
-            self._metrics.physical["near_hit"].inc()
+        text, due = near.lookup(key)
+        if text is None:
+            return None
+        self._metrics.physical["near_hit"].inc()
+        if due:
+            try:
+                self.near_refresh(key)
+            except redis.RedisError as exc:  # the entry stays until its TTL, as before
+                log.debug("near-cache refresh of %s %s failed: %s", self.config.name, key, exc)
         return text
+
+    def near_refresh(self, key: str) -> bool:
+        """Re-read ``key`` from Redis (one call) into the near-cache; whether it was put.
+
+        Only what Redis holds is taken: a value, or a logical key (a stale one
+        schedules its refresh, as in :meth:`get`). A miss, a null marker or a
+        Bloom rejection puts nothing and never rebuilds here: the entry then
+        expires at its TTL and the next read goes through :meth:`get`.
+        """
+        near = self.near
+        if near is None:
+            return False
+        generation = near.generation  # before the read: rule 3 of cache/near.py
+        read_at = time.monotonic()
+        kind, value = self._raw(key)
+        if kind == "P" and value:
+            self._metrics.physical["hit"].inc()
+            text = value
+        elif kind == "L":
+            text = self._serve_logical(key, value)
+        else:
+            return False
+        return near.put(key, text, generation, read_at)
 
     def _raw(self, key: str) -> list[str]:
         bloom = self.bloom

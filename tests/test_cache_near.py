@@ -12,9 +12,11 @@ import multiprocessing
 import time
 
 import pytest
+import redis
 from test_cache_region import CountingLoader, add_shops, make_region
 
 from cache.near import NearCache
+from cache.scripts import load_script
 from cache.shops import shop_near_cache, shop_region
 from metrics import CACHE_INVALIDATIONS, CACHE_REQUESTS
 from services import Services
@@ -83,6 +85,95 @@ def test_size_is_bounded(services):
         for i in range(10):
             near.put(str(i), "x", near.generation, time.monotonic())
         assert len(near) == 3 and near.get("9") == "x"
+    finally:
+        near.stop()
+
+
+def aged(near: NearCache, key: str, text: str, fraction: float) -> None:
+    """Insert ``text`` as if read from Redis ``fraction`` of the TTL ago."""
+    assert near.put(key, text, near.generation, time.monotonic() - fraction * near.ttl)
+
+
+def test_an_entry_is_due_for_its_refresh_once_and_only_late_in_its_ttl(services):
+    near = started(near_for(services, ttl=60.0))
+    try:
+        near.put("1", "young", near.generation, time.monotonic())
+        assert near.lookup("1") == ("young", False)  # before REFRESH_AHEAD[0] of the TTL
+        aged(near, "2", "old", 0.9)  # past the last refresh point, not expired
+        assert near.lookup("2") == ("old", True)  # handed to this reader ...
+        assert near.lookup("2") == ("old", False)  # ... and to no other
+        assert near.get("2") == "old"  # still served meanwhile
+        aged(near, "3", "gone", 1.5)
+        assert near.lookup("3") == (None, False)  # expired: nothing to refresh
+        assert near.lookup("4") == (None, False)
+    finally:
+        near.stop()
+
+
+def test_a_due_entry_evicted_before_its_claim_is_not_handed_out(services):
+    near = started(near_for(services, ttl=60.0))
+    try:
+        aged(near, "1", "old", 0.9)
+        near.evict(["1"])
+        assert near.lookup("1") == (None, False)
+    finally:
+        near.stop()
+
+
+def test_a_due_hit_refreshes_the_entry_from_redis_once(services):
+    add_shops(services.db, 1)
+    near = started(near_for(services, ttl=60.0))
+    try:
+        loader = CountingLoader(services.db)
+        region = make_region(services, loader)
+        region.near = near
+        first = region.get(1)
+        aged(near, "1", first, 0.9)
+        # Redis now holds another text (as a rebuild would write): the due reader
+        # is served the entry it found, and re-reads Redis for the next readers.
+        changed = first.replace('"name":"shop1"', '"name":"refreshed"')
+        services.redis.set(region.physical_key("1"), changed)
+        hits = counter(CACHE_REQUESTS, strategy="mutex", result="hit")
+        assert region.near_get("1") == first
+        assert counter(CACHE_REQUESTS, strategy="mutex", result="hit") == hits + 1
+        assert near.lookup("1") == (changed, False)  # a new entry, with a new TTL
+        assert region.near_get("1") == changed
+        assert counter(CACHE_REQUESTS, strategy="mutex", result="hit") == hits + 1  # no re-read
+        assert loader.calls == 1  # never the database
+    finally:
+        near.stop()
+
+
+def test_a_due_refresh_never_rebuilds_and_leaves_the_entry_to_its_ttl(services):
+    add_shops(services.db, 1)
+    near = started(near_for(services, ttl=60.0))
+    try:
+        loader = CountingLoader(services.db)
+        region = make_region(services, loader)
+        region.near = near
+        first = region.get(1)
+        aged(near, "1", first, 0.9)
+        services.redis.delete(region.physical_key("1"))  # expired in Redis, say
+        assert region.near_get("1") == first
+        assert loader.calls == 1  # no rebuild from a refresh
+        assert near.lookup("1") == (first, False)  # kept, claimed: expires at its TTL
+    finally:
+        near.stop()
+
+
+def test_a_due_refresh_that_cannot_reach_redis_still_serves_the_hit(services):
+    add_shops(services.db, 1)
+    near = started(near_for(services, ttl=60.0))
+    try:
+        region = make_region(services, CountingLoader(services.db))
+        region.near = near
+        first = region.get(1)
+        aged(near, "1", first, 0.9)
+        # the region's own client now points at a port nobody listens on
+        dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+        region._get = load_script(dead, "cache_get")
+        assert region.near_get("1") == first
+        assert near.lookup("1") == (first, False)
     finally:
         near.stop()
 

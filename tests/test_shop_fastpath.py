@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from cache.region import encode_logical
 from web import create_app
 from web.fastpath import ShopFastPath
 
@@ -135,6 +136,38 @@ def test_fast_hits_are_counted_as_visits_of_the_client_address(app, client, seed
         assert calls.count == before
     # three distinct addresses (the warm-up's among them), estimated by HyperLogLog
     assert client.get("/shop/6/uv").json["data"]["uv"] == 3
+
+
+@pytest.fixture
+def long_ttl_app(settings):  # type: ignore[no-untyped-def]
+    app = create_app(settings.with_(near_cache_ttl=60.0))
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["hmdp"].close()
+
+
+def test_a_hot_entry_is_refreshed_ahead_below_flask_and_never_misses(long_ttl_app, seeded):
+    client = long_ttl_app.test_client()
+    calls = FlaskCalls(long_ttl_app)
+    warm_until_fast(client, calls, "/shop/7")
+    region = calls.fast.region_holder.region
+    near = region.near
+    old = client.get("/shop/7").get_data()
+    text, _ = near.lookup("7")
+    # as if read from Redis 90 % of the TTL ago: due for its refresh, not expired
+    assert near.put("7", text, near.generation, time.monotonic() - 0.9 * near.ttl)
+    kind, _ = region._raw("7")
+    marked = text.replace('"id":7,', '"id":7,"refreshed":true,')
+    key = region.physical_key("7") if kind == "P" else region.logical_key("7")
+    value = marked if kind == "P" else encode_logical(marked, time.time() + 3600)
+    seeded.redis.set(key, value)  # what Redis holds now (no invalidation sent)
+    before = calls.count
+    assert client.get("/shop/7").get_data() == old  # the due reader gets the entry ...
+    assert calls.count == before  # ... below Flask, and refreshed it from Redis:
+    refreshed = client.get("/shop/7")
+    assert calls.count == before
+    assert refreshed.json["data"]["refreshed"] is True
+    assert near.lookup("7") == (marked, False)  # a new entry with a new TTL
 
 
 @pytest.fixture
