@@ -393,8 +393,11 @@ def run_scenario(
         if scenario.needs_orders:
             if args.worker_after_load:
                 # The gate measured alone; now the worker meets the whole backlog at once.
-                stack.start_worker(args.worker_concurrency, args.worker_pool)
-            drain = stack.wait_drained(stall=args.drain_stall)
+                drain = stack.drain_with_new_worker(
+                    args.worker_concurrency, args.worker_pool, stall=args.drain_stall
+                )
+            else:
+                drain = stack.wait_drained(stall=args.drain_stall)
             summary["drain"] = {
                 "backlog_at_end_of_load": drain.backlog_at_start,
                 "left": drain.backlog_left,

@@ -327,6 +327,38 @@ class Stack:
         """Reservations not yet settled: the orders Stream holds exactly those."""
         return int(self.services.redis.xlen(self.settings.order_stream))
 
+    def drain_with_new_worker(
+        self, concurrency: int, pool: str, stall: float = 60.0, poll: float = 0.02
+    ) -> DrainResult:
+        """Start the worker on a standing backlog; time the drain from its first settled order.
+
+        :meth:`start_worker` returns only when the worker answers a ping, and a
+        worker settling batches empties a backlog of tens of thousands before
+        that, so the backlog is watched while the worker starts (in a thread):
+        the clock starts at the last sample that still saw the whole backlog.
+        """
+        first = self.backlog()
+        with ThreadPoolExecutor(1) as pool_:
+            started = pool_.submit(self.start_worker, concurrency, pool)
+            began: float | None = None
+            last, last_change = first, time.monotonic()
+            sampled_at = last_change
+            while last:
+                time.sleep(poll)
+                now_backlog, now = self.backlog(), time.monotonic()
+                if now_backlog != last:
+                    if began is None:
+                        began = sampled_at
+                    last, last_change = now_backlog, now
+                elif started.done() and now - last_change > stall:
+                    break
+                sampled_at = now
+                if started.done() and started.exception() is not None:
+                    break
+            started.result()  # raises what the start raised
+        end = time.monotonic()
+        return DrainResult(first, last, end - (began if began is not None else end))
+
     def wait_drained(self, stall: float = 60.0, poll: float = 0.2) -> DrainResult:
         """Wait until the orders Stream is empty, or it has not shrunk for ``stall`` s."""
         started = time.monotonic()

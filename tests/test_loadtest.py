@@ -87,10 +87,14 @@ def test_lost_or_oversold_orders_fail_the_run(tmp_path: Path) -> None:
             )
 
     argv = ["seckill-500", "--users", "20", "--loops", "1", "--rate", "0", "--stock", "1"]
+    argv += ["--worker-after-load"]  # the drain then meets the whole backlog
     code = main([*argv, *QUIET, "--results-dir", str(tmp_path)], before_verify=corrupt)
 
     summary = _summary(tmp_path)
     verdict = summary["verdict"]
+    drain = summary["drain"]
+    assert drain["worker_after_load"] and drain["backlog_at_end_of_load"] == 10
+    assert drain["left"] == 0
     # 20 users over 10 vouchers of stock 1: 10 sales, 10 "sold out", all correct answers.
     assert seen["rows"] == 10
     assert summary["result"]["outcomes"].get("ok") == 10
