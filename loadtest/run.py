@@ -398,7 +398,9 @@ def run_scenario(
                 )
             else:
                 drain = stack.wait_drained(stall=args.drain_stall)
+            tasks_done = stack.wait_tasks_done()
             summary["drain"] = {
+                "tasks_done_after_s": None if tasks_done is None else drain.seconds + tasks_done,
                 "backlog_at_end_of_load": drain.backlog_at_start,
                 "left": drain.backlog_left,
                 "seconds": drain.seconds,
@@ -500,6 +502,11 @@ def table(summary: dict[str, Any]) -> str:
             f"from the start of the load"
             + (" (worker started after the load)" if drain.get("worker_after_load") else "")
         )
+        if drain.get("tasks_done_after_s") is not None:
+            lines.append(
+                f"        last order task message done {drain['tasks_done_after_s']:.1f} s "
+                "after the drain began (tasks of orders already settled by a batch return at once)"
+            )
     if summary["scenario"] in GOALS or summary["kind"] in GOALS:
         lines.append(f"goal: {GOALS.get(summary['kind'], '')}")
     if verdict and summary["backend"] == "mysql":

@@ -359,6 +359,31 @@ class Stack:
         end = time.monotonic()
         return DrainResult(first, last, end - (began if began is not None else end))
 
+    def wait_tasks_done(self, timeout: float = 600.0, poll: float = 0.2) -> float | None:
+        """Seconds until no order task message is queued or unacknowledged (None: timeout).
+
+        With group commit the rows are in long before the last task message is
+        done: most of those tasks find their order settled and return at once,
+        but each still costs a broker round trip, so this is reported next to
+        the drain rate. Reads kombu's Redis transport: the ``orders`` list and
+        the ``unacked`` hash (messages delivered to a worker, not yet acked).
+        """
+        url = self.settings.celery_broker_url or self.settings.redis_url
+        broker = redis.Redis.from_url(url) if url else self.services.redis
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < timeout:
+                pipe = broker.pipeline(transaction=False)
+                pipe.llen("orders")
+                pipe.hlen("unacked")
+                if sum(pipe.execute()) == 0:
+                    return time.monotonic() - started
+                time.sleep(poll)
+            return None
+        finally:
+            if broker is not self.services.redis:
+                broker.close()
+
     def wait_drained(self, stall: float = 60.0, poll: float = 0.2) -> DrainResult:
         """Wait until the orders Stream is empty, or it has not shrunk for ``stall`` s."""
         started = time.monotonic()

@@ -94,7 +94,7 @@ def test_lost_or_oversold_orders_fail_the_run(tmp_path: Path) -> None:
     verdict = summary["verdict"]
     drain = summary["drain"]
     assert drain["worker_after_load"] and drain["backlog_at_end_of_load"] == 10
-    assert drain["left"] == 0
+    assert drain["left"] == 0 and drain["tasks_done_after_s"] is not None
     # 20 users over 10 vouchers of stock 1: 10 sales, 10 "sold out", all correct answers.
     assert seen["rows"] == 10
     assert summary["result"]["outcomes"].get("ok") == 10
