@@ -25,6 +25,7 @@ import redis
 from settings import Settings
 
 from .ids import ID_KEY_TTL, day_key, id_parts
+from .login import TOKEN_KEY
 from .scripts import load_script
 
 STOCK_KEY = "seckill:stock:{voucher_id}"
@@ -39,7 +40,21 @@ NOT_STARTED = "not_started"
 ENDED = "ended"
 UNKNOWN = "unknown"
 EXHAUSTED = "id_exhausted"
-_CODES = {0: OK, 1: SOLD_OUT, 2: DUPLICATE, 3: NOT_STARTED, 4: ENDED, 5: UNKNOWN, 6: EXHAUSTED}
+# Only from reserve_for_session: no session behind the token, or one whose user id the
+# script does not judge (not a plain positive decimal: the web's auth code decides).
+NO_SESSION = "no_session"
+ODD_SESSION = "odd_session"
+_CODES = {
+    0: OK,
+    1: SOLD_OUT,
+    2: DUPLICATE,
+    3: NOT_STARTED,
+    4: ENDED,
+    5: UNKNOWN,
+    6: EXHAUSTED,
+    7: NO_SESSION,
+    8: ODD_SESSION,
+}
 
 
 def stock_key(voucher_id: int) -> str:
@@ -66,11 +81,12 @@ def epoch_ms(moment: datetime) -> int:
 
 @dataclass(frozen=True)
 class GateResult:
-    """The gate's answer: an outcome, and for ``ok`` the order and Stream ids."""
+    """The gate's answer: an outcome, the buyer, and for ``ok`` the order and Stream ids."""
 
     outcome: str
     order_id: int | None = None
     stream_id: str | None = None
+    user_id: int | None = None  # None only for NO_SESSION / ODD_SESSION
 
     @property
     def ok(self) -> bool:
@@ -86,31 +102,54 @@ class SeckillGate:
         self.stream = settings.order_stream
         self.script = load_script(client, "seckill")
 
-    def _call(self, voucher_id: int, user_id: int, now: float, client=None):  # type: ignore[no-untyped-def]
+    def _call(  # type: ignore[no-untyped-def]
+        self,
+        voucher_id: int,
+        user_id: int | str,
+        now: float,
+        client=None,
+        session: tuple[str, int] | None = None,
+    ):
         high, low = id_parts(now)
-        return self.script(
-            keys=[
-                stock_key(voucher_id),
-                window_key(voucher_id),
-                order_set_key(voucher_id),
-                self.stream,
-                day_key(ID_PREFIX, now),
-            ],
-            args=[user_id, voucher_id, int(now * 1000), high, low, ID_KEY_TTL],
-            client=client,
-        )
+        keys = [
+            stock_key(voucher_id),
+            window_key(voucher_id),
+            order_set_key(voucher_id),
+            self.stream,
+            day_key(ID_PREFIX, now),
+        ]
+        args = [user_id, voucher_id, int(now * 1000), high, low, ID_KEY_TTL]
+        if session is not None:  # user_id is '': the script reads the session
+            keys.append(TOKEN_KEY.format(token=session[0]))
+            args.append(session[1])
+        return self.script(keys=keys, args=args, client=client)
 
     @staticmethod
     def _result(reply: list) -> GateResult:
         outcome = _CODES[int(reply[0])]
+        user_id = int(reply[1]) if reply[1] else None
         if outcome != OK:
-            return GateResult(outcome)
-        return GateResult(OK, int(reply[1]), str(reply[2]))
+            return GateResult(outcome, user_id=user_id)
+        return GateResult(OK, int(reply[2]), str(reply[3]), user_id)
 
     def reserve(self, voucher_id: int, user_id: int, now: float | None = None) -> GateResult:
         """Try to reserve one unit of ``voucher_id`` for ``user_id``: ONE Redis call."""
         now = time.time() if now is None else now
         return self._result(self._call(voucher_id, user_id, now))
+
+    def reserve_for_session(
+        self, voucher_id: int, token: str, session_ttl: int, now: float | None = None
+    ) -> GateResult:
+        """Like :meth:`reserve` for the user of login session ``token``: still ONE call.
+
+        The session is read in the script as the web's auth hook reads it (TTL pushed
+        back to ``session_ttl``, then its id), before anything else: NO_SESSION if the
+        token has none, ODD_SESSION if its id is not a plain positive decimal (the
+        caller's own auth code must judge that one). Saves the web fast path the
+        separate session round trip.
+        """
+        now = time.time() if now is None else now
+        return self._result(self._call(voucher_id, "", now, session=(token, session_ttl)))
 
     def reserve_many(
         self, voucher_id: int, user_ids: list[int], now: float | None = None

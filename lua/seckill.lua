@@ -4,42 +4,63 @@
 -- appends the reservation {orderId, userId, voucherId} to the orders stream,
 -- then decrements the stock and records the buyer (writes after the XADD, so a
 -- failing XADD leaves no half reservation).
+-- The buyer is ARGV[1], or, when ARGV[1] is '', the user of the login session at
+-- KEYS[6] (the web fast path: session lookup and gate in ONE round trip). The session
+-- is read as the auth hook reads it: its TTL pushed back to ARGV[7] first (sliding
+-- session; EXPIRE on a missing key creates nothing), then its 'id'.
 -- KEYS: 1 seckill:stock:{v}  2 seckill:window:{v} (hash begin/end, epoch ms)
 --       3 seckill:order:{v} (set of user ids)  4 stream.orders  5 icr:order:{yyyy:MM:dd}
--- ARGV: 1 userId  2 voucherId  3 now (epoch ms)
+--       6 login:token:{token} (only with ARGV[1] = '')
+-- ARGV: 1 userId or ''  2 voucherId  3 now (epoch ms)
 --       4, 5 id base ((now - 2022-01-01) << 32) split at 10^10: high, low
 --       (Lua numbers are doubles, exact only to 2^53)  6 id key ttl (s)
--- Returns {code} or {0, orderId (decimal string), streamId}.
+--       7 session ttl (s) (only with ARGV[1] = '')
+-- Returns {code, userId} or {0, userId, orderId (decimal string), streamId}.
 -- Codes: 0 ok, 1 sold out, 2 already ordered, 3 not started, 4 ended,
---        5 unknown (not loaded), 6 id counter exhausted.
+--        5 unknown (not loaded), 6 id counter exhausted,
+--        7 no session (no such token, or no id in it), 8 a session id that is not a
+--        plain positive decimal (the caller lets the full auth code judge it).
+local user = ARGV[1]
+if user == '' then
+  if redis.call('expire', KEYS[6], ARGV[7]) == 0 then
+    return {7, ''}
+  end
+  user = redis.call('hget', KEYS[6], 'id')
+  if not user then
+    return {7, ''}
+  end
+  if not string.match(user, '^[1-9]%d*$') then
+    return {8, ''}
+  end
+end
 local stock = tonumber(redis.call('get', KEYS[1]))
 if stock == nil then
-  return {5}
+  return {5, user}
 end
 local window = redis.call('hmget', KEYS[2], 'begin', 'end')
 local begin_ms, end_ms = tonumber(window[1]), tonumber(window[2])
 if begin_ms == nil or end_ms == nil then
-  return {5}
+  return {5, user}
 end
 local now = tonumber(ARGV[3])
 if now < begin_ms then
-  return {3}
+  return {3, user}
 end
 if now >= end_ms then
-  return {4}
+  return {4, user}
 end
-if redis.call('sismember', KEYS[3], ARGV[1]) == 1 then
-  return {2}
+if redis.call('sismember', KEYS[3], user) == 1 then
+  return {2, user}
 end
 if stock <= 0 then
-  return {1}
+  return {1, user}
 end
 local count = redis.call('incr', KEYS[5])
 if count == 1 then
   redis.call('expire', KEYS[5], ARGV[6])
 end
 if count > 4294967295 then
-  return {6}
+  return {6, user}
 end
 local high = tonumber(ARGV[4])
 local low = tonumber(ARGV[5]) + count
@@ -54,7 +75,7 @@ else
   order_id = string.format('%.0f', low)
 end
 local stream_id = redis.call('xadd', KEYS[4], '*',
-  'orderId', order_id, 'userId', ARGV[1], 'voucherId', ARGV[2])
+  'orderId', order_id, 'userId', user, 'voucherId', ARGV[2])
 redis.call('decr', KEYS[1])
-redis.call('sadd', KEYS[3], ARGV[1])
-return {0, order_id, stream_id}
+redis.call('sadd', KEYS[3], user)
+return {0, user, order_id, stream_id}

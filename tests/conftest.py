@@ -178,6 +178,24 @@ def app(settings: Settings):
 
 
 @pytest.fixture
+def app_with(settings: Settings):
+    """Build more apps on this test's backends with changed settings (closed after the test)."""
+    from web import create_app
+
+    apps = []
+
+    def _build(**changes: object):  # type: ignore[no-untyped-def]
+        built = create_app(settings.with_(**changes))
+        built.config["TESTING"] = True
+        apps.append(built)
+        return built
+
+    yield _build
+    for built in apps:
+        built.extensions["hmdp"].close()
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

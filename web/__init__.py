@@ -83,6 +83,5 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(module.bp)
         if hasattr(module, "post_seed"):
             app.extensions["hmdp_post_seed"].append(module.post_seed)
-    if settings.shop_fast_path and settings.near_cache_enabled:
-        install_fast_path(app)  # last: it needs the routes and extensions above
+    install_fast_path(app)  # last: the enabled fast paths need the routes and extensions above
     return app

@@ -18,6 +18,7 @@ import redis
 from flask import Flask, current_app, g, request
 
 from cache.login import TOKEN_KEY, load_session
+from services import Services
 
 from .envelope import Forbidden, Unauthorized
 from .runtime import services
@@ -35,6 +36,8 @@ __all__ = [
     "register_auth",
     "require_user",
     "required_access",
+    "session_user",
+    "usable_token",
 ]
 MAX_TOKEN_LENGTH = 128
 ACCESS_ATTR = "_hmdp_access"  # "user" or "admin"
@@ -108,12 +111,20 @@ def current_token() -> str:
     return (request.headers.get("authorization") or "").strip()
 
 
-def _load_session() -> UserSummary | None:
-    """The session of this request's token, its TTL refreshed; None if absent or bad."""
-    token = current_token()
+def usable_token(raw: str | None) -> str | None:
+    """The token of an ``authorization`` header value, or None if it cannot be a session.
+
+    One rule for the auth hook and the WSGI fast paths (web/order_fastpath.py),
+    which read the header from the WSGI environ without a Flask request.
+    """
+    token = (raw or "").strip()
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    svc = services()
+    return token
+
+
+def session_user(svc: Services, token: str) -> UserSummary | None:
+    """The user of session ``token``, its TTL refreshed; None if absent or bad (no request needed)."""
     data = load_session(svc.redis, token, svc.settings.login_token_ttl)
     if not data or "id" not in data:
         return None
@@ -121,6 +132,12 @@ def _load_session() -> UserSummary | None:
         return UserSummary.from_hash(data)
     except ValueError:  # a corrupt hash is no session, not a 500
         return None
+
+
+def _load_session() -> UserSummary | None:
+    """The session of this request's token, its TTL refreshed; None if absent or bad."""
+    token = usable_token(request.headers.get("authorization"))
+    return None if token is None else session_user(services(), token)
 
 
 def register_auth(app: Flask) -> None:

@@ -25,6 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import click
+from celery import Celery
 from flask import Blueprint, Flask, Response, current_app
 from sqlalchemy import select
 
@@ -38,6 +39,7 @@ from cache.seckill import (
     OK,
     SOLD_OUT,
     UNKNOWN,
+    GateResult,
     MissingVouchers,
     SeckillGate,
     load_voucher,
@@ -48,9 +50,9 @@ from models.entities import SeckillVoucher, VoucherOrder
 from services import Services
 
 from .auth import login_required, require_user
-from .envelope import ApiError, Conflict, NotFound, ok
+from .envelope import ApiError, ok
 from .order_dispatch import CelerySender, OrderDispatcher
-from .runtime import celery, services
+from .runtime import services
 
 log = logging.getLogger(__name__)
 
@@ -76,36 +78,38 @@ def _count_dispatch_failures(count: int, reason: BaseException | str) -> None:
     log.debug("%d order dispatches failed or dropped: %s", count, reason)
 
 
-class _Seckill:
+class SeckillState:
     """This app's gate, dispatcher and memory of missing vouchers (built on first use)."""
 
-    def __init__(self, svc: Services):
+    def __init__(self, svc: Services, celery_app: Celery):
+        self.services = svc
         self.gate = SeckillGate(svc.redis, svc.settings)
         self.missing = MissingVouchers()
         self.dispatcher = OrderDispatcher(
-            CelerySender(celery(), ORDER_TASK), _count_dispatch_failures
+            CelerySender(celery_app, ORDER_TASK), _count_dispatch_failures
         )
 
 
 _build_lock = threading.Lock()
 
 
-def _seckill() -> _Seckill:
-    state = current_app.extensions.get(_EXTENSION)
+def seckill_state(app: Flask) -> SeckillState:
+    """The app's one SeckillState (for the route and the WSGI fast path; no context needed)."""
+    state = app.extensions.get(_EXTENSION)
     if state is None:
         with _build_lock:
-            state = current_app.extensions.get(_EXTENSION)
+            state = app.extensions.get(_EXTENSION)
             if state is None:
-                state = _Seckill(services())
-                current_app.extensions[_EXTENSION] = state
+                state = SeckillState(app.extensions["hmdp"], app.extensions["hmdp_celery"])
+                app.extensions[_EXTENSION] = state
     return state
 
 
-def _load_from_database(state: _Seckill, voucher_id: int) -> bool:
+def _load_from_database(state: SeckillState, voucher_id: int) -> bool:
     """Load a voucher Redis does not know; False if the database does not know it either."""
     if voucher_id in state.missing:
         return False
-    svc = services()
+    svc = state.services
     with svc.db.session() as session:
         row = session.get(SeckillVoucher, voucher_id)
     if row is None:
@@ -122,26 +126,50 @@ def flush_dispatch(app: Flask, timeout: float = 10.0) -> bool:
     return state is None or state.dispatcher.flush(timeout)
 
 
+def complete_order(state: SeckillState, voucher_id: int, result: GateResult) -> GateResult:
+    """Everything after the gate's first answer, in one place for the route and the fast path.
+
+    A voucher Redis does not know is loaded from the database and tried once
+    more; the final outcome is counted; a reservation is dispatched (failures
+    are counted, never raised). ``result`` must carry the buyer's id.
+    """
+    if result.outcome == UNKNOWN and _load_from_database(state, voucher_id):
+        assert result.user_id is not None
+        result = state.gate.reserve(voucher_id, result.user_id)
+    _OUTCOMES[result.outcome].inc()
+    if result.ok:
+        assert result.order_id is not None and result.user_id is not None
+        entry = OrderEntry(result.order_id, result.user_id, voucher_id, result.stream_id)
+        state.dispatcher.submit(entry.to_payload())
+    return result
+
+
+def answer_of(result: GateResult) -> tuple[int, str]:
+    """The HTTP status and the order id (200, as a string) or the errorMsg of an outcome."""
+    if result.ok:
+        return 200, str(result.order_id)
+    if result.outcome in _REFUSALS:
+        return 409, _REFUSALS[result.outcome]
+    if result.outcome == UNKNOWN:
+        return 404, "voucher not found"
+    return 503, "order ids exhausted for today, try again later"
+
+
 @bp.post("/voucher-order/seckill/<int(min=1, max=9223372036854775807):voucher_id>")
 @login_required
 def seckill(voucher_id: int) -> Response:
-    """Flash-sale order: 200 with the order id, or 409 with the reason, at once."""
+    """Flash-sale order: 200 with the order id, or 409 with the reason, at once.
+
+    Normally answered below Flask by web/order_fastpath.py with the same code
+    (:func:`complete_order`, :func:`answer_of`); this route is its fallback.
+    """
     user = require_user()
-    state = _seckill()
-    result = state.gate.reserve(voucher_id, user.id)
-    if result.outcome == UNKNOWN and _load_from_database(state, voucher_id):
-        result = state.gate.reserve(voucher_id, user.id)
-    _OUTCOMES[result.outcome].inc()
-    if result.ok:
-        assert result.order_id is not None
-        entry = OrderEntry(result.order_id, user.id, voucher_id, result.stream_id)
-        state.dispatcher.submit(entry.to_payload())  # failures are counted, never raised
-        return ok(str(result.order_id))
-    if result.outcome in _REFUSALS:
-        raise Conflict(_REFUSALS[result.outcome])
-    if result.outcome == UNKNOWN:
-        raise NotFound("voucher not found")
-    raise ApiError("order ids exhausted for today, try again later", 503)
+    state = seckill_state(current_app)
+    result = complete_order(state, voucher_id, state.gate.reserve(voucher_id, user.id))
+    status, text = answer_of(result)
+    if status == 200:
+        return ok(text)
+    raise ApiError(text, status)
 
 
 # --- audit -------------------------------------------------------------------------------

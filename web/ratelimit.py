@@ -162,15 +162,31 @@ class RouteLimiter:
         The WSGI fast path (web/fastpath.py) charges its hits here, to the same
         bucket the Flask hook would use.
         """
+        return self.check_subject(endpoint, "ip", ip, client)
+
+    def check_subject(
+        self, endpoint: str, subject: Subject, value: object, client: redis.Redis
+    ) -> Decision | None:
+        """Like :meth:`check` for a route limited per ``subject`` only (its value given).
+
+        For the WSGI fast paths, which have no Flask request: the seckill one
+        (web/order_fastpath.py) charges the user it resolved, to the bucket the
+        Flask hook would charge for that user.
+        """
         limit = self.table.get(endpoint)
         if limit is None:
             return None
-        if limit.per != ("ip",):
-            raise ValueError(f"{endpoint} is not limited per address only: {limit.per}")
+        if limit.per != (subject,):
+            raise ValueError(f"{endpoint} is not limited per {subject} only: {limit.per}")
         rule = self.rules[limit.setting]
         if rule is None:
             return None
-        return self._charge(limit, rule, [limit_key(limit.group, "ip", ip)], client)
+        return self._charge(limit, rule, [limit_key(limit.group, subject, value)], client)
+
+    def limits(self, endpoint: str) -> bool:
+        """True if requests to ``endpoint`` are charged to some bucket (a rule is set)."""
+        limit = self.table.get(endpoint)
+        return limit is not None and self.rules[limit.setting] is not None
 
     def _charge(
         self, limit: RouteLimit, rule: Rule, keys: list[str], client: redis.Redis
