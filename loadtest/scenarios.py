@@ -163,10 +163,10 @@ SCENARIOS: dict[str, Scenario] = {
             "wrk",
             64,
             duration=20,
-            # 20,000 users x 5 vouchers = 100,000 (user, voucher) pairs, stock 20,000 each:
-            # nothing sells out or repeats before 100,000 requests.
+            # 20,000 users x 10 vouchers = 200,000 (user, voucher) pairs, stock 20,000 each:
+            # nothing sells out or repeats before 200,000 requests (10,000 req/s for 20 s).
             data=DataPlan(
-                users=20_000, shops=500, vouchers=10, seckill_vouchers=5, seckill_stock=20_000
+                users=20_000, shops=500, vouchers=15, seckill_vouchers=10, seckill_stock=20_000
             ),
             note="gate incl. dispatch; each request a different user's token",
         ),
