@@ -206,22 +206,24 @@ def claim_new(
     takes them over once idle (phase 1 of :func:`recover`).
     """
     stream, group = settings.order_stream, settings.order_group
-    for attempt in (1, 2):
+
+    def read() -> list:
         pipe = client.pipeline(transaction=False)
         if own_id is not None:
             pipe.xrange(stream, min=own_id, max=own_id)
         pipe.xreadgroup(group, TASK_CONSUMER, {stream: ">"}, count=max(1, count))
-        try:
-            replies = pipe.execute()
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc) or attempt == 2:
-                raise
-            ensure_group(client, settings)
-            continue
-        present = bool(replies[0]) if own_id is not None else False
-        read = replies[-1]
-        return present, (read[0][1] if read else [])
-    raise AssertionError("unreachable")
+        return pipe.execute()
+
+    try:
+        replies = read()
+    except redis.ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        ensure_group(client, settings)  # a Stream (or group) nobody created yet
+        replies = read()
+    present = bool(replies[0]) if own_id is not None else False
+    claimed = replies[-1]
+    return present, (claimed[0][1] if claimed else [])
 
 
 @dataclass(frozen=True)

@@ -305,6 +305,16 @@ def test_a_batch_claimed_by_a_worker_that_died_is_recovered(services, voucher, s
     assert _stream_empty(services, settings)
 
 
+def test_a_task_creates_the_consumer_group_if_it_is_missing(services, voucher, settings):
+    entries = _reserve(services, voucher, [1700, 1701])
+    services.redis.xgroup_destroy(settings.order_stream, settings.order_group)
+    assert run_order_task(services, entries[1].to_payload()) == CREATED
+    assert order_count(services) == 2 and _stream_empty(services, settings)
+    assert [g["name"] for g in services.redis.xinfo_groups(settings.order_stream)] == [
+        settings.order_group
+    ]
+
+
 def test_a_malformed_entry_in_a_batch_is_dead_lettered_and_the_rest_settled(
     services, voucher, settings
 ):
