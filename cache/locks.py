@@ -469,6 +469,15 @@ class RLock:
 
 
 # --- many RLocks in one round trip (batch settling) --------------------------------
+def _each(client: redis.Redis, script_name: str, calls: list[tuple[list, list]]) -> list:
+    """Run one script once per (keys, args), all in one pipeline; the replies in order."""
+    script = load_script(client, script_name)
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        script(keys=keys, args=args, client=pipe)
+    return pipe.execute()
+
+
 def acquire_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
     """Try each lock once, all in ONE pipeline; returns those taken (watchdog-held).
 
@@ -480,12 +489,10 @@ def acquire_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
     if not locks:
         return []
     owner = owner_id()
-    script = load_script(client, "rlock_acquire")
-    pipe = client.pipeline(transaction=False)
-    for lock in locks:
-        script(keys=[lock.name], args=[lock.lease_ms, owner], client=pipe)
     started = time.monotonic()
-    replies = pipe.execute()
+    replies = _each(
+        client, "rlock_acquire", [([lock.name], [lock.lease_ms, owner]) for lock in locks]
+    )
     now = time.monotonic()
     taken = []
     for lock, ttl in zip(locks, replies, strict=True):
@@ -508,12 +515,11 @@ def release_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
     if not locks:
         return []
     owner = owner_id()
-    script = load_script(client, "rlock_release")
-    pipe = client.pipeline(transaction=False)
-    for lock in locks:
-        script(keys=[lock.name], args=[owner, lock.channel], client=pipe)
+    replies = _each(
+        client, "rlock_release", [([lock.name], [owner, lock.channel]) for lock in locks]
+    )
     lost = []
-    for lock, reply in zip(locks, pipe.execute(), strict=True):
+    for lock, reply in zip(locks, replies, strict=True):
         left = int(reply)
         lock._drop_hold(owner, left)
         if left < 0:

@@ -295,11 +295,7 @@ def test_a_batch_claimed_by_a_worker_that_died_is_recovered(services, voucher, s
     # ... and the claimer dies. The own task of one entry still settles it (alone):
     assert run_order_task(services, entries[0].to_payload()) == CREATED
     assert order_count(services) == 1
-    svc = _recovery_services(settings, order_claim_idle_ms=0)
-    try:
-        report = run_recovery(svc)
-    finally:
-        svc.close()
+    report = _recover_now(settings)
     assert report["claimed"] == 5 and report["settled"] == {CREATED: 5}
     assert sorted(u for _, u in db_orders(services, voucher)) == list(range(1500, 1506))
     assert _stream_empty(services, settings)
@@ -333,6 +329,15 @@ def test_a_malformed_entry_in_a_batch_is_dead_lettered_and_the_rest_settled(
 
 def _recovery_services(settings, **changes) -> Services:  # type: ignore[no-untyped-def]
     return Services(settings.with_(**changes))
+
+
+def _recover_now(settings) -> dict:  # type: ignore[no-untyped-def]
+    """The beat job, treating every pending entry as stuck (claim idle 0)."""
+    svc = _recovery_services(settings, order_claim_idle_ms=0)
+    try:
+        return run_recovery(svc)
+    finally:
+        svc.close()
 
 
 def test_recovery_settles_old_undispatched_entries_and_leaves_young_ones(
@@ -369,11 +374,7 @@ def test_recovery_claims_entries_stuck_with_a_dead_consumer(services, voucher, s
     assert settle_order(services, entries[0]) == CREATED
     assert services.redis.xpending(settings.order_stream, settings.order_group)["pending"] == 4
     services.redis.xgroup_createconsumer(settings.order_stream, settings.order_group, "x")
-    svc = _recovery_services(settings, order_claim_idle_ms=0)
-    try:
-        report = run_recovery(svc)
-    finally:
-        svc.close()
+    report = _recover_now(settings)
     assert report["claimed"] == 4 and report["settled"] == {CREATED: 4}
     assert sorted(u for _, u in db_orders(services, voucher)) == list(range(200, 205))
     assert services.redis.xpending(settings.order_stream, settings.order_group)["pending"] == 0
@@ -398,11 +399,7 @@ def test_recovery_clears_pel_ids_of_entries_already_settled(services, voucher, s
     )
     # claim_idle_ms is 30 s: nothing idle enough yet
     assert report.acked_deleted == 0
-    svc = _recovery_services(settings, order_claim_idle_ms=0)
-    try:
-        report = run_recovery(svc)
-    finally:
-        svc.close()
+    report = _recover_now(settings)
     assert report["acked_deleted"] == 2 and report["claimed"] == 0
     assert services.redis.xpending(settings.order_stream, settings.order_group)["pending"] == 0
 
