@@ -284,6 +284,8 @@ def test_cluster_failover_and_rolling_restart(app, settings, login_as, tmp_path)
         # The worker's own exporter aggregates its pool processes; Flower saw the tasks.
         worker_metrics = fetch(state["worker"]["metrics"])[2].decode()
         created = _sample_sum(worker_metrics, "hmdp_order_tasks_total", result="created")
+        # ... each order created once: by its own task, or in another task's batch
+        created += _sample_sum(worker_metrics, "hmdp_order_batch_settled_total", outcome="created")
         assert created == len(in_db)
         flower_metrics = fetch(state["flower"] + "/metrics")[2].decode()
         succeeded = _sample_sum(
