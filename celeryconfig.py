@@ -39,7 +39,11 @@ enable_utc = True
 
 task_acks_late = True
 task_reject_on_worker_lost = True
-task_acks_on_failure_or_timeout = True
+# A task that failed or timed out is acknowledged (not redelivered forever); its
+# reservation stays in the Stream for recovery. Celery >= 5.7 names the two cases
+# apart; older versions ignore these names and default to the same (True).
+task_acks_on_failure = True
+task_acks_on_timeout = True
 worker_prefetch_multiplier = 4  # see the module doc
 task_track_started = False
 task_ignore_result = True
