@@ -2,7 +2,8 @@
 
 ``beat.order_jobs.recover_pending_orders`` runs every ~15 s (celeryconfig's
 beat_schedule) on a worker. It settles, through the task's own code path
-(:func:`tasks.orders.settle_order`), every Stream entry whose dispatch was lost
+(:func:`tasks.orders.settle_order`; :func:`~tasks.orders.settle_orders` for
+what nobody ever read, in batches), every Stream entry whose dispatch was lost
 or whose task died or gave up, and dead-letters what keeps failing. (The
 stream gauges are read from Redis at scrape time by web/metrics.py.) See :mod:`cache.order_stream` for the design.
 """
@@ -17,7 +18,7 @@ from sqlalchemy import text
 from cache import order_stream
 from cache.locks import RLock
 from services import Services
-from tasks.orders import settle_order
+from tasks.orders import settle_order, settle_orders
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def run_recovery(services: Services, **options: object) -> dict[str, object]:
             client,
             services.settings,
             lambda entry: settle_order(services, entry),
+            settle_many=lambda entries: settle_orders(services, entries),
             **options,  # type: ignore[arg-type]
         )
         return report.as_dict()

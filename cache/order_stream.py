@@ -252,6 +252,7 @@ def stream_stats(client: redis.Redis, settings: Settings) -> StreamStats:
 
 
 Settle = Callable[[OrderEntry], str]
+SettleMany = Callable[[list[OrderEntry]], dict[OrderEntry, str]]
 
 
 @dataclass
@@ -283,11 +284,17 @@ class _Run:
     """State of one recovery run (the phases share the failure streak)."""
 
     def __init__(
-        self, client: redis.Redis, settings: Settings, settle: Settle, max_failures: int
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        settle: Settle,
+        max_failures: int,
+        settle_many: SettleMany | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.settle = settle
+        self.settle_many = settle_many
         self.max_failures = max_failures
         self.streak = 0
         self.report = RecoveryReport()
@@ -327,6 +334,46 @@ class _Run:
         self.streak = 0
         report.settled[outcome] += 1
         ORDERS_RECOVERED.inc()
+
+    def handle_first_deliveries(self, items: list[tuple[str, dict]]) -> None:
+        """Settle entries read for the first time: together if a batch settler was given.
+
+        A batch failure counts as one failure of the streak (one transaction
+        failed); its entries stay in the PEL with one delivery, like a single
+        entry's would.
+        """
+        if self.settle_many is None or self.settings.order_max_deliveries < 1:
+            for stream_id, fields in items:
+                if self.report.aborted:
+                    break  # left in the PEL with one delivery: claimed on a later run
+                self.handle(stream_id, fields, 1)
+            return
+        report = self.report
+        entries = []
+        for stream_id, fields in items:
+            self.seen.add(stream_id)
+            try:
+                entries.append(OrderEntry.from_fields(fields, stream_id))
+            except MalformedEntry as exc:
+                dead_letter(self.client, self.settings, stream_id, fields, f"malformed: {exc}")
+                report.dead_lettered += 1
+        if not entries:
+            return
+        try:
+            outcomes = self.settle_many(entries)
+        except Exception as exc:  # any failure: leave them pending, try again later
+            report.failed += len(entries)
+            self.streak += 1
+            log.warning(
+                "recovery of %d entries failed (%s: %s)", len(entries), type(exc).__name__, exc
+            )
+            if self.streak >= self.max_failures:
+                log.error("recovery stopped after %d failures in a row", self.streak)
+                report.aborted = True
+            return
+        self.streak = 0
+        report.settled.update(outcomes.values())
+        ORDERS_RECOVERED.inc(len(outcomes))
 
     def stuck(self, batch: int) -> int:
         """Phase 1: take over PEL entries idle past the threshold; returns how many."""
@@ -386,10 +433,7 @@ class _Run:
         )
         entries = replies[0][1] if replies else []
         self.report.picked_up += len(entries)
-        for sid, fields in entries:
-            if self.report.aborted:
-                break  # left in the PEL with one delivery: claimed on a later run
-            self.handle(sid, fields, 1)
+        self.handle_first_deliveries(entries)
         return len(entries)
 
 
@@ -408,15 +452,20 @@ def recover(
     batch: int = 200,
     budget_s: float = 10.0,
     max_failures: int = 3,
+    settle_many: SettleMany | None = None,
 ) -> RecoveryReport:
     """Settle every entry no task has settled in time (see the module doc).
 
     Runs phase 1 and 2 in batches until both find nothing, ``budget_s`` is
     spent (the next beat run continues) or ``max_failures`` settle attempts
-    fail in a row. Call it under a lock so that one recovery runs at a time.
+    fail in a row. With ``settle_many`` (group commit), phase 2 settles each
+    batch it reads in one call: after a long broker outage the backlog is all
+    phase 2, and settling it one order at a time would take minutes. Phase 1
+    stays one by one (each entry has its own delivery count). Call it under a
+    lock so that one recovery runs at a time.
     """
     ensure_group(client, settings)
-    run = _Run(client, settings, settle, max_failures)
+    run = _Run(client, settings, settle, max_failures, settle_many)
     deadline = time.monotonic() + budget_s
     while not run.report.aborted and time.monotonic() < deadline:
         now = _redis_now_ms(client) if now_ms is None else now_ms

@@ -455,6 +455,53 @@ def test_repeated_failures_abort_the_run_without_touching_the_rest(services, vou
     assert report.settled == {CREATED: 10} and order_count(services) == 10
 
 
+def test_recovery_settles_a_never_dispatched_backlog_in_batches(services, voucher, settings):
+    """A long broker outage leaves everything to recovery: group commit, not 1 order a time."""
+    gate = SeckillGate(services.redis, settings)
+    users = range(5000, 5040)
+    assert all(r.ok for r in gate.reserve_many(voucher, list(users)))
+    commits: list[int] = []
+
+    def count(conn) -> None:  # type: ignore[no-untyped-def]
+        commits.append(1)
+
+    event.listen(services.db.engine, "commit", count)
+    try:
+        report = _recover_now(settings)
+    finally:
+        event.remove(services.db.engine, "commit", count)
+    assert report["picked_up"] == 40 and report["settled"] == {CREATED: 40}
+    assert len(commits) <= 2  # one transaction for the batch (one read on SQLite)
+    assert sorted(u for _, u in db_orders(services, voucher)) == list(users)
+    assert db_stock(services, voucher) == 10 and _stream_empty(services, settings)
+
+
+def test_a_failing_batch_counts_once_toward_the_abort_and_stays_pending(
+    services, voucher, settings
+):
+    _reserve(services, voucher, range(5100, 5105))
+    fast = settings.with_(order_claim_idle_ms=0)
+    time.sleep(0.002)
+
+    def failing_many(entries: list[OrderEntry]) -> dict:
+        raise ConnectionError("database down")
+
+    report = recover(
+        services.redis,
+        fast,
+        lambda e: settle_order(services, e),
+        max_failures=2,
+        settle_many=failing_many,
+    )
+    assert report.failed == 5 and report.picked_up == 5 and not report.aborted
+    assert order_count(services) == 0
+    pending = services.redis.xpending(settings.order_stream, settings.order_group)["pending"]
+    assert pending == 5  # read once, in the PEL: a later run claims them as stuck
+    report = recover(services.redis, fast, lambda e: settle_order(services, e))
+    assert report.claimed == 5 and report.settled == {CREATED: 5}
+    assert order_count(services) == 5 and _stream_empty(services, settings)
+
+
 def test_recovery_is_skipped_while_the_database_is_down(services, voucher, settings):
     _reserve(services, voucher, [600])
     down = _recovery_services(
