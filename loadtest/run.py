@@ -390,6 +390,16 @@ def run_scenario(
         load_seconds = time.monotonic() - started
         summary["result"] = result
 
+        if scenario.needs_orders and args.worker_after_load:
+            # Nothing consumes yet: the broker holds exactly the tasks dispatched so far.
+            published = stack.queued_task_messages()
+            reserved = stack.backlog()
+            rest = stack.wait_dispatched(reserved)
+            summary["dispatch"] = {
+                "reserved_at_end_of_load": reserved,
+                "published_at_end_of_load": published,
+                "all_published_after_s": rest,
+            }
         if scenario.needs_orders:
             if args.worker_after_load:
                 # The gate measured alone; now the worker meets the whole backlog at once.
@@ -492,6 +502,15 @@ def table(summary: dict[str, Any]) -> str:
         if outcomes:
             lines.append("        answers: " + ", ".join(f"{k} {v:,}" for k, v in outcomes.items()))
         lines += [f"        PROBLEM: {p}" for p in verdict["problems"]]
+        dispatch = summary.get("dispatch")
+        if dispatch:
+            rest = dispatch["all_published_after_s"]
+            lines.append(
+                f"dispatch: {dispatch['published_at_end_of_load']:,} of "
+                f"{dispatch['reserved_at_end_of_load']:,} order tasks published when the load "
+                "ended; "
+                + (f"the rest {rest:.1f} s later" if rest is not None else "the rest NEVER")
+            )
         drain = summary["drain"]
         rate = drain["rate_after_load"]
         lines.append(

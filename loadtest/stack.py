@@ -359,6 +359,32 @@ class Stack:
         end = time.monotonic()
         return DrainResult(first, last, end - (began if began is not None else end))
 
+    def queued_task_messages(self) -> int:
+        """Order task messages waiting in the broker (kombu's Redis transport: the ``orders`` list)."""
+        url = self.settings.celery_broker_url or self.settings.redis_url
+        broker = redis.Redis.from_url(url) if url else self.services.redis
+        try:
+            return int(broker.llen("orders"))
+        finally:
+            if broker is not self.services.redis:
+                broker.close()
+
+    def wait_dispatched(
+        self, expected: int, timeout: float = 120.0, poll: float = 0.1
+    ) -> float | None:
+        """Seconds until ``expected`` order task messages are queued (no worker running; None: timeout).
+
+        The web tier publishes order tasks off the request path (web/order_dispatch.py):
+        with the worker started after the load, what the broker holds when the load
+        ends is what was dispatched during it, and this is how long the rest took.
+        """
+        started = time.monotonic()
+        while self.queued_task_messages() < expected:
+            if time.monotonic() - started > timeout:
+                return None
+            time.sleep(poll)
+        return time.monotonic() - started
+
     def wait_tasks_done(self, timeout: float = 600.0, poll: float = 0.2) -> float | None:
         """Seconds until no order task message is queued or unacknowledged (None: timeout).
 

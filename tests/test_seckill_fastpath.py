@@ -263,3 +263,28 @@ def test_reserve_for_session_without_a_session_reserves_nothing(gate, services, 
     assert not services.redis.exists(TOKEN_KEY.format(token="nobody"))
     assert services.redis.get("seckill:stock:1") == "3"
     assert services.redis.xlen(settings.order_stream) == 0
+
+
+def test_dispatched_tasks_are_whole_celery_messages_in_the_orders_queue(
+    app, client, admin, login_as, services
+):
+    """The publisher declares the queue once per connection and writes the args' repr itself."""
+    import base64
+    import json
+
+    voucher_id = create_seckill(client, admin, stock=10)
+    ids = [
+        client.post(f"/voucher-order/seckill/{voucher_id}", headers=login_as(u)).json["data"]
+        for u in range(10, 15)
+    ]
+    assert flush_dispatch(app)
+    messages = [json.loads(m) for m in services.redis.lrange("orders", 0, -1)]
+    assert len(messages) == 5
+    seen = set()
+    for message in messages:
+        assert message["headers"]["task"] == ORDER_TASK
+        args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        assert kwargs == {} and message["headers"]["argsrepr"] == repr(args)
+        assert message["properties"]["delivery_info"]["routing_key"] == "orders"
+        seen.add(args[0]["orderId"])
+    assert seen == set(ids)
