@@ -5,8 +5,10 @@ web/order_fastpath.py has the seckill order's, web/fastroute.py what they share
 (the route's HTTP metrics, the request id, the access line). :func:`install`
 puts those the settings enable in front of Flask.
 
-A near-cache hit (cache/near.py) costs no Redis call; what is left of a
-request is the web framework itself. Under granian an empty Flask route
+A near-cache hit (cache/near.py) costs no Redis call (but for the one reader
+per hot entry and TTL that refreshes it ahead, with one Redis read, so that a
+hot key never expires and never falls to Flask); what is left of a request is
+the web framework itself. Under granian an empty Flask route
 answers ~5,700 req/s on this 2-core box while a bare WSGI callable answers
 ~38,000 (BENCHMARKS.md), so the hottest read of the system is answered one
 layer lower, by this middleware in front of ``Flask.wsgi_app``.
