@@ -280,8 +280,11 @@ def run_scenario(
             database_url=database_url,
             log=_log,
             logs=out_dir / "logs",
+            # the app's own rate limits (production default) instead of the stack's "off"
+            env_overrides={"HMDP_RATE_LIMIT_ENABLED": "1"} if args.rate_limits else {},
         ) as stack,
     ):
+        summary["rate_limits"] = args.rate_limits
         stack.start_backends()
         summary["backend"] = stack.backend
         info = stack.seed(scenario.data)
@@ -583,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-after-load",
         action="store_true",
         help="start the Celery worker only when the load ends (gate alone, then a pure drain)",
+    )
+    stack.add_argument(
+        "--rate-limits",
+        action="store_true",
+        help="keep the app's rate limits on (off by default: every generator request comes "
+        "from 127.0.0.1; per-user limits, e.g. the seckill one, still apply per user)",
     )
     stack.add_argument("--drain-stall", type=float, default=60, help="give up draining after s")
     stack.add_argument("--results-dir", type=Path, default=RESULTS)

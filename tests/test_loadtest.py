@@ -127,3 +127,21 @@ def test_cache_smoke_run_reads_hot_and_cold_shops(tmp_path: Path) -> None:
 def test_unknown_scenario_is_refused(tmp_path: Path, name: str) -> None:
     assert main([name, "--results-dir", str(tmp_path)]) == 2
     assert not any(tmp_path.iterdir())
+
+
+def test_rate_limits_kept_and_dispatch_counted_with_the_worker_after_load(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """--rate-limits keeps the app's limits on; --worker-after-load counts the dispatched tasks."""
+    argv = ["seckill-500", "--users", "10", "--loops", "2", "--rate", "0", "--rate-limits"]
+    argv += ["--worker-after-load", "--redis-url", settings.redis_url or ""]
+    argv += ["--database-url", settings.database_url or ""]
+    code = main([*argv, *QUIET, "--results-dir", str(tmp_path / "results")])
+
+    summary = _summary(tmp_path / "results")
+    assert code == 0, summary["verdict"]
+    assert summary["rate_limits"] is True
+    dispatch = summary["dispatch"]
+    assert dispatch["reserved_at_end_of_load"] == 20  # 10 users x 2 calls, none settled yet
+    assert dispatch["all_published_after_s"] is not None  # every order task reached the broker
+    assert summary["verdict"]["rows"] == 20
