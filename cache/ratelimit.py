@@ -86,6 +86,12 @@ class Decision:
     reset_after: float
     retry_after: float
 
+    @classmethod
+    def from_reply(cls, reply: Sequence[object], limit: int) -> Decision:
+        """One key's four numbers of a limiter script: allowed, left, ms to full, ms to allowed."""
+        allowed, remaining, to_full, wait = (int(value) for value in reply[:4])  # type: ignore[call-overload]
+        return cls(bool(allowed), limit, remaining, to_full / 1000.0, wait / 1000.0)
+
     def headers(self) -> dict[str, str]:
         """``X-RateLimit-*`` (Reset in seconds from now) and, when refused, ``Retry-After``."""
         headers = {
@@ -135,13 +141,7 @@ class Limiter(ABC):
             args.extend(self._rule_args(rule))
         reply = self._script(keys=keys, args=args)
         results = [
-            Decision(
-                allowed=bool(reply[i * 4]),
-                limit=rule.limit,
-                remaining=int(reply[i * 4 + 1]),
-                reset_after=int(reply[i * 4 + 2]) / 1000.0,
-                retry_after=int(reply[i * 4 + 3]) / 1000.0,
-            )
+            Decision.from_reply(reply[i * 4 : i * 4 + 4], rule.limit)
             for i, (_, rule) in enumerate(items)
         ]
         if not results[0].allowed:
@@ -174,7 +174,12 @@ class TokenBucketLimiter(Limiter):
 
     def _rule_args(self, rule: Rule) -> list[object]:
         assert isinstance(rule, TokenBucket)
-        return [rule.capacity, repr(float(rule.rate))]
+        return bucket_args(rule)
+
+
+def bucket_args(rule: TokenBucket) -> list[object]:
+    """A bucket's ARGV pair in lua/token_bucket.lua (also used by cache/seckill.py)."""
+    return [rule.capacity, repr(float(rule.rate))]
 
 
 class SlidingWindowLimiter(Limiter):

@@ -27,3 +27,20 @@ def lua_source(name: str) -> str:
 def load_script(client: redis.Redis, name: str) -> Script:
     """A callable script bound to ``client``: ``script(keys=[...], args=[...])``."""
     return client.register_script(lua_source(name))
+
+
+@cache
+def composed_source(name: str, parts: tuple[str, ...]) -> str:
+    """``lua/<name>.lua`` preceded by each of ``parts`` as a local function of (KEYS, ARGV).
+
+    One script file stays one job: a script that needs what two others do calls
+    them as functions instead of copying their text (a Lua script cannot call
+    another script). Each part runs with the KEYS and ARGV it is given.
+    """
+    functions = [f"local function {part}(KEYS, ARGV)\n{lua_source(part)}\nend\n" for part in parts]
+    return "".join(functions) + lua_source(name)
+
+
+def load_composed(client: redis.Redis, name: str, parts: tuple[str, ...]) -> Script:
+    """:func:`load_script` for a script built by :func:`composed_source`."""
+    return client.register_script(composed_source(name, parts))

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis
+from redis.commands.core import Script
 
 from settings import Settings
 
 from .ids import ID_KEY_TTL, day_key, id_parts
 from .login import TOKEN_KEY
-from .scripts import load_script
+from .ratelimit import Decision, TokenBucket, bucket_args
+from .scripts import load_composed, load_script
 
 STOCK_KEY = "seckill:stock:{voucher_id}"
 WINDOW_KEY = "seckill:window:{voucher_id}"
@@ -101,6 +103,28 @@ class SeckillGate:
         self.client = client
         self.stream = settings.order_stream
         self.script = load_script(client, "seckill")
+        self._charged: Script | None = None
+
+    def _keys_args(
+        self,
+        voucher_id: int,
+        user_id: int | str,
+        now: float,
+        session: tuple[str, int] | None = None,
+    ) -> tuple[list[str], list[object]]:
+        high, low = id_parts(now)
+        keys = [
+            stock_key(voucher_id),
+            window_key(voucher_id),
+            order_set_key(voucher_id),
+            self.stream,
+            day_key(ID_PREFIX, now),
+        ]
+        args: list[object] = [user_id, voucher_id, int(now * 1000), high, low, ID_KEY_TTL]
+        if session is not None:  # user_id is '': the script reads the session
+            keys.append(TOKEN_KEY.format(token=session[0]))
+            args.append(session[1])
+        return keys, args
 
     def _call(  # type: ignore[no-untyped-def]
         self,
@@ -110,18 +134,7 @@ class SeckillGate:
         client=None,
         session: tuple[str, int] | None = None,
     ):
-        high, low = id_parts(now)
-        keys = [
-            stock_key(voucher_id),
-            window_key(voucher_id),
-            order_set_key(voucher_id),
-            self.stream,
-            day_key(ID_PREFIX, now),
-        ]
-        args = [user_id, voucher_id, int(now * 1000), high, low, ID_KEY_TTL]
-        if session is not None:  # user_id is '': the script reads the session
-            keys.append(TOKEN_KEY.format(token=session[0]))
-            args.append(session[1])
+        keys, args = self._keys_args(voucher_id, user_id, now, session)
         return self.script(keys=keys, args=args, client=client)
 
     @staticmethod
@@ -150,6 +163,30 @@ class SeckillGate:
         """
         now = time.time() if now is None else now
         return self._result(self._call(voucher_id, "", now, session=(token, session_ttl)))
+
+    def reserve_charged(
+        self,
+        voucher_id: int,
+        user_id: int,
+        bucket_key: str,
+        bucket: TokenBucket,
+        now: float | None = None,
+    ) -> tuple[Decision, GateResult | None]:
+        """Charge ``bucket_key`` one token and, only if admitted, reserve: ONE call.
+
+        What the web's per-user rate limit and :meth:`reserve` do in two calls
+        (``lua/seckill_charged.lua``); the gate result is None when the bucket
+        refused (nothing reserved, nothing charged).
+        """
+        now = time.time() if now is None else now
+        if self._charged is None:
+            self._charged = load_composed(
+                self.client, "seckill_charged", ("token_bucket", "seckill")
+            )
+        keys, args = self._keys_args(voucher_id, user_id, now)
+        reply = self._charged(keys=[bucket_key, *keys], args=["", 1, *bucket_args(bucket), *args])
+        decision = Decision.from_reply(reply, bucket.limit)
+        return decision, (self._result(reply[4:]) if decision.allowed else None)
 
     def reserve_many(
         self, voucher_id: int, user_ids: list[int], now: float | None = None

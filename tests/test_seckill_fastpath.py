@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from seckill_helpers import add_shop, create_seckill
 
 from cache.login import TOKEN_KEY
+from cache.ratelimit import TokenBucket
 from cache.seckill import NO_SESSION, ODD_SESSION, OK, SeckillGate, load_voucher
 from web.order_fastpath import SeckillFastPath
 from web.orders import ORDER_TASK, flush_dispatch
@@ -221,6 +222,45 @@ def test_the_per_user_limit_applies_below_flask(app_with, login_as, services):
     assert client.post(path).status_code == 401
 
 
+def test_a_refused_order_reserves_nothing_and_is_counted(app_with, login_as, services):
+    """The bucket and the gate in one script: a refusal must not reach the gate."""
+    limited_app = app_with(rate_limit_enabled=True, rate_limit_seckill="1,0.001/s")
+    client = limited_app.test_client()
+    calls = FlaskCalls(limited_app)
+    add_shop(services)
+    voucher_id = create_seckill(client, login_as(1, role="admin"), stock=5)
+    path = f"/voucher-order/seckill/{voucher_id}"
+    rejected = (
+        REGISTRY.get_sample_value("hmdp_rate_limit_rejections_total", {"rule": "seckill"}) or 0
+    )
+    before = calls.count
+    first, second = (client.post(path, headers=login_as(7)) for _ in range(2))
+    assert calls.count == before
+    assert (first.status_code, second.status_code) == (200, 429)
+    assert first.headers["X-RateLimit-Remaining"] == "0"
+    assert services.redis.get(f"seckill:stock:{voucher_id}") == "4"  # one reservation only
+    assert services.redis.smembers(f"seckill:order:{voucher_id}") == {"7"}
+    assert (
+        REGISTRY.get_sample_value("hmdp_rate_limit_rejections_total", {"rule": "seckill"})
+        == rejected + 1
+    )
+
+
+def test_a_sliding_window_limit_is_charged_apart_below_flask(app_with, login_as, services):
+    limited_app = app_with(rate_limit_enabled=True, rate_limit_seckill="2/min")
+    client = limited_app.test_client()
+    calls = FlaskCalls(limited_app)
+    add_shop(services)
+    voucher_id = create_seckill(client, login_as(1, role="admin"), stock=5)
+    path = f"/voucher-order/seckill/{voucher_id}"
+    user = login_as(8)
+    before = calls.count
+    answers = [client.post(path, headers=user).status_code for _ in range(3)]
+    assert calls.count == before
+    assert answers == [200, 409, 429]
+    assert services.redis.get(f"seckill:stock:{voucher_id}") == "4"
+
+
 def test_the_fast_path_can_be_switched_off(flask_only):
     layer = flask_only.wsgi_app
     while hasattr(layer, "flask_wsgi"):
@@ -263,6 +303,18 @@ def test_reserve_for_session_without_a_session_reserves_nothing(gate, services, 
     assert not services.redis.exists(TOKEN_KEY.format(token="nobody"))
     assert services.redis.get("seckill:stock:1") == "3"
     assert services.redis.xlen(settings.order_stream) == 0
+
+
+def test_reserve_charged_reserves_only_what_the_bucket_admits(gate, services, settings):
+    bucket = TokenBucket(capacity=2, rate=0.001)
+    decisions = [gate.reserve_charged(1, user, "ratelimit:t:user:1", bucket) for user in (5, 6, 7)]
+    assert [d.allowed for d, _ in decisions] == [True, True, False]
+    assert [d.remaining for d, _ in decisions] == [1, 0, 0]
+    assert decisions[2][1] is None and decisions[2][0].retry_after > 0
+    assert [r.outcome for _, r in decisions[:2]] == [OK, OK]  # type: ignore[union-attr]
+    assert services.redis.smembers("seckill:order:1") == {"5", "6"}
+    assert services.redis.get("seckill:stock:1") == "1"
+    assert services.redis.xlen(settings.order_stream) == 2
 
 
 def test_dispatched_tasks_are_whole_celery_messages_in_the_orders_queue(
