@@ -194,6 +194,25 @@ def iter_stream(client: redis.Redis, stream: str) -> Iterator[tuple[str, dict]]:
         start = "(" + page[-1][0]
 
 
+def parse_entries(
+    client: redis.Redis, settings: Settings, items: list[tuple[str, dict]]
+) -> tuple[list[OrderEntry], int]:
+    """The reservations among Stream ``items``, and how many were malformed.
+
+    A malformed entry can never be settled: it goes to the dead letters at once
+    (for recovery and for the batches tasks claim alike).
+    """
+    entries = []
+    malformed = 0
+    for stream_id, fields in items:
+        try:
+            entries.append(OrderEntry.from_fields(fields, stream_id))
+        except MalformedEntry as exc:
+            dead_letter(client, settings, stream_id, fields, f"malformed: {exc}")
+            malformed += 1
+    return entries, malformed
+
+
 def claim_new(
     client: redis.Redis, settings: Settings, count: int, own_id: str | None = None
 ) -> tuple[bool, list[tuple[str, dict]]]:
@@ -315,25 +334,34 @@ class _Run:
             )
             report.dead_lettered += 1
             return
-        try:
-            entry = OrderEntry.from_fields(fields, stream_id)
-        except MalformedEntry as exc:
-            dead_letter(self.client, self.settings, stream_id, fields, f"malformed: {exc}")
-            report.dead_lettered += 1
+        entries = self._parse([(stream_id, fields)])
+        if not entries:
             return
         try:
-            outcome = self.settle(entry)
+            outcome = self.settle(entries[0])
         except Exception as exc:  # any failure: leave it pending, try again later
-            report.failed += 1
-            self.streak += 1
-            log.warning("recovery of %s failed (%s: %s)", stream_id, type(exc).__name__, exc)
-            if self.streak >= self.max_failures:
-                log.error("recovery stopped after %d failures in a row", self.streak)
-                report.aborted = True
+            self._failed(1, stream_id, exc)
             return
+        self._settled([outcome])
+
+    def _parse(self, items: list[tuple[str, dict]]) -> list[OrderEntry]:
+        entries, malformed = parse_entries(self.client, self.settings, items)
+        self.report.dead_lettered += malformed
+        return entries
+
+    def _failed(self, count: int, what: str, exc: Exception) -> None:
+        """One failed settle call (of ``count`` entries): the streak grows, maybe the run ends."""
+        self.report.failed += count
+        self.streak += 1
+        log.warning("recovery of %s failed (%s: %s)", what, type(exc).__name__, exc)
+        if self.streak >= self.max_failures:
+            log.error("recovery stopped after %d failures in a row", self.streak)
+            self.report.aborted = True
+
+    def _settled(self, outcomes: list[str]) -> None:
         self.streak = 0
-        report.settled[outcome] += 1
-        ORDERS_RECOVERED.inc()
+        self.report.settled.update(outcomes)
+        ORDERS_RECOVERED.inc(len(outcomes))
 
     def handle_first_deliveries(self, items: list[tuple[str, dict]]) -> None:
         """Settle entries read for the first time: together if a batch settler was given.
@@ -348,32 +376,16 @@ class _Run:
                     break  # left in the PEL with one delivery: claimed on a later run
                 self.handle(stream_id, fields, 1)
             return
-        report = self.report
-        entries = []
-        for stream_id, fields in items:
-            self.seen.add(stream_id)
-            try:
-                entries.append(OrderEntry.from_fields(fields, stream_id))
-            except MalformedEntry as exc:
-                dead_letter(self.client, self.settings, stream_id, fields, f"malformed: {exc}")
-                report.dead_lettered += 1
+        self.seen.update(stream_id for stream_id, _ in items)
+        entries = self._parse(items)
         if not entries:
             return
         try:
             outcomes = self.settle_many(entries)
         except Exception as exc:  # any failure: leave them pending, try again later
-            report.failed += len(entries)
-            self.streak += 1
-            log.warning(
-                "recovery of %d entries failed (%s: %s)", len(entries), type(exc).__name__, exc
-            )
-            if self.streak >= self.max_failures:
-                log.error("recovery stopped after %d failures in a row", self.streak)
-                report.aborted = True
+            self._failed(len(entries), f"{len(entries)} entries", exc)
             return
-        self.streak = 0
-        report.settled.update(outcomes.values())
-        ORDERS_RECOVERED.inc(len(outcomes))
+        self._settled(list(outcomes.values()))
 
     def stuck(self, batch: int) -> int:
         """Phase 1: take over PEL entries idle past the threshold; returns how many."""

@@ -53,7 +53,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from cache import order_stream
-from cache.locks import LockError, LockNotOwnedError, RLock, acquire_all, release_all
+from cache.locks import LockError, RLock, acquire_all, release_all
 from cache.order_stream import MalformedEntry, OrderEntry
 from metrics import (
     ORDER_BATCH_SETTLED,
@@ -346,27 +346,9 @@ def settle_order(services: Services, entry: OrderEntry) -> str:
     try:
         outcome = persist_order(services.db, entry)
     finally:
-        try:
-            lock.release()
-        except LockNotOwnedError:  # lease lost while we worked; the constraint held
-            log.warning("order lock of user %s expired during settle", entry.user_id)
-        except (redis.RedisError, OSError) as exc:  # it expires by itself
-            log.warning("order lock of user %s not released: %s", entry.user_id, exc)
+        _release([lock])
     _finish(services, {entry: outcome})
     return outcome
-
-
-def _claimed_entries(services: Services, claimed: list[tuple[str, dict]]) -> list[OrderEntry]:
-    """Parse a claimed batch; a malformed entry goes to the dead letters at once."""
-    entries = []
-    for stream_id, fields in claimed:
-        try:
-            entries.append(OrderEntry.from_fields(fields, stream_id))
-        except MalformedEntry as exc:
-            order_stream.dead_letter(
-                services.redis, services.settings, stream_id, fields, f"malformed: {exc}"
-            )
-    return entries
 
 
 def run_order_task(services: Services, payload: object) -> str:
@@ -390,7 +372,7 @@ def run_order_task(services: Services, payload: object) -> str:
     present, claimed = order_stream.claim_new(
         services.redis, services.settings, batch_size, entry.stream_id
     )
-    batch = _claimed_entries(services, claimed)
+    batch, _ = order_stream.parse_entries(services.redis, services.settings, claimed)
     own = None
     if batch:
         outcomes = settle_orders(services, batch)
