@@ -32,7 +32,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,15 +359,23 @@ class Stack:
         end = time.monotonic()
         return DrainResult(first, last, end - (began if began is not None else end))
 
+    @contextlib.contextmanager
+    def _broker(self) -> Iterator[redis.Redis]:
+        """The Celery broker's Redis: the stack's own client unless CELERY_BROKER_URL differs."""
+        url = self.settings.celery_broker_url
+        if url is None or url == self.redis_url:
+            yield self.services.redis
+            return
+        broker = redis.Redis.from_url(url)
+        try:
+            yield broker
+        finally:
+            broker.close()
+
     def queued_task_messages(self) -> int:
         """Order task messages waiting in the broker (kombu's Redis transport: the ``orders`` list)."""
-        url = self.settings.celery_broker_url or self.settings.redis_url
-        broker = redis.Redis.from_url(url) if url else self.services.redis
-        try:
+        with self._broker() as broker:
             return int(broker.llen("orders"))
-        finally:
-            if broker is not self.services.redis:
-                broker.close()
 
     def wait_dispatched(
         self, expected: int, timeout: float = 120.0, poll: float = 0.1
@@ -394,10 +402,8 @@ class Stack:
         the drain rate. Reads kombu's Redis transport: the ``orders`` list and
         the ``unacked`` hash (messages delivered to a worker, not yet acked).
         """
-        url = self.settings.celery_broker_url or self.settings.redis_url
-        broker = redis.Redis.from_url(url) if url else self.services.redis
         started = time.monotonic()
-        try:
+        with self._broker() as broker:
             while time.monotonic() - started < timeout:
                 pipe = broker.pipeline(transaction=False)
                 pipe.llen("orders")
@@ -405,10 +411,7 @@ class Stack:
                 if sum(pipe.execute()) == 0:
                     return time.monotonic() - started
                 time.sleep(poll)
-            return None
-        finally:
-            if broker is not self.services.redis:
-                broker.close()
+        return None
 
     def wait_drained(self, stall: float = 60.0, poll: float = 0.2) -> DrainResult:
         """Wait until the orders Stream is empty, or it has not shrunk for ``stall`` s."""

@@ -181,15 +181,21 @@ class RouteLimiter:
         (web/order_fastpath.py) charges the user it resolved, to the bucket the
         Flask hook would charge for that user.
         """
+        found = self._subject_rule(endpoint, subject)
+        if found is None:
+            return None
+        limit, rule = found
+        return self._charge(limit, rule, [limit_key(limit.group, subject, value)], client)
+
+    def _subject_rule(self, endpoint: str, subject: Subject) -> tuple[RouteLimit, Rule] | None:
+        """The limit and rule of a route limited per ``subject`` only; None if not limited."""
         limit = self.table.get(endpoint)
         if limit is None:
             return None
         if limit.per != (subject,):
             raise ValueError(f"{endpoint} is not limited per {subject} only: {limit.per}")
         rule = self.rules[limit.setting]
-        if rule is None:
-            return None
-        return self._charge(limit, rule, [limit_key(limit.group, subject, value)], client)
+        return None if rule is None else (limit, rule)
 
     def token_bucket(
         self, endpoint: str, subject: Subject, value: object
@@ -201,10 +207,10 @@ class RouteLimiter:
         None for another strategy or no limit (then :meth:`check_subject`).
         The caller reports a refusal with :meth:`refused`.
         """
-        limit = self.table.get(endpoint)
-        if limit is None or limit.per != (subject,):
+        found = self._subject_rule(endpoint, subject)
+        if found is None:
             return None
-        rule = self.rules[limit.setting]
+        limit, rule = found
         if not isinstance(rule, TokenBucket):
             return None
         return limit_key(limit.group, subject, value), rule
