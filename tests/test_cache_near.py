@@ -120,7 +120,9 @@ def test_a_due_entry_evicted_before_its_claim_is_not_handed_out(services):
         near.stop()
 
 
-def test_a_due_hit_refreshes_the_entry_from_redis_once(services):
+@pytest.fixture
+def due_entry(services):  # type: ignore[no-untyped-def]
+    """A region with a near-cache whose entry of shop 1 is due for its refresh-ahead."""
     add_shops(services.db, 1)
     near = started(near_for(services, ttl=60.0))
     try:
@@ -129,53 +131,41 @@ def test_a_due_hit_refreshes_the_entry_from_redis_once(services):
         region.near = near
         first = region.get(1)
         aged(near, "1", first, 0.9)
-        # Redis now holds another text (as a rebuild would write): the due reader
-        # is served the entry it found, and re-reads Redis for the next readers.
-        changed = first.replace('"name":"shop1"', '"name":"refreshed"')
-        services.redis.set(region.physical_key("1"), changed)
-        hits = counter(CACHE_REQUESTS, strategy="mutex", result="hit")
-        assert region.near_get("1") == first
-        assert counter(CACHE_REQUESTS, strategy="mutex", result="hit") == hits + 1
-        assert near.lookup("1") == (changed, False)  # a new entry, with a new TTL
-        assert region.near_get("1") == changed
-        assert counter(CACHE_REQUESTS, strategy="mutex", result="hit") == hits + 1  # no re-read
-        assert loader.calls == 1  # never the database
+        yield region, near, loader, first
     finally:
         near.stop()
 
 
-def test_a_due_refresh_never_rebuilds_and_leaves_the_entry_to_its_ttl(services):
-    add_shops(services.db, 1)
-    near = started(near_for(services, ttl=60.0))
-    try:
-        loader = CountingLoader(services.db)
-        region = make_region(services, loader)
-        region.near = near
-        first = region.get(1)
-        aged(near, "1", first, 0.9)
-        services.redis.delete(region.physical_key("1"))  # expired in Redis, say
-        assert region.near_get("1") == first
-        assert loader.calls == 1  # no rebuild from a refresh
-        assert near.lookup("1") == (first, False)  # kept, claimed: expires at its TTL
-    finally:
-        near.stop()
+def test_a_due_hit_refreshes_the_entry_from_redis_once(services, due_entry):
+    region, near, loader, first = due_entry
+    # Redis now holds another text (as a rebuild would write): the due reader
+    # is served the entry it found, and re-reads Redis for the next readers.
+    changed = first.replace('"name":"shop1"', '"name":"refreshed"')
+    services.redis.set(region.physical_key("1"), changed)
+    hits = counter(CACHE_REQUESTS, strategy="mutex", result="hit")
+    assert region.near_get("1") == first
+    assert counter(CACHE_REQUESTS, strategy="mutex", result="hit") == hits + 1
+    assert near.lookup("1") == (changed, False)  # a new entry, with a new TTL
+    assert region.near_get("1") == changed
+    assert counter(CACHE_REQUESTS, strategy="mutex", result="hit") == hits + 1  # no re-read
+    assert loader.calls == 1  # never the database
 
 
-def test_a_due_refresh_that_cannot_reach_redis_still_serves_the_hit(services):
-    add_shops(services.db, 1)
-    near = started(near_for(services, ttl=60.0))
-    try:
-        region = make_region(services, CountingLoader(services.db))
-        region.near = near
-        first = region.get(1)
-        aged(near, "1", first, 0.9)
-        # the region's own client now points at a port nobody listens on
-        dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
-        region._get = load_script(dead, "cache_get")
-        assert region.near_get("1") == first
-        assert near.lookup("1") == (first, False)
-    finally:
-        near.stop()
+def test_a_due_refresh_never_rebuilds_and_leaves_the_entry_to_its_ttl(services, due_entry):
+    region, near, loader, first = due_entry
+    services.redis.delete(region.physical_key("1"))  # expired in Redis, say
+    assert region.near_get("1") == first
+    assert loader.calls == 1  # no rebuild from a refresh
+    assert near.lookup("1") == (first, False)  # kept, claimed: expires at its TTL
+
+
+def test_a_due_refresh_that_cannot_reach_redis_still_serves_the_hit(due_entry):
+    region, near, _, first = due_entry
+    # the region's own client now points at a port nobody listens on
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    region._get = load_script(dead, "cache_get")
+    assert region.near_get("1") == first
+    assert near.lookup("1") == (first, False)
 
 
 def test_lost_subscription_clears_and_stops_serving_then_recovers(services):
