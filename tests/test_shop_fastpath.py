@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from cache.region import encode_logical
-from web import create_app
 from web.fastpath import ShopFastPath
 
 
@@ -138,15 +135,8 @@ def test_fast_hits_are_counted_as_visits_of_the_client_address(app, client, seed
     assert client.get("/shop/6/uv").json["data"]["uv"] == 3
 
 
-@pytest.fixture
-def long_ttl_app(settings):  # type: ignore[no-untyped-def]
-    app = create_app(settings.with_(near_cache_ttl=60.0))
-    app.config["TESTING"] = True
-    yield app
-    app.extensions["hmdp"].close()
-
-
-def test_a_hot_entry_is_refreshed_ahead_below_flask_and_never_misses(long_ttl_app, seeded):
+def test_a_hot_entry_is_refreshed_ahead_below_flask_and_never_misses(app_with, seeded):
+    long_ttl_app = app_with(near_cache_ttl=60.0)
     client = long_ttl_app.test_client()
     calls = FlaskCalls(long_ttl_app)
     warm_until_fast(client, calls, "/shop/7")
@@ -170,15 +160,8 @@ def test_a_hot_entry_is_refreshed_ahead_below_flask_and_never_misses(long_ttl_ap
     assert near.lookup("7") == (marked, False)  # a new entry with a new TTL
 
 
-@pytest.fixture
-def limited_app(settings):  # type: ignore[no-untyped-def]
-    app = create_app(settings.with_(rate_limit_enabled=True, rate_limit_shop_query="4,0.001/s"))
-    app.config["TESTING"] = True
-    yield app
-    app.extensions["hmdp"].close()
-
-
-def test_the_shop_query_limit_applies_to_fast_hits(limited_app, seeded):
+def test_the_shop_query_limit_applies_to_fast_hits(app_with, seeded):
+    limited_app = app_with(rate_limit_enabled=True, rate_limit_shop_query="4,0.001/s")
     client = limited_app.test_client()
     calls = FlaskCalls(limited_app)
     statuses, through_flask = [], []
@@ -205,10 +188,7 @@ def test_the_shop_query_limit_applies_to_fast_hits(limited_app, seeded):
     assert other.status_code == 200  # per address
 
 
-def test_the_fast_path_can_be_switched_off(settings, seeded):
-    app = create_app(settings.with_(shop_fast_path=False))
-    try:
-        assert not isinstance(app.wsgi_app, ShopFastPath)
-        assert app.test_client().get("/shop/1").status_code == 200
-    finally:
-        app.extensions["hmdp"].close()
+def test_the_fast_path_can_be_switched_off(app_with, seeded):
+    app = app_with(shop_fast_path=False)
+    assert not isinstance(app.wsgi_app, ShopFastPath)
+    assert app.test_client().get("/shop/1").status_code == 200
