@@ -52,14 +52,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process: not gone, and not a zombie (dead, not reaped).
+
+    For state left behind by other processes (this module's server.json, the
+    metrics files of dead web workers in web/metrics.py).
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat.rsplit(")", 1)[-1].split()[0] not in {"Z", "X"}
 
 
 class EmbeddedRedis:
@@ -167,7 +176,7 @@ def shared_server_url(var_dir: Path) -> str:
         if state_file.exists():
             with contextlib.suppress(ValueError, OSError, KeyError):
                 state = json.loads(state_file.read_text())
-                if _pid_alive(state["pid"]):
+                if process_alive(state["pid"]):
                     url = f"redis://127.0.0.1:{state['port']}/0"
                     with contextlib.suppress(redis.RedisError):
                         redis.Redis.from_url(url, socket_timeout=1).ping()

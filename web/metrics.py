@@ -37,6 +37,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
+from cache.server import process_alive
 from metrics import track_pool
 from services import Services
 from settings import Settings
@@ -172,21 +173,6 @@ def exposition_registry(
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 
 
-def _process_gone(pid: int) -> bool:
-    """No such process, or a zombie (dead, not yet reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False  # no /proc: trust kill()
-    return stat.rsplit(")", 1)[-1].split()[0] in {"Z", "X"}
-
-
 def drop_dead_processes(path: Path) -> set[int]:
     """Remove the live gauges ("liveall"/"livesum"...) of processes that no longer exist.
 
@@ -199,7 +185,7 @@ def drop_dead_processes(path: Path) -> set[int]:
     dead = set()
     for file in path.glob("gauge_live*.db"):
         match = _LIVE_GAUGE_FILE.match(file.name)
-        if match and int(match.group(1)) != os.getpid() and _process_gone(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
             dead.add(int(match.group(1)))
     for pid in dead:
         multiprocess.mark_process_dead(pid, str(path))
