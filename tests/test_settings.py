@@ -62,3 +62,31 @@ def test_with_changes_a_copy_and_validates():
     assert changed.shop_ttl == 5 and base.shop_ttl != 5
     with pytest.raises(ValueError):
         base.with_(shop_cache_strategy="nope")
+
+
+def test_every_field_is_declared_once_with_its_variable():
+    from dataclasses import fields
+
+    declared = [f.metadata.get("env") for f in fields(Settings)]
+    assert all(declared), "a Settings field without setting(...) is never read"
+    assert len(set(declared)) == len(declared)
+
+
+def test_every_variable_is_read_through_its_declared_parser(tmp_path: Path):
+    env = {
+        "HMDP_NEAR_CACHE_TTL": "2.5",
+        "HMDP_NEAR_CACHE": "off",
+        "HMDP_LOG_LEVEL": "debug",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "HMDP_TIMEZONE": "Asia/Shanghai",
+        "HMDP_ORDER_STREAM": "",  # empty counts as unset
+    }
+    settings = Settings.from_env(env)
+    assert settings.near_cache_ttl == 2.5
+    assert settings.near_cache_enabled is False
+    assert settings.log_level == "DEBUG"
+    assert settings.prometheus_multiproc_dir == tmp_path
+    assert settings.timezone == "Asia/Shanghai"
+    assert settings.order_stream == Settings.order_stream
+    with pytest.raises(ValueError, match="HMDP_TIMEZONE must be an IANA zone"):
+        Settings.from_env({"HMDP_TIMEZONE": "Mars/Olympus"})
