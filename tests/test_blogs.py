@@ -7,8 +7,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from social_rows import make_blog, make_shop, make_users
 from sqlalchemy import func, select
+from support.social import make_blog, make_shop, make_users
 
 from cache.likes import count as zcard
 from cache.likes import liked_key

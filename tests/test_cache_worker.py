@@ -6,16 +6,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import process_env
+from support.env import (
+    ROOT,
+    process_env,
+)
 
 from cache.region import decode_logical, encode_logical
 from models.entities import Shop
 from tasks.app import worker_argv
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def queue_length(redis_client, queue: str) -> int:  # type: ignore[no-untyped-def]

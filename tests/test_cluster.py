@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import ROOT, process_env
-from ops_procs import answers, json_lines, wait_for
-from ops_procs import http as fetch
 from prometheus_client.parser import text_string_to_metric_families
+from support.env import ROOT, process_env
+from support.procs import answers, json_lines, wait_for
+from support.procs import http as fetch
 
 from cache.server import free_port
 from deploy.cluster import find_nginx

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import prometheus_client
 import pytest
 import yaml
+from support.env import ROOT
 
 import celeryconfig
 import metrics
@@ -23,7 +24,6 @@ from deploy import cluster
 from deploy.web_server import APP, web_argv
 from settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict] = COMPOSE["services"]

@@ -8,10 +8,9 @@ import textwrap
 from pathlib import Path
 
 import redis
+from support.env import ROOT
 
 from cache.server import EmbeddedRedis, shared_server_url
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _alive(pid: int) -> bool:

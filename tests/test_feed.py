@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from social_rows import make_shop, make_users
 from sqlalchemy import delete
+from support.social import make_shop, make_users
 
 from cache import feed
 from models.entities import Blog

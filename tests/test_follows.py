@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from social_rows import make_users
 from sqlalchemy import func, select
+from support.social import make_users
 
 from cache.follows import MARKER, follows_key
 from models.entities import Follow, UserInfo

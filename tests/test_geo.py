@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from social_rows import make_shop
 from sqlalchemy import select
+from support.social import make_shop
 
 from cache import geo
 from models.entities import Shop

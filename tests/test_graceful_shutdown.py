@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
-from ops_procs import celery_worker, children, http, json_lines, wait_for, web_server
+from support.procs import celery_worker, children, http, json_lines, wait_for, web_server
 
 from cache.server import EmbeddedRedis
 from deploy.web_server import SERVERS

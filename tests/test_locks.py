@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import process_env
+from support.env import ROOT, process_env
 
 from cache.connection import connect
 from cache.locks import (
@@ -31,8 +31,8 @@ from cache.locks import (
 )
 from cache.scripts import load_script
 
-WORKER = Path(__file__).with_name("lock_worker.py")
-ROOT = WORKER.parent.parent
+WORKER = Path(__file__).parent / "support" / "lock_worker.py"
+
 
 
 # --- helpers -------------------------------------------------------------------

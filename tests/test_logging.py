@@ -9,7 +9,7 @@ import logging
 import re
 
 import pytest
-from ops_procs import celery_worker, http, json_lines, wait_for, web_server
+from support.procs import celery_worker, http, json_lines, wait_for, web_server
 
 import logsetup
 

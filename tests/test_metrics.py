@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from ops_procs import children, http, json_lines, web_server
 from prometheus_client.parser import text_string_to_metric_families
+from support.procs import children, http, json_lines, web_server
 
 from cache.server import free_port
 from deploy.web_server import SERVERS

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client import REGISTRY
-from seckill_helpers import add_shop, create_seckill, db_orders, db_stock, order_count, wait_for
 from sqlalchemy import event, update
 from sqlalchemy.exc import OperationalError
+from support.seckill import add_shop, create_seckill, db_orders, db_stock, order_count, wait_for
 
 from beat.order_jobs import run_recovery
 from cache import order_stream

@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from order_workers import celery_worker, kill_group, log_tail, start_worker
-from seckill_helpers import add_shop, create_seckill, db_orders, db_stock, order_count, wait_for
 from sqlalchemy.engine import make_url
-from tcp_proxy import TcpProxy
+from support.seckill import add_shop, create_seckill, db_orders, db_stock, order_count, wait_for
+from support.tcp_proxy import TcpProxy
+from support.workers import celery_worker, kill_group, log_tail, start_worker
 
 from beat.order_jobs import JOB_NAME, run_recovery
 from cache.order_stream import OrderEntry

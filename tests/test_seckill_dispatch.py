@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from seckill_helpers import wait_for
+from support.seckill import wait_for
 
 from web.order_dispatch import OrderDispatcher
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import REGISTRY
-from seckill_helpers import add_shop, create_seckill
+from support.seckill import add_shop, create_seckill
 
 from cache.login import TOKEN_KEY
 from cache.ratelimit import TokenBucket

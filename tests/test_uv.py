@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from social_rows import make_shop, make_users
+from support.social import make_shop, make_users
 
 from cache import uv
 from web.signs import CLOCK_EXTENSION

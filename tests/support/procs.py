@@ -18,11 +18,10 @@ from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 
-from conftest import ROOT, process_env
-
 from cache.server import free_port
 from deploy.web_server import SERVERS, web_argv
 from settings import Settings
+from support.env import ROOT, process_env
 from tasks.app import worker_argv
 
 

@@ -15,9 +15,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import ROOT, process_env
-
 from settings import Settings
+from support.env import ROOT, process_env
 from tasks.app import worker_argv
 
 
