@@ -218,8 +218,25 @@ def test_shops_by_name_pages_of_ten(client, seeded):
     assert client.get("/shop/of/name?name=%25").json["data"] == []  # % is literal
 
 
+@pytest.mark.parametrize("query", ["", "?name=", "?name=%20%20", "?current=1", "?name=&current=1"])
+def test_shops_by_name_without_a_name_is_the_first_page_of_all_shops(client, seeded, query):
+    response = client.get(f"/shop/of/name{query}")
+    assert response.status_code == 200, response.json
+    assert [s["id"] for s in response.json["data"]] == list(range(1, 11))  # id order, 10
+
+
+def test_shops_by_name_without_a_name_pages_like_a_name_search(client, seeded):
+    pages = [client.get(f"/shop/of/name?name=&current={n}").json["data"] for n in (1, 2, 50)]
+    assert [s["id"] for s in pages[1]] == list(range(11, 21))
+    assert [s["id"] for s in pages[2]] == list(range(491, 501))  # the last of 500 shops
+    assert client.get("/shop/of/name?current=51").json["data"] == []
+    # the same fields as a name search answers
+    named = client.get("/shop/of/name?name=1").json["data"][0]
+    assert set(pages[0][0]) == set(named)
+
+
 @pytest.mark.parametrize(
-    "query", ["", "?name=", "?name=a&current=0", "?name=a&current=x", "?name=" + "a" * 129]
+    "query", ["?name=a&current=0", "?name=a&current=x", "?current=0", "?name=" + "a" * 129]
 )
 def test_shops_by_name_bad_queries(client, seeded, query):
     assert client.get(f"/shop/of/name{query}").status_code == 400
