@@ -24,6 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+NO_RETRY = Retry(NoBackoff(), 0)
 
 
 def find_redis_server() -> str:
@@ -74,10 +78,20 @@ def process_alive(pid: int) -> bool:
 class EmbeddedRedis:
     """One redis-server child process with its own port and data directory."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True):
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        appendonly: bool = True,
+        *,
+        appendfsync: str = "everysec",
+        extra_args: tuple[str, ...] = (),
+    ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.extra_args = extra_args  # e.g. the cluster options (cache/redis_cluster.py)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,7 +112,7 @@ class EmbeddedRedis:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--save",
             "",
             "--daemonize",
@@ -107,6 +121,7 @@ class EmbeddedRedis:
             str(self.data_dir / "redis.log"),
             "--maxclients",
             "10000",
+            *self.extra_args,
         ]
         # A new session: Ctrl-C in the launcher's terminal must not kill Redis
         # before the app processes that still write to it have stopped.
@@ -114,7 +129,7 @@ class EmbeddedRedis:
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, retry=NO_RETRY)
         try:
             while True:
                 if self.process.poll() is not None:
@@ -139,7 +154,9 @@ class EmbeddedRedis:
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(redis.RedisError):
-            redis.Redis(port=self.port, socket_timeout=2).shutdown(nosave=True)
+            # No retries: the server closing the connection is the expected answer
+            # (redis-py retries a dropped connection with backoff by default).
+            redis.Redis(port=self.port, socket_timeout=2, retry=NO_RETRY).shutdown(nosave=True)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -179,7 +196,7 @@ def shared_server_url(var_dir: Path) -> str:
                 if process_alive(state["pid"]):
                     url = f"redis://127.0.0.1:{state['port']}/0"
                     with contextlib.suppress(redis.RedisError):
-                        redis.Redis.from_url(url, socket_timeout=1).ping()
+                        redis.Redis.from_url(url, socket_timeout=1, retry=NO_RETRY).ping()
                         return url
         server = EmbeddedRedis(state_dir).start()
         assert server.process is not None
