@@ -9,14 +9,15 @@ web.wsgi's own, so the benchmark serves what is deployed.
 
 from flask import Response
 
+from web.envelope import envelope, json_response
 from web.wsgi import app
 
-EMPTY = '{"success":true,"errorMsg":null,"data":null,"total":null}'
+EMPTY = envelope()
 
 
 def bench_empty() -> Response:
     """The baseline: Flask's own cost for a tiny JSON answer."""
-    return Response(EMPTY, mimetype="application/json")
+    return json_response(EMPTY)
 
 
 app.add_url_rule("/bench/empty", "bench_empty", bench_empty)

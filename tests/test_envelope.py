@@ -91,3 +91,28 @@ def test_unexpected_error_is_500_json_without_trace(probe_app):
     body = _assert_envelope(response, 500)
     assert "secret" not in response.get_data(as_text=True)
     assert body["errorMsg"] == "internal server error"
+
+
+@pytest.mark.parametrize(
+    "data, error, total",
+    [
+        (None, None, None),
+        ({"name": "小吃", "n": 1.5, "list": [1, None, True]}, None, 3),
+        ("123456789012345678", None, None),
+        (None, "sold out", None),
+        ({"redis": {"ok": False, "error": 'x "quoted" \\ ü'}}, "not ready: redis", None),
+    ],
+)
+def test_the_envelope_encoder_writes_what_flasks_json_provider_writes(app, data, error, total):
+    from web.envelope import envelope, envelope_around, fail_bytes, ok_bytes
+
+    fields = {"success": error is None, "errorMsg": error, "data": data, "total": total}
+    with app.app_context():
+        flask_bytes = app.json.response(fields).get_data()
+    assert envelope(data, error, total).encode() == flask_bytes
+    encoded = app.json.dumps(data, separators=(",", ":"))
+    assert envelope_around(encoded, error, total).encode() == flask_bytes
+    if error is None and total is None:
+        assert ok_bytes(encoded) == flask_bytes
+    if data is None and total is None and error is not None:
+        assert fail_bytes(error) == flask_bytes

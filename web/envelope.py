@@ -2,13 +2,69 @@
 
 Clients read ``{"success", "errorMsg", "data", "total"}``; the HTTP status
 tells proxies and operators the same thing (400/401/403/404/409/429/503).
+
+:func:`envelope` is the one encoder of the four fields, for Flask's views and
+the WSGI fast paths alike, so both answer the same bytes. An answer is a
+failure exactly when it carries an ``errorMsg``. JSON text that is already
+encoded (a cached shop) is put in as it is (:func:`envelope_around`), never
+decoded and encoded again; the hot answers' bytes are built from constant parts.
 """
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache, partial
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Response, request
+from flask.json.provider import DefaultJSONProvider
+
+MIMETYPE = "application/json"
+
+# Flask's JSON conversions (dates, decimals, dataclasses ...), compact, UTF-8 as is.
+_dumps = partial(
+    json.dumps, ensure_ascii=False, separators=(",", ":"), default=DefaultJSONProvider.default
+)
+_OK_HEAD = '{"success":true,"errorMsg":null,"data":'
+_TAIL = ',"total":null}\n'
+
+
+def envelope_around(data_json: str, error: str | None = None, total: int | None = None) -> str:
+    """The envelope around ``data_json`` (JSON text already encoded): the one place of its fields."""
+    if error is None and total is None:
+        return _OK_HEAD + data_json + _TAIL
+    return (
+        '{"success":'
+        + ("true" if error is None else "false")
+        + ',"errorMsg":'
+        + _dumps(error)
+        + ',"data":'
+        + data_json
+        + ',"total":'
+        + _dumps(total)
+        + "}\n"
+    )
+
+
+def envelope(data: Any = None, error: str | None = None, total: int | None = None) -> str:
+    """The envelope of ``data`` (encoded as Flask would), a failure when ``error`` is given."""
+    return envelope_around(_dumps(data), error, total)
+
+
+def ok_bytes(data_json: str) -> bytes:
+    """A success around encoded JSON text, as bytes (the hot answers)."""
+    return envelope_around(data_json).encode()
+
+
+@lru_cache(maxsize=256)
+def fail_bytes(message: str) -> bytes:
+    """A failure's body as bytes; the hot paths' few messages are encoded once."""
+    return envelope(error=message).encode()
+
+
+def json_response(text: str, status: int = 200) -> Response:
+    """A Flask response of envelope text."""
+    return Response(text, status=status, mimetype=MIMETYPE)
 
 
 class ApiError(Exception):
@@ -50,15 +106,12 @@ class TooManyRequests(ApiError):
 
 def ok(data: Any = None, total: int | None = None, status: int = 200) -> Response:
     """A success envelope."""
-    response = jsonify({"success": True, "errorMsg": None, "data": data, "total": total})
-    response.status_code = status
-    return response
+    return json_response(envelope(data, total=total), status)
 
 
 def fail(message: str, status: int, headers: dict | None = None) -> Response:
     """A failure envelope with a real HTTP status."""
-    response = jsonify({"success": False, "errorMsg": message, "data": None, "total": None})
-    response.status_code = status
+    response = json_response(envelope(error=message), status)
     for name, value in (headers or {}).items():
         response.headers[name] = str(value)
     return response

@@ -32,7 +32,6 @@ a region not built yet, or an unexpected error here (logged, then Flask).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any
@@ -40,20 +39,18 @@ from typing import Any
 import redis
 from flask import Flask
 
+from .envelope import fail_bytes, ok_bytes
 from .fastroute import Answer, FastPath, FastRoute, WsgiApp
 from .order_fastpath import SeckillFastPath
 from .ratelimit import EXTENSION as RATELIMIT_EXTENSION
 from .ratelimit import RouteLimiter, forwarded_client_ip
-from .shops import MAX_ID, shop_region_holder, shop_response_text
+from .shops import MAX_ID, shop_region_holder
 from .signs import CLOCK_EXTENSION
 from .stats import UV_EXTENSION
 
 ENDPOINT = "shops.get_shop"
 SHOP_PATH = re.compile(r"/shop/([0-9]{1,19})", re.ASCII)
-TOO_MANY = json.dumps(
-    {"success": False, "errorMsg": "too many requests; slow down", "data": None, "total": None},
-    separators=(",", ":"),
-).encode()
+TOO_MANY = fail_bytes("too many requests; slow down")
 
 
 class ShopFastPath(FastPath):
@@ -104,7 +101,7 @@ class ShopFastPath(FastPath):
                 if not decision.allowed:
                     return self.route.finish(environ, 429, headers, TOO_MANY, started)
         self.uv.record(shop_id, self.clock().date(), f"ip:{ip}")
-        return self.route.finish(environ, 200, headers, shop_response_text(text).encode(), started)
+        return self.route.finish(environ, 200, headers, ok_bytes(text), started)
 
 
 def install(app: Flask) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app
 from kombu import Connection
 from sqlalchemy import text
 
+from .envelope import envelope, json_response, ok
 from .runtime import services
 
 bp = Blueprint("health", __name__)
@@ -16,7 +17,7 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz() -> Response:
     """Liveness: the process answers. No dependency is touched."""
-    return jsonify({"success": True, "errorMsg": None, "data": "ok", "total": None})
+    return ok("ok")
 
 
 def _check_redis() -> None:
@@ -50,12 +51,5 @@ def readyz() -> Response:
             report[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
         report[name]["ms"] = round((time.perf_counter() - started) * 1000, 2)
     failed = [name for name, result in report.items() if not result["ok"]]
-    body = {
-        "success": not failed,
-        "errorMsg": f"not ready: {', '.join(failed)}" if failed else None,
-        "data": report,
-        "total": None,
-    }
-    response = jsonify(body)
-    response.status_code = 503 if failed else 200
-    return response
+    error = f"not ready: {', '.join(failed)}" if failed else None
+    return json_response(envelope(report, error), 503 if failed else 200)

@@ -36,7 +36,16 @@ from models.session import Database
 from services import Services
 
 from .auth import admin_required
-from .envelope import ApiError, BadRequest, NotFound, int_arg, json_body, ok
+from .envelope import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    envelope_around,
+    int_arg,
+    json_body,
+    json_response,
+    ok,
+)
 from .nearby import index_shop, position_args, shops_near
 from .runtime import services
 from .stats import record_shop_visit
@@ -99,15 +108,6 @@ def shop_region_holder(app: Flask) -> _RegionHolder:
     return app.extensions[_EXTENSION]
 
 
-def shop_response_text(data_text: str) -> str:
-    """The success envelope around JSON text that is already encoded (no re-encode)."""
-    return '{"success":true,"errorMsg":null,"data":' + data_text + ',"total":null}'
-
-
-def _ok_json_text(data_text: str) -> Response:
-    return Response(shop_response_text(data_text), mimetype="application/json")
-
-
 def _shop_id(raw: object, from_path: bool = False) -> int:
     """A positive 64-bit id from a path segment (str) or a JSON number, else 400."""
     if isinstance(raw, bool):
@@ -139,14 +139,14 @@ def get_shop(shop_id: str) -> Response:
     if text is None:
         raise NotFound("shop not found")
     record_shop_visit(ident)  # UV: an in-process buffer insert, no I/O
-    return _ok_json_text(text)
+    return json_response(envelope_around(text))
 
 
 @bp.get("/shop-type/list")
 def shop_types() -> Response:
     """All shop types ordered by sort, cached as one JSON text in cache:shop-type."""
     svc = services()
-    return _ok_json_text(shop_types_json(svc.redis, svc.db, svc.settings))
+    return json_response(envelope_around(shop_types_json(svc.redis, svc.db, svc.settings)))
 
 
 @bp.get("/shop/of/name")
