@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import shared_task
 from sqlalchemy import text
 
@@ -41,10 +42,12 @@ def run_recovery(services: Services, **options: object) -> dict[str, object]:
 
     The lock keeps two runs (a slow one and the next beat tick, or a manual
     run) from claiming the same entries; checking the database first avoids
-    spending every entry's delivery budget during an outage.
+    spending every entry's delivery budget during an outage. The lock has the
+    order locks' lease: if its release fails, it expires after that lease and
+    the next run on any worker goes ahead.
     """
     client = services.redis
-    lock = RLock(client, RECOVERY_LOCK, lease_ms=30_000)
+    lock = RLock(client, RECOVERY_LOCK, lease_ms=services.settings.order_lock_lease_ms)
     if not lock.acquire(blocking=False):
         return {"skipped": "another recovery is running"}
     try:
@@ -59,7 +62,10 @@ def run_recovery(services: Services, **options: object) -> dict[str, object]:
         )
         return report.as_dict()
     finally:
-        lock.release()
+        try:
+            lock.release()
+        except (redis.RedisError, OSError) as exc:  # the hold is dropped: it expires
+            log.warning("%s not released (%s); it expires with its lease", RECOVERY_LOCK, exc)
 
 
 @shared_task(bind=True, name=JOB_NAME, ignore_result=True)

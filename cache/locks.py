@@ -22,6 +22,11 @@ exists only while some lock needs renewing). One thread rather than a timer per
 lock keeps thread count flat however many locks a process holds, and a daemon
 thread dies with its process, which is exactly the crash semantics we want. It
 also stops renewing a lock whose holding thread has died without releasing.
+
+A release that raises (Redis restarting, a connection reset) forgets the hold
+all the same: whether or not the script ran, the watchdog stops renewing, so a
+lock that was not released expires with its lease instead of living as long as
+the process. The error is raised to the caller.
 """
 
 from __future__ import annotations
@@ -163,10 +168,10 @@ class SimpleLock:
 
     def release(self) -> None:
         """Delete the lock if it still holds our token; else LockNotOwnedError."""
+        acquired_at, self._acquired_at = self._acquired_at, None  # forgotten even if this raises
         if self._unlock is None:
             self._unlock = load_script(self.client, "unlock")
         released = self._unlock(keys=[self.name], args=[self.token, unlock_channel(self.name)])
-        acquired_at, self._acquired_at = self._acquired_at, None
         if not released:
             raise LockNotOwnedError(f"lock {self.name!r} is not held by this instance")
         if acquired_at is not None:
@@ -399,18 +404,28 @@ class RLock:
         """Drop one hold; at zero the lock is deleted and waiters are woken.
 
         Raises LockNotOwnedError if the calling thread does not hold it (never
-        did, or its lease expired, or it was force-released).
+        did, or its lease expired, or it was force-released). If Redis fails
+        the release, the hold is dropped anyway (see the module doc) and the
+        error raised.
         """
         owner = owner_id()
-        if self._release_script is None:
-            self._release_script = load_script(self.client, "rlock_release")
-        left = int(self._release_script(keys=[self.name], args=[owner, self.channel]))
+        try:
+            if self._release_script is None:
+                self._release_script = load_script(self.client, "rlock_release")
+            left = int(self._release_script(keys=[self.name], args=[owner, self.channel]))
+        except BaseException:
+            self._drop_hold(owner, None)
+            raise
         self._drop_hold(owner, left)
         if left < 0:
             raise LockNotOwnedError(f"lock {self.name!r} is not held by {owner}")
 
-    def _drop_hold(self, owner: str, left: int) -> None:
-        """Forget one hold after the release script ran (``left`` is its reply)."""
+    def _drop_hold(self, owner: str, left: int | None) -> None:
+        """Forget one hold after a release: ``left`` is the script's reply, None if it failed.
+
+        A failed release drops one hold like a successful one; the outer holds
+        of a reentrant lock keep it renewed until they are released.
+        """
         state = _current()
         key = self._key(owner)
         with state.lock:
@@ -418,7 +433,7 @@ class RLock:
             if hold is not None:
                 if hold.watchdog:
                     hold.watchdog.pop()
-                if left <= 0 or not hold.watchdog:
+                if (left is not None and left <= 0) or not hold.watchdog:
                     del state.holds[key]
                     if left == 0:
                         _HOLD["rlock"].observe(time.monotonic() - hold.since)
@@ -510,14 +525,20 @@ def release_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
 
     A lock not held any more (its lease expired, or it was force-released) is
     returned rather than raised, so that one lost lease does not leave the
-    others held until they expire.
+    others held until they expire. If the pipeline fails, every hold is
+    dropped anyway (see the module doc) and the error raised.
     """
     if not locks:
         return []
     owner = owner_id()
-    replies = _each(
-        client, "rlock_release", [([lock.name], [owner, lock.channel]) for lock in locks]
-    )
+    try:
+        replies = _each(
+            client, "rlock_release", [([lock.name], [owner, lock.channel]) for lock in locks]
+        )
+    except BaseException:
+        for lock in locks:
+            lock._drop_hold(owner, None)
+        raise
     lost = []
     for lock, reply in zip(locks, replies, strict=True):
         left = int(reply)

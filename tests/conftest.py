@@ -154,6 +154,15 @@ def login_as(services):
 
 
 @pytest.fixture
+def children():
+    """lock_worker.py children a test starts (support.lock_child.Child), SIGKILLed after it."""
+    started = []
+    yield started
+    for child in started:
+        child.kill()
+
+
+@pytest.fixture
 def access_lines():
     """The hmdp.access records of this test, formatted as the processes do."""
     from web.logging import access_log

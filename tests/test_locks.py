@@ -7,17 +7,16 @@ Timing is never asserted as a speed: waits are bounded by generous deadlines
 from __future__ import annotations
 
 import os
-import queue
-import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import redis
 from support.env import ROOT, process_env
+from support.lock_child import Child
+from support.redis_faults import WritesReset, name_connections
 
 from cache.connection import connect
 from cache.locks import (
@@ -31,64 +30,14 @@ from cache.locks import (
 )
 from cache.scripts import load_script
 
-WORKER = Path(__file__).parent / "support" / "lock_worker.py"
-
-
 
 # --- helpers -------------------------------------------------------------------
-class Child:
-    """A lock_worker.py process whose stdout lines we can wait for."""
-
-    def __init__(self, settings, *args: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), args[0], settings.redis_url, *args[1:]],
-            env=process_env(settings),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put("<eof>")
-
-    def expect(self, want: str, timeout: float = 60) -> None:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"child printed nothing in {timeout}s (wanted {want!r})")
-        if line != want:
-            stderr = self.proc.stderr.read() if self.proc.poll() is not None else ""
-            pytest.fail(f"child printed {line!r}, wanted {want!r}\n{stderr}")
-
-    def finish(self, timeout: float = 120) -> int:
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-
 @pytest.fixture
 def redis_client(settings) -> redis.Redis:
     """This test's Redis, without building the web app (cache/ needs no Flask)."""
     client = connect(settings.redis_url)
     yield client
     client.connection_pool.disconnect()
-
-
-@pytest.fixture
-def children():
-    started: list[Child] = []
-    yield started
-    for child in started:
-        child.kill()
 
 
 def run_in_thread(fn) -> tuple[threading.Thread, dict]:
@@ -310,6 +259,55 @@ def test_sigkilled_holder_leaves_nothing_renewing(settings, redis_client, childr
     lock = RLock(redis_client, "lock:order:11")
     assert lock.acquire(blocking=False)
     lock.release()
+
+
+FAILED_RELEASE_LEASE_MS = 1000
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("kind", ["rlock", "release_all", "simple"])
+def test_a_release_redis_fails_leaves_a_lock_that_expires_with_its_lease(settings, children, kind):
+    """Redis drops the releasing connection: the lock is not released, and nobody renews it.
+
+    Before the fix the holder's watchdog kept renewing an RLock whose release
+    failed for as long as the process lived. (SimpleLock has no watchdog:
+    its case guards the same promise.)
+    """
+    lease_ms = FAILED_RELEASE_LEASE_MS
+    holder = name_connections(connect(settings.redis_url), "lock-holder")
+    count = 3 if kind == "release_all" else 1
+    names = [f"lock:order:{60 + n}" for n in range(count)]
+    if kind == "simple":
+        simple = SimpleLock(holder, names[0], ttl_ms=lease_ms)
+        assert simple.acquire()
+    else:
+        locks = [RLock(holder, name, lease_ms=lease_ms) for name in names]
+        assert acquire_all(holder, locks) == locks
+    child = Child(
+        settings, "acquire", "simple" if kind == "simple" else "rlock", ",".join(names), "20"
+    )
+    children.append(child)
+    child.expect("waiting")
+    if kind != "simple":
+        time.sleep(2 * lease_ms / 1000)  # the watchdog renews past the lease: the child waits
+        assert child.lines.empty()
+    with (
+        WritesReset(settings.redis_url, "lock-holder") as reset,
+        pytest.raises(redis.ConnectionError),
+    ):
+        if kind == "simple":
+            simple.release()
+        elif kind == "release_all":
+            release_all(holder, locks)
+        else:
+            locks[0].release()
+    failed_at = time.time()
+    assert reset.killed >= 1
+    assert all(holder.exists(name) for name in names)  # not released: it must expire
+    line = child.lines.get(timeout=30)
+    assert line.startswith("acquired "), line
+    assert float(line.split()[1]) - failed_at <= lease_ms / 1000 + 1
+    holder.connection_pool.disconnect()
 
 
 def test_watchdog_keeps_the_lock_past_its_lease_and_release_is_immediate(redis_client):

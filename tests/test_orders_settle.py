@@ -14,9 +14,11 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import event, update
 from sqlalchemy.exc import OperationalError
+from support.lock_child import Child
+from support.redis_faults import WritesReset, name_connections
 from support.seckill import add_shop, create_seckill, db_orders, db_stock, order_count, wait_for
 
-from beat.order_jobs import run_recovery
+from beat.order_jobs import RECOVERY_LOCK, run_recovery
 from cache import order_stream
 from cache.locks import RLock
 from cache.order_stream import OrderEntry, recover
@@ -516,6 +518,50 @@ def test_recovery_is_skipped_while_the_database_is_down(services, voucher, setti
     assert services.redis.xlen(settings.order_stream) == 1
     group = services.redis.xinfo_groups(settings.order_stream)[0]
     assert group["pending"] == 0  # no delivery spent
+
+
+@pytest.mark.process
+def test_redis_failing_a_recovery_after_its_commit_leaves_no_lock_alive(
+    services, voucher, settings, children
+):
+    """Redis resets the recovery's connections from an order's COMMIT to the end of the run.
+
+    The row is committed, its acknowledgement and both lock releases (the
+    user's and ``lock:order-recovery``) fail: another process gets both locks
+    within the lease + 1 s, and the next run settles the entry once.
+    """
+    (entry,) = _reserve(services, voucher, [900])
+    lease_s = 1.0
+    svc = _recovery_services(
+        settings, order_claim_idle_ms=0, order_lock_lease_ms=int(lease_s * 1000)
+    )
+    name_connections(svc.redis, "recovery")
+    locks = [RECOVERY_LOCK, f"lock:order:{entry.user_id}"]
+    child = Child(settings, "acquire", "rlock", ",".join(locks), "20", "go:locks")
+    children.append(child)
+    child.expect("waiting")
+    reset = WritesReset(settings.redis_url, "recovery")
+    event.listen(svc.db.engine, "commit", lambda conn: reset.start())
+    try:
+        report = run_recovery(svc)
+    finally:
+        reset.stop()
+        svc.close()
+    failed_at = time.time()
+    assert report["failed"] == 1 and report["settled"] == {}, report
+    assert reset.killed >= 3  # the lock release, the acknowledgement, the recovery lock
+    assert all(services.redis.exists(name) for name in locks)  # not released: must expire
+    assert order_count(services) == 1 and services.redis.xlen(settings.order_stream) == 1
+    services.redis.rpush("go:locks", "1")
+    line = child.lines.get(timeout=30)
+    assert line.startswith("acquired "), line
+    assert float(line.split()[1]) - failed_at <= lease_s + 1
+    child.kill()
+    assert all(RLock(services.redis, name).force_release() for name in locks)
+    assert _recover_now(settings)["settled"] == {DUPLICATE: 1}
+    assert db_orders(services, voucher) == [(entry.order_id, entry.user_id)]
+    audit = verify_orders(services, voucher)
+    assert audit.ok and audit.unsettled == 0, audit.lines()
 
 
 def test_task_and_recovery_racing_on_many_entries_give_one_row_each(services, voucher, settings):

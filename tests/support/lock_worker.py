@@ -10,6 +10,11 @@ Modes:
       Acquires RLock NAME (watchdog on), prints "held", then sleeps until killed.
   release URL NAME
       Tries to release RLock NAME; prints "not-owned" or "released".
+  acquire URL KIND NAMES TIMEOUT [GO]
+      KIND is rlock | simple, NAMES a comma list. Prints "waiting" (then, with
+      GO, waits for one token on the Redis list GO), then takes each lock in
+      turn (blocking, TIMEOUT s in all) and prints "acquired T" (T =
+      time.time() once it holds them all) or "timeout NAME".
 """
 
 from __future__ import annotations
@@ -97,6 +102,26 @@ def release(url: str, name: str) -> None:
     print("released", flush=True)
 
 
+def acquire(url: str, kind: str, names: str, timeout: float, go: str | None) -> None:
+    client = connect(url)
+    print("waiting", flush=True)
+    if go:
+        _take_token(client, go, limit=300)
+    deadline = time.monotonic() + timeout
+    for name in names.split(","):
+        lock = RLock(client, name) if kind == "rlock" else SimpleLock(client, name)
+        remaining = max(0.0, deadline - time.monotonic())
+        got = (
+            lock.acquire(wait_timeout=remaining)
+            if kind == "rlock"
+            else lock.acquire(blocking=True, timeout=remaining)
+        )
+        if not got:
+            print(f"timeout {name}", flush=True)
+            return
+    print(f"acquired {time.time()}", flush=True)
+
+
 def main(argv: list[str]) -> None:
     mode, url, *rest = argv
     if mode == "count":
@@ -108,6 +133,9 @@ def main(argv: list[str]) -> None:
     elif mode == "release":
         (name,) = rest
         release(url, name)
+    elif mode == "acquire":
+        kind, names, timeout, *go = rest
+        acquire(url, kind, names, float(timeout), go[0] if go else None)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
