@@ -15,6 +15,7 @@ derived from the declarations; an empty variable counts as unset.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import typing
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ CACHE_STRATEGIES = ("passthrough", "mutex", "logical")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 Check = Callable[[Any], bool]
+ProxyNetworks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 def setting(
@@ -82,6 +84,14 @@ def _bool(raw: str) -> bool:
 
 def _phones(raw: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _networks(raw: str) -> ProxyNetworks:
+    """Comma-separated CIDRs (a bare address is its /32 or /128)."""
+    try:
+        return tuple(ipaddress.ip_network(n.strip()) for n in raw.split(",") if n.strip())
+    except ValueError as exc:
+        raise ValueError(f"must be comma-separated CIDRs ({exc})") from None
 
 
 def _valid_zone(name: str) -> bool:
@@ -215,8 +225,8 @@ class Settings:
     rate_limit_shop_query: str = setting("HMDP_RATE_LIMIT_SHOP_QUERY", "100,50/s")
     # Per phone AND per IP (code and login each).
     rate_limit_login: str = setting("HMDP_RATE_LIMIT_LOGIN", "5,2/min")
-    # Proxies in front that append to X-Forwarded-For (nginx: 1); 0 = use the peer address.
-    trusted_proxies: int = setting("HMDP_TRUSTED_PROXIES", 0)
+    # CIDRs of the proxies whose X-Forwarded-For counts (none: the peer is the client).
+    trusted_proxies: ProxyNetworks = setting("HMDP_TRUSTED_PROXIES", (), parse=_networks)
 
     # --- database pool ----------------------------------------------------
     db_pool_size: int = setting("HMDP_DB_POOL_SIZE", 10)

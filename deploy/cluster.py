@@ -15,6 +15,7 @@ sends new requests to the other two.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import pwd
@@ -36,6 +37,23 @@ PLACEHOLDER = re.compile(r"\$\{(LB_[A-Z0-9_]+)\}")
 
 
 # --- nginx configuration ------------------------------------------------------------
+
+
+def trusted_proxies_for(host: str) -> str:
+    """HMDP_TRUSTED_PROXIES for instances behind this cluster's nginx.
+
+    nginx connects to the instances from loopback (or from ``host`` when the
+    cluster listens on one address of the machine): only those peers'
+    X-Forwarded-For counts. On one machine that means every local process.
+    """
+    networks = ["127.0.0.1/32", "::1/128"]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return ",".join(networks)
+    if not address.is_unspecified and not address.is_loopback:
+        networks.append(str(ipaddress.ip_network(address)))
+    return ",".join(networks)
 
 
 def template_variables(template: str | None = None) -> set[str]:
@@ -261,7 +279,7 @@ class Cluster:
             self.redis_url = server.url
             log(f"embedded redis-server at {server.url} (data in {server.data_dir})")
         env["REDIS_URL"] = self.redis_url
-        env.setdefault("HMDP_TRUSTED_PROXIES", "1")  # nginx appends the client to X-Forwarded-For
+        env.setdefault("HMDP_TRUSTED_PROXIES", trusted_proxies_for(a.host))
         bin_dir = Path(sys.executable).parent
         flask = [str(bin_dir / "flask"), "--app", "web"]
         celery = [str(bin_dir / "celery"), "-A", "tasks.worker"]

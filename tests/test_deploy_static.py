@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -385,6 +386,23 @@ def _cluster_values(tmp_path: Path) -> dict[str, str]:
         20,
         10,
     )
+
+
+def test_web_trusts_x_forwarded_for_from_nginx_only():
+    """The web tier believes X-Forwarded-For from nginx's fixed address and nobody else."""
+    (subnet,) = (c["subnet"] for c in COMPOSE["networks"]["default"]["ipam"]["config"])
+    nginx_address = ipaddress.ip_address(SERVICES["nginx"]["networks"]["default"]["ipv4_address"])
+    assert nginx_address in ipaddress.ip_network(subnet)
+    for name in WEB:
+        proxies = Settings.from_env(env_of(SERVICES[name])).trusted_proxies
+        assert proxies == (ipaddress.ip_network(nginx_address),), name
+    assert "$proxy_add_x_forwarded_for" in re.sub(r"#.*", "", TEMPLATE)
+    # The local cluster: nginx reaches the instances over loopback (or the one address
+    # everything listens on), never a wildcard.
+    assert cluster.trusted_proxies_for("127.0.0.1") == "127.0.0.1/32,::1/128"
+    assert cluster.trusted_proxies_for("0.0.0.0") == "127.0.0.1/32,::1/128"
+    assert cluster.trusted_proxies_for("192.0.2.5") == "127.0.0.1/32,::1/128,192.0.2.5/32"
+    assert cluster.trusted_proxies_for("localhost") == "127.0.0.1/32,::1/128"
 
 
 def test_nginx_template_policies():

@@ -8,6 +8,7 @@ slow (minutes/hours): a key never vanishes between two steps of a test.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,13 @@ from cache.ratelimit import (
 from cache.server import free_port
 from settings import Settings
 from web.auth import UserSummary
-from web.ratelimit import EXTENSION, ROUTE_LIMITS, RouteLimit, RouteLimiter
+from web.ratelimit import (
+    EXTENSION,
+    ROUTE_LIMITS,
+    RouteLimit,
+    RouteLimiter,
+    forwarded_client_ip,
+)
 from web.sms import EXTENSION as SENDER
 from web.sms import MemoryCodeSender
 
@@ -349,28 +356,96 @@ def test_a_sliding_window_spec_limits_with_a_sliding_window(make_app, redis_clie
     assert redis_client.type("ratelimit:code:phone:13700000001") == "zset"
 
 
-def test_forwarded_for_is_used_only_behind_a_trusted_proxy(make_app, redis_client):
-    behind = make_app(rate_limit_login="2,1/h", trusted_proxies=1).test_client()
-    statuses = [
-        _send(
-            behind, f"1370000000{i}", ip="127.0.0.1", **{"X-Forwarded-For": f"6.6.6.{i}, 10.9.9.9"}
-        ).status_code
-        for i in range(3)
-    ]
-    assert statuses == [200, 200, 429]  # spoofed left entries do not help
-    assert redis_client.exists("ratelimit:code:ip:10.9.9.9") == 1
-    assert not redis_client.keys("ratelimit:code:ip:6.6.6.*")
+PROXIES = "127.0.0.1/32,10.0.0.0/8"
 
+
+def _proxies(spec: str = PROXIES):  # type: ignore[no-untyped-def]
+    return Settings.from_env({"HMDP_TRUSTED_PROXIES": spec}).trusted_proxies
+
+
+@pytest.mark.parametrize(
+    "peer, forwarded_for, client",
+    [
+        # Behind a trusted proxy: the address it appended, not what the client wrote.
+        ("127.0.0.1", "6.6.6.6, 203.0.113.9", "203.0.113.9"),
+        # A chain of trusted proxies is walked from the right to the first untrusted hop.
+        ("127.0.0.1", "6.6.6.6, 203.0.113.9, 10.1.2.3, 10.0.0.7", "203.0.113.9"),
+        ("10.0.0.7", "203.0.113.9", "203.0.113.9"),
+        # Every hop trusted: the leftmost is the client.
+        ("127.0.0.1", "10.0.0.8, 10.0.0.7", "10.0.0.8"),
+        # A direct peer that is not a proxy: its header is ignored, whatever it says.
+        ("198.51.100.4", "203.0.113.9", "198.51.100.4"),
+        ("198.51.100.4", "127.0.0.1", "198.51.100.4"),
+        # No header behind the proxy: the proxy itself.
+        ("127.0.0.1", None, "127.0.0.1"),
+        ("127.0.0.1", "", "127.0.0.1"),
+        # Garbage stops the walk at the last address known (never a spoofed entry).
+        ("127.0.0.1", "203.0.113.9, not-an-ip", "127.0.0.1"),
+        ("127.0.0.1", "not-an-ip, 203.0.113.9", "203.0.113.9"),
+        ("127.0.0.1", "203.0.113.9:443", "127.0.0.1"),
+        ("127.0.0.1", "x" * 5000, "127.0.0.1"),
+        # IPv4-mapped IPv6 peers (dual-stack sockets) are their IPv4 address.
+        ("::ffff:127.0.0.1", "203.0.113.9", "203.0.113.9"),
+        ("::ffff:198.51.100.4", "203.0.113.9", "::ffff:198.51.100.4"),
+        ("127.0.0.1", "2001:db8::1", "2001:db8::1"),
+        (None, "203.0.113.9", "unknown"),
+    ],
+)
+def test_forwarded_client_ip_trusts_only_configured_proxies(peer, forwarded_for, client):
+    assert forwarded_client_ip(peer, forwarded_for, _proxies()) == client
+
+
+def test_without_trusted_proxies_the_peer_is_the_client():
+    assert forwarded_client_ip("127.0.0.1", "203.0.113.9", ()) == "127.0.0.1"
+
+
+def test_trusted_proxies_are_cidrs_and_a_hop_count_is_refused():
+    assert _proxies("127.0.0.1, 10.0.0.0/8, ::1") == (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    for bad in ("1", "10.0.0.1/8", "nginx"):  # "1" was the old hop count: refused, not guessed
+        with pytest.raises(ValueError, match="HMDP_TRUSTED_PROXIES"):
+            _proxies(bad)
+
+
+def _ip_buckets(redis_client, client, peer: str, forwarded_for: str) -> tuple[list, list]:  # type: ignore[no-untyped-def]
+    """Three code requests for three phones from ``peer`` (``{i}`` in the header = 0, 1, 2):
+    their statuses and the per-IP buckets they were charged to. Flushes Redis first."""
     redis_client.flushall()
-    direct = make_app(rate_limit_login="2,1/h").test_client()
     statuses = [
         _send(
-            direct, f"1370000000{i}", ip="10.0.0.5", **{"X-Forwarded-For": f"10.9.9.{i}"}
+            client, f"1370000000{i}", ip=peer, **{"X-Forwarded-For": forwarded_for.format(i=i)}
         ).status_code
         for i in range(3)
     ]
-    assert statuses == [200, 200, 429]  # without a trusted proxy the header is ignored
-    assert redis_client.keys("ratelimit:code:ip:*") == ["ratelimit:code:ip:10.0.0.5"]
+    return statuses, sorted(redis_client.keys("ratelimit:code:ip:*"))
+
+
+def test_forwarded_for_is_used_only_from_a_trusted_proxy(make_app, redis_client):
+    behind = make_app(rate_limit_login="2,1/h", trusted_proxies=_proxies()).test_client()
+    # 10.9.9.9 is in 10.0.0.0/8, a trusted proxy: the client is the address it saw.
+    assert _ip_buckets(redis_client, behind, "127.0.0.1", "6.6.6.{i}, 10.9.9.9") == (
+        [200, 200, 200],
+        [f"ratelimit:code:ip:6.6.6.{i}" for i in range(3)],
+    )
+    # Entries left of the real client (written by the client itself) do not help.
+    assert _ip_buckets(redis_client, behind, "127.0.0.1", "6.6.6.{i}, 203.0.113.9") == (
+        [200, 200, 429],
+        ["ratelimit:code:ip:203.0.113.9"],
+    )
+    # A client that reaches the web server directly cannot pick its address.
+    assert _ip_buckets(redis_client, behind, "198.51.100.4", "10.9.9.{i}") == (
+        [200, 200, 429],
+        ["ratelimit:code:ip:198.51.100.4"],
+    )
+    # No trusted proxy configured: the header is ignored, even from loopback.
+    direct = make_app(rate_limit_login="2,1/h").test_client()
+    assert _ip_buckets(redis_client, direct, "127.0.0.1", "10.9.9.{i}") == (
+        [200, 200, 429],
+        ["ratelimit:code:ip:127.0.0.1"],
+    )
 
 
 def test_per_user_limits_see_the_logged_in_user(make_app, redis_client):

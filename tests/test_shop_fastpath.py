@@ -192,3 +192,27 @@ def test_the_fast_path_can_be_switched_off(app_with, seeded):
     app = app_with(shop_fast_path=False)
     assert not isinstance(app.wsgi_app, ShopFastPath)
     assert app.test_client().get("/shop/1").status_code == 200
+
+
+def test_fast_hits_see_the_client_behind_a_trusted_proxy_only(app_with, seeded):
+    from settings import Settings
+
+    proxies = Settings.from_env({"HMDP_TRUSTED_PROXIES": "127.0.0.1/32"}).trusted_proxies
+    app = app_with(trusted_proxies=proxies)
+    client = app.test_client()
+    calls = FlaskCalls(app)
+    warm_until_fast(client, calls, "/shop/6", environ_base={"REMOTE_ADDR": "10.1.1.1"})
+    before = calls.count
+    for peer, forwarded in [
+        ("127.0.0.1", "6.6.6.6, 203.0.113.1"),  # nginx: the address it saw, not the
+        ("127.0.0.1", "6.6.6.6, 203.0.113.2"),  # entries the client wrote itself
+        ("198.51.100.4", "203.0.113.3"),  # a direct peer's header is ignored
+        ("198.51.100.4", "203.0.113.4"),
+    ]:
+        client.get(
+            "/shop/6", environ_base={"REMOTE_ADDR": peer}, headers={"X-Forwarded-For": forwarded}
+        )
+    assert calls.count == before  # all answered by the fast path
+    # 10.1.1.1 (the warm-up), 203.0.113.1, 203.0.113.2 and 198.51.100.4: 4 visitors
+    # (ignoring the header would make 3; believing any peer's or the leftmost entry, 5)
+    assert client.get("/shop/6/uv").json["data"]["uv"] == 4

@@ -10,9 +10,10 @@ and every limited response carries the ``X-RateLimit-*`` headers.
 Endpoints of modules not written yet simply never match. The hook runs after
 the auth hook (registered after it), so per-user limits see the user; a
 per-user limit on an anonymous request falls back to the client IP. The
-client IP is the peer address, or, behind ``settings.trusted_proxies``
-proxies, the address the outermost trusted proxy saw (X-Forwarded-For counted
-from the right; entries further left are client-supplied and spoofable).
+client IP is computed by :func:`forwarded_client_ip` (for the Flask hooks and
+the WSGI fast paths alike): the peer address, or, when the peer is one of
+``settings.trusted_proxies`` (CIDRs), the address X-Forwarded-For names left
+of the trusted proxies.
 
 If Redis cannot answer, the limiter fails OPEN (the request goes on, the error
 is counted in ``hmdp_rate_limit_errors_total``): a cache outage must not turn
@@ -21,6 +22,7 @@ into refusing everything that could still be served.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from cache.ratelimit import (
     parse_rule,
 )
 from metrics import RATE_LIMIT_ERRORS, RATE_LIMIT_REJECTIONS
-from settings import Settings
+from settings import ProxyNetworks, Settings
 
 from .auth import current_user
 from .envelope import TooManyRequests
@@ -49,6 +51,7 @@ from .sms import is_valid_phone
 log = logging.getLogger(__name__)
 
 Subject = Literal["ip", "user", "phone"]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 EXTENSION = "hmdp_ratelimit"
 
 
@@ -77,39 +80,64 @@ ROUTE_LIMITS: dict[str, RouteLimit] = {
 }
 
 
-def _valid_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-def client_ip(trusted_proxies: int) -> str:
-    """The client's address: the peer, or what the outermost trusted proxy saw."""
+def client_ip(trusted_proxies: ProxyNetworks) -> str:
+    """This request's client address (see :func:`forwarded_client_ip`)."""
     return forwarded_client_ip(
         request.remote_addr, request.headers.get("X-Forwarded-For"), trusted_proxies
     )
 
 
 def forwarded_client_ip(
-    remote_addr: str | None, forwarded_for: str | None, trusted_proxies: int
+    remote_addr: str | None, forwarded_for: str | None, trusted_proxies: ProxyNetworks
 ) -> str:
-    """The client's address from the peer address and X-Forwarded-For (no request needed).
+    """The client's address from the peer address, X-Forwarded-For and the trusted proxies.
 
-    Each trusted proxy appends the address it received from to
-    X-Forwarded-For, so with N of them the client is the N-th entry from the
-    right; anything further left was written by the client and is ignored.
+    The ONE place that decides who the client is, for the Flask hooks and the
+    WSGI fast paths (which have only the environ). X-Forwarded-For counts only
+    when the peer itself is a trusted proxy: anyone else who reaches the web
+    server directly could write any address into it. Each proxy appends the
+    address it received from, so the chain is walked from the right while the
+    hop is a trusted proxy too; the first hop that is not one is the client.
+    An entry that is not an address stops the walk at the last address known.
     """
     remote = remote_addr or "unknown"
-    if trusted_proxies <= 0:
+    if not trusted_proxies or not forwarded_for:
         return remote
-    hops = [h.strip() for h in (forwarded_for or "").split(",")]
-    hops = [h for h in hops if h]
-    if len(hops) < trusted_proxies:
+    peer = _address(remote)
+    if peer is None or not _is_trusted(peer, trusted_proxies):
         return remote
-    candidate = hops[-trusted_proxies]
-    return candidate if _valid_ip(candidate) else remote
+    client = str(peer)
+    for hop in reversed(forwarded_for.split(",")):
+        address = _address(hop.strip())
+        if address is None:
+            break
+        client = str(address)
+        if not _is_trusted(address, trusted_proxies):
+            break
+    return client
+
+
+MAX_ADDRESS_TEXT = 45  # the longest textual IPv6 address (with an embedded IPv4 one)
+
+
+def _address(text: str) -> IPAddress | None:
+    """``text`` as an address (an IPv4-mapped IPv6 one as IPv4), or None if it is not one."""
+    return _parse_address(text) if len(text) <= MAX_ADDRESS_TEXT else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_address(text: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_trusted(address: IPAddress, trusted_proxies: ProxyNetworks) -> bool:
+    return any(address in network for network in trusted_proxies)
 
 
 def _request_phone() -> str | None:
