@@ -350,6 +350,54 @@ def test_login_is_limited_per_phone_from_the_json_body(make_app):
         assert response.status_code == expected
 
 
+def test_rotating_the_query_phone_does_not_dodge_the_body_phones_limit(make_app, redis_client):
+    client = make_app(rate_limit_login="2,1/h").test_client()
+    victim = "13700000001"
+    statuses = [
+        client.post(
+            f"/user/login?phone=1370000010{i}",
+            json={"phone": victim, "code": "000000"},
+            environ_base={"REMOTE_ADDR": f"10.0.1.{i}"},
+        ).status_code
+        for i in range(3)
+    ]
+    # Two phones named: refused by the route, and charged to both, so the victim's
+    # budget is spent by the second request whatever the query says.
+    assert statuses == [400, 400, 429]
+    assert redis_client.exists(f"ratelimit:login:phone:{victim}") == 1
+    assert redis_client.exists("ratelimit:login:phone:13700000100") == 1
+    plain = client.post(
+        "/user/login",
+        json={"phone": victim, "code": "000000"},
+        environ_base={"REMOTE_ADDR": "10.0.2.1"},
+    )
+    assert plain.status_code == 429
+
+
+def test_the_code_route_charges_the_body_phone_too(make_app, redis_client):
+    client = make_app(rate_limit_login="2,1/h").test_client()
+    sender = client.application.extensions[SENDER]
+    statuses = [
+        client.post(
+            f"/user/code?phone=1370000010{i}",
+            json={"phone": "13700000001"},
+            environ_base={"REMOTE_ADDR": f"10.0.1.{i}"},
+        ).status_code
+        for i in range(3)
+    ]
+    assert statuses == [400, 400, 429]
+    assert sender.sent == []  # a request naming two phones sends nothing
+    # The same phone in both places is one phone: charged once, and sent.
+    same = client.post(
+        "/user/code?phone=13700000002",
+        json={"phone": "13700000002"},
+        environ_base={"REMOTE_ADDR": "10.0.3.1"},
+    )
+    assert same.status_code == 200
+    assert same.headers["X-RateLimit-Remaining"] == "1"
+    assert sender.last_code("13700000002") is not None
+
+
 def test_a_sliding_window_spec_limits_with_a_sliding_window(make_app, redis_client):
     client = make_app(rate_limit_login="2/h").test_client()
     assert [_send(client, "13700000001").status_code for _ in range(3)] == [200, 200, 429]

@@ -319,6 +319,30 @@ def test_send_code_rejects_bad_phones(client, sender, redis_client):
     assert sender.sent == []
 
 
+def test_the_phone_may_come_from_the_query_or_the_body_but_only_one(client, sender, redis_client):
+    envelope(client.post("/user/code", json={"phone": PHONE}), 200)
+    code = sender.last_code(PHONE)
+    assert redis_client.get(CODE_KEY.format(phone=PHONE)) == code
+    other = "13712345679"
+    for path, body in [
+        (f"/user/code?phone={other}", {"phone": PHONE}),
+        (f"/user/login?phone={other}", {"phone": PHONE, "code": code}),
+        (f"/user/login?phone={PHONE}", {"phone": "123", "code": code}),
+    ]:
+        response = client.post(path, json=body)
+        assert "phone" in envelope(response, 400)["errorMsg"], path
+    assert [phone for phone, _ in sender.sent] == [PHONE]  # nothing sent to the other
+    assert redis_client.get(CODE_KEY.format(phone=PHONE)) == code  # nor the code used
+    assert redis_client.exists(CODE_KEY.format(phone=other)) == 0
+    # The same phone in both places, or only in the query, is that phone.
+    token = envelope(
+        client.post(f"/user/login?phone={PHONE}", json={"phone": PHONE, "code": code}), 200
+    )["data"]
+    envelope(client.get("/user/me", headers={"authorization": token}), 200)
+    code = send_code(client, sender)
+    envelope(client.post(f"/user/login?phone={PHONE}", json={"code": code}), 200)
+
+
 BAD_LOGIN_BODIES = [
     {"data": "phone=13712345678&code=123456"},  # form, not JSON
     {"data": "{not json", "content_type": "application/json"},

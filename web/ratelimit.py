@@ -45,8 +45,8 @@ from settings import ProxyNetworks, Settings
 
 from .auth import current_user
 from .envelope import TooManyRequests
+from .phones import is_valid_phone, named_phones
 from .runtime import services
-from .sms import is_valid_phone
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,6 @@ def _is_trusted(address: IPAddress, trusted_proxies: ProxyNetworks) -> bool:
     return any(address in network for network in trusted_proxies)
 
 
-def _request_phone() -> str | None:
-    phone = request.args.get("phone")
-    if phone is None and request.content_length:
-        body = request.get_json(force=True, silent=True)
-        phone = body.get("phone") if isinstance(body, dict) else None
-    return phone if is_valid_phone(phone) else None
-
-
 class RouteLimiter:
     """The table resolved against Settings; charges a request to its subjects."""
 
@@ -170,16 +162,16 @@ class RouteLimiter:
             limiter = self._limiters[type(rule)] = limiter_for(client, rule)
         return limiter
 
-    def _subject_key(self, limit: RouteLimit, subject: Subject) -> str | None:
+    def _subject_keys(self, limit: RouteLimit, subject: Subject) -> list[str]:
         if subject == "user":
             user = current_user()
             if user is not None:
-                return limit_key(limit.group, "user", user.id)
+                return [limit_key(limit.group, "user", user.id)]
             subject = "ip"  # anonymous: count per address instead
-        if subject == "phone":
-            phone = _request_phone()
-            return limit_key(limit.group, "phone", phone) if phone else None
-        return limit_key(limit.group, "ip", client_ip(self.settings.trusted_proxies))
+        if subject == "phone":  # every valid phone the request names (web/phones.py)
+            phones = (p for p in named_phones() if is_valid_phone(p))
+            return [limit_key(limit.group, "phone", phone) for phone in phones]
+        return [limit_key(limit.group, "ip", client_ip(self.settings.trusted_proxies))]
 
     def check(self, endpoint: str | None, client: redis.Redis) -> Decision | None:
         """The decision for this request, or None if its route is not limited."""
@@ -189,7 +181,7 @@ class RouteLimiter:
         rule = self.rules[limit.setting]
         if rule is None:
             return None
-        keys = sorted({k for s in limit.per if (k := self._subject_key(limit, s)) is not None})
+        keys = sorted({key for subject in limit.per for key in self._subject_keys(limit, subject)})
         return self._charge(limit, rule, keys, client)
 
     def check_ip(self, endpoint: str, ip: str, client: redis.Redis) -> Decision | None:

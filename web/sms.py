@@ -1,4 +1,4 @@
-"""Phone numbers and the delivery of login codes.
+"""The delivery of login codes.
 
 Login codes go out through a *code sender*: any object with
 ``send(phone, code)``. The app keeps one in ``app.extensions["hmdp_code_sender"]``
@@ -10,7 +10,6 @@ own sender there; tests use :class:`MemoryCodeSender` to read the codes back.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from typing import Protocol
 
@@ -18,14 +17,7 @@ from flask import Flask, current_app
 
 log = logging.getLogger(__name__)
 
-# Mainland China mobile numbers: 11 ASCII digits, 1 then 3-9 (hmdp's RegexUtils).
-PHONE_RE = re.compile(r"1[3-9][0-9]{9}")
 EXTENSION = "hmdp_code_sender"
-
-
-def is_valid_phone(value: object) -> bool:
-    """True for a mainland mobile number given as a string (no spaces, no +86)."""
-    return isinstance(value, str) and PHONE_RE.fullmatch(value) is not None
 
 
 class CodeSender(Protocol):

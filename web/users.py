@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import string
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -33,8 +33,9 @@ from .envelope import (
     json_body,
     ok,
 )
+from .phones import login_phone
 from .runtime import services, settings
-from .sms import code_sender, install_code_sender, is_valid_phone
+from .sms import code_sender, install_code_sender
 
 bp = Blueprint("users", __name__)
 bp.record_once(lambda state: install_code_sender(state.app))
@@ -43,14 +44,6 @@ NICK_PREFIX = "user_"
 NICK_ALPHABET = string.ascii_lowercase + string.digits
 MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and must not reach the driver
 MAX_PASSWORD = 128
-
-
-def _phone(value: object) -> str:
-    if value is None or value == "":
-        raise BadRequest("phone is required")
-    if not is_valid_phone(value):
-        raise BadRequest("phone must be a mainland mobile number (11 digits, 13x-19x)")
-    return value  # type: ignore[return-value]
 
 
 def _locked(seconds: int) -> TooManyRequests:
@@ -73,7 +66,7 @@ def new_nick_name() -> str:
 @bp.post("/user/code")
 def send_code() -> Response:
     """Send a login code; refused while the phone is locked, so the lock cannot be reset."""
-    phone = _phone(request.args.get("phone"))
+    phone = login_phone()
     client = services().redis
     locked = login_store.lock_remaining(client, phone)
     if locked:
@@ -169,7 +162,7 @@ def _login_with_password(phone: str, password: object) -> User:
 def login() -> Response:
     """Log in with ``{phone, code}`` (or ``{phone, password}``); data = the session token."""
     body = json_body()
-    phone = _phone(body.get("phone"))
+    phone = login_phone()
     code, password = body.get("code"), body.get("password")
     if code not in (None, ""):
         user = _login_with_code(phone, code)

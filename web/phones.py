@@ -1,0 +1,54 @@
+"""Phone numbers: what a valid one is, and which phone a login request is for.
+
+The login routes and the per-phone rate limit (web/ratelimit.py) read the
+phone of a request through :func:`named_phones`, so the limiter charges every
+phone the route could act on: the query's ``phone`` and the JSON body's, both
+when both are given. The routes then accept a request only when those name
+ONE phone (:func:`login_phone`), so rotating ``?phone=`` next to a body phone
+buys no extra attempts.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import request
+
+from .envelope import BadRequest
+
+# Mainland China mobile numbers: 11 ASCII digits, 1 then 3-9 (hmdp's RegexUtils).
+PHONE_RE = re.compile(r"1[3-9][0-9]{9}")
+
+
+def is_valid_phone(value: object) -> bool:
+    """True for a mainland mobile number given as a string (no spaces, no +86)."""
+    return isinstance(value, str) and PHONE_RE.fullmatch(value) is not None
+
+
+def named_phones() -> tuple[object, ...]:
+    """The phone values this request gives, valid or not: the query's, then the JSON body's.
+
+    An empty value counts as not given. A body that is not a JSON object names
+    no phone here (the route that needs a body says what is wrong with it).
+    """
+    named = [request.args.get("phone")]
+    if request.content_length:
+        try:
+            body = request.get_json(force=True, silent=True)
+        except RecursionError:  # absurdly nested JSON: no phone in it
+            body = None
+        if isinstance(body, dict):
+            named.append(body.get("phone"))
+    return tuple(value for value in named if value is not None and value != "")
+
+
+def login_phone() -> str:
+    """The one valid phone this request is for; a 400 when none, a bad one, or two differ."""
+    named = named_phones()
+    if not named:
+        raise BadRequest("phone is required")
+    if not all(is_valid_phone(value) for value in named):
+        raise BadRequest("phone must be a mainland mobile number (11 digits, 13x-19x)")
+    if len(set(named)) > 1:
+        raise BadRequest("the query and the body name different phones")
+    return named[0]  # type: ignore[return-value]
