@@ -2,10 +2,13 @@
 
 Redis holds, per seckill voucher: ``seckill:stock:{id}`` (remaining stock, a
 string), ``seckill:window:{id}`` (hash ``begin``/``end`` in epoch ms) and
-``seckill:order:{id}`` (the set of buyers). ``lua/seckill.lua`` checks window,
-duplicate and stock, then reserves: the order id, the Stream entry, the stock
-decrement and the buyer set change happen together or not at all, so no number
-of concurrent requests can sell more than the stock or twice to one user.
+``seckill:order:{id}`` (the set of buyers: hmdp's key, read by its tooling)
+with ``seckill:orderid:{id}`` beside it (hash buyer -> the order id issued to
+them, so a buyer refused as "already ordered" is told that id).
+``lua/seckill.lua`` checks window, duplicate and stock, then reserves: the
+order id, the Stream entry, the stock decrement and the buyer's two records
+happen together or not at all, so no number of concurrent requests can sell
+more than the stock or twice to one user.
 
 The database stays the source of truth for voucher *definitions*: a voucher
 missing in Redis is loaded from it on demand (:func:`load_voucher`, stock only
@@ -33,6 +36,7 @@ from .scripts import load_composed, load_script
 STOCK_KEY = "seckill:stock:{voucher_id}"
 WINDOW_KEY = "seckill:window:{voucher_id}"
 ORDER_SET_KEY = "seckill:order:{voucher_id}"
+ORDER_ID_KEY = "seckill:orderid:{voucher_id}"
 ID_PREFIX = "order"
 
 OK = "ok"
@@ -74,6 +78,11 @@ def order_set_key(voucher_id: int) -> str:
     return ORDER_SET_KEY.format(voucher_id=voucher_id)
 
 
+def order_id_key(voucher_id: int) -> str:
+    """Buyer -> issued order id: what a retried order is told, what audits check rows against."""
+    return ORDER_ID_KEY.format(voucher_id=voucher_id)
+
+
 def epoch_ms(moment: datetime) -> int:
     """Epoch milliseconds of a datetime; naive means UTC (what the database stores)."""
     if moment.tzinfo is None:
@@ -83,7 +92,11 @@ def epoch_ms(moment: datetime) -> int:
 
 @dataclass(frozen=True)
 class GateResult:
-    """The gate's answer: an outcome, the buyer, and for ``ok`` the order and Stream ids."""
+    """The gate's answer: an outcome, the buyer, and for ``ok`` the order and Stream ids.
+
+    For DUPLICATE, ``order_id`` is the id issued to the buyer earlier (None when
+    Redis does not know it any more).
+    """
 
     outcome: str
     order_id: int | None = None
@@ -119,6 +132,7 @@ class SeckillGate:
             order_set_key(voucher_id),
             self.stream,
             day_key(ID_PREFIX, now),
+            order_id_key(voucher_id),
         ]
         args: list[object] = [user_id, voucher_id, int(now * 1000), high, low, ID_KEY_TTL]
         if session is not None:  # user_id is '': the script reads the session
@@ -141,6 +155,9 @@ class SeckillGate:
     def _result(reply: list) -> GateResult:
         outcome = _CODES[int(reply[0])]
         user_id = int(reply[1]) if reply[1] else None
+        if outcome == DUPLICATE:
+            known = reply[2] if len(reply) > 2 else ""
+            return GateResult(outcome, int(known) if known else None, user_id=user_id)
         if outcome != OK:
             return GateResult(outcome, user_id=user_id)
         return GateResult(OK, int(reply[2]), str(reply[3]), user_id)

@@ -2,30 +2,34 @@
 -- Checks in order: voucher loaded, sale window, one order per user, stock.
 -- On success: makes the order id (same key and layout as cache/ids.py),
 -- appends the reservation {orderId, userId, voucherId} to the orders stream,
--- then decrements the stock and records the buyer (writes after the XADD, so a
--- failing XADD leaves no half reservation).
+-- then decrements the stock and records the buyer and the id issued to them (writes
+-- after the XADD, so a failing XADD leaves no half reservation). A buyer refused as
+-- already ordered is told that id (so a retried order learns it; '' if Redis has
+-- lost it: the caller may look for the row).
 -- The buyer is ARGV[1], or, when ARGV[1] is '', the user of the login session at
--- KEYS[6] (the web fast path: session lookup and gate in ONE round trip). The session
+-- KEYS[7] (the web fast path: session lookup and gate in ONE round trip). The session
 -- is read as the auth hook reads it: its TTL pushed back to ARGV[7] first (sliding
 -- session; EXPIRE on a missing key creates nothing), then its 'id'.
 -- KEYS: 1 seckill:stock:{v}  2 seckill:window:{v} (hash begin/end, epoch ms)
 --       3 seckill:order:{v} (set of user ids)  4 stream.orders  5 icr:order:{yyyy:MM:dd}
---       6 login:token:{token} (only with ARGV[1] = '')
+--       6 seckill:orderid:{v} (hash user id -> the order id issued to them)
+--       7 login:token:{token} (only with ARGV[1] = '')
 -- ARGV: 1 userId or ''  2 voucherId  3 now (epoch ms)
 --       4, 5 id base ((now - 2022-01-01) << 32) split at 10^10: high, low
 --       (Lua numbers are doubles, exact only to 2^53)  6 id key ttl (s)
 --       7 session ttl (s) (only with ARGV[1] = '')
--- Returns {code, userId} or {0, userId, orderId (decimal string), streamId}.
+-- Returns {code, userId}, {2, userId, orderId or ''} (already ordered), or
+-- {0, userId, orderId (decimal string), streamId}.
 -- Codes: 0 ok, 1 sold out, 2 already ordered, 3 not started, 4 ended,
 --        5 unknown (not loaded), 6 id counter exhausted,
 --        7 no session (no such token, or no id in it), 8 a session id that is not a
 --        plain positive decimal (the caller lets the full auth code judge it).
 local user = ARGV[1]
 if user == '' then
-  if redis.call('expire', KEYS[6], ARGV[7]) == 0 then
+  if redis.call('expire', KEYS[7], ARGV[7]) == 0 then
     return {7, ''}
   end
-  user = redis.call('hget', KEYS[6], 'id')
+  user = redis.call('hget', KEYS[7], 'id')
   if not user then
     return {7, ''}
   end
@@ -50,7 +54,7 @@ if now >= end_ms then
   return {4, user}
 end
 if redis.call('sismember', KEYS[3], user) == 1 then
-  return {2, user}
+  return {2, user, redis.call('hget', KEYS[6], user) or ''}
 end
 if stock <= 0 then
   return {1, user}
@@ -78,4 +82,5 @@ local stream_id = redis.call('xadd', KEYS[4], '*',
   'orderId', order_id, 'userId', user, 'voucherId', ARGV[2])
 redis.call('decr', KEYS[1])
 redis.call('sadd', KEYS[3], user)
+redis.call('hset', KEYS[6], user, order_id)
 return {0, user, order_id, stream_id}

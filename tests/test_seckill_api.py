@@ -19,9 +19,11 @@ from support.seckill import (
 )
 
 from beat.order_jobs import run_recovery
+from cache.order_stream import OrderEntry
 from cache.server import free_port
 from models.entities import SeckillVoucher, Voucher
 from services import Services
+from tasks.orders import settle_order
 from web.orders import ORDER_TASK, flush_dispatch, verify_orders
 from web.vouchers import post_seed
 
@@ -196,11 +198,14 @@ def test_order_success_answers_the_id_as_a_string_and_dispatches(
 def test_order_refusals(client, admin, services, login_as):
     voucher_id = create_seckill(client, admin, stock=1)
     path = f"/voucher-order/seckill/{voucher_id}"
-    assert client.post(path, headers=login_as(5)).status_code == 200
+    first = client.post(path, headers=login_as(5))
+    assert first.status_code == 200
     again = client.post(path, headers=login_as(5))
     assert (again.status_code, again.json["errorMsg"]) == (409, "already ordered")
+    assert again.json["data"] == first.json["data"]  # a retried order learns its id
     sold = client.post(path, headers=login_as(6))
     assert (sold.status_code, sold.json["errorMsg"]) == (409, "sold out")
+    assert sold.json["data"] is None
     later = create_seckill(
         client,
         admin,
@@ -218,6 +223,32 @@ def test_order_refusals(client, admin, services, login_as):
     ended = client.post(f"/voucher-order/seckill/{past}", headers=login_as(5))
     assert (ended.status_code, ended.json["errorMsg"]) == (409, "ended")
     assert services.redis.get(f"seckill:stock:{later}") == "100"
+
+
+def test_a_refused_buyer_whose_id_redis_lost_is_told_the_id_of_their_row(
+    client, admin, services, login_as
+):
+    voucher_id = create_seckill(client, admin, stock=5)
+    path = f"/voucher-order/seckill/{voucher_id}"
+    first = client.post(path, headers=login_as(5)).json["data"]
+    unsettled = client.post(path, headers=login_as(6)).json["data"]
+    (entry,) = [
+        OrderEntry.from_fields(fields, sid)
+        for sid, fields in services.redis.xrange(services.settings.order_stream)
+        if fields["orderId"] == first
+    ]
+    assert settle_order(services, entry) == "created"
+    services.redis.delete(f"seckill:orderid:{voucher_id}")  # Redis lost the ids, not the buyers
+    again = client.post(path, headers=login_as(5))
+    assert (again.status_code, again.json["data"]) == (409, first)  # from the database row
+    # no row yet (the reservation is still in the Stream): the 409 has no id
+    other = client.post(path, headers=login_as(6))
+    assert (other.status_code, other.json["errorMsg"], other.json["data"]) == (
+        409,
+        "already ordered",
+        None,
+    )
+    assert unsettled != first
 
 
 def test_order_bad_input(client, admin, services, login_as):

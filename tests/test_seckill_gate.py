@@ -44,6 +44,7 @@ def test_success_reserves_everything_in_one_step(gate, redis_client, settings):
     assert result.outcome == OK and result.order_id and result.stream_id
     assert redis_client.get("seckill:stock:1") == "2"
     assert redis_client.smembers("seckill:order:1") == {"42"}
+    assert redis_client.hgetall("seckill:orderid:1") == {"42": str(result.order_id)}
     entries = redis_client.xrange(settings.order_stream)
     assert entries == [
         (result.stream_id, {"orderId": str(result.order_id), "userId": "42", "voucherId": "1"})
@@ -54,9 +55,11 @@ def test_success_reserves_everything_in_one_step(gate, redis_client, settings):
 
 def test_refusals_change_nothing(gate, redis_client, settings):
     _load(redis_client, stock=1)
-    assert gate.reserve(1, 1).outcome == OK
+    first = gate.reserve(1, 1)
+    assert first.outcome == OK
     before = redis_client.xlen(settings.order_stream)
-    assert gate.reserve(1, 1).outcome == DUPLICATE
+    again = gate.reserve(1, 1)
+    assert (again.outcome, again.order_id) == (DUPLICATE, first.order_id)
     assert gate.reserve(1, 2).outcome == SOLD_OUT
     assert redis_client.get("seckill:stock:1") == "0"
     assert redis_client.smembers("seckill:order:1") == {"1"}

@@ -41,7 +41,7 @@ from cache.seckill import NO_SESSION, ODD_SESSION, GateResult
 from logsetup import REQUEST_ID
 
 from .auth import session_user, usable_token
-from .envelope import fail_bytes, ok_bytes
+from .envelope import fail_bytes
 from .fastroute import Answer, FastPath, FastRoute, WsgiApp, request_id_of
 from .orders import answer_of, complete_order, seckill_state
 from .ratelimit import EXTENSION as RATELIMIT_EXTENSION
@@ -124,9 +124,5 @@ class SeckillFastPath(FastPath):
                 return fail(401, NOT_LOGGED_IN)
             if first.outcome == ODD_SESSION:
                 return None
-        result = complete_order(state, voucher_id, first)
-        status, text = answer_of(result)
-        if status != 200:
-            return fail(status, text)
-        body = ok_bytes(f'"{text}"')  # an order id: decimal digits, a JSON string as is
-        return self.route.finish(environ, 200, headers, body, started, request_id)
+        status, body = answer_of(complete_order(state, voucher_id, first))
+        return self.route.finish(environ, status, headers, body, started, request_id)

@@ -22,12 +22,13 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import click
 from celery import Celery
 from flask import Blueprint, Flask, Response, current_app
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from cache import order_stream
 from cache.order_stream import MalformedEntry, OrderEntry
@@ -50,7 +51,7 @@ from models.entities import SeckillVoucher, VoucherOrder
 from services import Services
 
 from .auth import login_required, require_user
-from .envelope import ApiError, ok
+from .envelope import MIMETYPE, envelope, fail_bytes, ok_bytes
 from .order_dispatch import CelerySender, OrderDispatcher
 from .runtime import services
 
@@ -136,6 +137,8 @@ def complete_order(state: SeckillState, voucher_id: int, result: GateResult) -> 
     if result.outcome == UNKNOWN and _load_from_database(state, voucher_id):
         assert result.user_id is not None
         result = state.gate.reserve(voucher_id, result.user_id)
+    if result.outcome == DUPLICATE and result.order_id is None:
+        result = _with_order_of_row(state, voucher_id, result)
     _OUTCOMES[result.outcome].inc()
     if result.ok:
         assert result.order_id is not None and result.user_id is not None
@@ -144,15 +147,44 @@ def complete_order(state: SeckillState, voucher_id: int, result: GateResult) -> 
     return result
 
 
-def answer_of(result: GateResult) -> tuple[int, str]:
-    """The HTTP status and the order id (200, as a string) or the errorMsg of an outcome."""
+def _with_order_of_row(state: SeckillState, voucher_id: int, result: GateResult) -> GateResult:
+    """A refused buyer whose issued id Redis lost (state loss): the id of their row, if any.
+
+    Reconciliation (:mod:`cache.reconcile`) restores the ids, so this costs a
+    database read only between a loss and the repair. No row (the reservation
+    is still in the Stream, or was lost) or the database down: the 409 goes
+    without an id rather than failing.
+    """
+    try:
+        with state.services.db.session() as session:
+            order_id = session.scalar(
+                select(VoucherOrder.id).where(
+                    VoucherOrder.user_id == result.user_id, VoucherOrder.voucher_id == voucher_id
+                )
+            )
+    except DBAPIError as exc:
+        log.warning("no order id for a refused buyer of voucher %s: %s", voucher_id, exc)
+        return result
+    return result if order_id is None else replace(result, order_id=int(order_id))
+
+
+def answer_of(result: GateResult) -> tuple[int, bytes]:
+    """The HTTP status and envelope of an outcome, for the route and the fast path alike.
+
+    200: data = the order id (a string). 409 "already ordered": data = the id
+    issued to the buyer before (null only when neither Redis nor the database
+    knows it, see :func:`complete_order`), so a retried order always learns its
+    id. Other refusals: data = null.
+    """
     if result.ok:
-        return 200, str(result.order_id)
+        return 200, ok_bytes(f'"{result.order_id}"')  # decimal digits: a JSON string as is
+    if result.outcome == DUPLICATE and result.order_id is not None:
+        return 409, envelope(str(result.order_id), _REFUSALS[DUPLICATE]).encode()
     if result.outcome in _REFUSALS:
-        return 409, _REFUSALS[result.outcome]
+        return 409, fail_bytes(_REFUSALS[result.outcome])
     if result.outcome == UNKNOWN:
-        return 404, "voucher not found"
-    return 503, "order ids exhausted for today, try again later"
+        return 404, fail_bytes("voucher not found")
+    return 503, fail_bytes("order ids exhausted for today, try again later")
 
 
 @bp.post("/voucher-order/seckill/<int(min=1, max=9223372036854775807):voucher_id>")
@@ -166,10 +198,8 @@ def seckill(voucher_id: int) -> Response:
     user = require_user()
     state = seckill_state(current_app)
     result = complete_order(state, voucher_id, state.gate.reserve(voucher_id, user.id))
-    status, text = answer_of(result)
-    if status == 200:
-        return ok(text)
-    raise ApiError(text, status)
+    status, body = answer_of(result)
+    return Response(body, status=status, mimetype=MIMETYPE)
 
 
 # --- audit -------------------------------------------------------------------------------
