@@ -176,8 +176,13 @@ class Settings:
     # --- login ------------------------------------------------------------
     login_code_ttl: int = setting("HMDP_LOGIN_CODE_TTL", 2 * 60)
     login_token_ttl: int = setting("HMDP_LOGIN_TOKEN_TTL", 30 * 60)
-    login_max_wrong_codes: int = setting("HMDP_LOGIN_MAX_WRONG_CODES", 5)
-    login_lock_seconds: int = setting("HMDP_LOGIN_LOCK_SECONDS", 15 * 60)
+    # Wrong guesses that void a code (the owner requests a new one; the phone is never locked).
+    login_max_wrong_codes: int = setting(
+        "HMDP_LOGIN_MAX_WRONG_CODES", 3, check=(lambda v: v >= 1, "must be at least 1")
+    )
+    # Wrong passwords that lock password login (only: code login stays open); 0 = never.
+    login_max_wrong_passwords: int = setting("HMDP_LOGIN_MAX_WRONG_PASSWORDS", 5)
+    login_lock_seconds: int = setting("HMDP_LOGIN_LOCK_SECONDS", 15 * 60)  # that lock
 
     # --- social and location (follows, feed, nearby, sign-in, UV) ---------
     # Blogs per scroll page of /blog/of/follow.

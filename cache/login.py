@@ -1,15 +1,19 @@
-"""The Redis side of login: one-time codes, sessions and the brute-force lock.
+"""The Redis side of login: one-time codes, sessions and the password lock.
 
 Keys (hmdp's names where hmdp has them):
 
 * ``login:code:{phone}`` — the code last sent to a phone (string, short TTL);
+* ``login:wrong:{phone}`` — wrong guesses at that code (counter, dies with it);
 * ``login:token:{token}`` — a session: hash of the user summary, sliding TTL;
-* ``login:fail:{phone}`` — wrong attempts in the current window (counter);
-* ``login:lock:{phone}`` — present while the phone is locked after too many.
+* ``login:password:fail:{phone}`` — wrong passwords in the current window;
+* ``login:password:lock:{phone}`` — present while password login is locked.
 
-Checking a code, consuming it and counting a failure happen in one script
-(``lua/login_code.lua``), so a code logs in once even under concurrent
-attempts, and no attempt slips past the lock.
+Wrong code guesses burn the code (after ``max_wrong`` of them) instead of
+locking the phone: a stranger who guesses can make the owner request a new
+code, never keep the owner out. Checking a code, consuming it and counting a
+wrong guess happen in one script (``lua/login_code.lua``), so a code logs in
+once even under concurrent attempts, and no guess slips past the count.
+Wrong passwords lock password login only (``lua/login_password.lua``).
 """
 
 from __future__ import annotations
@@ -23,19 +27,21 @@ import redis
 from .scripts import load_script
 
 CODE_KEY = "login:code:{phone}"
+WRONG_KEY = "login:wrong:{phone}"
 TOKEN_KEY = "login:token:{token}"
-FAIL_KEY = "login:fail:{phone}"
-LOCK_KEY = "login:lock:{phone}"
+PASSWORD_FAIL_KEY = "login:password:fail:{phone}"
+PASSWORD_LOCK_KEY = "login:password:lock:{phone}"
 
-Status = Literal["ok", "wrong", "missing", "locked"]
+Status = Literal["ok", "wrong", "missing", "void", "locked"]
 
 
 @dataclass(frozen=True)
 class Attempt:
     """The outcome of one login attempt.
 
-    ``n``: for "locked", seconds until the phone unlocks; for "wrong", attempts
-    left before the lock (-1 when locking is disabled).
+    ``n``: for "wrong", attempts left (guesses at this code, or passwords before
+    the lock; -1 when the password lock is off); for "locked", seconds until
+    password login unlocks; 0 otherwise.
     """
 
     status: Status
@@ -43,56 +49,51 @@ class Attempt:
 
 
 def store_code(client: redis.Redis, phone: str, code: str, ttl: int) -> None:
-    """Remember the code sent to ``phone`` (a new code replaces the old one)."""
-    client.set(CODE_KEY.format(phone=phone), code, ex=ttl)
+    """Remember the code sent to ``phone``; a new code replaces the old one and its guesses."""
+    pipe = client.pipeline(transaction=True)
+    pipe.set(CODE_KEY.format(phone=phone), code, ex=ttl)
+    pipe.delete(WRONG_KEY.format(phone=phone))
+    pipe.execute()
 
 
 def discard_code(client: redis.Redis, phone: str) -> None:
     """Forget a code that could not be delivered."""
-    client.delete(CODE_KEY.format(phone=phone))
+    client.delete(CODE_KEY.format(phone=phone), WRONG_KEY.format(phone=phone))
 
 
-def lock_remaining(client: redis.Redis, phone: str) -> int:
-    """Seconds the phone stays locked (0 when it is not locked)."""
-    ttl = client.ttl(LOCK_KEY.format(phone=phone))
+def use_code(client: redis.Redis, phone: str, code: str, max_wrong: int) -> Attempt:
+    """Check ``code``: consume it if right; if wrong, count it and void the code at ``max_wrong``."""
+    if not code:
+        raise ValueError("use_code needs a non-empty code")
+    if max_wrong < 1:
+        raise ValueError("max_wrong must be at least 1")
+    script = load_script(client, "login_code")
+    keys = [CODE_KEY.format(phone=phone), WRONG_KEY.format(phone=phone)]
+    status, n = script(keys=keys, args=[code, max_wrong])
+    return Attempt(status=status, n=int(n))
+
+
+def password_lock_remaining(client: redis.Redis, phone: str) -> int:
+    """Seconds password login stays locked for ``phone`` (0 when it is not locked)."""
+    ttl = client.ttl(PASSWORD_LOCK_KEY.format(phone=phone))
     if ttl == -2:  # no key
         return 0
     return max(1, ttl)
 
 
-def _attempt(
-    client: redis.Redis, phone: str, code: str, max_wrong: int, lock_seconds: int
+def record_password_failure(
+    client: redis.Redis, phone: str, max_wrong: int, lock_seconds: int
 ) -> Attempt:
-    script = load_script(client, "login_code")
-    keys = [
-        CODE_KEY.format(phone=phone),
-        FAIL_KEY.format(phone=phone),
-        LOCK_KEY.format(phone=phone),
-    ]
-    status, n = script(keys=keys, args=[code, max_wrong, lock_seconds])
+    """Count a wrong password: "wrong" with attempts left, or "locked" with its seconds."""
+    script = load_script(client, "login_password")
+    keys = [PASSWORD_FAIL_KEY.format(phone=phone), PASSWORD_LOCK_KEY.format(phone=phone)]
+    status, n = script(keys=keys, args=[max_wrong, lock_seconds])
     return Attempt(status=status, n=int(n))
 
 
-def use_code(
-    client: redis.Redis, phone: str, code: str, max_wrong: int, lock_seconds: int
-) -> Attempt:
-    """Check ``code`` and consume it if right; count it (and maybe lock) if wrong.
-
-    "ok" also resets the failure count: a correct login clears past mistakes.
-    """
-    if not code:
-        raise ValueError("use_code needs a non-empty code")
-    return _attempt(client, phone, code, max_wrong, lock_seconds)
-
-
-def record_failure(client: redis.Redis, phone: str, max_wrong: int, lock_seconds: int) -> Attempt:
-    """Count a failed non-code attempt (a wrong password) towards the lock."""
-    return _attempt(client, phone, "", max_wrong, lock_seconds)
-
-
-def reset_failures(client: redis.Redis, phone: str) -> None:
-    """Forget past wrong attempts after a successful password login."""
-    client.delete(FAIL_KEY.format(phone=phone))
+def reset_password_failures(client: redis.Redis, phone: str) -> None:
+    """Forget past wrong passwords after a successful password login."""
+    client.delete(PASSWORD_FAIL_KEY.format(phone=phone))
 
 
 def create_session(client: redis.Redis, token: str, fields: Mapping[str, str], ttl: int) -> None:

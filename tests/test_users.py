@@ -9,7 +9,13 @@ import pytest
 from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
-from cache.login import CODE_KEY, FAIL_KEY, LOCK_KEY, TOKEN_KEY
+from cache.login import (
+    CODE_KEY,
+    PASSWORD_FAIL_KEY,
+    PASSWORD_LOCK_KEY,
+    TOKEN_KEY,
+    WRONG_KEY,
+)
 from models.entities import User, UserInfo
 from web.sms import EXTENSION, MemoryCodeSender
 
@@ -115,7 +121,7 @@ def test_a_code_works_once(client, sender, redis_client):
     envelope(client.post("/user/login", json={"phone": PHONE, "code": code}), 200)
     body = envelope(client.post("/user/login", json={"phone": PHONE, "code": code}), 401)
     assert "code" in body["errorMsg"]
-    assert redis_client.exists(FAIL_KEY.format(phone=PHONE)) == 0  # no live code: not counted
+    assert redis_client.exists(WRONG_KEY.format(phone=PHONE)) == 0  # no live code: not counted
 
 
 def test_a_code_works_once_under_concurrency(app, sender, services):
@@ -146,14 +152,20 @@ def test_a_new_code_replaces_the_old_one(client, sender):
     envelope(client.post("/user/login", json={"phone": PHONE, "code": new}), 200)
 
 
+def wrong_for(code: str) -> str:
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
 def test_wrong_code_is_401_and_the_right_one_still_works(client, sender, redis_client):
     code = send_code(client, sender)
-    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
-    body = envelope(client.post("/user/login", json={"phone": PHONE, "code": wrong}), 401)
+    body = envelope(client.post("/user/login", json={"phone": PHONE, "code": wrong_for(code)}), 401)
     assert "wrong code" in body["errorMsg"]
-    assert redis_client.get(FAIL_KEY.format(phone=PHONE)) == "1"
+    wrong_key = WRONG_KEY.format(phone=PHONE)
+    assert redis_client.get(wrong_key) == "1"
+    # The count dies with its code, not later.
+    assert 0 < redis_client.pttl(wrong_key) <= redis_client.pttl(CODE_KEY.format(phone=PHONE))
     envelope(client.post("/user/login", json={"phone": PHONE, "code": code}), 200)
-    assert redis_client.exists(FAIL_KEY.format(phone=PHONE)) == 0  # reset by the good login
+    assert redis_client.exists(wrong_key) == 0  # gone with the consumed code
 
 
 def test_unknown_and_expired_tokens_are_401(client, sender, redis_client):
@@ -184,52 +196,68 @@ def test_every_authenticated_request_refreshes_the_session_ttl(
 def strict_app(settings):
     from web import create_app
 
-    app = create_app(settings.with_(login_max_wrong_codes=3, login_lock_seconds=600))
+    app = create_app(
+        settings.with_(login_max_wrong_codes=3, login_max_wrong_passwords=3, login_lock_seconds=600)
+    )
     sender = MemoryCodeSender()
     app.extensions[EXTENSION] = sender
     yield app, sender
     app.extensions["hmdp"].close()
 
 
-def test_brute_force_locks_the_phone(strict_app):
+def test_wrong_guesses_void_the_code_and_never_lock_the_phone(strict_app):
     app, sender = strict_app
     client = app.test_client()
     redis_client = app.extensions["hmdp"].redis
     code = send_code(client, sender)
-    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    wrong = {"phone": PHONE, "code": wrong_for(code)}
+    messages = [envelope(client.post("/user/login", json=wrong), 401)["errorMsg"] for _ in range(3)]
+    assert "2 guesses left" in messages[0] and "1 guesses left" in messages[1]
+    assert "void" in messages[2]
+    # Voided: even the right code is refused now, and nothing is left in Redis of it.
     assert (
-        "2 attempts left"
-        in envelope(client.post("/user/login", json={"phone": PHONE, "code": wrong}), 401)[
+        "no valid code"
+        in envelope(client.post("/user/login", json={"phone": PHONE, "code": code}), 401)[
             "errorMsg"
         ]
     )
-    envelope(client.post("/user/login", json={"phone": PHONE, "code": wrong}), 401)
-    locked = client.post("/user/login", json={"phone": PHONE, "code": wrong})
-    envelope(locked, 429)
-    assert int(locked.headers["Retry-After"]) == 600
-    # Locked: even the right code is refused, and no new code can be requested.
-    refused = client.post("/user/login", json={"phone": PHONE, "code": code})
-    envelope(refused, 429)
-    assert 0 < int(refused.headers["Retry-After"]) <= 600
-    envelope(client.post(f"/user/code?phone={PHONE}"), 429)
-    assert 0 < redis_client.ttl(LOCK_KEY.format(phone=PHONE)) <= 600
-    # Another phone is not affected.
-    log_in(client, sender, "13712345679")
-    # The lock ends (a past expiry time makes Redis drop it); the burnt code stays burnt.
-    redis_client.pexpireat(LOCK_KEY.format(phone=PHONE), 1)
-    envelope(client.post("/user/login", json={"phone": PHONE, "code": code}), 401)
+    assert redis_client.exists(CODE_KEY.format(phone=PHONE), WRONG_KEY.format(phone=PHONE)) == 0
+    # No lock: the owner asks for a new code at once and logs in with it, first try.
     log_in(client, sender)
+    # A new code starts with all its guesses, and a new code after wrong guesses too.
+    code = send_code(client, sender)
+    envelope(client.post("/user/login", json={"phone": PHONE, "code": wrong_for(code)}), 401)
+    code = send_code(client, sender)
+    assert redis_client.exists(WRONG_KEY.format(phone=PHONE)) == 0
+    for _ in range(2):
+        envelope(client.post("/user/login", json={"phone": PHONE, "code": wrong_for(code)}), 401)
+    envelope(client.post("/user/login", json={"phone": PHONE, "code": code}), 200)
+    assert not redis_client.keys("login:*lock*")
 
 
-def test_a_correct_login_resets_the_wrong_code_count(strict_app):
+def test_concurrent_guesses_get_exactly_the_allowed_number(strict_app):
     app, sender = strict_app
-    client = app.test_client()
-    for _ in range(3):
-        code = send_code(client, sender)
-        wrong = f"{(int(code) + 1) % 1_000_000:06d}"
-        envelope(client.post("/user/login", json={"phone": PHONE, "code": wrong}), 401)
-        envelope(client.post("/user/login", json={"phone": PHONE, "code": wrong}), 401)
-        envelope(client.post("/user/login", json={"phone": PHONE, "code": code}), 200)
+    code = send_code(app.test_client(), sender)
+    guesses = [f"{(int(code) + k) % 1_000_000:06d}" for k in range(1, 21)]
+    answers: list[str] = []
+    barrier = threading.Barrier(len(guesses))
+
+    def guess(value: str) -> None:
+        client = app.test_client()
+        barrier.wait()
+        response = client.post("/user/login", json={"phone": PHONE, "code": value})
+        answers.append(envelope(response, 401)["errorMsg"])
+
+    threads = [threading.Thread(target=guess, args=(g,)) for g in guesses]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Three guesses were judged (two with guesses left, one voiding); the rest found no code.
+    judged = [a for a in answers if a.startswith("wrong code")]
+    assert len(judged) == 3 and sum("void" in a for a in judged) == 1
+    assert all(a.startswith("no valid code") for a in answers if a not in judged)
+    assert len(answers) == len(guesses)
 
 
 def test_admin_phone_gets_the_admin_role(client, sender, redis_client):
@@ -254,15 +282,17 @@ def _set_password(services, phone: str, password: str) -> None:
 def test_password_login(client, sender, services, redis_client):
     log_in(client, sender)
     envelope(client.post("/user/login", json={"phone": PHONE, "password": "secret1"}), 401)
-    assert redis_client.exists(FAIL_KEY.format(phone=PHONE)) == 0  # no password: not counted
+    assert (
+        redis_client.exists(PASSWORD_FAIL_KEY.format(phone=PHONE)) == 0
+    )  # no password: not counted
     _set_password(services, PHONE, "secret1")
     envelope(client.post("/user/login", json={"phone": PHONE, "password": "wrong"}), 401)
-    assert redis_client.get(FAIL_KEY.format(phone=PHONE)) == "1"
+    assert redis_client.get(PASSWORD_FAIL_KEY.format(phone=PHONE)) == "1"
     token = envelope(client.post("/user/login", json={"phone": PHONE, "password": "secret1"}), 200)[
         "data"
     ]
     envelope(client.get("/user/me", headers={"authorization": token}), 200)
-    assert redis_client.exists(FAIL_KEY.format(phone=PHONE)) == 0
+    assert redis_client.exists(PASSWORD_FAIL_KEY.format(phone=PHONE)) == 0
 
 
 def test_password_login_for_unknown_phone_creates_nobody(client, services, redis_client):
@@ -271,15 +301,26 @@ def test_password_login_for_unknown_phone_creates_nobody(client, services, redis
     assert redis_client.dbsize() == 0
 
 
-def test_wrong_passwords_lock_the_phone(strict_app):
+def test_wrong_passwords_lock_password_login_only(strict_app):
     app, sender = strict_app
     client = app.test_client()
+    redis_client = app.extensions["hmdp"].redis
     log_in(client, sender)
     _set_password(app.extensions["hmdp"], PHONE, "secret1")
     for _ in range(2):
         envelope(client.post("/user/login", json={"phone": PHONE, "password": "nope"}), 401)
-    envelope(client.post("/user/login", json={"phone": PHONE, "password": "nope"}), 429)
-    envelope(client.post("/user/login", json={"phone": PHONE, "password": "secret1"}), 429)
+    locked = client.post("/user/login", json={"phone": PHONE, "password": "nope"})
+    envelope(locked, 429)
+    assert int(locked.headers["Retry-After"]) == 600
+    refused = client.post("/user/login", json={"phone": PHONE, "password": "secret1"})
+    assert "log in with a code" in envelope(refused, 429)["errorMsg"]
+    assert 0 < int(refused.headers["Retry-After"]) <= 600
+    assert 0 < redis_client.ttl(PASSWORD_LOCK_KEY.format(phone=PHONE)) <= 600
+    # The owner is not locked out: codes are still sent and log in.
+    log_in(client, sender)
+    # The lock ends (a past expiry time makes Redis drop it).
+    redis_client.pexpireat(PASSWORD_LOCK_KEY.format(phone=PHONE), 1)
+    envelope(client.post("/user/login", json={"phone": PHONE, "password": "secret1"}), 200)
 
 
 class FailingSender:

@@ -4,9 +4,12 @@ Login follows hmdp: ``POST /user/code?phone=`` stores a 6-digit code in
 ``login:code:{phone}`` and hands it to the app's code sender (web/sms.py);
 ``POST /user/login {phone, code}`` consumes the code (once), creates the user
 on first login and answers with a token whose session hash lives in
-``login:token:{token}``. Wrong codes count towards a per-phone lock
-(settings.login_max_wrong_codes within settings.login_lock_seconds): a locked
-phone gets 429 with ``Retry-After`` until the lock ends.
+``login:token:{token}``. Wrong guesses burn the code: after
+settings.login_max_wrong_codes of them it is void and the owner requests a new
+one (the limits on sending codes bound how many codes, hence guesses, there
+are). The phone itself is never locked, so a stranger cannot keep its owner
+out. Wrong passwords lock password login only (settings.login_max_wrong_passwords
+within settings.login_lock_seconds; 429 with ``Retry-After``): code login stays open.
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and must not reach the dr
 MAX_PASSWORD = 128
 
 
-def _locked(seconds: int) -> TooManyRequests:
+def _password_locked(seconds: int) -> TooManyRequests:
     return TooManyRequests(
-        f"too many wrong attempts for this phone; try again in {seconds} s",
+        f"too many wrong passwords for this phone; log in with a code, "
+        f"or try a password again in {seconds} s",
         headers={"Retry-After": str(seconds)},
     )
 
@@ -65,12 +69,9 @@ def new_nick_name() -> str:
 
 @bp.post("/user/code")
 def send_code() -> Response:
-    """Send a login code; refused while the phone is locked, so the lock cannot be reset."""
+    """Send a new login code (it replaces the last one and its wrong guesses)."""
     phone = login_phone()
     client = services().redis
-    locked = login_store.lock_remaining(client, phone)
-    if locked:
-        raise _locked(locked)
     code = new_code()
     login_store.store_code(client, phone, code, settings().login_code_ttl)
     try:
@@ -120,17 +121,15 @@ def _start_session(user: User) -> str:
 def _login_with_code(phone: str, code: object) -> User:
     if not isinstance(code, str) or len(code) != 6 or not code.isascii() or not code.isdigit():
         raise BadRequest("code must be the 6 digits that were sent")
-    cfg = settings()
-    attempt = login_store.use_code(
-        services().redis, phone, code, cfg.login_max_wrong_codes, cfg.login_lock_seconds
-    )
-    if attempt.status == "locked":
-        raise _locked(attempt.n)
+    attempt = login_store.use_code(services().redis, phone, code, settings().login_max_wrong_codes)
     if attempt.status == "missing":
-        raise Unauthorized("no valid code for this phone (expired or never sent)")
+        raise Unauthorized("no valid code for this phone (expired, used or void): request one")
+    if attempt.status == "void":
+        raise Unauthorized(
+            "wrong code; that was its last guess, the code is void: request a new one"
+        )
     if attempt.status == "wrong":
-        left = f"; {attempt.n} attempts left" if attempt.n >= 0 else ""
-        raise Unauthorized(f"wrong code{left}")
+        raise Unauthorized(f"wrong code; {attempt.n} guesses left for this code")
     return _find_or_create_user(phone)
 
 
@@ -138,9 +137,9 @@ def _login_with_password(phone: str, password: object) -> User:
     if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD:
         raise BadRequest(f"password must be a non-empty string of at most {MAX_PASSWORD} chars")
     client = services().redis
-    locked = login_store.lock_remaining(client, phone)
+    locked = login_store.password_lock_remaining(client, phone)
     if locked:
-        raise _locked(locked)
+        raise _password_locked(locked)
     with services().db.session() as session:
         user = session.scalar(select(User).where(User.phone == phone))
     if user is None or not user.password:
@@ -148,13 +147,13 @@ def _login_with_password(phone: str, password: object) -> User:
         raise Unauthorized("wrong phone or password (or no password set: log in with a code)")
     if not check_password_hash(user.password, password):
         cfg = settings()
-        attempt = login_store.record_failure(
-            client, phone, cfg.login_max_wrong_codes, cfg.login_lock_seconds
+        attempt = login_store.record_password_failure(
+            client, phone, cfg.login_max_wrong_passwords, cfg.login_lock_seconds
         )
         if attempt.status == "locked":
-            raise _locked(attempt.n)
+            raise _password_locked(attempt.n)
         raise Unauthorized("wrong phone or password (or no password set: log in with a code)")
-    login_store.reset_failures(client, phone)
+    login_store.reset_password_failures(client, phone)
     return user
 
 
