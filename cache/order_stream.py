@@ -55,13 +55,13 @@ from dataclasses import dataclass, field
 import redis
 
 from metrics import ORDERS_DEAD_LETTERED, ORDERS_RECOVERED
+from models.entities import MAX_ID
 from settings import Settings
 
 log = logging.getLogger(__name__)
 
 RECOVERY_CONSUMER = "recovery"
 TASK_CONSUMER = "tasks"  # one name for every worker: batches are disjoint all the same
-MAX_ID = (1 << 63) - 1
 _PAGE = 1000
 
 

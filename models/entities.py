@@ -27,6 +27,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # BIGINT ids everywhere, but SQLite only auto-increments "INTEGER PRIMARY KEY".
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# The largest BIGINT: no id can be larger, and a larger one must not reach a driver.
+MAX_ID = 2**63 - 1
 
 
 def utcnow() -> datetime:

@@ -18,7 +18,7 @@ from cache.seckill import NO_SESSION, ODD_SESSION, OK, SeckillGate, load_voucher
 from web.order_fastpath import SeckillFastPath
 from web.orders import ORDER_TASK, flush_dispatch
 
-ROUTE = "/voucher-order/seckill/<int(min=1, max=9223372036854775807):voucher_id>"
+ROUTE = "/voucher-order/seckill/<id:voucher_id>"
 
 
 class FlaskCalls:

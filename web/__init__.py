@@ -20,6 +20,7 @@ from .auth import register_auth
 from .cli import register_cli
 from .errors import register_error_handlers
 from .fastpath import install as install_fast_path
+from .ids import IdConverter
 from .logging import register_request_logging
 from .metrics import register_metrics
 from .ratelimit import register_ratelimit
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.session_interface = NoCookieSessions()
+    app.url_map.converters["id"] = IdConverter
     services = Services(settings)
     app.extensions["hmdp"] = services
     # Used only to send tasks by name; the broker is contacted on first send.

@@ -24,11 +24,12 @@ from sqlalchemy import Select, select, update
 from cache import feed as feed_store
 from cache import likes as like_store
 from metrics import FEED_PUSHES
-from models.entities import Blog, Shop, User
+from models.entities import MAX_ID, Blog, Shop, User
 
 from .auth import current_user, login_required, require_user
 from .envelope import BadRequest, NotFound, Unauthorized, int_arg, json_body, ok
-from .follows import MAX_ID, follower_ids, path_id, user_summaries
+from .follows import follower_ids, user_summaries
+from .ids import path_id
 from .runtime import services, settings
 from .signs import now_ms
 

@@ -39,12 +39,14 @@ from typing import Any
 import redis
 from flask import Flask
 
+from models.entities import MAX_ID
+
 from .envelope import fail_bytes, ok_bytes
 from .fastroute import Answer, FastPath, FastRoute, WsgiApp
 from .order_fastpath import SeckillFastPath
 from .ratelimit import EXTENSION as RATELIMIT_EXTENSION
 from .ratelimit import RouteLimiter, forwarded_client_ip
-from .shops import MAX_ID, shop_region_holder
+from .shops import shop_region_holder
 from .signs import CLOCK_EXTENSION
 from .stats import UV_EXTENSION
 

@@ -22,21 +22,10 @@ from models.entities import Follow, User, UserInfo
 
 from .auth import login_required, require_user
 from .envelope import BadRequest, Conflict, NotFound, ok
+from .ids import path_id
 from .runtime import services
 
 bp = Blueprint("follows", __name__)
-
-MAX_ID = 2**63 - 1
-
-
-def path_id(raw: str, what: str = "user") -> int:
-    """An id from a path segment: not digits -> 400, out of range -> 404 (cannot exist)."""
-    if not (raw.isascii() and raw.isdigit()):
-        raise BadRequest(f"{what} id must be a positive integer")
-    value = int(raw)
-    if not 1 <= value <= MAX_ID:
-        raise NotFound(f"no such {what}")
-    return value
 
 
 def user_summaries(session: Session, ids: Sequence[int]) -> list[dict]:

@@ -39,6 +39,7 @@ from flask import Flask
 
 from cache.seckill import NO_SESSION, ODD_SESSION, GateResult
 from logsetup import REQUEST_ID
+from models.entities import MAX_ID
 
 from .auth import session_user, usable_token
 from .envelope import fail_bytes
@@ -49,7 +50,6 @@ from .ratelimit import RouteLimiter
 
 ENDPOINT = "orders.seckill"
 SECKILL_PATH = re.compile(r"/voucher-order/seckill/([0-9]{1,19})", re.ASCII)
-MAX_ID = 2**63 - 1  # the route's int converter bounds: 1..2^63-1
 NOT_LOGGED_IN = "not logged in"
 TOO_MANY = "too many requests; slow down"
 

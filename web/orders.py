@@ -47,7 +47,7 @@ from cache.seckill import (
     redis_snapshot,
 )
 from metrics import ORDER_DISPATCH_FAILURES, SECKILL_OUTCOMES
-from models.entities import SeckillVoucher, VoucherOrder
+from models.entities import MAX_ID, SeckillVoucher, VoucherOrder
 from services import Services
 
 from .auth import login_required, require_user
@@ -187,7 +187,7 @@ def answer_of(result: GateResult) -> tuple[int, bytes]:
     return 503, fail_bytes("order ids exhausted for today, try again later")
 
 
-@bp.post("/voucher-order/seckill/<int(min=1, max=9223372036854775807):voucher_id>")
+@bp.post("/voucher-order/seckill/<id:voucher_id>")
 @login_required
 def seckill(voucher_id: int) -> Response:
     """Flash-sale order: 200 with the order id, or 409 with the reason, at once.
@@ -344,7 +344,7 @@ def verify_orders(svc: Services, voucher_id: int | None = None) -> OrderAudit:
 
 
 @bp.cli.command("verify")
-@click.argument("voucher_id", required=False, type=click.IntRange(1, 2**63 - 1))
+@click.argument("voucher_id", required=False, type=click.IntRange(1, MAX_ID))
 @click.option("--drained", is_flag=True, help="Also fail while reservations are not yet persisted.")
 @click.option(
     "--wait",

@@ -31,7 +31,7 @@ from cache.shops import (
     warm_hot_shops,
     warm_shop_types,
 )
-from models.entities import Shop, ShopType
+from models.entities import MAX_ID, Shop, ShopType
 from models.session import Database
 from services import Services
 
@@ -55,7 +55,6 @@ bp = Blueprint("shops", __name__, cli_group="cache")
 NAME_PAGE_SIZE = 10
 TYPE_PAGE_SIZE = 5
 MAX_PAGE = 10_000
-MAX_ID = 2**63 - 1
 REFRESH_TASK = "tasks.cache.refresh_shop"
 _EXTENSION = "hmdp_shop_cache"
 

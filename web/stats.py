@@ -21,7 +21,7 @@ from models.entities import Shop
 
 from .auth import current_user
 from .envelope import BadRequest, NotFound, ok
-from .follows import path_id
+from .ids import path_id
 from .ratelimit import client_ip
 from .runtime import services, settings
 from .signs import today

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash
 
 from cache import login as login_store
-from models.entities import User, UserInfo
+from models.entities import MAX_ID, User, UserInfo
 
 from .auth import UserSummary, current_token, login_required, require_user
 from .envelope import (
@@ -45,7 +45,6 @@ bp.record_once(lambda state: install_code_sender(state.app))
 
 NICK_PREFIX = "user_"
 NICK_ALPHABET = string.ascii_lowercase + string.digits
-MAX_ID = 2**63 - 1  # BIGINT: larger ids cannot exist, and must not reach the driver
 MAX_PASSWORD = 128
 
 

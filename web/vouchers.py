@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from cache import order_stream
 from cache.seckill import live_stocks, load_voucher
-from models.entities import SeckillVoucher, Shop, Voucher
+from models.entities import MAX_ID, SeckillVoucher, Shop, Voucher
 from services import Services
 
 from .auth import admin_required
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("vouchers", __name__)
 
-MAX_ID = 2**63 - 1
 MAX_MONEY = 10**12  # cents
 MAX_STOCK = 100_000_000
 TYPE_ORDINARY = 0
@@ -164,7 +163,7 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-@bp.get("/voucher/list/<int(min=1, max=9223372036854775807):shop_id>")
+@bp.get("/voucher/list/<id:shop_id>")
 def list_vouchers(shop_id: int) -> Response:
     """A shop's active vouchers; seckill ones with stock (live from Redis), begin, end."""
     svc = services()
