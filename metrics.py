@@ -59,12 +59,12 @@ ORDER_DISPATCH_FAILURES = Counter(
 # --- order tasks (tasks/orders.py) and recovery (beat) --------------------------
 ORDER_TASKS = Counter(
     "hmdp_order_tasks_total", "Order task runs by result", ["result"]
-)  # created | duplicate | oversell | rejected | retried | failed
+)  # created | duplicate | oversell | rejected | unknown_voucher | retried | failed
 ORDER_BATCH_SETTLED = Counter(
     "hmdp_order_batch_settled_total",
     "Stream entries an order task settled in its batch besides its own (group commit)",
     ["outcome"],
-)  # created | duplicate | oversell | rejected
+)  # created | duplicate | oversell | rejected | unknown_voucher
 ORDER_TASK_SECONDS = Histogram(
     "hmdp_order_task_seconds",
     "Order task duration",

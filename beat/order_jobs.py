@@ -2,7 +2,7 @@
 
 ``beat.order_jobs.recover_pending_orders`` runs every ~15 s (celeryconfig's
 beat_schedule) on a worker. It settles, through the task's own code path
-(:func:`tasks.orders.settle_order`; :func:`~tasks.orders.settle_orders` for
+(:func:`tasks.orders.settle_order`; :func:`~tasks.orders.settle_free` for
 what nobody ever read, in batches), every Stream entry whose dispatch was lost
 or whose task died or gave up, and dead-letters what keeps failing. (The
 stream gauges are read from Redis at scrape time by web/metrics.py.) See :mod:`cache.order_stream` for the design.
@@ -19,12 +19,15 @@ from sqlalchemy import text
 from cache import order_stream
 from cache.locks import RLock
 from services import Services
-from tasks.orders import settle_order, settle_orders
+from tasks.orders import RETRYABLE, settle_free, settle_order
 
 log = logging.getLogger(__name__)
 
 JOB_NAME = "beat.order_jobs.recover_pending_orders"
 RECOVERY_LOCK = "lock:order-recovery"
+# A busy user lock means someone settles that user right now: recovery moves on
+# and tries the entry on its next run rather than wait (and hold up the run).
+USER_LOCK_WAIT_SECONDS = 0.0
 
 
 def _database_up(services: Services) -> bool:
@@ -53,19 +56,29 @@ def run_recovery(services: Services, **options: object) -> dict[str, object]:
     try:
         if not _database_up(services):
             return {"skipped": "database unavailable"}
-        report = order_stream.recover(
-            client,
-            services.settings,
-            lambda entry: settle_order(services, entry),
-            settle_many=lambda entries: settle_orders(services, entries),
-            **options,  # type: ignore[arg-type]
-        )
-        return report.as_dict()
+        return recover_orders(services, **options).as_dict()
     finally:
         try:
             lock.release()
         except (redis.RedisError, OSError) as exc:  # the hold is dropped: it expires
             log.warning("%s not released (%s); it expires with its lease", RECOVERY_LOCK, exc)
+
+
+def recover_orders(services: Services, **options: object) -> order_stream.RecoveryReport:
+    """One pass of :func:`cache.order_stream.recover` with the tasks' settling code.
+
+    Without the job's lock and database check (:func:`run_recovery` adds them).
+    The database and Redis failures the task retries are the ones that never
+    count against an entry.
+    """
+    return order_stream.recover(
+        services.redis,
+        services.settings,
+        lambda entry: settle_order(services, entry, USER_LOCK_WAIT_SECONDS),
+        settle_many=lambda entries: settle_free(services, entries),
+        transient=RETRYABLE,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 @shared_task(bind=True, name=JOB_NAME, ignore_result=True)

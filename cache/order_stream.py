@@ -20,26 +20,43 @@ Settlement design (the contract every writer and reader here follows):
   orders: group commit. The group makes those batches disjoint between
   concurrent workers, and a worker killed mid-batch leaves its batch in the
   pending list (PEL), where recovery finds it. Entries in the PEL are those a
-  batch or recovery took on; the PEL's delivery counter is the attempt counter
-  for the dead-letter rule.
+  batch or recovery took on.
+* **The PEL's delivery count counts an entry's own failures**, and it is the
+  dead-letter rule: an entry read for the first time has 1; recovery takes an
+  entry over keeping its count (``XCLAIM ... JUSTID`` does not count a
+  delivery) and, only when the try failed *because of the entry*, adds one
+  (``XCLAIM ... RETRYCOUNT n+1``). A try that fails for an outside reason
+  counts nothing: a busy user lock (someone settles that user right now), the
+  database or Redis failing (the ``transient`` kinds, ``tasks.orders.RETRYABLE``
+  for the beat job), a settler killed mid-try. An entry is dead-lettered when
+  its count passes ``order_max_deliveries``, i.e. after that many failures of
+  its own; an entry that fails by its outcome (unknown voucher, an order id
+  that is another order's, no database stock) is dead-lettered at once by the
+  settle code. Why count after the outcome rather than count on every claim and
+  put the count back on an outside failure: putting it back needs Redis, and
+  Redis failing is one of the outside causes. The price: an entry that killed
+  every process trying it would never be dead-lettered; it stays in the Stream,
+  seen in the backlog gauges.
 * :func:`recover` (run by beat every ~15 s, see ``beat/order_jobs.py``):
-  1. *stuck*: ``XPENDING ... IDLE`` finds PEL entries idle longer than
-     ``order_claim_idle_ms`` (recovery died or failed mid-way); ``XCLAIM``
-     takes them over (incrementing the delivery count). An entry that has
-     reached ``order_max_deliveries`` deliveries goes to the dead-letter stream.
-     XPENDING + XCLAIM rather than XAUTOCLAIM because their replies are the
-     same on Redis 6.2 and 7 except for deleted entries (6.2: a nil entry, 7:
-     omitted), which we detect by id either way; an id that is gone from the
-     Stream was settled, so it is simply XACKed.
+  1. *stuck*: ``XPENDING ... IDLE`` lists PEL entries idle longer than
+     ``order_claim_idle_ms`` (recovery died or failed mid-way, a batch's worker
+     died); each is claimed right before it is tried, one at a time, so an
+     entry a run never reached is untouched. An entry past
+     ``order_max_deliveries`` goes to the dead-letter stream. An id that is
+     gone from the Stream was settled, so it is simply XACKed (Redis 7's XCLAIM
+     drops it from the PEL itself, 6.2's does not).
   2. *never picked up*: entries after the group's last-delivered id and older
      than the idle threshold (a lost dispatch, or a task that gave up) are
      counted with XRANGE and read with ``XREADGROUP ... >`` (so they enter
-     the PEL with one delivery) and settled.
+     the PEL with one delivery) and settled, a batch at a time with group
+     commit; a batch that fails charges none of its entries (phase 1 tries
+     them one by one later).
   Both call the same ``settle`` callable as the task (one code path; it takes
   the per-user lock, checks for an existing row, and relies on the UNIQUE
   constraint last), so a task and recovery settling one entry at the same time
-  still give one row. Several failures in a row (database down) end the run
-  early instead of burning every entry's delivery budget.
+  still give one row. Several outside failures in a row (database down) end
+  the run early; a busy lock or an entry's own failure does not, so the
+  entries behind it are still tried.
 
 This module never imports ``tasks`` or ``web``: the settling is passed in.
 """
@@ -57,6 +74,8 @@ import redis
 from metrics import ORDERS_DEAD_LETTERED, ORDERS_RECOVERED
 from models.entities import MAX_ID
 from settings import Settings
+
+from .locks import LockError
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +290,13 @@ def stream_stats(client: redis.Redis, settings: Settings) -> StreamStats:
 
 
 Settle = Callable[[OrderEntry], str]
+# Settles a batch (group commit); may leave entries out (their user's lock is
+# busy): those stay in the PEL, uncharged, for phase 1 of a later run.
 SettleMany = Callable[[list[OrderEntry]], dict[OrderEntry, str]]
+
+# Failures whose cause is outside the entry when no ``transient`` is given:
+# Redis and network errors. The beat job passes tasks.orders.RETRYABLE.
+TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 @dataclass
@@ -283,7 +308,8 @@ class RecoveryReport:
     settled: Counter = field(default_factory=Counter)  # outcome -> count
     acked_deleted: int = 0  # PEL ids whose entry was already settled
     dead_lettered: int = 0
-    failed: int = 0
+    failed: int = 0  # entries whose settle raised (busy locks not counted)
+    busy: int = 0  # entries whose user lock was held by someone else: left for the next run
     aborted: bool = False
 
     def as_dict(self) -> dict[str, object]:
@@ -295,6 +321,7 @@ class RecoveryReport:
             "acked_deleted": self.acked_deleted,
             "dead_lettered": self.dead_lettered,
             "failed": self.failed,
+            "busy": self.busy,
             "aborted": self.aborted,
         }
 
@@ -309,18 +336,23 @@ class _Run:
         settle: Settle,
         max_failures: int,
         settle_many: SettleMany | None = None,
+        transient: tuple[type[BaseException], ...] = TRANSIENT,
     ) -> None:
         self.client = client
         self.settings = settings
         self.settle = settle
         self.settle_many = settle_many
         self.max_failures = max_failures
+        self.transient = transient
         self.streak = 0
         self.report = RecoveryReport()
         self.seen: set[str] = set()  # tried in this run: not again until the next run
 
     def handle(self, stream_id: str, fields: dict | None, deliveries: int) -> None:
-        """Settle one entry, or dead-letter it if it cannot or may no longer be tried."""
+        """Settle one entry we hold in the PEL, or dead-letter it if it may no longer be tried.
+
+        ``deliveries`` is its count now: 1 + the failures of its own so far.
+        """
         report = self.report
         self.seen.add(stream_id)
         if deliveries > self.settings.order_max_deliveries:
@@ -339,8 +371,9 @@ class _Run:
             return
         try:
             outcome = self.settle(entries[0])
-        except Exception as exc:  # any failure: leave it pending, try again later
-            self._failed(1, stream_id, exc)
+        except Exception as exc:
+            if self._failed(1, stream_id, exc):
+                self._charge(stream_id, deliveries + 1)
             return
         self._settled([outcome])
 
@@ -349,14 +382,40 @@ class _Run:
         self.report.dead_lettered += malformed
         return entries
 
-    def _failed(self, count: int, what: str, exc: Exception) -> None:
-        """One failed settle call (of ``count`` entries): the streak grows, maybe the run ends."""
+    def _failed(self, count: int, what: str, exc: Exception) -> bool:
+        """Book a failed settle call (of ``count`` entries); True if the entries caused it.
+
+        A busy user lock is nobody's fault: the entries wait for the next run.
+        Outside failures (``transient``: the database or Redis) make the
+        streak that ends the run, since the next entries would fail alike.
+        Anything else is the entry's own failure.
+        """
+        if isinstance(exc, LockError):
+            self.report.busy += count
+            log.info("recovery of %s deferred: %s", what, exc)
+            return False
         self.report.failed += count
-        self.streak += 1
         log.warning("recovery of %s failed (%s: %s)", what, type(exc).__name__, exc)
+        if not isinstance(exc, self.transient):
+            return True
+        self.streak += 1
         if self.streak >= self.max_failures:
-            log.error("recovery stopped after %d failures in a row", self.streak)
+            log.error("recovery stopped after %d outside failures in a row", self.streak)
             self.report.aborted = True
+        return False
+
+    def _charge(self, stream_id: str, deliveries: int) -> None:
+        """Count one failure of the entry's own: its delivery count becomes ``deliveries``."""
+        s = self.settings
+        self.client.xclaim(
+            s.order_stream,
+            s.order_group,
+            RECOVERY_CONSUMER,
+            0,
+            [stream_id],
+            retrycount=deliveries,
+            justid=True,
+        )
 
     def _settled(self, outcomes: list[str]) -> None:
         self.streak = 0
@@ -366,9 +425,9 @@ class _Run:
     def handle_first_deliveries(self, items: list[tuple[str, dict]]) -> None:
         """Settle entries read for the first time: together if a batch settler was given.
 
-        A batch failure counts as one failure of the streak (one transaction
-        failed); its entries stay in the PEL with one delivery, like a single
-        entry's would.
+        A batch that fails charges nobody (which entry was it?): its entries
+        stay in the PEL with the one delivery of their read, and phase 1 tries
+        them one by one on a later run.
         """
         if self.settle_many is None or self.settings.order_max_deliveries < 1:
             for stream_id, fields in items:
@@ -382,46 +441,58 @@ class _Run:
             return
         try:
             outcomes = self.settle_many(entries)
-        except Exception as exc:  # any failure: leave them pending, try again later
+        except Exception as exc:  # leave them pending, try again later
             self._failed(len(entries), f"{len(entries)} entries", exc)
             return
+        self.report.busy += len(entries) - len(outcomes)
         self._settled(list(outcomes.values()))
 
     def stuck(self, batch: int) -> int:
-        """Phase 1: take over PEL entries idle past the threshold; returns how many."""
+        """Phase 1: take over PEL entries idle past the threshold, one at a time; how many seen."""
         s = self.settings
-        idle = s.order_claim_idle_ms
         pending = self.client.xpending_range(
-            s.order_stream, s.order_group, min="-", max="+", count=batch, idle=idle
+            s.order_stream, s.order_group, min="-", max="+", count=batch, idle=s.order_claim_idle_ms
         )
-        pending = [p for p in pending if p["message_id"] not in self.seen]
-        if not pending:
-            return 0
-        ids = [p["message_id"] for p in pending]
-        deliveries = {p["message_id"]: int(p["times_delivered"]) + 1 for p in pending}
-        claimed = self.client.xclaim(s.order_stream, s.order_group, RECOVERY_CONSUMER, idle, ids)
-        got = {sid: fields for sid, fields in claimed if sid is not None}
-        missing = [sid for sid in ids if sid not in got]
-        self.seen.update(missing)
-        self._ack_deleted(missing)
-        self.report.claimed += len(got)
+        ids = [p["message_id"] for p in pending if p["message_id"] not in self.seen]
         for sid in ids:
-            if sid in got and not self.report.aborted:
-                self.handle(sid, got[sid], deliveries[sid])
+            if self.report.aborted:
+                break
+            self.seen.add(sid)
+            claimed = self._claim(sid)
+            if claimed is not None:
+                self.report.claimed += 1
+                self.handle(sid, *claimed)
         return len(ids)
 
-    def _ack_deleted(self, ids: list[str]) -> None:
-        """Clear PEL ids whose entries are gone from the Stream (already settled)."""
-        if not ids:
-            return
+    def _claim(self, stream_id: str) -> tuple[dict, int] | None:
+        """Take one idle PEL entry over, keeping its delivery count: (fields, deliveries).
+
+        XCLAIM ... JUSTID takes it without counting a delivery (whether the try
+        counts is decided by its outcome); the entry and its count are read in
+        the same round trip. None if someone else took it meanwhile (it is no
+        longer idle), or if it is gone from the Stream (settled: its PEL id is
+        cleared).
+        """
         s = self.settings
         pipe = self.client.pipeline(transaction=False)
-        for sid in ids:
-            pipe.xrange(s.order_stream, min=sid, max=sid)
-        gone = [sid for sid, found in zip(ids, pipe.execute(), strict=True) if not found]
-        if gone:
-            self.client.xack(s.order_stream, s.order_group, *gone)
-            self.report.acked_deleted += len(gone)
+        pipe.xclaim(
+            s.order_stream,
+            s.order_group,
+            RECOVERY_CONSUMER,
+            s.order_claim_idle_ms,
+            [stream_id],
+            justid=True,
+        )
+        pipe.xrange(s.order_stream, min=stream_id, max=stream_id)
+        pipe.xpending_range(s.order_stream, s.order_group, min=stream_id, max=stream_id, count=1)
+        taken, found, pel = pipe.execute()
+        if not found:  # Redis 7's XCLAIM has dropped the id from the PEL, 6.2's has not
+            self.client.xack(s.order_stream, s.order_group, stream_id)
+            self.report.acked_deleted += 1
+            return None
+        if not taken or not pel:
+            return None
+        return found[0][1], int(pel[0]["times_delivered"])
 
     def never_delivered(self, batch: int, now_ms: int) -> int:
         """Phase 2: read entries nobody took that are older than the threshold."""
@@ -465,19 +536,22 @@ def recover(
     budget_s: float = 10.0,
     max_failures: int = 3,
     settle_many: SettleMany | None = None,
+    transient: tuple[type[BaseException], ...] = TRANSIENT,
 ) -> RecoveryReport:
     """Settle every entry no task has settled in time (see the module doc).
 
     Runs phase 1 and 2 in batches until both find nothing, ``budget_s`` is
     spent (the next beat run continues) or ``max_failures`` settle attempts
-    fail in a row. With ``settle_many`` (group commit), phase 2 settles each
-    batch it reads in one call: after a long broker outage the backlog is all
-    phase 2, and settling it one order at a time would take minutes. Phase 1
-    stays one by one (each entry has its own delivery count). Call it under a
-    lock so that one recovery runs at a time.
+    fail in a row for an outside reason (``transient``: the exceptions that
+    mean the database or Redis failed, not the entry). With ``settle_many``
+    (group commit), phase 2 settles each batch it reads in one call: after a
+    long broker outage the backlog is all phase 2, and settling it one order
+    at a time would take minutes. Phase 1 stays one by one (each entry has its
+    own delivery count). Call it under a lock so that one recovery runs at a
+    time.
     """
     ensure_group(client, settings)
-    run = _Run(client, settings, settle, max_failures, settle_many)
+    run = _Run(client, settings, settle, max_failures, settle_many, transient)
     deadline = time.monotonic() + budget_s
     while not run.report.aborted and time.monotonic() < deadline:
         now = _redis_now_ms(client) if now_ms is None else now_ms

@@ -17,7 +17,9 @@ is one row. Defences, outermost first:
    past 1 and 2 into an IntegrityError, i.e. "already settled". An UPDATE that
    matches no row means the database has no stock left for a reservation
    Redis made: an oversell attempt. Nothing is written; it is logged, counted
-   and dead-lettered for an operator. It must never happen.
+   and dead-lettered for an operator. It must never happen. (If the voucher
+   row itself is gone, deleted after its sale began, the entry is
+   dead-lettered as an unknown voucher instead, not counted as an oversell.)
 
 After the commit the Stream entry is acknowledged (XACK + XDEL, see
 :mod:`cache.order_stream`).
@@ -76,6 +78,7 @@ CREATED = "created"
 DUPLICATE = "duplicate"
 OVERSELL = "oversell"
 REJECTED = "rejected"
+UNKNOWN_VOUCHER = "unknown_voucher"
 
 # Failures worth retrying: the backends are down or slow, or the lock is busy.
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -118,6 +121,7 @@ _TAKE_STOCK = (
     .where(SeckillVoucher.voucher_id == bindparam("vid"), SeckillVoucher.stock > 0)
     .values(stock=SeckillVoucher.stock - 1, update_time=bindparam("now"))
 )
+_VOUCHER = select(SeckillVoucher.voucher_id).where(SeckillVoucher.voucher_id == bindparam("vid"))
 
 # The batch versions: every id of the batch in one query (expanding IN lists),
 # and the stock of one voucher taken for n orders at once.
@@ -166,7 +170,9 @@ def persist_order(db: Database, entry: OrderEntry) -> str:
     """Write the order row and take the database stock, once (caller holds the lock).
 
     Returns CREATED, DUPLICATE (already there), OVERSELL (no stock left in
-    the database; nothing written) or REJECTED (order id taken by another order).
+    the database; nothing written), UNKNOWN_VOUCHER (no such seckill voucher
+    in the database, e.g. deleted after the sale began; nothing written) or
+    REJECTED (order id taken by another order).
     One connection checkout: the existence check, then the write transaction
     (INSERT, guarded UPDATE, COMMIT). On SQLite the check's read is committed
     before the write, so that the write transaction starts with a write (SQLite
@@ -187,7 +193,7 @@ def persist_order(db: Database, entry: OrderEntry) -> str:
             conn.execute(_INSERT, params)
             if conn.execute(_TAKE_STOCK, params).rowcount != 1:
                 conn.rollback()  # the insert goes with it
-                return OVERSELL
+                return OVERSELL if conn.execute(_VOUCHER, params).first() else UNKNOWN_VOUCHER
             conn.commit()
         except IntegrityError:
             conn.rollback()
@@ -262,6 +268,14 @@ def persist_orders(db: Database, entries: list[OrderEntry]) -> dict[OrderEntry, 
     return outcomes
 
 
+# Outcomes no retry can change: the entry goes to the dead letters at once.
+_DEAD_LETTER_REASONS = {
+    OVERSELL: "oversell: no database stock left",
+    REJECTED: "order id belongs to another order",
+    UNKNOWN_VOUCHER: "unknown voucher: not a seckill voucher in the database",
+}
+
+
 def _finish(services: Services, outcomes: dict[OrderEntry, str]) -> None:
     """After the database: count and report oversells, settle or dead-letter each entry."""
     settings, client = services.settings, services.redis
@@ -277,13 +291,9 @@ def _finish(services: Services, outcomes: dict[OrderEntry, str]) -> None:
             )
         if entry.stream_id is None:
             continue
-        if outcome in (OVERSELL, REJECTED):
+        if outcome in _DEAD_LETTER_REASONS:
             fields = {k: str(v) for k, v in entry.to_payload().items() if k != "streamId"}
-            reason = (
-                "oversell: no database stock left"
-                if outcome == OVERSELL
-                else "order id belongs to another order"
-            )
+            reason = _DEAD_LETTER_REASONS[outcome]
             order_stream.dead_letter(client, settings, entry.stream_id, fields, reason)
         else:
             settled.append(entry.stream_id)
@@ -306,11 +316,23 @@ def _release(locks: list[RLock]) -> None:
 def settle_orders(services: Services, entries: list[OrderEntry]) -> dict[OrderEntry, str]:
     """Settle a batch of Stream entries: every user's lock, one transaction, one ack.
 
-    Group commit (see the module doc). Entries whose user lock is busy right
-    now (a task or recovery is settling that user) are settled one by one
-    afterwards with the blocking :func:`settle_order`, so the batch never waits
-    on one user. Raises on outages like :func:`settle_order`; what was not
-    settled stays in the Stream (in the PEL) for recovery.
+    Group commit (see the module doc): :func:`settle_free`, then the entries
+    whose user lock was busy (a task or recovery is settling that user) one by
+    one with the blocking :func:`settle_order`, so the batch never waits on one
+    user. Raises on outages like :func:`settle_order`; what was not settled
+    stays in the Stream (in the PEL) for recovery.
+    """
+    outcomes = settle_free(services, entries)
+    for entry in entries:
+        if entry not in outcomes:
+            outcomes[entry] = settle_order(services, entry)
+    return outcomes
+
+
+def settle_free(services: Services, entries: list[OrderEntry]) -> dict[OrderEntry, str]:
+    """Group commit of the entries whose user locks are free now; the outcomes of those.
+
+    The others are left out, untouched (recovery tries them on a later run).
     """
     settings, client = services.settings, services.redis
     locks: dict[int, RLock] = {}
@@ -326,23 +348,23 @@ def settle_orders(services: Services, entries: list[OrderEntry]) -> dict[OrderEn
     finally:
         _release(taken)
     _finish(services, outcomes)
-    for entry in entries:
-        if entry.user_id not in held_users:
-            outcomes[entry] = settle_order(services, entry)
     return outcomes
 
 
-def settle_order(services: Services, entry: OrderEntry) -> str:
+def settle_order(
+    services: Services, entry: OrderEntry, lock_wait: float = LOCK_WAIT_SECONDS
+) -> str:
     """Persist one reservation exactly once and settle its Stream entry.
 
     The one function the task and recovery share. Raises on outages (the
-    entry stays in the Stream); returns the outcome otherwise.
+    entry stays in the Stream), and LockError if the user's lock stays busy
+    for ``lock_wait`` s; returns the outcome otherwise.
     """
     settings = services.settings
     client = services.redis
     lock = RLock(client, LOCK_KEY.format(user_id=entry.user_id), settings.order_lock_lease_ms)
-    if not lock.acquire(blocking=True, wait_timeout=LOCK_WAIT_SECONDS):
-        raise LockError(f"order lock of user {entry.user_id} busy for {LOCK_WAIT_SECONDS}s")
+    if not lock.acquire(blocking=True, wait_timeout=lock_wait):
+        raise LockError(f"order lock of user {entry.user_id} busy for {lock_wait}s")
     try:
         outcome = persist_order(services.db, entry)
     finally:

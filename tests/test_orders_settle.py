@@ -12,18 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import event, update
+from sqlalchemy import delete, event, update
 from sqlalchemy.exc import OperationalError
 from support.lock_child import Child
 from support.redis_faults import WritesReset, name_connections
 from support.seckill import add_shop, create_seckill, db_orders, db_stock, order_count, wait_for
 
-from beat.order_jobs import RECOVERY_LOCK, run_recovery
+from beat.order_jobs import RECOVERY_LOCK, recover_orders, run_recovery
 from cache import order_stream
 from cache.locks import RLock
 from cache.order_stream import OrderEntry, recover
 from cache.seckill import SeckillGate
-from models.entities import SeckillVoucher, VoucherOrder
+from models.entities import SeckillVoucher, Voucher, VoucherOrder
 from services import Services
 from tasks.app import create_celery
 from tasks.orders import (
@@ -429,6 +429,112 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_after_max_deliveries(
     assert dead[0][1]["deliveries"] == "3" and dead[0][1]["sourceId"] == entry.stream_id
     assert services.redis.xlen(settings.order_stream) == 0
     assert services.redis.xpending(settings.order_stream, settings.order_group)["pending"] == 0
+
+
+@pytest.mark.process
+def test_entries_behind_three_busy_ones_are_settled_and_none_is_dead_lettered(
+    services, voucher, settings, children
+):
+    """Three entries whose users' locks another process holds, ahead of seven healthy ones.
+
+    All ten are in a dead worker's batch (the PEL). Before, every run claimed
+    all ten (a delivery each), stopped after the three failures, and the
+    fifth run dead-lettered all ten, the seven healthy ones never tried.
+    """
+    busy = _reserve(services, voucher, [950, 951, 952])
+    _reserve(services, voucher, range(960, 967))
+    locks = ",".join(f"lock:order:{e.user_id}" for e in busy)
+    child = Child(settings, "hold", locks, "1000")
+    children.append(child)
+    child.expect("held")
+    order_stream.claim_new(services.redis, settings, 100)  # ... and the worker dies
+    for _ in range(10):
+        _recover_now(settings)
+    assert sorted(u for _, u in db_orders(services, voucher)) == list(range(960, 967))
+    assert services.redis.xlen(settings.order_dead_letter_stream) == 0
+    assert _deliveries(services, settings) == {e.stream_id: 1 for e in busy}  # none spent
+    child.kill()  # its locks expire after their lease (1 s)
+    wait_for(lambda: _recover_now(settings)["settled"], 10, 0.5, "the busy entries settled")
+    assert order_count(services) == 10 and _stream_empty(services, settings)
+    audit = verify_orders(services, voucher)
+    assert audit.ok and audit.unsettled == 0, audit.lines()
+
+
+@pytest.mark.process
+def test_three_failing_entries_ahead_of_20_healthy_ones_over_10_recovery_runs(
+    client, services, voucher, settings, login_as, children
+):
+    """Each failing entry ends where it belongs; every healthy one becomes a row.
+
+    At the head of a dead worker's batch: a user whose lock another process
+    holds (outside the entry: it waits, uncharged), a voucher deleted from the
+    database after its sale began, an order id that is already another user's
+    order (both the entry's own: dead letters).
+    """
+    gone = create_seckill(client, login_as(1, role="admin"), stock=5)
+    (taken,) = _reserve(services, voucher, [1099])
+    assert settle_order(services, taken) == CREATED
+    (busy,) = _reserve(services, voucher, [1100])
+    _reserve(services, gone, [1101])
+    with services.db.session() as session:
+        session.execute(delete(SeckillVoucher).where(SeckillVoucher.voucher_id == gone))
+        session.execute(delete(Voucher).where(Voucher.id == gone))
+    clash = {"orderId": str(taken.order_id), "userId": "1102", "voucherId": str(voucher)}
+    services.redis.xadd(settings.order_stream, clash)  # an order id issued twice
+    healthy = range(1110, 1130)
+    _reserve(services, voucher, healthy)
+    child = Child(settings, "hold", f"lock:order:{busy.user_id}", "1000")
+    children.append(child)
+    child.expect("held")
+    order_stream.claim_new(services.redis, settings, 100)  # ... and the worker dies
+    for _ in range(10):
+        _recover_now(settings)
+    assert sorted(u for _, u in db_orders(services, voucher)) == [1099, *healthy]
+    dead = services.redis.xrange(settings.order_dead_letter_stream)
+    assert sorted((f["userId"], f["reason"].split(":")[0]) for _, f in dead) == [
+        ("1101", "unknown voucher"),
+        ("1102", "order id belongs to another order"),
+    ]
+    assert _deliveries(services, settings) == {busy.stream_id: 1}  # waiting, uncharged
+    (audit,) = verify_orders(services, voucher).vouchers
+    assert (audit.lost, audit.phantom, audit.duplicates, audit.unsettled) == (0, 0, 0, 1)
+    assert audit.dead_letters == 1 and all("dead-letter" in p for p in audit.problems)
+    child.kill()  # its lock expires after its lease (1 s)
+    wait_for(lambda: _recover_now(settings)["settled"], 10, 0.5, "the busy entry settled")
+    (audit,) = verify_orders(services, voucher).vouchers
+    assert audit.unsettled == 0 and all("dead-letter" in p for p in audit.problems)
+    assert order_count(services) == 22 and services.redis.xlen(settings.order_stream) == 0
+
+
+def test_database_errors_during_recovery_never_spend_an_entry_s_deliveries(
+    services, voucher, settings
+):
+    """The database goes away after the job's check: recovery fails, charges nobody, stops."""
+    entries = _reserve(services, voucher, range(1200, 1205))
+    order_stream.claim_new(services.redis, settings, 100)  # ... and the worker dies
+    down = _recovery_services(
+        settings,
+        order_claim_idle_ms=0,
+        database_url="mysql+pymysql://nobody@127.0.0.1:1/none?connect_timeout=1",
+    )
+    try:
+        for _ in range(10):
+            report = recover_orders(down)
+            assert report.aborted and report.failed == 3 and report.dead_lettered == 0
+    finally:
+        down.close()
+    assert _deliveries(services, settings) == {e.stream_id: 1 for e in entries}
+    assert _recover_now(settings)["settled"] == {CREATED: 5}
+    audit = verify_orders(services, voucher)
+    assert audit.ok and audit.unsettled == 0, audit.lines()
+
+
+def _deliveries(services, settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Stream id -> delivery count of every entry in the PEL."""
+    pending = services.redis.xpending_range(
+        settings.order_stream, settings.order_group, min="-", max="+", count=1000
+    )
+    return {p["message_id"]: int(p["times_delivered"]) for p in pending}
 
 
 def test_malformed_stream_entries_go_to_the_dead_letter_stream(services, voucher, settings):

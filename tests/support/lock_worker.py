@@ -6,8 +6,9 @@ Modes:
       KIND: prints "ready KIND", waits for one token on the Redis list GO:KIND,
       then THREADS threads each do ITERATIONS read-modify-write increments (GET
       then SET) of COUNTER:KIND under the lock NAME, and prints "done KIND".
-  hold URL NAME LEASE_MS
-      Acquires RLock NAME (watchdog on), prints "held", then sleeps until killed.
+  hold URL NAMES LEASE_MS
+      Acquires each RLock of the comma list NAMES (watchdog on), prints "held",
+      then sleeps until killed.
   release URL NAME
       Tries to release RLock NAME; prints "not-owned" or "released".
   acquire URL KIND NAMES TIMEOUT [GO]
@@ -83,10 +84,10 @@ def count(url: str, kinds: str, threads: int, iterations: int, name: str, counte
         print(f"done {kind}", flush=True)
 
 
-def hold(url: str, name: str, lease_ms: int) -> None:
+def hold(url: str, names: str, lease_ms: int) -> None:
     client = connect(url)
-    lock = RLock(client, name, lease_ms=lease_ms)
-    lock.acquire()
+    for name in names.split(","):
+        RLock(client, name, lease_ms=lease_ms).acquire()
     print("held", flush=True)
     while True:
         time.sleep(1)
