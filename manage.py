@@ -78,6 +78,8 @@ def command_up(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(ROOT))
+    # The development command: login codes are written to the log (web/sms.py).
+    env.setdefault("HMDP_CODE_SENDER", "log")
     server = None
     if not settings.redis_url:
         from cache.server import EmbeddedRedis
@@ -129,6 +131,8 @@ def command_up(args: argparse.Namespace) -> int:
         _log(f"web     http://{args.host}:{args.port}  (try /readyz, /shop-type/list)")
         _log(f"flower  http://{args.host}:{args.flower_port}")
         _log(f"metrics http://{args.host}:{args.port}/metrics")
+        if env["HMDP_CODE_SENDER"] == "log":
+            _log("login codes are written to the web log (HMDP_CODE_SENDER=log)")
         _log("Ctrl-C stops everything")
         return supervisor.wait()
     finally:

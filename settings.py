@@ -24,12 +24,15 @@ from functools import cache
 from pathlib import Path
 from types import UnionType
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ROOT = Path(__file__).resolve().parent
 
 # The shop cache strategies (cache/region.py implements one class per name).
 CACHE_STRATEGIES = ("passthrough", "mutex", "logical")
+# Login code senders (web/sms.py implements one class per name).
+CODE_SENDERS = ("http", "log")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 Check = Callable[[Any], bool]
@@ -92,6 +95,11 @@ def _networks(raw: str) -> ProxyNetworks:
         return tuple(ipaddress.ip_network(n.strip()) for n in raw.split(",") if n.strip())
     except ValueError as exc:
         raise ValueError(f"must be comma-separated CIDRs ({exc})") from None
+
+
+def _http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _valid_zone(name: str) -> bool:
@@ -176,6 +184,15 @@ class Settings:
     # --- login ------------------------------------------------------------
     login_code_ttl: int = setting("HMDP_LOGIN_CODE_TTL", 2 * 60)
     login_token_ttl: int = setting("HMDP_LOGIN_TOKEN_TTL", 30 * 60)
+    # Who delivers login codes: an SMS gateway over HTTP, or the log (development only).
+    code_sender: str = setting("HMDP_CODE_SENDER", "http", choices=CODE_SENDERS)
+    sms_gateway_url: str | None = setting(
+        "HMDP_SMS_GATEWAY_URL", None, check=(_http_url, "must be an http(s) URL")
+    )
+    sms_gateway_token: str | None = setting("HMDP_SMS_GATEWAY_TOKEN", None)  # sent as Bearer
+    sms_gateway_timeout: float = setting(
+        "HMDP_SMS_GATEWAY_TIMEOUT", 5.0, check=(lambda v: v > 0, "must be positive")
+    )
     # Wrong guesses that void a code (the owner requests a new one; the phone is never locked).
     login_max_wrong_codes: int = setting(
         "HMDP_LOGIN_MAX_WRONG_CODES", 3, check=(lambda v: v >= 1, "must be at least 1")

@@ -280,6 +280,7 @@ class Cluster:
             log(f"embedded redis-server at {server.url} (data in {server.data_dir})")
         env["REDIS_URL"] = self.redis_url
         env.setdefault("HMDP_TRUSTED_PROXIES", trusted_proxies_for(a.host))
+        env.setdefault("HMDP_CODE_SENDER", "log")  # a local cluster: login codes in the web logs
         bin_dir = Path(sys.executable).parent
         flask = [str(bin_dir / "flask"), "--app", "web"]
         celery = [str(bin_dir / "celery"), "-A", "tasks.worker"]

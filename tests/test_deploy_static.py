@@ -388,6 +388,18 @@ def _cluster_values(tmp_path: Path) -> dict[str, str]:
     )
 
 
+def test_compose_sends_codes_through_a_gateway_never_the_log():
+    from web.sms import HttpGatewaySender, sender_from_settings
+
+    for name, service in app_services():
+        settings = Settings.from_env(env_of(service))
+        assert settings.code_sender == "http", name
+        assert isinstance(sender_from_settings(settings), HttpGatewaySender)
+        # Switched to the development sender, this stack refuses to start.
+        with pytest.raises(RuntimeError, match="refuses to start"):
+            sender_from_settings(settings.with_(code_sender="log"))
+
+
 def test_web_trusts_x_forwarded_for_from_nginx_only():
     """The web tier believes X-Forwarded-For from nginx's fixed address and nobody else."""
     (subnet,) = (c["subnet"] for c in COMPOSE["networks"]["default"]["ipam"]["config"])

@@ -1,6 +1,7 @@
 """The README's run command brings the whole system up and Ctrl-C takes it down."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,12 @@ def test_up_serves_ready_system_with_demo_data_and_stops_everything(tmp_path: Pa
         assert status == 200, body
         status, body = _get(f"http://127.0.0.1:{port}/shop-type/list")
         assert status == 200 and b"KTV" in body
+        # The development command's code sender: the code is in the log, to type in.
+        code_request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/user/code?phone=13712345678", method="POST"
+        )
+        with urllib.request.urlopen(code_request, timeout=10) as response:
+            assert response.status == 200
         while time.monotonic() < deadline:  # Flower answers too
             try:
                 if _get(f"http://127.0.0.1:{flower}/healthcheck")[0] == 200:
@@ -85,5 +92,6 @@ def test_up_serves_ready_system_with_demo_data_and_stops_everything(tmp_path: Pa
     assert launcher.returncode == 0, output[-3000:]
     assert "stopping embedded redis-server" in output
     assert "starting granian" in output  # the deployed server (deploy/web_server.py)
+    assert re.search(r"login code for 13712345678: [0-9]{6}", output), output[-3000:]
     time.sleep(0.5)
     assert _processes_with_env(f"HMDP_VAR_DIR={var}") == []

@@ -14,6 +14,7 @@ within settings.login_lock_seconds; 429 with ``Retry-After``): code login stays 
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 
@@ -40,8 +41,10 @@ from .phones import login_phone
 from .runtime import services, settings
 from .sms import code_sender, install_code_sender
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("users", __name__)
-bp.record_once(lambda state: install_code_sender(state.app))
+bp.record_once(lambda state: install_code_sender(state.app, state.app.extensions["hmdp"].settings))
 
 NICK_PREFIX = "user_"
 NICK_ALPHABET = string.ascii_lowercase + string.digits
@@ -77,6 +80,7 @@ def send_code() -> Response:
         code_sender().send(phone, code)
     except Exception as exc:
         login_store.discard_code(client, phone)
+        log.warning("login code for %s not delivered: %s", phone, exc)  # never the code
         raise ApiError("the login code could not be delivered; try again", 503) from exc
     return ok()
 
