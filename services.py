@@ -3,12 +3,20 @@
 The web app keeps one ``Services`` in ``app.extensions``; a Celery worker
 process keeps one per process (see :mod:`tasks.app`). Nothing connects at
 import time, so tests build their own with their own Settings.
+
+``Services.clock`` is the process's time: "today" is the date in
+``settings.timezone`` (HMDP_TIMEZONE, default UTC), so sign-in days and UV days
+start at the same local midnight; tests set a fixed clock instead of sleeping
+to a month boundary.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from datetime import datetime
 from functools import cached_property
+from zoneinfo import ZoneInfo
 
 import redis
 
@@ -16,12 +24,24 @@ from cache.connection import connect, resolve_redis_url
 from models.session import Database
 from settings import Settings
 
+Clock = Callable[[], datetime]
+
+
+def system_clock(timezone: str, utc_now: Clock | None = None) -> Clock:
+    """The real time (or ``utc_now()``, for tests) seen in ``timezone`` (an IANA name)."""
+    zone = ZoneInfo(timezone)
+    if utc_now is None:
+        return lambda: datetime.now(zone)
+    source = utc_now
+    return lambda: source().astimezone(zone)
+
 
 class Services:
-    """Lazily created Redis client and database for one process."""
+    """Lazily created Redis client and database for one process, and its clock."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.clock: Clock = system_clock(settings.timezone)  # aware, in settings.timezone
 
     @cached_property
     def redis_url(self) -> str:

@@ -13,7 +13,6 @@ from support.social import make_blog, make_shop, make_users
 from cache.likes import count as zcard
 from cache.likes import liked_key
 from models.entities import Blog
-from web.signs import CLOCK_EXTENSION
 
 
 @pytest.fixture
@@ -123,7 +122,7 @@ def test_likers_are_the_first_five_in_like_order(app, client, world, login_as):
     blog_id = make_blog(world, user_id=2)
     start = datetime(2024, 5, 1, tzinfo=UTC)
     tick = itertools.count()
-    app.extensions[CLOCK_EXTENSION] = lambda: start + timedelta(seconds=next(tick))
+    app.extensions["hmdp"].clock = lambda: start + timedelta(seconds=next(tick))
     order = [9, 4, 17, 3, 12, 8, 21]  # not id order: like order must win
     for user_id in order:
         assert client.put(f"/blog/like/{blog_id}", headers=login_as(user_id)).status_code == 200

@@ -11,7 +11,6 @@ from support.social import make_shop, make_users
 from cache import feed
 from models.entities import Blog
 from web import create_app
-from web.signs import CLOCK_EXTENSION
 
 # 25 blogs in groups sharing one score, including groups larger than a page.
 GROUPS = [4, 1, 6, 3, 1, 5, 2, 3]
@@ -82,7 +81,7 @@ def test_feed_route_scrolls_published_blogs_with_tied_times(settings, authors, l
     try:
         client = app.test_client()
         moment = {"t": datetime(2024, 3, 1, tzinfo=UTC)}
-        app.extensions[CLOCK_EXTENSION] = lambda: moment["t"]
+        app.extensions["hmdp"].clock = lambda: moment["t"]
         reader = login_as(3)
         follow(client, reader, 1)
         follow(client, reader, 2)
@@ -148,7 +147,7 @@ def test_inbox_is_trimmed_to_its_bound(settings, authors, login_as):
             tick["ms"] += 1
             return datetime(2024, 3, 1, tzinfo=UTC) + timedelta(milliseconds=tick["ms"])
 
-        app.extensions[CLOCK_EXTENSION] = clock
+        app.extensions["hmdp"].clock = clock
         ids = [
             client.post(
                 "/blog", json={"shopId": 1, "title": f"{i}", "content": "c"}, headers=login_as(1)

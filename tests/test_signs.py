@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from cache import signs
-from web.signs import CLOCK_EXTENSION
 
 
 def sign_days(redis_client, user_id: int, *days: date) -> None:
@@ -65,7 +64,7 @@ def test_streak_runs_through_whole_months_and_the_year_end(redis_client):
 
 def test_routes_use_the_app_clock(app, client, login_as):
     moment = {"t": datetime(2024, 1, 31, 23, 0, tzinfo=UTC)}
-    app.extensions[CLOCK_EXTENSION] = lambda: moment["t"]
+    app.extensions["hmdp"].clock = lambda: moment["t"]
     me = login_as(9)
     assert client.post("/user/sign").status_code == 401
     assert client.get("/user/sign/count").status_code == 401
@@ -81,20 +80,20 @@ def test_routes_use_the_app_clock(app, client, login_as):
 
 def test_the_day_follows_the_configured_time_zone(settings, login_as):
     """At 2024-01-31 20:00 UTC it is already Feb 1 in Shanghai (UTC+8)."""
+    from services import system_clock
     from web import create_app
-    from web.signs import system_clock
 
     app = create_app(settings.with_(timezone="Asia/Shanghai"))
     try:
-        assert app.extensions[CLOCK_EXTENSION]().utcoffset() == timedelta(hours=8)
+        assert app.extensions["hmdp"].clock().utcoffset() == timedelta(hours=8)
         fixed = datetime(2024, 1, 31, 20, 0, tzinfo=UTC)
-        app.extensions[CLOCK_EXTENSION] = system_clock("Asia/Shanghai", lambda: fixed)
+        app.extensions["hmdp"].clock = system_clock("Asia/Shanghai", lambda: fixed)
         client = app.test_client()
         client.post("/user/sign", headers=login_as(11))
         redis = app.extensions["hmdp"].redis
         assert redis.getbit("sign:11:202402", 0) == 1
         assert redis.exists("sign:11:202401") == 0
-        app.extensions[CLOCK_EXTENSION] = system_clock("UTC", lambda: fixed)
+        app.extensions["hmdp"].clock = system_clock("UTC", lambda: fixed)
         client.post("/user/sign", headers=login_as(12))
         assert redis.getbit("sign:12:202401", 30) == 1
     finally:

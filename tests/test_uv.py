@@ -12,7 +12,6 @@ from redis.retry import Retry
 from support.social import make_shop, make_users
 
 from cache import uv
-from web.signs import CLOCK_EXTENSION
 
 # Keys expire settings.uv_retention_days after their day, so tests use recent days.
 NOW = datetime.now(UTC).replace(hour=12)
@@ -89,7 +88,7 @@ def test_shop_reads_feed_uv_and_the_route_reports_it(app, client, services, logi
     make_users(services, 3)
     make_shop(services, 1)
     make_shop(services, 2)
-    app.extensions[CLOCK_EXTENSION] = lambda: NOW
+    app.extensions["hmdp"].clock = lambda: NOW
     for user_id in (1, 2, 3, 1, 2):
         assert client.get("/shop/1", headers=login_as(user_id)).status_code == 200
     for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.1"):

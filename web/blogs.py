@@ -30,8 +30,7 @@ from .auth import current_user, login_required, require_user
 from .envelope import BadRequest, NotFound, Unauthorized, int_arg, json_body, ok
 from .follows import follower_ids, user_summaries
 from .ids import path_id
-from .runtime import services, settings
-from .signs import now_ms
+from .runtime import now_ms, services, settings
 
 log = logging.getLogger(__name__)
 

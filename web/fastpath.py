@@ -47,7 +47,6 @@ from .order_fastpath import SeckillFastPath
 from .ratelimit import EXTENSION as RATELIMIT_EXTENSION
 from .ratelimit import RouteLimiter, forwarded_client_ip
 from .shops import shop_region_holder
-from .signs import CLOCK_EXTENSION
 from .stats import UV_EXTENSION
 
 ENDPOINT = "shops.get_shop"
@@ -69,7 +68,6 @@ class ShopFastPath(FastPath):
         self.services = svc
         self.settings = svc.settings
         self.region_holder = shop_region_holder(app)
-        self.clock = app.extensions[CLOCK_EXTENSION]
         self.uv = app.extensions[UV_EXTENSION]
         self.route = FastRoute(app, ENDPOINT, "GET", (200, 429))
         self.enabled = self.route.enabled
@@ -102,7 +100,7 @@ class ShopFastPath(FastPath):
                 headers.extend(decision.headers().items())
                 if not decision.allowed:
                     return self.route.finish(environ, 429, headers, TOO_MANY, started)
-        self.uv.record(shop_id, self.clock().date(), f"ip:{ip}")
+        self.uv.record(shop_id, self.services.clock().date(), f"ip:{ip}")
         return self.route.finish(environ, 200, headers, ok_bytes(text), started)
 
 

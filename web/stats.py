@@ -23,8 +23,7 @@ from .auth import current_user
 from .envelope import BadRequest, NotFound, ok
 from .ids import path_id
 from .ratelimit import client_ip
-from .runtime import services, settings
-from .signs import today
+from .runtime import services, settings, today
 
 log = logging.getLogger(__name__)
 
