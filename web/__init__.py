@@ -37,7 +37,6 @@ BLUEPRINT_MODULES = (
     "web.follows",
     "web.signs",
     "web.stats",
-    "web.nearby",
 )
 
 

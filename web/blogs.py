@@ -28,9 +28,9 @@ from models.entities import MAX_ID, Blog, Shop, User
 
 from .auth import current_user, login_required, require_user
 from .envelope import BadRequest, NotFound, Unauthorized, int_arg, json_body, ok
-from .follows import follower_ids, user_summaries
 from .ids import path_id
 from .runtime import now_ms, services, settings
+from .social import follower_ids, user_summaries
 
 log = logging.getLogger(__name__)
 

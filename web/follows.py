@@ -10,8 +10,6 @@ really appeared or went (following twice changes nothing).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
 from flask import Blueprint, Response
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,32 +22,9 @@ from .auth import login_required, require_user
 from .envelope import BadRequest, Conflict, NotFound, ok
 from .ids import path_id
 from .runtime import services
+from .social import followed_ids, user_summaries
 
 bp = Blueprint("follows", __name__)
-
-
-def user_summaries(session: Session, ids: Sequence[int]) -> list[dict]:
-    """``{id, nickName, icon}`` of the given users, in the given order (unknown ids skipped)."""
-    if not ids:
-        return []
-    users = {u.id: u for u in session.scalars(select(User).where(User.id.in_(ids)))}
-    return [
-        {"id": u.id, "nickName": u.nick_name, "icon": u.icon}
-        for u in (users.get(i) for i in ids)
-        if u is not None
-    ]
-
-
-def followed_ids(user_id: int) -> list[int]:
-    """The ids ``user_id`` follows, from the database (rebuilds the Redis set)."""
-    with services().db.sessions() as session:
-        return list(session.scalars(select(Follow.follow_user_id).where(Follow.user_id == user_id)))
-
-
-def follower_ids(user_id: int) -> Iterable[int]:
-    """The ids that follow ``user_id`` (a blog's feed goes to them)."""
-    with services().db.sessions() as session:
-        return list(session.scalars(select(Follow.user_id).where(Follow.follow_user_id == user_id)))
 
 
 def _require_user_row(session: Session, user_id: int) -> None:

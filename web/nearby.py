@@ -1,7 +1,6 @@
 """Nearby shops: the GEO side of ``GET /shop/of/type?typeId&current&x&y``.
 
-This blueprint has no routes of its own; web/shops.py owns the shop routes and
-calls in here:
+Not a blueprint: web/shops.py owns the shop routes and calls in here:
 
 * :func:`position_args` reads and validates ``x`` (longitude, -180..180) and
   ``y`` (latitude, -85.05..85.05): both or neither;
@@ -9,8 +8,9 @@ calls in here:
   ``distance`` in meters (GEOSEARCH within settings.geo_radius_m);
 * :func:`index_shop` re-indexes a shop after its row was created or updated.
 
-``post_seed`` loads every shop into ``shop:geo:{typeId}`` (pipelined GEOADD),
-and a type whose key is missing is rebuilt from the database on first search.
+:func:`load_all` (after ``flask seed``, from the shops blueprint) loads every
+shop into ``shop:geo:{typeId}`` (pipelined GEOADD), and a type whose key is
+missing is rebuilt from the database on first search.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from flask import Blueprint
 from sqlalchemy import select
 
 from cache import geo
@@ -33,8 +32,6 @@ from .envelope import BadRequest, float_arg
 from .runtime import services, settings
 
 log = logging.getLogger(__name__)
-
-bp = Blueprint("nearby", __name__)
 
 MAX_LATITUDE = 85.05  # the documented bound (Redis itself stops at 85.05112878)
 
@@ -49,8 +46,8 @@ def shop_points(db: Database, type_id: int | None = None) -> Iterator[geo.ShopPo
             yield geo.ShopPoint(row.id, row.type_id, row.x, row.y)
 
 
-def post_seed(svc: Services) -> None:
-    """After ``flask seed``: every shop in its type's GEO key before traffic arrives."""
+def load_all(svc: Services) -> None:
+    """Every shop in its type's GEO key (after ``flask seed``, before traffic arrives)."""
     geo.load(svc.redis, shop_points(svc.db))
 
 

@@ -46,7 +46,7 @@ from .envelope import (
     json_response,
     ok,
 )
-from .nearby import index_shop, position_args, shops_near
+from .nearby import index_shop, load_all, position_args, shops_near
 from .runtime import services
 from .stats import record_shop_visit
 
@@ -346,8 +346,9 @@ def warm(svc: Services, top: int | None = None) -> dict[str, int]:
 
 
 def post_seed(svc: Services) -> None:
-    """After ``flask seed``: Bloom filter, shop types and hot shops ready before traffic."""
+    """After ``flask seed``: Bloom filter, shop types, hot shops and GEO ready before traffic."""
     warm(svc)
+    load_all(svc)
 
 
 @bp.cli.command("warm")
