@@ -214,7 +214,8 @@ class Settings:
     geo_radius_m: int = setting(
         "HMDP_GEO_RADIUS_M", 5000, check=(lambda v: v >= 1, "must be at least 1")
     )
-    # IANA name; where "today" starts for sign-in and UV.
+    # IANA name; where "today" starts for sign-in and UV, the zone timestamps are written in
+    # (with their offset) and the one a sale window without an offset is read in.
     timezone: str = setting("HMDP_TIMEZONE", "UTC", check=(_valid_zone, "must be an IANA zone"))
     # Seconds between pipelined PFADD flushes.
     uv_flush_interval: float = setting(
@@ -324,6 +325,11 @@ class Settings:
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests, CLI overrides)."""
         return replace(self, **changes).validated()
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """HMDP_TIMEZONE as a zone: where a day starts, and how timestamps are written and read."""
+        return ZoneInfo(self.timezone)
 
     @property
     def sqlite_path(self) -> Path:

@@ -21,8 +21,11 @@ from cache import shops
 def refresh_logical_expiry(self) -> int:  # type: ignore[no-untyped-def]
     """Refresh logical keys expiring within settings.logical_refresh_ahead seconds."""
     services = self.app.services
-    region = shops.shop_region(services.redis, services.db, services.settings)
-    return shops.refresh_due_logical(region, services.db, services.settings.logical_refresh_ahead)
+    settings = services.settings
+    region = shops.shop_region(services.redis, services.db, settings)
+    return shops.refresh_due_logical(
+        region, services.db, settings.logical_refresh_ahead, settings.zone
+    )
 
 
 @shared_task(bind=True, name="beat.cache_jobs.warm_hot_shops", ignore_result=True)
@@ -32,7 +35,7 @@ def warm_hot_shops(self, top: int | None = None) -> int:  # type: ignore[no-unty
     settings = services.settings
     region = shops.shop_region(services.redis, services.db, settings)
     count = settings.hot_shop_count if top is None else int(top)
-    return shops.warm_hot_shops(region, services.db, count)
+    return shops.warm_hot_shops(region, services.db, count, settings.zone)
 
 
 @shared_task(bind=True, name="beat.cache_jobs.rebuild_shop_bloom", ignore_result=True)

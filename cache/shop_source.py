@@ -9,13 +9,14 @@ loaded one can never differ in shape.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import tzinfo
 from typing import Any
 
 from sqlalchemy import select
 
 from models.entities import Shop, ShopType
 from models.session import Database
+from timestamps import iso_instant
 
 SHOP_FIELDS = (
     "id",
@@ -36,13 +37,8 @@ SHOP_FIELDS = (
 )
 
 
-def iso(moment: datetime | None) -> str | None:
-    """hmdp's LocalDateTime format: ISO-8601, seconds, UTC without offset."""
-    return None if moment is None else moment.isoformat(timespec="seconds")
-
-
-def shop_json(shop: Shop) -> dict[str, Any]:
-    """One shop in hmdp's field names."""
+def shop_json(shop: Shop, zone: tzinfo) -> dict[str, Any]:
+    """One shop in hmdp's field names, its times in ``zone`` with their offset."""
     return {
         "id": shop.id,
         "name": shop.name,
@@ -57,12 +53,12 @@ def shop_json(shop: Shop) -> dict[str, Any]:
         "comments": shop.comments,
         "score": shop.score,
         "openHours": shop.open_hours,
-        "createTime": iso(shop.create_time),
-        "updateTime": iso(shop.update_time),
+        "createTime": iso_instant(shop.create_time, zone),
+        "updateTime": iso_instant(shop.update_time, zone),
     }
 
 
-def load_shop(db: Database, shop_id: int | str) -> dict[str, Any] | None:
+def load_shop(db: Database, shop_id: int | str, zone: tzinfo) -> dict[str, Any] | None:
     """The shop with this id as JSON, or None (the cache's loader)."""
     try:
         ident = int(shop_id)
@@ -70,10 +66,12 @@ def load_shop(db: Database, shop_id: int | str) -> dict[str, Any] | None:
         return None
     with db.sessions() as session:
         shop = session.get(Shop, ident)
-        return None if shop is None else shop_json(shop)
+        return None if shop is None else shop_json(shop, zone)
 
 
-def load_shops(db: Database, shop_ids: Iterable[int | str]) -> dict[str, dict[str, Any]]:
+def load_shops(
+    db: Database, shop_ids: Iterable[int | str], zone: tzinfo
+) -> dict[str, dict[str, Any]]:
     """Several shops at once, keyed by str(id) (warm-up); missing ids are absent."""
     ids = sorted({int(i) for i in shop_ids})
     found: dict[str, dict[str, Any]] = {}
@@ -81,7 +79,7 @@ def load_shops(db: Database, shop_ids: Iterable[int | str]) -> dict[str, dict[st
         for start in range(0, len(ids), 500):
             rows = session.scalars(select(Shop).where(Shop.id.in_(ids[start : start + 500])))
             for shop in rows:
-                found[str(shop.id)] = shop_json(shop)
+                found[str(shop.id)] = shop_json(shop, zone)
     return found
 
 
@@ -107,7 +105,7 @@ def iter_shop_ids(db: Database, batch: int = 10_000) -> Iterator[int]:
             last = ids[-1]
 
 
-def load_shop_types(db: Database) -> list[dict[str, Any]]:
+def load_shop_types(db: Database, zone: tzinfo) -> list[dict[str, Any]]:
     """All shop types ordered by ``sort`` (then id), in hmdp's field names."""
     with db.sessions() as session:
         rows = session.scalars(select(ShopType).order_by(ShopType.sort, ShopType.id))
@@ -117,8 +115,8 @@ def load_shop_types(db: Database) -> list[dict[str, Any]]:
                 "name": t.name,
                 "icon": t.icon,
                 "sort": t.sort,
-                "createTime": iso(t.create_time),
-                "updateTime": iso(t.update_time),
+                "createTime": iso_instant(t.create_time, zone),
+                "updateTime": iso_instant(t.update_time, zone),
             }
             for t in rows
         ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import tzinfo
 
 import redis
 
@@ -91,7 +92,7 @@ def shop_region(
     """The shop region; ``refresher`` schedules a logical refresh (None: a thread)."""
     return CacheRegion(
         client,
-        lambda key: load_shop(db, key),
+        lambda key: load_shop(db, key, settings.zone),
         shop_region_config(settings),
         bloom=shop_bloom(client, settings),
         near=near,
@@ -108,7 +109,7 @@ def hot_shop_ids(client: redis.Redis, db: Database, top: int) -> list[str]:
     return ids
 
 
-def warm_hot_shops(region: CacheRegion, db: Database, top: int) -> int:
+def warm_hot_shops(region: CacheRegion, db: Database, top: int, zone: tzinfo) -> int:
     """Make the current hot shops the hot set and write their logical keys.
 
     Serialised by ``lock:shop:warm`` so two warm-ups cannot interleave their
@@ -120,7 +121,7 @@ def warm_hot_shops(region: CacheRegion, db: Database, top: int) -> int:
     try:
         ids = hot_shop_ids(region.client, db, top)
         region.make_hot(ids)
-        return region.refresh_many(ids, lambda keys: load_shops(db, keys))
+        return region.refresh_many(ids, lambda keys: load_shops(db, keys, zone))
     finally:
         try:
             lock.release()
@@ -128,7 +129,7 @@ def warm_hot_shops(region: CacheRegion, db: Database, top: int) -> int:
             log.warning("warm-up outlived its lock %s", WARM_LOCK)
 
 
-def refresh_due_logical(region: CacheRegion, db: Database, ahead: float) -> int:
+def refresh_due_logical(region: CacheRegion, db: Database, ahead: float, zone: tzinfo) -> int:
     """Refresh every logical key that expires within ``ahead`` seconds (beat).
 
     Readers then never see an expired value in normal operation; the reader-
@@ -148,7 +149,7 @@ def refresh_due_logical(region: CacheRegion, db: Database, ahead: float) -> int:
     total = 0
     for start in range(0, len(due), 500):
         chunk = due[start : start + 500]
-        total += region.refresh_many(chunk, lambda ks: load_shops(db, ks))
+        total += region.refresh_many(chunk, lambda ks: load_shops(db, ks, zone))
     return total
 
 
@@ -196,6 +197,6 @@ def shop_types_json(client: redis.Redis, db: Database, settings: Settings) -> st
 
 def warm_shop_types(client: redis.Redis, db: Database, settings: Settings) -> str:
     """Load the shop types and (re)write ``cache:shop-type``; returns the JSON text."""
-    text = to_json(load_shop_types(db))
+    text = to_json(load_shop_types(db, settings.zone))
     client.set(SHOP_TYPE_KEY, text, px=jittered(settings.shop_type_ttl, settings.ttl_jitter))
     return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC
 
 from test_cache_region import CountingLoader, add_shops
 
@@ -84,4 +85,4 @@ def test_random_unknown_ids_rarely_reach_the_database_and_grow_nothing(services)
     assert services.redis.dbsize() <= keys_before + loader.calls
     assert services.redis.exists(SHOP_BLOOM_KEY)
     # known ids are still served
-    assert region.get(250) is not None and load_shop(services.db, 250) is not None
+    assert region.get(250) is not None and load_shop(services.db, 250, UTC) is not None

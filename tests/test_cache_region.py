@@ -11,6 +11,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC
 
 import pytest
 
@@ -65,7 +66,7 @@ class CountingLoader:
         self.started.set()
         if self.gate is not None:
             assert self.gate.wait(30), "test gate never opened"
-        return load_shop(self.db, key)
+        return load_shop(self.db, key, UTC)
 
 
 def make_region(
@@ -132,7 +133,7 @@ def test_mutex_200_concurrent_readers_one_database_load(services, state):
     errors = [r for r in results if isinstance(r, Exception)]
     assert not errors, errors[:3]
     assert loader.calls == 1
-    assert {r for r in results} == {to_json(load_shop(services.db, 2))}
+    assert {r for r in results} == {to_json(load_shop(services.db, 2, UTC))}
     assert services.redis.pttl(region.physical_key("2")) > 0
 
 
@@ -158,7 +159,7 @@ def test_mutex_readers_in_several_processes_one_database_load(services, settings
         p.join(30)
         assert p.exitcode == 0
     assert sum(calls for calls, _ in reports) == 1
-    expected = to_json(load_shop(services.db, 3))
+    expected = to_json(load_shop(services.db, 3, UTC))
     assert all(answers == [expected] for _, answers in reports)
 
 
@@ -175,7 +176,7 @@ def test_mutex_waiters_give_up_with_rebuild_timeout_and_one_load(services):
     assert all(isinstance(r, RebuildTimeout) for r in results)
     gate.set()
     rebuilder.join(10)
-    assert holder == [to_json(load_shop(services.db, 1))]
+    assert holder == [to_json(load_shop(services.db, 1, UTC))]
     assert loader.calls == 1
     assert region.get(1) == holder[0]  # now cached
 
@@ -189,7 +190,7 @@ def test_failed_rebuild_is_taken_over_by_one_waiter(services):
         if calls["n"] == 1:
             time.sleep(0.05)  # let the others queue up behind the lock
             raise RuntimeError("database hiccup")
-        return load_shop(services.db, key)
+        return load_shop(services.db, key, UTC)
 
     region = make_region(services, flaky)
     results = run_threads(30, lambda _: region.get(1))
@@ -197,7 +198,7 @@ def test_failed_rebuild_is_taken_over_by_one_waiter(services):
     assert len(failures) == 1 and "hiccup" in str(failures[0])
     assert calls["n"] == 2  # the failed one, then exactly one waiter took over
     assert {r for r in results if not isinstance(r, Exception)} == {
-        to_json(load_shop(services.db, 1))
+        to_json(load_shop(services.db, 1, UTC))
     }
 
 
@@ -220,7 +221,7 @@ def test_passthrough_hit_costs_no_load_and_value_ttl_is_jittered(services):
     loader = CountingLoader(services.db)
     region = make_region(services, loader, shop_cache_strategy="passthrough")
     first = region.get(1)
-    assert first == to_json(load_shop(services.db, 1)) and region.get(1) == first
+    assert first == to_json(load_shop(services.db, 1, UTC)) and region.get(1) == first
     assert loader.calls == 1
     ttl = services.redis.pttl(region.physical_key("1"))
     s = services.settings
@@ -230,11 +231,11 @@ def test_passthrough_hit_costs_no_load_and_value_ttl_is_jittered(services):
 # --- version compare-and-set: a slow rebuild never writes back an old value --------------
 def test_rebuild_racing_an_update_does_not_store_the_old_value(services):
     add_shops(services.db, 1)
-    old = load_shop(services.db, 1)
+    old = load_shop(services.db, 1, UTC)
     loaded, gate = threading.Event(), threading.Event()
 
     def slow_loader(key: str) -> dict | None:
-        data = load_shop(services.db, key)  # reads the OLD row ...
+        data = load_shop(services.db, key, UTC)  # reads the OLD row ...
         loaded.set()
         assert gate.wait(30)  # ... and is slow to store it
         return data
@@ -285,7 +286,7 @@ def test_logical_expired_value_served_while_exactly_one_refresh_runs(services):
     gate.set()
     for t in refreshers:
         t.join(10)
-    fresh = to_json(load_shop(services.db, 2))
+    fresh = to_json(load_shop(services.db, 2, UTC))
     assert region.get(2) == fresh
     expire_at, _ = decode_logical(services.redis.get(region.logical_key("2")))
     assert expire_at > time.time() + services.settings.logical_ttl - 60
@@ -298,7 +299,7 @@ def test_logical_missing_key_loads_once_and_stores_logically(services):
     region = make_region(services, loader, shop_cache_strategy="logical")
     results = run_threads(50, lambda _: region.get(1))
     assert loader.calls == 1
-    assert set(results) == {to_json(load_shop(services.db, 1))}
+    assert set(results) == {to_json(load_shop(services.db, 1, UTC))}
     assert services.redis.ttl(region.logical_key("1")) == -1
 
 
@@ -306,7 +307,7 @@ def test_refresh_of_hot_set_leaves_no_orphan_logical_keys(services):
     add_shops(services.db, 5)
     region = make_region(services, CountingLoader(services.db))  # strategy mutex
     region.make_hot(["1", "2", "3"])
-    assert region.refresh_many(["1", "2", "3"], lambda ks: load_shops(services.db, ks)) == 3
+    assert region.refresh_many(["1", "2", "3"], lambda ks: load_shops(services.db, ks, UTC)) == 3
     assert services.redis.exists(*(region.logical_key(k) for k in "123")) == 3
     dropped = region.make_hot(["2", "3", "4"])
     assert dropped == ["1"] and not services.redis.exists(region.logical_key("1"))

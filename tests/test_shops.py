@@ -66,7 +66,8 @@ def test_get_shop_in_hmdp_field_names(client, seeded):
         "updateTime",
     ]
     assert data["id"] == 1 and data["typeId"] == 2
-    assert time.strptime(data["createTime"], "%Y-%m-%dT%H:%M:%S")
+    # an instant with its offset (HMDP_TIMEZONE is UTC here: "Z"); test_timestamps has zones
+    assert time.strptime(data["createTime"], "%Y-%m-%dT%H:%M:%SZ")
     assert client.get("/shop/1").json == body  # the cached copy is identical
 
 

@@ -25,6 +25,7 @@ from cache import feed as feed_store
 from cache import likes as like_store
 from metrics import FEED_PUSHES
 from models.entities import MAX_ID, Blog, Shop, User
+from timestamps import iso_instant
 
 from .auth import current_user, login_required, require_user
 from .envelope import BadRequest, NotFound, Unauthorized, int_arg, json_body, ok
@@ -44,12 +45,9 @@ MAX_CONTENT = 5_000
 MAX_IMAGES = 2_048  # the comma-joined column
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def blog_json(blog: Blog, author: User | None, is_like: bool) -> dict[str, Any]:
     """hmdp's Blog as JSON: the row, the author's name and icon, and the caller's isLike."""
+    zone = settings().zone
     return {
         "id": blog.id,
         "shopId": blog.shop_id,
@@ -62,8 +60,8 @@ def blog_json(blog: Blog, author: User | None, is_like: bool) -> dict[str, Any]:
         "name": author.nick_name if author else "",
         "icon": author.icon if author else "",
         "isLike": is_like,
-        "createTime": _iso(blog.create_time),
-        "updateTime": _iso(blog.update_time),
+        "createTime": iso_instant(blog.create_time, zone),
+        "updateTime": iso_instant(blog.update_time, zone),
     }
 
 

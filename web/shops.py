@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import threading
+from datetime import tzinfo
+from functools import partial
 from typing import Any
 
 import click
@@ -164,11 +166,14 @@ def shops_by_name() -> Response:
         escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Shop.name.like(f"%{escaped}%", escape="\\"))
     query = query.order_by(Shop.id).offset((current - 1) * NAME_PAGE_SIZE).limit(NAME_PAGE_SIZE)
-    with services().db.sessions() as session:
-        return ok([shop_json(s) for s in session.scalars(query)])
+    svc = services()
+    with svc.db.sessions() as session:
+        return ok([shop_json(s, svc.settings.zone) for s in session.scalars(query)])
 
 
-def shops_of_type_page(db: Database, type_id: int, current: int) -> list[dict[str, Any]]:
+def shops_of_type_page(
+    db: Database, type_id: int, current: int, zone: tzinfo
+) -> list[dict[str, Any]]:
     """Page ``current`` (1-based, 5 per page) of a type's shops in id order.
 
     The database half of GET /shop/of/type; the distance-sorted (x, y) variant
@@ -182,7 +187,7 @@ def shops_of_type_page(db: Database, type_id: int, current: int) -> list[dict[st
         .limit(TYPE_PAGE_SIZE)
     )
     with db.sessions() as session:
-        return [shop_json(s) for s in session.scalars(query)]
+        return [shop_json(s, zone) for s in session.scalars(query)]
 
 
 @bp.get("/shop/of/type")
@@ -191,9 +196,12 @@ def shops_by_type() -> Response:
     type_id = int_arg("typeId", minimum=1, maximum=MAX_ID)
     current = int_arg("current", default=1, minimum=1, maximum=MAX_PAGE)
     position = position_args()  # x, y: sorted by distance through GEO (web/nearby.py)
+    svc = services()
+    zone = svc.settings.zone
     if position is not None:
-        return ok(shops_near(type_id, current, *position, TYPE_PAGE_SIZE, shop_json))
-    return ok(shops_of_type_page(services().db, type_id, current))
+        render = partial(shop_json, zone=zone)
+        return ok(shops_near(type_id, current, *position, TYPE_PAGE_SIZE, render))
+    return ok(shops_of_type_page(svc.db, type_id, current, zone))
 
 
 # --- writes (admin) --------------------------------------------------------------------
@@ -341,7 +349,7 @@ def warm(svc: Services, top: int | None = None) -> dict[str, int]:
     warm_shop_types(svc.redis, svc.db, settings)
     region = shop_region(svc.redis, svc.db, settings)
     count = settings.hot_shop_count if top is None else top
-    hot = warm_hot_shops(region, svc.db, count)
+    hot = warm_hot_shops(region, svc.db, count, settings.zone)
     return {"bloom": bloom, "hot": hot}
 
 

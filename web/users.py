@@ -26,6 +26,7 @@ from werkzeug.security import check_password_hash
 
 from cache import login as login_store
 from models.entities import MAX_ID, User, UserInfo
+from timestamps import iso_instant
 
 from .auth import UserSummary, current_token, login_required, require_user
 from .envelope import (
@@ -205,10 +206,6 @@ def get_user(user_id: int) -> Response:
         return ok({"id": user.id, "nickName": user.nick_name, "icon": user.icon})
 
 
-def _iso(value: object) -> str | None:
-    return value.isoformat() if value is not None else None  # type: ignore[attr-defined]
-
-
 @bp.get("/user/info/<int:user_id>")
 def get_user_info(user_id: int) -> Response:
     """A user's profile; a user without a profile row gets the empty defaults."""
@@ -239,10 +236,10 @@ def get_user_info(user_id: int) -> Response:
                 "fans": info.fans,
                 "followee": info.followee,
                 "gender": info.gender,
-                "birthday": _iso(info.birthday),
+                "birthday": info.birthday.isoformat() if info.birthday else None,  # a date
                 "level": info.level,
                 "credits": info.credits,
-                "createTime": _iso(info.create_time),
-                "updateTime": _iso(info.update_time),
+                "createTime": iso_instant(info.create_time, settings().zone),
+                "updateTime": iso_instant(info.update_time, settings().zone),
             }
         )

@@ -11,7 +11,7 @@ before anything is written: bad input is a 400 with nothing stored.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -22,10 +22,11 @@ from cache import order_stream
 from cache.seckill import live_stocks, load_voucher
 from models.entities import MAX_ID, SeckillVoucher, Shop, Voucher
 from services import Services
+from timestamps import iso_instant, parse_instant
 
 from .auth import admin_required
 from .envelope import BadRequest, NotFound, json_body, ok
-from .runtime import services
+from .runtime import services, settings
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +69,20 @@ def _str_field(body: dict, name: str, max_len: int, required: bool = False) -> s
 
 
 def _time_field(body: dict, name: str) -> datetime:
-    """An ISO-8601 time; with an offset it is converted, without one it is UTC."""
+    """An ISO-8601 time as naive UTC; without an offset it is a time in HMDP_TIMEZONE.
+
+    So a sale window means the same instant however it is written, and an
+    admin who types "2024-06-18T10:00:00" means ten o'clock where the shop is.
+    """
     value = body.get(name)
     if value is None:
         raise BadRequest(f"'{name}' is required")
     if not isinstance(value, str):
         raise BadRequest(f"'{name}' must be an ISO-8601 string")
     try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
+        moment = parse_instant(value, settings().zone)
+    except (ValueError, OverflowError):
         raise BadRequest(f"'{name}' is not an ISO-8601 time: {value[:40]!r}") from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
     if not 2000 <= moment.year <= 9999:
         raise BadRequest(f"'{name}' is out of range")
     return moment.replace(microsecond=0)
@@ -159,10 +162,6 @@ def create_seckill_voucher() -> Response:
 # --- reads -------------------------------------------------------------------------------
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
 @bp.get("/voucher/list/<id:shop_id>")
 def list_vouchers(shop_id: int) -> Response:
     """A shop's active vouchers; seckill ones with stock (live from Redis), begin, end."""
@@ -182,6 +181,7 @@ def list_vouchers(shop_id: int) -> Response:
     except (redis.RedisError, OSError) as exc:  # the list is still useful with DB stock
         log.warning("live stock unavailable: %s", exc)
         live = {}
+    zone = svc.settings.zone
     data = []
     for voucher, sv in rows:
         item: dict[str, Any] = {
@@ -194,13 +194,13 @@ def list_vouchers(shop_id: int) -> Response:
             "actualValue": voucher.actual_value,
             "type": voucher.type,
             "status": voucher.status,
-            "createTime": _iso(voucher.create_time),
-            "updateTime": _iso(voucher.update_time),
+            "createTime": iso_instant(voucher.create_time, zone),
+            "updateTime": iso_instant(voucher.update_time, zone),
         }
         if sv is not None:
             item["stock"] = live.get(voucher.id, sv.stock)
-            item["beginTime"] = _iso(sv.begin_time)
-            item["endTime"] = _iso(sv.end_time)
+            item["beginTime"] = iso_instant(sv.begin_time, zone)
+            item["endTime"] = iso_instant(sv.end_time, zone)
         data.append(item)
     return ok(data)
 
