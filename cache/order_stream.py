@@ -76,6 +76,7 @@ from models.entities import MAX_ID
 from settings import Settings
 
 from .locks import LockError
+from .scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,24 @@ def dead_letter(
     pipe.execute()
     ORDERS_DEAD_LETTERED.inc()
     log.error("order entry %s dead-lettered: %s (%s)", stream_id, reason, fields)
+
+
+def replay_dead_letter(
+    client: redis.Redis, settings: Settings, dead_id: str, entry: OrderEntry | None
+) -> str | None:
+    """Move a dead letter back to the orders Stream as ``entry``, or (None) only remove it.
+
+    One script (``lua/dead_letter_replay.lua``): atomic per entry, and at most
+    once however many replays run. Returns the entry's new Stream id ('' when
+    only removed), or None if ``dead_id`` is not a dead letter (any more).
+    """
+    fields: list[object] = []
+    if entry is not None:
+        fields = ["orderId", entry.order_id, "userId", entry.user_id, "voucherId", entry.voucher_id]
+    new_id = load_script(client, "dead_letter_replay")(
+        keys=[settings.order_dead_letter_stream, settings.order_stream], args=[dead_id, *fields]
+    )
+    return None if new_id is None else str(new_id)
 
 
 # --- reading ---------------------------------------------------------------------------

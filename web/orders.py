@@ -1,4 +1,4 @@
-"""The seckill order route and ``flask orders verify``.
+"""The seckill order route, ``flask orders verify`` and ``flask orders replay``.
 
 ``POST /voucher-order/seckill/<id>`` answers at once from Redis: ONE call to
 ``lua/seckill.lua`` decides and reserves (see :mod:`cache.seckill`), then the
@@ -13,7 +13,8 @@ JSON number above 2^53 loses digits in JavaScript.
 ``flask orders verify [VOUCHER_ID]`` (and :func:`verify_orders` for scripts)
 audits Redis against the database: stock + buyers must match on both sides,
 every reservation must be a row, a pending Stream entry or a dead letter, and
-no row may exist without a reservation.
+no row may exist without a reservation. ``flask orders replay`` moves dead
+letters back to the Stream (:mod:`web.order_replay`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from services import Services
 from .auth import login_required, require_user
 from .envelope import MIMETYPE, envelope, fail_bytes, ok_bytes
 from .order_dispatch import CelerySender, OrderDispatcher
+from .order_replay import dispatch_replayed, replay_dead_letters, summary
 from .runtime import services
 
 log = logging.getLogger(__name__)
@@ -363,4 +365,26 @@ def verify_command(voucher_id: int | None, drained: bool, wait: float) -> None:
     for line in audit.lines():
         click.echo(line)
     if not audit.ok or (drained and audit.unsettled):
+        raise SystemExit(1)
+
+
+@bp.cli.command("replay")
+@click.argument("entry_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+def replay_command(entry_ids: tuple[str, ...], replay_all: bool) -> None:
+    """Move dead letters back to the orders Stream (see web/order_replay.py).
+
+    ENTRY_ID: a dead letter's id, or the id its entry had in the Stream. An
+    entry whose order is a row already is only removed. Exit 1 if an id is
+    unknown or an entry malformed (kept).
+    """
+    if replay_all == bool(entry_ids):
+        raise click.UsageError("give ENTRY_ID ... or --all, not both")
+    results = replay_dead_letters(services(), None if replay_all else list(entry_ids))
+    for result in results:
+        click.echo(result.line())
+    line, complete = summary(results)
+    sent = dispatch_replayed(current_app.extensions["hmdp_celery"], ORDER_TASK, results)
+    click.echo(line + (f"; {sent}" if sent else ""))
+    if not complete:
         raise SystemExit(1)
