@@ -49,7 +49,7 @@ class Services:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return connect(self.redis_url)
+        return connect(self.redis_url, self.settings)
 
     @cached_property
     def db(self) -> Database:

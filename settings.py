@@ -137,6 +137,15 @@ class Settings:
     celery_broker_url: str | None = setting("CELERY_BROKER_URL", None)  # None: redis_url
     celery_result_backend: str | None = setting("CELERY_RESULT_BACKEND", None)  # None: none
     var_dir: Path = setting("HMDP_VAR_DIR", default_factory=lambda: ROOT / "var")
+    # Every Redis client (pool, subscribers, broker, Flower, metrics, scripts): a command
+    # unanswered this long fails (503), so a stalled Redis never hangs a thread
+    # (cache/connection.py); a blocking command gets its own timeout on top.
+    redis_socket_timeout: float = setting(
+        "HMDP_REDIS_SOCKET_TIMEOUT", 2.0, check=(lambda v: 0.1 <= v <= 300, "must be 0.1..300")
+    )
+    redis_connect_timeout: float = setting(
+        "HMDP_REDIS_CONNECT_TIMEOUT", 1.0, check=(lambda v: 0.1 <= v <= 300, "must be 0.1..300")
+    )
 
     # --- secrets and roles ------------------------------------------------
     secret_key: str = setting("SECRET_KEY", "dev-secret-change-me")

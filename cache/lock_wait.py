@@ -13,6 +13,13 @@ leaves with an unconsumed wake-up passes it on, so none is lost.
 The remaining PTTL returned by the failed acquire is the fallback timeout: a
 lock that EXPIRES publishes nothing, so a waiter never sleeps past it.
 The reader thread exits after a few idle seconds and restarts on demand.
+
+The subscriber reads by polling (no socket timeout cuts its wait), so it
+checks its connection itself: while waiters wait and nothing arrived for
+:data:`HEALTH_CHECK_S`, it sends a PING; no PONG within the socket timeout
+(a stalled or vanished server) drops the connection, wakes every waiter (they
+retry, and fail with Redis' own error while it stays stalled) and reconnects,
+re-subscribing every channel.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ NO_TTL_WAIT = 1.0
 SUBSCRIBE_CONFIRM_WAIT = 2.0
 READ_TIMEOUT = 1.0
 IDLE_EXIT = 5.0
+HEALTH_CHECK_S = 5.0  # silence (while waiters wait) after which the listener PINGs
 
 
 def unlock_channel(name: str) -> str:
@@ -75,6 +83,9 @@ class UnlockListener:
         self.pending: dict[str, deque[threading.Event | None]] = {}
         self.thread: threading.Thread | None = None
         self.idle_since = time.monotonic()
+        self.heard_at = time.monotonic()  # the last reply of any kind on the connection
+        self.ping_sent_at: float | None = None
+        self.pong_wait = kwargs.get("socket_timeout") or SUBSCRIBE_CONFIRM_WAIT
 
     # -- waiter side -------------------------------------------------------------
     def register(self, channel: str, confirm_timeout: float) -> _Waiter:
@@ -148,6 +159,7 @@ class UnlockListener:
                         self.pubsub.reset()
                     return
             try:
+                self._check_health()
                 message = self.pubsub.get_message(timeout=READ_TIMEOUT)
             except (redis.RedisError, OSError) as exc:
                 # Connection trouble: wake everyone (they retry, then fall back to
@@ -162,7 +174,26 @@ class UnlockListener:
                 log.info("lock wait: listener connection back")
                 failing = False
             if message is not None:
+                self.heard_at = time.monotonic()
+                self.ping_sent_at = None
                 self._dispatch(message)
+
+    def _check_health(self) -> None:
+        """PING after a silence while waiters wait; a PING unanswered in time drops the connection."""
+        now = time.monotonic()
+        with self.lock:
+            if self.ping_sent_at is not None:
+                if now - self.ping_sent_at <= self.pong_wait:
+                    return
+                self.ping_sent_at = None
+                self.heard_at = now
+                connection = self.pubsub.connection
+                if connection is not None:
+                    connection.disconnect()  # the next read reconnects and re-subscribes
+                raise redis.TimeoutError(f"no PONG within {self.pong_wait:g}s")
+            if self.channels and now - self.heard_at >= HEALTH_CHECK_S:
+                self.ping_sent_at = now
+                self.pubsub.ping()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]

@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 from cache.connection import connect  # noqa: E402
 from cache.locks import RLock, SimpleLock  # noqa: E402
 from cache.server import EmbeddedRedis  # noqa: E402
+from settings import Settings  # noqa: E402
 
 LAST_RELEASE = "bench:locks:last_release"
 
@@ -60,7 +61,7 @@ def _take_token(client, key: str, limit: float) -> None:
 
 def uncontended(url: str, kind: str, iterations: int) -> tuple[float, list[float]]:
     """Pairs per second and per-pair latencies (s) of one thread alone."""
-    client = connect(url)
+    client = connect(url, Settings.from_env())
     lock = _make_lock(client, kind, f"bench:lock:solo:{kind}")
     latencies: list[float] = []
     start = time.perf_counter()
@@ -76,7 +77,7 @@ def uncontended(url: str, kind: str, iterations: int) -> tuple[float, list[float
 
 def _contended_worker(url: str, kind: str, threads: int, iterations: int, name: str, out) -> None:
     """One process: ``threads`` threads taking the shared lock ``iterations`` times."""
-    client = connect(url)
+    client = connect(url, Settings.from_env())
     handoffs: list[float] = []
     guard = threading.Lock()
     barrier_key = f"{name}:go"
@@ -110,7 +111,7 @@ def contended(
 ) -> tuple[float, list[float]]:
     """Acquisitions per second and hand-off latencies (s) of P x T competing workers."""
     name = f"bench:lock:shared:{kind}"
-    client = connect(url)
+    client = connect(url, Settings.from_env())
     client.delete(LAST_RELEASE, name, f"{name}:go", f"{name}:ready")
     ctx = mp.get_context("spawn")
     out = ctx.Queue()

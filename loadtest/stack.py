@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cache import login as login_store  # noqa: E402
+from cache.connection import client_options  # noqa: E402
 from cache.server import EmbeddedRedis, free_port  # noqa: E402
 from cache.shop_source import top_shop_ids  # noqa: E402
 from deploy.supervisor import Supervisor  # noqa: E402
@@ -118,7 +119,7 @@ class Stack:
             self._redis_server = EmbeddedRedis(self.workdir / "redis").start()
             self.redis_url = self._redis_server.url
         else:
-            client = redis.Redis.from_url(self.redis_url)
+            client = redis.Redis.from_url(self.redis_url, **client_options(Settings.from_env()))
             try:
                 if client.dbsize():
                     raise RuntimeError(
@@ -366,7 +367,7 @@ class Stack:
         if url is None or url == self.redis_url:
             yield self.services.redis
             return
-        broker = redis.Redis.from_url(url)
+        broker = redis.Redis.from_url(url, **client_options(self.settings))
         try:
             yield broker
         finally:

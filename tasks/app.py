@@ -12,11 +12,14 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 import celeryconfig
+from cache.connection import client_options
 from services import Services
 from settings import Settings
 
 from .exporter import install_worker_metrics
 from .logging import install_celery_logging
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+socket://")
 
 
 class HmdpCelery(Celery):
@@ -32,6 +35,15 @@ def create_celery(settings: Settings | None = None, services: Services | None = 
     app = HmdpCelery("hmdp", set_as_current=False)
     app.config_from_object(celeryconfig)
     app.conf.broker_url = services.broker_url
+    if services.broker_url.startswith(REDIS_SCHEMES):
+        # kombu's Redis transport (workers, the web's dispatch, beat, Flower): a stalled
+        # broker fails a publish or a poll after the socket timeout instead of hanging
+        # it. Its BRPOP blocks 1 s, below any socket timeout, and the consumer's event
+        # loop reads without one (kombu's own health check drops a dead connection).
+        options = client_options(settings)
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options, **options}
+    app.conf.redis_socket_timeout = settings.redis_socket_timeout  # a Redis result backend
+    app.conf.redis_socket_connect_timeout = settings.redis_connect_timeout
     app.conf.result_backend = settings.celery_result_backend
     app.conf.task_ignore_result = settings.celery_result_backend is None
     app.services = services

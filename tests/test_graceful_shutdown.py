@@ -60,7 +60,10 @@ def test_sigterm_lets_the_web_server_finish_an_in_flight_request(
     server, settings, redis_client, tmp_path
 ):
     log = tmp_path / "web.log"
-    with web_server(settings, log, workers=1, server=server) as (base, master):
+    # A socket timeout longer than the pause: the request waits for Redis instead of
+    # answering 503 after HMDP_REDIS_SOCKET_TIMEOUT (what a stalled Redis gets).
+    patient = {"HMDP_REDIS_SOCKET_TIMEOUT": "10"}
+    with web_server(settings, log, workers=1, server=server, **patient) as (base, master):
         port = int(base.rsplit(":", 1)[1])
         (worker,) = children(master.pid)
         result: dict = {}

@@ -24,6 +24,11 @@ _HTTP_MESSAGES = {
     429: "too many requests",
 }
 
+# Redis down or stalled (no answer within HMDP_REDIS_SOCKET_TIMEOUT): what a client is told.
+REDIS_DOWN = "service temporarily unavailable (cache)"
+REDIS_DOWN_HEADERS = {"Retry-After": 1}
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
 
 def register_error_handlers(app: Flask) -> None:
     """Map our ApiError, werkzeug's HTTP errors and backend outages to envelopes."""
@@ -47,7 +52,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.TimeoutError)
     def _redis_down(error: Exception) -> Response:
         log.error("redis unavailable: %s", error)
-        return fail("service temporarily unavailable (cache)", 503, {"Retry-After": 1})
+        return fail(REDIS_DOWN, 503, REDIS_DOWN_HEADERS)
 
     @app.errorhandler(OperationalError)
     def _db_down(error: DBAPIError) -> Response:

@@ -37,6 +37,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
+from cache.connection import client_options
 from cache.server import process_alive
 from metrics import track_pool
 from services import Services
@@ -63,11 +64,11 @@ class StreamCollector(Collector):
     def client(self) -> redis.Redis:
         """A small client of its own with short timeouts: a hung Redis must not hang scrapes."""
         if self._client is None:
-            timeout = self.settings.metrics_redis_timeout
+            limit = self.settings.metrics_redis_timeout  # never longer than any other client's
+            timeouts = {k: min(v, limit) for k, v in client_options(self.settings).items()}
             self._client = redis.Redis.from_url(
                 self._redis_url(),
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
+                **timeouts,
                 decode_responses=True,
                 max_connections=4,
             )
