@@ -235,6 +235,15 @@ class Settings:
     # uv:shop:{id}:{day} keys expire this long after the day.
     uv_retention_days: int = setting("HMDP_UV_RETENTION_DAYS", 31)
 
+    # --- uploaded images (POST /upload/blog, GET /imgs/...) ----------------
+    # Where images are stored and served from; hmdp points it at its front end's imgs
+    # folder. None: var_dir/imgs.
+    upload_dir: Path | None = setting("HMDP_UPLOAD_DIR", None)
+    # Largest image accepted (bytes; the route's own request limit, above the app's 1 MiB).
+    upload_max_bytes: int = setting(
+        "HMDP_UPLOAD_MAX_BYTES", 5 * 1024 * 1024, check=(lambda v: v >= 1, "must be at least 1")
+    )
+
     # --- seckill ----------------------------------------------------------
     order_stream: str = setting("HMDP_ORDER_STREAM", "stream.orders")
     order_group: str = setting("HMDP_ORDER_GROUP", "g1")
@@ -257,6 +266,8 @@ class Settings:
     rate_limit_shop_query: str = setting("HMDP_RATE_LIMIT_SHOP_QUERY", "100,50/s")
     # Per phone AND per IP (code and login each).
     rate_limit_login: str = setting("HMDP_RATE_LIMIT_LOGIN", "5,2/min")
+    # Per user: image uploads (each up to upload_max_bytes of disk).
+    rate_limit_upload: str = setting("HMDP_RATE_LIMIT_UPLOAD", "20,10/min")
     # CIDRs of the proxies whose X-Forwarded-For counts (none: the peer is the client).
     trusted_proxies: ProxyNetworks = setting("HMDP_TRUSTED_PROXIES", (), parse=_networks)
 
@@ -339,6 +350,11 @@ class Settings:
     def zone(self) -> ZoneInfo:
         """HMDP_TIMEZONE as a zone: where a day starts, and how timestamps are written and read."""
         return ZoneInfo(self.timezone)
+
+    @property
+    def images_dir(self) -> Path:
+        """The images root: HMDP_UPLOAD_DIR, else ``imgs`` under the var directory."""
+        return self.upload_dir or self.var_dir / "imgs"
 
     @property
     def sqlite_path(self) -> Path:

@@ -195,3 +195,22 @@ class Follow(Base):
     create_time: Mapped[datetime] = mapped_column(
         DateTime, default=utcnow, server_default=func.now(), nullable=False
     )
+
+
+class Upload(Base):
+    """An image uploaded with POST /upload/blog: who may delete it, and what it is.
+
+    ``path`` is relative to the images root, as the upload answered it
+    (``/blogs/3/7/<uuid>.jpg``); the file itself lives on disk.
+    """
+
+    __tablename__ = "tb_upload"
+    __table_args__ = (Index("ix_tb_upload_user_id", "user_id"),)
+
+    path: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigId, ForeignKey("tb_user.id"), nullable=False)
+    media_type: Mapped[str] = mapped_column(String(16), nullable=False)  # image/jpeg ...
+    size: Mapped[int] = mapped_column(Integer, nullable=False)  # bytes
+    create_time: Mapped[datetime] = mapped_column(
+        DateTime, default=utcnow, server_default=func.now(), nullable=False
+    )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
-from support.social import make_blog, make_shop, make_users
+from support.social import make_blog, make_shop, make_upload, make_users
 
 from cache.likes import count as zcard
 from cache.likes import liked_key
@@ -34,7 +34,13 @@ def db_liked(services, blog_id: int) -> int:
 
 def test_publish_and_read(client, world, login_as):
     me = login_as(3)
-    body = {"shopId": 1, "title": " Great noodles ", "content": "Try the beef.", "images": "a.jpg"}
+    photo = make_upload(world, 3)
+    body = {
+        "shopId": 1,
+        "title": " Great noodles ",
+        "content": "Try the beef.",
+        "images": "/imgs" + photo,  # as hmdp's editor sends it
+    }
     r = client.post("/blog", json=body, headers=me)
     assert r.status_code == 200 and r.json["success"]
     blog_id = r.json["data"]
@@ -45,10 +51,11 @@ def test_publish_and_read(client, world, login_as):
     assert data["id"] == blog_id and data["userId"] == 3 and data["shopId"] == 1
     assert data["title"] == "Great noodles" and data["content"] == "Try the beef."
     assert data["name"] == "user_3" and data["icon"] == "" and data["isLike"] is False
-    assert data["liked"] == 0 and data["images"] == "a.jpg" and data["createTime"]
-    # A list of images is stored comma-joined, as hmdp does.
-    r = client.post("/blog", json={**body, "images": ["a.jpg", "b.jpg"]}, headers=login_as(4))
-    assert client.get(f"/blog/{r.json['data']}").json["data"]["images"] == "a.jpg,b.jpg"
+    assert data["liked"] == 0 and data["images"] == "/imgs" + photo and data["createTime"]
+    # A list of images is stored comma-joined, as hmdp does, each as the page shows it.
+    a, b = make_upload(world, 4), make_upload(world, 4, "png")
+    r = client.post("/blog", json={**body, "images": [a, "/imgs" + b]}, headers=login_as(4))
+    assert client.get(f"/blog/{r.json['data']}").json["data"]["images"] == f"/imgs{a},/imgs{b}"
 
 
 BAD_BODIES = [

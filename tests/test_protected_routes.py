@@ -41,6 +41,7 @@ PUBLIC_ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/blog/likes/{}"): "blogs",
     ("GET", "/blog/hot"): "blogs",
     ("GET", "/blog/of/user"): "blogs",
+    ("GET", "/imgs/{}"): "uploads",  # the images root (uploads and the front end's images)
     ("GET", "/metrics"): None,  # Prometheus scrape endpoint, if mounted
 }
 
@@ -62,6 +63,8 @@ PROTECTED_ROUTES: dict[tuple[str, str], str] = {
     ("PUT", "/follow/{}/{}"): "user",
     ("GET", "/follow/or/not/{}"): "user",
     ("GET", "/follow/common/{}"): "user",
+    ("POST", "/upload/blog"): "user",
+    ("GET", "/upload/blog/delete"): "user",
 }
 
 

@@ -37,6 +37,7 @@ BLUEPRINT_MODULES = (
     "web.follows",
     "web.signs",
     "web.stats",
+    "web.uploads",
 )
 
 

@@ -30,6 +30,7 @@ from timestamps import iso_instant
 from .auth import current_user, login_required, require_user
 from .envelope import BadRequest, NotFound, Unauthorized, int_arg, json_body, ok
 from .ids import path_id
+from .images import MAX_BLOG_IMAGES, front_end_url, owned_uploads, upload_path
 from .runtime import now_ms, services, settings
 from .social import follower_ids, user_summaries
 
@@ -42,7 +43,6 @@ MAX_PAGE = 10_000
 LIKERS_SHOWN = 5
 MAX_TITLE = 255
 MAX_CONTENT = 5_000
-MAX_IMAGES = 2_048  # the comma-joined column
 
 
 def blog_json(blog: Blog, author: User | None, is_like: bool) -> dict[str, Any]:
@@ -118,19 +118,36 @@ def _text(body: dict[str, Any], name: str, limit: int, required: bool = True) ->
     return value
 
 
-def _images(value: object) -> str:
-    """hmdp stores images as one comma-separated string; a list of strings is joined."""
-    if value is None:
-        return ""
+def _images(value: object) -> list[str]:
+    """The uploads a blog shows, as canonical upload paths (web/images.py).
+
+    hmdp sends one comma-separated string of the paths its editor shows
+    (``/imgs/blogs/...``); a list of strings is accepted too, and so is the
+    bare path the upload answered. Anything else is not one of our images.
+    """
+    if value is None or value == "":
+        return []
     if isinstance(value, list):
         if not all(isinstance(v, str) and v and "," not in v for v in value):
             raise BadRequest("'images' must be a string or a list of non-empty strings")
-        value = ",".join(value)
-    if not isinstance(value, str):
+        names = value
+    elif isinstance(value, str):
+        names = value.split(",")
+    else:
         raise BadRequest("'images' must be a string or a list of strings")
-    if len(value) > MAX_IMAGES:
-        raise BadRequest(f"'images' must be at most {MAX_IMAGES} characters")
-    return value
+    if len(names) > MAX_BLOG_IMAGES:
+        raise BadRequest(f"a blog shows at most {MAX_BLOG_IMAGES} images")
+    paths = []
+    for name in names:
+        path = upload_path(name.strip())
+        if path is None:
+            raise BadRequest(
+                f"'images' must name images uploaded with POST /upload/blog: {name[:80]!r}"
+            )
+        if path in paths:
+            raise BadRequest(f"image {name[:80]!r} is named twice")
+        paths.append(path)
+    return paths
 
 
 def _shop_id(value: object) -> int:
@@ -148,6 +165,9 @@ def publish() -> Response:
 
     The row is committed first, then the id is pushed into every follower's
     feed (pipelined batches; inboxes trimmed to settings.feed_inbox_size).
+    ``images`` must be the author's own uploads (so only the author can delete
+    a photo their blog shows); they are stored as the front end shows them,
+    ``/imgs/blogs/...``, comma-separated.
     """
     body = json_body()
     shop_id = _shop_id(body.get("shopId"))
@@ -160,7 +180,12 @@ def publish() -> Response:
             raise NotFound("no such shop")
         if session.get(User, me) is None:
             raise Unauthorized("your account no longer exists")
-        blog = Blog(shop_id=shop_id, user_id=me, title=title, content=content, images=images)
+        mine = owned_uploads(session, me, images)
+        foreign = [p for p in images if p not in mine]
+        if foreign:
+            raise BadRequest(f"not one of your uploads: {front_end_url(foreign[0])}")
+        shown = ",".join(front_end_url(p) for p in images)
+        blog = Blog(shop_id=shop_id, user_id=me, title=title, content=content, images=shown)
         session.add(blog)
         session.flush()
         blog_id = blog.id

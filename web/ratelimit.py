@@ -77,6 +77,7 @@ ROUTE_LIMITS: dict[str, RouteLimit] = {
     "shops.shop_types": SHOP_QUERY,
     "users.send_code": RouteLimit("code", "rate_limit_login", ("phone", "ip")),
     "users.login": RouteLimit("login", "rate_limit_login", ("phone", "ip")),
+    "uploads.upload_blog_image": RouteLimit("upload", "rate_limit_upload", ("user",)),
 }
 
 

@@ -1,11 +1,13 @@
-"""Rows the social tests need (users, a shop, blogs), inserted directly: faster than
-the full demo seed, and each test states exactly what exists."""
+"""Rows the social tests need (users, a shop, blogs, upload records), inserted directly: faster
+than the full demo seed, and each test states exactly what exists."""
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import insert
 
-from models.entities import Blog, Shop, ShopType, User, UserInfo
+from models.entities import Blog, Shop, ShopType, Upload, User, UserInfo
 
 
 def make_users(services, count: int, start: int = 1) -> list[int]:
@@ -39,3 +41,12 @@ def make_blog(services, user_id: int, shop_id: int = 1, liked: int = 0, title: s
         session.add(blog)
         session.flush()
         return blog.id
+
+
+def make_upload(services, user_id: int, extension: str = "jpg") -> str:
+    """The record of an upload by ``user_id`` (no file: for the blog rules); its path."""
+    name = uuid.uuid4()
+    path = f"/blogs/{name.int & 0xF}/{(name.int >> 4) & 0xF}/{name}.{extension}"
+    with services.db.session() as session:
+        session.add(Upload(path=path, user_id=user_id, media_type="image/jpeg", size=1))
+    return path
