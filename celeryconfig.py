@@ -77,6 +77,12 @@ beat_schedule["recover-pending-orders"] = {
     "schedule": 15.0,
     "options": {"expires": 14.0},
 }
+# Seckill: repair the gate state Redis lost (buyers, issued ids, stock, id counter).
+beat_schedule["reconcile-seckill-state"] = {
+    "task": "beat.order_jobs.reconcile_seckill_state",
+    "schedule": 30.0,
+    "options": {"expires": 25.0},
+}
 # Shop cache (issue 4): refresh hot keys before they expire, recompute the hot
 # set, rebuild the Bloom filter of shop ids.
 beat_schedule["cache-refresh-logical-expiry"] = {

@@ -59,12 +59,12 @@ ORDER_DISPATCH_FAILURES = Counter(
 # --- order tasks (tasks/orders.py) and recovery (beat) --------------------------
 ORDER_TASKS = Counter(
     "hmdp_order_tasks_total", "Order task runs by result", ["result"]
-)  # created | duplicate | oversell | rejected | unknown_voucher | retried | failed
+)  # created | duplicate | drift | oversell | rejected | unknown_voucher | retried | failed
 ORDER_BATCH_SETTLED = Counter(
     "hmdp_order_batch_settled_total",
     "Stream entries an order task settled in its batch besides its own (group commit)",
     ["outcome"],
-)  # created | duplicate | oversell | rejected | unknown_voucher
+)  # created | duplicate | drift | oversell | rejected | unknown_voucher
 ORDER_TASK_SECONDS = Histogram(
     "hmdp_order_task_seconds",
     "Order task duration",
@@ -75,6 +75,11 @@ ORDERS_RECOVERED = Counter(
 )
 ORDERS_DEAD_LETTERED = Counter(
     "hmdp_orders_dead_lettered_total", "Stream entries moved to the dead-letter stream"
+)
+ORDER_DRIFT = Counter(
+    "hmdp_order_drift_total",
+    "Reservations of a buyer who already had an order row under another id: an id answered "
+    "200 that will never exist (Redis lost the buyer; alert on any)",
 )
 ORDER_OVERSELL_ATTEMPTS = Counter(
     "hmdp_order_oversell_attempts_total",

@@ -1,4 +1,4 @@
-"""Periodic order jobs: recover reservations no task has settled.
+"""Periodic order jobs: recover reservations no task has settled; repair lost gate state.
 
 ``beat.order_jobs.recover_pending_orders`` runs every ~15 s (celeryconfig's
 beat_schedule) on a worker. It settles, through the task's own code path
@@ -6,6 +6,11 @@ beat_schedule) on a worker. It settles, through the task's own code path
 what nobody ever read, in batches), every Stream entry whose dispatch was lost
 or whose task died or gave up, and dead-letters what keeps failing. (The
 stream gauges are read from Redis at scrape time by web/metrics.py.) See :mod:`cache.order_stream` for the design.
+
+``beat.order_jobs.reconcile_seckill_state`` runs every ~30 s: it makes every
+live voucher's buyers, issued ids and stock, and the order id counter, agree
+with the database and the unsettled reservations again after Redis lost state
+(:mod:`cache.reconcile`); a no-op when nothing was lost.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from sqlalchemy import text
 
 from cache import order_stream
 from cache.locks import RLock
+from cache.reconcile import Reconciler
 from services import Services
 from tasks.orders import RETRYABLE, settle_free, settle_order
 
@@ -36,7 +42,7 @@ def _database_up(services: Services) -> bool:
             conn.execute(text("SELECT 1"))
         return True
     except Exception as exc:  # any failure: skip this run, keep delivery budgets
-        log.warning("order recovery skipped: database unavailable (%s)", exc)
+        log.warning("order job skipped: database unavailable (%s)", exc)
         return False
 
 
@@ -85,3 +91,19 @@ def recover_orders(services: Services, **options: object) -> order_stream.Recove
 def recover_pending_orders(self) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Beat entry point: recover unsettled orders with this worker's Services."""
     return run_recovery(self.app.services)
+
+
+RECONCILE_JOB = "beat.order_jobs.reconcile_seckill_state"
+
+
+def run_reconcile(services: Services) -> dict[str, object]:
+    """One reconciliation of every live seckill voucher, unless the database is down."""
+    if not _database_up(services):
+        return {"skipped": "database unavailable"}
+    return Reconciler(services.redis, services.settings, services.db).run().as_dict()
+
+
+@shared_task(bind=True, name=RECONCILE_JOB, ignore_result=True)
+def reconcile_seckill_state(self) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Beat entry point: repair the gate state Redis lost, with this worker's Services."""
+    return run_reconcile(self.app.services)

@@ -11,8 +11,9 @@ happen together or not at all, so no number of concurrent requests can sell
 more than the stock or twice to one user.
 
 The database stays the source of truth for voucher *definitions*: a voucher
-missing in Redis is loaded from it on demand (:func:`load_voucher`, stock only
-if absent, so sold stock is never reset). Persisting the reservation is the
+is loaded at its creation (:func:`load_voucher`), and one missing in Redis is
+loaded on demand by :mod:`cache.reconcile` (stock only if absent, minus the
+reservations not settled yet, so sold stock is never sold again). Persisting the reservation is the
 job of the order task (see :mod:`cache.order_stream`).
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis
@@ -219,11 +220,14 @@ class SeckillGate:
 def load_voucher(
     client: redis.Redis, voucher_id: int, stock: int, begin: datetime, end: datetime
 ) -> bool:
-    """Make a seckill voucher known to the gate; True if the stock was loaded now.
+    """Make a NEW seckill voucher known to the gate; True if the stock was loaded now.
 
-    Idempotent and safe to repeat at any time: the stock is written only when
-    absent (never reset after sales), the window always (the database is the
-    authority on it). One MULTI, so the gate never sees stock without a window.
+    For a voucher nobody ordered yet (its creation): the stock is written only
+    when absent (never reset after sales), the window always (the database is
+    the authority on it). One MULTI, so the gate never sees stock without a
+    window. A voucher that may have unsettled reservations is loaded by
+    :mod:`cache.reconcile` instead, which subtracts them (loading the database
+    stock as it is would sell those units again).
     """
     pipe = client.pipeline(transaction=True)
     pipe.set(stock_key(voucher_id), int(stock), nx=True)
@@ -238,15 +242,21 @@ class RedisSnapshot:
 
     stock: int | None  # None: not loaded
     buyers: frozenset[int]
+    issued: dict[int, int] = field(default_factory=dict)  # buyer -> order id issued to them
 
 
 def redis_snapshot(client: redis.Redis, voucher_id: int) -> RedisSnapshot:
-    """Stock and buyer set in one MULTI, so ``stock + len(buyers)`` is consistent."""
+    """Stock, buyer set and issued ids in one MULTI, so ``stock + len(buyers)`` is consistent."""
     pipe = client.pipeline(transaction=True)
     pipe.get(stock_key(voucher_id))
     pipe.smembers(order_set_key(voucher_id))
-    stock, members = pipe.execute()
-    return RedisSnapshot(None if stock is None else int(stock), frozenset(int(m) for m in members))
+    pipe.hgetall(order_id_key(voucher_id))
+    stock, members, issued = pipe.execute()
+    return RedisSnapshot(
+        None if stock is None else int(stock),
+        frozenset(int(m) for m in members),
+        {int(user): int(order_id) for user, order_id in issued.items()},
+    )
 
 
 def live_stocks(client: redis.Redis, voucher_ids: list[int]) -> dict[int, int]:

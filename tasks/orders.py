@@ -9,7 +9,9 @@ is one row. Defences, outermost first:
 1. the per-user lock ``lock:order:{userId}`` (cache.locks.RLock, watchdog
    renewed): one settle per user at a time, across processes;
 2. an existence check by order id and by (user, voucher): a settled order
-   returns early;
+   returns early; a row of the same buyer under ANOTHER id means the gate sold
+   to them twice (Redis lost the buyer): a drift event, counted, recorded for
+   the audit (:func:`cache.reconcile.record_drift`) and acknowledged;
 3. one transaction: INSERT the order, then ``UPDATE tb_seckill_voucher SET
    stock = stock - 1 WHERE voucher_id = ? AND stock > 0``, commit. The insert
    goes first so the voucher's hot row is locked only from the UPDATE to the
@@ -57,8 +59,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from cache import order_stream
 from cache.locks import LockError, RLock, acquire_all, release_all
 from cache.order_stream import MalformedEntry, OrderEntry
+from cache.reconcile import record_drift
 from metrics import (
     ORDER_BATCH_SETTLED,
+    ORDER_DRIFT,
     ORDER_OVERSELL_ATTEMPTS,
     ORDER_TASK_SECONDS,
     ORDER_TASKS,
@@ -79,6 +83,7 @@ DUPLICATE = "duplicate"
 OVERSELL = "oversell"
 REJECTED = "rejected"
 UNKNOWN_VOUCHER = "unknown_voucher"
+DRIFT = "drift"  # the buyer already has a row under another id (Redis lost state)
 
 # Failures worth retrying: the backends are down or slow, or the lock is busy.
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -150,27 +155,29 @@ def _existing(conn: Connection, params: dict[str, object]) -> Row | None:
 
 
 def _classify(row: Row, entry: OrderEntry) -> str:
+    """The outcome of an entry that met an existing ``row``.
+
+    The same id: this entry was settled before (DUPLICATE). The same user and
+    voucher under another id: the gate sold twice to one buyer, which only
+    happens when Redis lost the buyer (DRIFT: the id the client holds will
+    never be a row). The id of another buyer's order: REJECTED.
+    """
     if row.id == entry.order_id and (row.user_id, row.voucher_id) != (
         entry.user_id,
         entry.voucher_id,
     ):
         return REJECTED  # the id belongs to another order: never overwrite it
     if row.id != entry.order_id:
-        log.warning(
-            "user %s already has order %s for voucher %s; reservation %s not persisted again",
-            entry.user_id,
-            row.id,
-            entry.voucher_id,
-            entry.order_id,
-        )
+        return DRIFT
     return DUPLICATE
 
 
 def persist_order(db: Database, entry: OrderEntry) -> str:
     """Write the order row and take the database stock, once (caller holds the lock).
 
-    Returns CREATED, DUPLICATE (already there), OVERSELL (no stock left in
-    the database; nothing written), UNKNOWN_VOUCHER (no such seckill voucher
+    Returns CREATED, DUPLICATE (already there), DRIFT (the buyer has a row
+    under another id; nothing written), OVERSELL (no stock left in the
+    database; nothing written), UNKNOWN_VOUCHER (no such seckill voucher
     in the database, e.g. deleted after the sale began; nothing written) or
     REJECTED (order id taken by another order).
     One connection checkout: the existence check, then the write transaction
@@ -289,6 +296,8 @@ def _finish(services: Services, outcomes: dict[OrderEntry, str]) -> None:
                 entry.user_id,
                 entry.voucher_id,
             )
+        elif outcome == DRIFT:
+            _record_drift(services, entry)
         if entry.stream_id is None:
             continue
         if outcome in _DEAD_LETTER_REASONS:
@@ -298,6 +307,32 @@ def _finish(services: Services, outcomes: dict[OrderEntry, str]) -> None:
         else:
             settled.append(entry.stream_id)
     order_stream.acknowledge_many(client, settings, settled)
+
+
+def _record_drift(services: Services, entry: OrderEntry) -> None:
+    """A second reservation of one buyer: count it and keep it for the audit (before the ack).
+
+    The client was answered 200 with ``entry.order_id``, which will never be a
+    row: their order is the row that exists. Recorded before the entry is
+    acknowledged, so a crash in between records it again on redelivery (the
+    record is idempotent); ``flask orders verify`` lists it.
+    """
+    with services.db.session() as session:
+        row_id = session.scalar(
+            select(VoucherOrder.id).where(
+                VoucherOrder.user_id == entry.user_id, VoucherOrder.voucher_id == entry.voucher_id
+            )
+        )
+    ORDER_DRIFT.inc()
+    log.error(
+        "DRIFT: user %s already has order %s for voucher %s; order id %s answered to the "
+        "client will never exist (Redis lost the buyer)",
+        entry.user_id,
+        row_id,
+        entry.voucher_id,
+        entry.order_id,
+    )
+    record_drift(services.redis, entry.voucher_id, entry.user_id, entry.order_id, int(row_id))
 
 
 def _release(locks: list[RLock]) -> None:

@@ -28,6 +28,7 @@ from services import Services
 from tasks.app import create_celery
 from tasks.orders import (
     CREATED,
+    DRIFT,
     DUPLICATE,
     OVERSELL,
     REJECTED,
@@ -119,7 +120,7 @@ def test_same_user_other_order_id_is_not_persisted_twice(services, voucher):
     (entry,) = _reserve(services, voucher, [11])
     assert settle_order(services, entry) == CREATED
     twin = OrderEntry(entry.order_id + 1, entry.user_id, entry.voucher_id, None)
-    assert settle_order(services, twin) == DUPLICATE
+    assert settle_order(services, twin) == DRIFT  # was DUPLICATE: now a drift event (issue 14)
     assert len(db_orders(services, voucher)) == 1
 
 

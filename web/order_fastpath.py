@@ -45,7 +45,7 @@ from logsetup import REQUEST_ID
 from models.entities import MAX_ID
 
 from .auth import session_user, usable_token
-from .envelope import fail_bytes
+from .envelope import ApiError, fail_bytes
 from .errors import REDIS_DOWN, REDIS_DOWN_HEADERS, REDIS_ERRORS
 from .fastroute import Answer, FastPath, FastRoute, WsgiApp, request_id_of
 from .orders import answer_of, complete_order, seckill_state
@@ -66,7 +66,7 @@ class SeckillFastPath(FastPath):
     method = "POST"
     path = SECKILL_PATH
     name = "seckill"
-    quiet_errors = (redis.RedisError,)  # Flask meets it too and answers (503 when down)
+    quiet_errors = (redis.RedisError, ApiError)  # Flask meets it too and answers (503)
 
     def __init__(self, app: Flask, flask_wsgi: WsgiApp):
         super().__init__(flask_wsgi)

@@ -12,8 +12,12 @@ JSON number above 2^53 loses digits in JavaScript.
 
 ``flask orders verify [VOUCHER_ID]`` (and :func:`verify_orders` for scripts)
 audits Redis against the database: stock + buyers must match on both sides,
-every reservation must be a row, a pending Stream entry or a dead letter, and
-no row may exist without a reservation. ``flask orders replay`` moves dead
+every reservation must be a row, a pending Stream entry or a dead letter, no
+row may exist without a reservation, every row's id must be the id the gate
+issued to its buyer, and every id answered 200 that will never be a row (a
+drift event, a lost entry) is listed with what it means for the client.
+``flask orders reconcile [VOUCHER_ID]`` repairs the gate state Redis lost
+(:mod:`cache.reconcile`; beat runs it too). ``flask orders replay`` moves dead
 letters back to the Stream (:mod:`web.order_replay`).
 """
 
@@ -33,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 
 from cache import order_stream
 from cache.order_stream import MalformedEntry, OrderEntry
+from cache.reconcile import MISSING, DriftRecord, Reconciler, drift_records
 from cache.seckill import (
     DUPLICATE,
     ENDED,
@@ -43,8 +48,8 @@ from cache.seckill import (
     UNKNOWN,
     GateResult,
     MissingVouchers,
+    RedisSnapshot,
     SeckillGate,
-    load_voucher,
     redis_snapshot,
 )
 from metrics import ORDER_DISPATCH_FAILURES, SECKILL_OUTCOMES
@@ -52,7 +57,7 @@ from models.entities import MAX_ID, SeckillVoucher, VoucherOrder
 from services import Services
 
 from .auth import login_required, require_user
-from .envelope import MIMETYPE, envelope, fail_bytes, ok_bytes
+from .envelope import MIMETYPE, ApiError, envelope, fail_bytes, ok_bytes
 from .order_dispatch import CelerySender, OrderDispatcher
 from .order_replay import dispatch_replayed, replay_dead_letters, summary
 from .runtime import services
@@ -64,6 +69,7 @@ bp = Blueprint("orders", __name__, cli_group="orders")
 # By name: the web tier never imports task code (tests check it matches).
 ORDER_TASK = "tasks.orders.create_voucher_order"
 _EXTENSION = "hmdp_seckill"
+LOAD_WAIT_SECONDS = 10.0  # a request waits this long for another's load of a voucher
 _REFUSALS = {
     SOLD_OUT: "sold out",
     DUPLICATE: "already ordered",
@@ -88,6 +94,7 @@ class SeckillState:
         self.services = svc
         self.gate = SeckillGate(svc.redis, svc.settings)
         self.missing = MissingVouchers()
+        self.reconciler = Reconciler(svc.redis, svc.settings, svc.db)
         self.dispatcher = OrderDispatcher(
             CelerySender(celery_app, ORDER_TASK), _count_dispatch_failures
         )
@@ -109,7 +116,14 @@ def seckill_state(app: Flask) -> SeckillState:
 
 
 def _load_from_database(state: SeckillState, voucher_id: int) -> bool:
-    """Load a voucher Redis does not know; False if the database does not know it either."""
+    """Load a voucher Redis does not know; False if the database does not know it either.
+
+    Not the database stock as it is: reservations may still be unsettled (Redis
+    lost the key, not the sales), so the load is reconciliation's in its
+    "missing" mode (:mod:`cache.reconcile`): stock = database stock minus the
+    unsettled reservations, and the buyers and their ids restored. One loader
+    per voucher; the others wait for it.
+    """
     if voucher_id in state.missing:
         return False
     svc = state.services
@@ -118,7 +132,9 @@ def _load_from_database(state: SeckillState, voucher_id: int) -> bool:
     if row is None:
         state.missing.add(voucher_id)
         return False
-    load_voucher(svc.redis, voucher_id, row.stock, row.begin_time, row.end_time)
+    report = state.reconciler.run([voucher_id], mode=MISSING, wait=LOAD_WAIT_SECONDS)
+    if any(repair.skipped for repair in report.vouchers):
+        raise ApiError("voucher is being loaded, try again", 503, {"Retry-After": 1})
     order_stream.ensure_group(svc.redis, svc.settings)
     return True
 
@@ -207,6 +223,23 @@ def seckill(voucher_id: int) -> Response:
 # --- audit -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NeverRow:
+    """An order id the gate answered 200 with that will never become an order row."""
+
+    order_id: int
+    user_id: int
+    row_id: int | None  # the buyer's actual order, if they have one
+    why: str
+
+    def line(self) -> str:
+        """What it means for the client, and what to do."""
+        told = f"  order id {self.order_id} answered 200 to user {self.user_id} will never exist"
+        if self.row_id is not None:
+            return f"{told}: their order is {self.row_id} ({self.why}); tell them that id"
+        return f"{told}: no order exists for them ({self.why}); the sale is lost, compensate them"
+
+
 @dataclass
 class VoucherAudit:
     """Redis against the database for one seckill voucher."""
@@ -221,6 +254,8 @@ class VoucherAudit:
     lost: int = 0
     phantom: int = 0
     duplicates: int = 0
+    unissued: int = 0  # rows whose id is not the id the gate issued to their buyer
+    never_rows: list[NeverRow] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -234,7 +269,8 @@ class VoucherAudit:
             f"voucher {self.voucher_id}: db stock={self.db_stock} orders={self.db_orders} | "
             f"redis stock={self.redis_stock} buyers={self.redis_buyers} | "
             f"unsettled={self.unsettled} dead={self.dead_letters} lost={self.lost} "
-            f"phantom={self.phantom} duplicates={self.duplicates}"
+            f"phantom={self.phantom} duplicates={self.duplicates} "
+            f"unissued={self.unissued} never_rows={len(self.never_rows)}"
             + ("" if self.ok else " | MISMATCH: " + "; ".join(self.problems))
         )
 
@@ -251,7 +287,7 @@ class OrderAudit:
 
     @property
     def ok(self) -> bool:
-        """No oversell, loss, duplicate, phantom, dead letter or malformed entry."""
+        """No oversell, loss, duplicate, phantom, lost id, dead letter or malformed entry."""
         return self.malformed == 0 and all(v.ok for v in self.vouchers)
 
     @property
@@ -261,7 +297,11 @@ class OrderAudit:
 
     def lines(self) -> list[str]:
         """The report ``flask orders verify`` prints."""
-        return [v.line() for v in self.vouchers] + [
+        out = []
+        for v in self.vouchers:
+            out.append(v.line())
+            out += [never.line() for never in v.never_rows]
+        return out + [
             f"stream: length={self.stream_length} pending={self.pending} "
             f"dead_letters={self.dead_letters} malformed={self.malformed}",
             f"result: {'OK' if self.ok else 'MISMATCH'}"
@@ -269,8 +309,8 @@ class OrderAudit:
         ]
 
 
-def _users_by_voucher(client, stream: str) -> tuple[dict[int, set[int]], int]:  # type: ignore[no-untyped-def]
-    users: dict[int, set[int]] = defaultdict(set)
+def _entries_by_voucher(client, stream: str) -> tuple[dict[int, list[OrderEntry]], int]:  # type: ignore[no-untyped-def]
+    entries: dict[int, list[OrderEntry]] = defaultdict(list)
     malformed = 0
     for stream_id, fields in order_stream.iter_stream(client, stream):
         try:
@@ -278,16 +318,92 @@ def _users_by_voucher(client, stream: str) -> tuple[dict[int, set[int]], int]:  
         except MalformedEntry:
             malformed += 1
             continue
-        users[entry.voucher_id].add(entry.user_id)
-    return users, malformed
+        entries[entry.voucher_id].append(entry)
+    return entries, malformed
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the audit read of one voucher, in the order of the reads (see verify_orders)."""
+
+    before: RedisSnapshot
+    pending: list[OrderEntry]
+    dead: list[OrderEntry]
+    db_stock: int | None
+    rows: list[tuple[int, int]]  # (order id, user id)
+    after: RedisSnapshot
+    drift: list[DriftRecord]
+
+
+def _never_rows(seen: _Seen) -> list[NeverRow]:
+    """Issued ids that will never be rows: drift events, and ids nothing holds any more."""
+    row_of = {user: order_id for order_id, user in seen.rows}
+    found = [NeverRow(d.issued_id, d.user_id, d.row_id, "a drift event") for d in seen.drift]
+    accounted = {d.issued_id for d in seen.drift} | set(row_of.values())
+    for entry in seen.pending:  # will settle as drift events: the buyer has another row
+        row_id = row_of.get(entry.user_id)
+        if row_id is not None and row_id != entry.order_id:
+            found.append(NeverRow(entry.order_id, entry.user_id, row_id, "a second reservation"))
+    accounted |= {e.order_id for e in seen.pending + seen.dead}
+    for user, order_id in sorted(seen.before.issued.items()):
+        if order_id not in accounted:  # no row, no entry, no dead letter, no drift record
+            found.append(NeverRow(order_id, user, row_of.get(user), "no stream entry left"))
+    return found
+
+
+def _audit(v: int, seen: _Seen) -> VoucherAudit:
+    snap, db_stock, users = seen.before, seen.db_stock, [user for _, user in seen.rows]
+    a = VoucherAudit(v, db_stock, len(users), snap.stock, len(snap.buyers))
+    pending = {e.user_id for e in seen.pending}
+    dead = {e.user_id for e in seen.dead}
+    a.unsettled, a.dead_letters = len(pending), len(dead)
+    db_users = set(users)
+    a.duplicates = len(users) - len(db_users)
+    a.lost = len(snap.buyers - db_users - pending - dead)
+    a.phantom = len(db_users - seen.after.buyers)
+    a.unissued = sum(seen.after.issued.get(user) != oid for oid, user in seen.rows)
+    a.never_rows = _never_rows(seen)
+    if db_stock is None:
+        a.problems.append("not a seckill voucher in the database")
+    elif db_stock < 0 or (snap.stock is not None and snap.stock < 0):
+        a.problems.append("OVERSELL: negative stock")
+    if snap.stock is None and (users or snap.buyers or a.unsettled):
+        a.problems.append("orders exist but Redis has no stock for the voucher")
+    redis_initial = None if snap.stock is None else snap.stock + len(snap.buyers)
+    db_initial = None if db_stock is None else db_stock + len(users)
+    if None not in (redis_initial, db_initial) and redis_initial != db_initial:
+        a.problems.append(
+            f"initial stock differs: redis {snap.stock}+{len(snap.buyers)} "
+            f"!= db {db_stock}+{len(users)}"
+        )
+    if a.duplicates:
+        a.problems.append(f"{a.duplicates} duplicate orders")
+    if a.lost:
+        a.problems.append(f"{a.lost} reservations LOST (no row, no stream entry)")
+    if a.phantom:
+        a.problems.append(f"{a.phantom} orders without a Redis reservation")
+    if a.unissued:
+        a.problems.append(
+            f"{a.unissued} rows whose id is not the id the gate issued to their buyer "
+            "(Redis lost the ids: run 'flask orders reconcile'; or rows the gate never made)"
+        )
+    if a.never_rows:
+        a.problems.append(
+            f"{len(a.never_rows)} order ids answered 200 will never be rows (listed below)"
+        )
+    if a.dead_letters:
+        a.problems.append(f"{a.dead_letters} dead-lettered reservations need attention")
+    return a
 
 
 def verify_orders(svc: Services, voucher_id: int | None = None) -> OrderAudit:
     """Audit seckill orders (one voucher, or all): see the module doc for the rules.
 
-    Safe while orders are still being settled: reads go Redis buyers, then the
-    Stream, then the database, then the buyers again, so an entry settled in
-    between is seen either in the Stream or as a row, never as lost.
+    Safe while orders are still being settled: reads go Redis (buyers, issued
+    ids), then the Stream, then the database, then Redis again, then the drift
+    records, so an entry settled in between is seen either in the Stream or as
+    a row (or as a drift record), never as lost. Rows are checked against the
+    ids issued as read AFTER the database (a row's id was issued before it).
     """
     client, settings = svc.redis, svc.settings
     with svc.db.session() as session:
@@ -296,52 +412,34 @@ def verify_orders(svc: Services, voucher_id: int | None = None) -> OrderAudit:
         else:
             ids = [voucher_id]
     before = {v: redis_snapshot(client, v) for v in ids}
-    pending, malformed = _users_by_voucher(client, settings.order_stream)
-    dead, _ = _users_by_voucher(client, settings.order_dead_letter_stream)
-    db: dict[int, tuple[int | None, list[int]]] = {}
+    pending, malformed = _entries_by_voucher(client, settings.order_stream)
+    dead, _ = _entries_by_voucher(client, settings.order_dead_letter_stream)
+    db: dict[int, tuple[int | None, list[tuple[int, int]]]] = {}
     with svc.db.session() as session:  # one transaction: one snapshot of stock and rows
         for v in ids:
             stock = session.scalar(
                 select(SeckillVoucher.stock).where(SeckillVoucher.voucher_id == v)
             )
-            users = list(
-                session.scalars(select(VoucherOrder.user_id).where(VoucherOrder.voucher_id == v))
-            )
-            db[v] = (stock, users)
-    after = {v: redis_snapshot(client, v).buyers for v in ids}
+            rows = session.execute(
+                select(VoucherOrder.id, VoucherOrder.user_id).where(VoucherOrder.voucher_id == v)
+            ).all()
+            db[v] = (stock, [(int(oid), int(user)) for oid, user in rows])
+    after = {v: redis_snapshot(client, v) for v in ids}
     stats = order_stream.stream_stats(client, settings)
-
-    audits = []
-    for v in ids:
-        snap, (db_stock, users) = before[v], db[v]
-        a = VoucherAudit(v, db_stock, len(users), snap.stock, len(snap.buyers))
-        a.unsettled, a.dead_letters = len(pending.get(v, ())), len(dead.get(v, ()))
-        db_users = set(users)
-        a.duplicates = len(users) - len(db_users)
-        a.lost = len(snap.buyers - db_users - pending.get(v, set()) - dead.get(v, set()))
-        a.phantom = len(db_users - after[v])
-        if db_stock is None:
-            a.problems.append("not a seckill voucher in the database")
-        elif db_stock < 0 or (snap.stock is not None and snap.stock < 0):
-            a.problems.append("OVERSELL: negative stock")
-        if snap.stock is None and (users or snap.buyers or a.unsettled):
-            a.problems.append("orders exist but Redis has no stock for the voucher")
-        redis_initial = None if snap.stock is None else snap.stock + len(snap.buyers)
-        db_initial = None if db_stock is None else db_stock + len(users)
-        if None not in (redis_initial, db_initial) and redis_initial != db_initial:
-            a.problems.append(
-                f"initial stock differs: redis {snap.stock}+{len(snap.buyers)} "
-                f"!= db {db_stock}+{len(users)}"
-            )
-        if a.duplicates:
-            a.problems.append(f"{a.duplicates} duplicate orders")
-        if a.lost:
-            a.problems.append(f"{a.lost} reservations LOST (no row, no stream entry)")
-        if a.phantom:
-            a.problems.append(f"{a.phantom} orders without a Redis reservation")
-        if a.dead_letters:
-            a.problems.append(f"{a.dead_letters} dead-lettered reservations need attention")
-        audits.append(a)
+    audits = [
+        _audit(
+            v,
+            _Seen(
+                before[v],
+                pending.get(v, []),
+                dead.get(v, []),
+                *db[v],
+                after[v],
+                drift_records(client, v),
+            ),
+        )
+        for v in ids
+    ]
     return OrderAudit(audits, stats.length, stats.pending, stats.dead_letters, malformed)
 
 
@@ -387,4 +485,18 @@ def replay_command(entry_ids: tuple[str, ...], replay_all: bool) -> None:
     sent = dispatch_replayed(current_app.extensions["hmdp_celery"], ORDER_TASK, results)
     click.echo(line + (f"; {sent}" if sent else ""))
     if not complete:
+        raise SystemExit(1)
+
+
+@bp.cli.command("reconcile")
+@click.argument("voucher_id", required=False, type=click.IntRange(1, MAX_ID))
+def reconcile_command(voucher_id: int | None) -> None:
+    """Repair the gate state Redis lost (every live voucher, or one) and print what changed."""
+    svc = services()
+    report = Reconciler(svc.redis, svc.settings, svc.db).run(
+        None if voucher_id is None else [voucher_id], wait=LOAD_WAIT_SECONDS
+    )
+    for line in report.lines():
+        click.echo(line)
+    if any(repair.skipped for repair in report.vouchers):
         raise SystemExit(1)

@@ -2,7 +2,9 @@
 
 A seckill voucher is written to the database first (voucher + seckill row in
 one transaction) and then loaded into Redis for the gate (stock only if absent,
-window always; see :func:`cache.seckill.load_voucher`). If the Redis step fails
+window always; see :func:`cache.seckill.load_voucher`); a voucher Redis lost is
+loaded again by reconciliation (:mod:`cache.reconcile`), minus its unsettled
+reservations. If the Redis step fails
 the voucher still exists and the order route loads it on first use, so a
 creation is never half-done in a way that needs repair. Every field is checked
 before anything is written: bad input is a 400 with nothing stored.
@@ -19,6 +21,7 @@ from flask import Blueprint, Response
 from sqlalchemy import select
 
 from cache import order_stream
+from cache.reconcile import MISSING, Reconciler
 from cache.seckill import live_stocks, load_voucher
 from models.entities import MAX_ID, SeckillVoucher, Shop, Voucher
 from services import Services
@@ -209,20 +212,16 @@ def list_vouchers(shop_id: int) -> Response:
 
 
 def load_all_seckill_vouchers(svc: Services) -> int:
-    """Load every seckill voucher into Redis (stock only if absent); returns how many."""
+    """Load every seckill voucher Redis lacks (stock minus unsettled reservations); how many.
+
+    Reconciliation's "missing" mode (:mod:`cache.reconcile`): a voucher whose
+    stock and window are in Redis is left as it is (it may have sold).
+    """
     with svc.db.session() as session:
-        rows = session.execute(
-            select(
-                SeckillVoucher.voucher_id,
-                SeckillVoucher.stock,
-                SeckillVoucher.begin_time,
-                SeckillVoucher.end_time,
-            )
-        ).all()
-    for voucher_id, stock, begin, end in rows:
-        load_voucher(svc.redis, voucher_id, stock, begin, end)
+        ids = list(session.scalars(select(SeckillVoucher.voucher_id)))
+    Reconciler(svc.redis, svc.settings, svc.db).run(ids, mode=MISSING)
     order_stream.ensure_group(svc.redis, svc.settings)
-    return len(rows)
+    return len(ids)
 
 
 def post_seed(svc: Services) -> None:

@@ -1,0 +1,466 @@
+"""Reconciliation: rebuild a seckill voucher's gate state in Redis from the database and the Stream.
+
+Redis can come back with less than it acknowledged (a host crash inside the AOF
+fsync window, a failover to a lagging replica, a restore of an older snapshot,
+an operator's DEL). What it loses breaks the gate's bookkeeping:
+
+* a buyer missing from ``seckill:order:{v}`` can order again: 200 with a NEW id
+  that never becomes a row (the settle code calls it a drift event and records
+  it here: :func:`record_drift`);
+* a stock too high sells units the database no longer has (the guard refuses
+  them: 200 answers that end as oversell dead letters); too low never sells some;
+* an id counter ``icr:order:{day}`` below what it already issued repeats ids
+  (their reservations are rejected: the id belongs to another order).
+
+The truth is the database (rows, stock) plus the reservations not settled yet:
+the entries of the orders Stream and of the dead-letter stream (every 200
+answer is one of those three). :func:`reconcile` makes Redis agree with it,
+per voucher, in ONE script call against the live keys (``lua/seckill_repair.lua``):
+
+* buyers ⊇ the users of the rows and of the unsettled entries (added, never
+  removed: a buyer too many only refuses);
+* ``seckill:orderid:{v}``: the row's id for a user with a row, else the entry's;
+* stock = database stock - users with an unsettled entry and no row - what the
+  gate sold since the snapshot below (the live stock's fall since then);
+* the id counter of today's key(s) ≥ the highest count issued that day.
+
+Correct while the gate sells and workers settle, because of the order of reads:
+dead letters, then the Stream in pages, then ONE MULTI (the stocks, the
+Stream's tail since the pages, the counters: "the snapshot"), the dead letters
+again, then ONE database transaction (rows, then stock), then the repair
+script. An entry settled between two reads is either seen as a row (and not
+subtracted: deduplicated by order id) or seen pending while the database
+already took its unit (subtracted twice: the stock errs LOW, never high); an
+entry moved between the Stream and the dead letters is seen at least once
+(deduplicated by order id); a reservation after the snapshot is counted by
+the live stock's fall (if it also settled before the database read, once more:
+low again). The only stock writers are the gate (DECR), the load of a missing
+stock (:data:`MISSING`, this module too) and this repair, which runs under a
+per-voucher lock. Too low is repaired by the next run, when sales are quiet.
+
+Loading a voucher whose stock key is missing (the order route after the gate
+said "unknown", ``flask seed``) is the same repair in :data:`MISSING` mode:
+the stock is written only if absent, minus the unsettled reservations, never
+the database stock as it is (that would sell the pending units again).
+
+The drift found per voucher (buyers added + ids fixed + stock moved) is kept
+in ``seckill:reconcile`` for :data:`DRIFT_HOLD_MS` and exported as the gauge
+``hmdp_seckill_drift{voucher}`` (web/metrics.py), alerted on.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy import func, select
+
+from models.entities import SeckillVoucher, VoucherOrder, utcnow
+from models.session import Database
+from settings import Settings
+
+from .ids import EPOCH, ID_KEY_TTL, MAX_COUNT, day_key
+from .locks import RLock, acquire_all, release_all
+from .order_stream import MalformedEntry, OrderEntry, iter_stream
+from .scripts import load_script
+from .seckill import ID_PREFIX, epoch_ms, order_id_key, order_set_key, stock_key, window_key
+
+log = logging.getLogger(__name__)
+
+ALWAYS = "always"  # correct the stock whatever it is (beat, `flask orders reconcile`)
+MISSING = "missing"  # write the stock only where it is absent (loading a voucher)
+LOCK_KEY = "lock:seckill-reconcile:{voucher_id}"
+DRIFT_KEY = "seckill:drift:{voucher_id}"
+FOUND_KEY = "seckill:reconcile"
+DRIFT_HOLD_MS = 15 * 60 * 1000  # a repair stays visible in the gauge this long
+CLOCK_SKEW_S = 300  # web hosts may name another day's id counter this close to midnight
+
+
+def drift_key(voucher_id: int) -> str:
+    """Drift events of a voucher: hash issued order id -> who got it and what their row is."""
+    return DRIFT_KEY.format(voucher_id=voucher_id)
+
+
+# --- drift events (written by the settle code, read by the audit) -------------------------
+
+
+@dataclass(frozen=True)
+class DriftRecord:
+    """An order id answered 200 that will never be a row: the user's row has another id."""
+
+    issued_id: int
+    user_id: int
+    row_id: int
+    at_ms: int
+
+
+def record_drift(
+    client: redis.Redis, voucher_id: int, user_id: int, issued_id: int, row_id: int
+) -> None:
+    """Keep a drift event and point the buyer's records at their real order, in one MULTI.
+
+    Idempotent (a redelivered entry keeps its first record). The buyer's issued
+    id becomes the row's, so a retried order is told the order that exists. The
+    stock is left as it is: whether the extra reservation took a unit that was
+    really there depends on what Redis lost, and reconciliation decides that.
+    """
+    record = {"userId": user_id, "orderId": str(row_id), "at": int(time.time() * 1000)}
+    pipe = client.pipeline(transaction=True)
+    pipe.hsetnx(drift_key(voucher_id), str(issued_id), json.dumps(record))
+    pipe.hset(order_id_key(voucher_id), str(user_id), str(row_id))
+    pipe.sadd(order_set_key(voucher_id), str(user_id))
+    pipe.execute()
+
+
+def drift_records(client: redis.Redis, voucher_id: int) -> list[DriftRecord]:
+    """The drift events of a voucher, oldest first."""
+    records = []
+    for issued, raw in client.hgetall(drift_key(voucher_id)).items():
+        data = json.loads(raw)
+        records.append(
+            DriftRecord(int(issued), int(data["userId"]), int(data["orderId"]), int(data["at"]))
+        )
+    return sorted(records, key=lambda r: (r.at_ms, r.issued_id))
+
+
+# --- reconciliation ------------------------------------------------------------------------
+
+
+@dataclass
+class VoucherRepair:
+    """What reconciling one voucher found and changed."""
+
+    voucher_id: int
+    stock_before: int | None = None
+    stock_after: int | None = None
+    buyers_added: int = 0
+    ids_fixed: int = 0
+    sold: bool = False  # rows or unsettled entries exist (a missing stock was lost, not new)
+    skipped: str | None = None
+
+    @property
+    def drift(self) -> int:
+        """How far Redis was from the truth: buyers and ids repaired, units of stock moved."""
+        if self.stock_before is not None and self.stock_after is not None:
+            moved = abs(self.stock_after - self.stock_before)
+        else:
+            moved = int(self.stock_after is not None and self.sold)
+        return self.buyers_added + self.ids_fixed + moved
+
+    def line(self) -> str:
+        """One printable line (``flask orders reconcile``)."""
+        if self.skipped:
+            return f"voucher {self.voucher_id}: skipped ({self.skipped})"
+        return (
+            f"voucher {self.voucher_id}: stock {self.stock_before} -> {self.stock_after}, "
+            f"buyers added {self.buyers_added}, ids fixed {self.ids_fixed}, drift {self.drift}"
+        )
+
+
+@dataclass
+class ReconcileReport:
+    """One reconciliation run."""
+
+    vouchers: list[VoucherRepair] = field(default_factory=list)
+    counters_raised: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (was, now)
+
+    @property
+    def drift(self) -> int:
+        """Everything repaired in this run (0 = Redis agreed with the truth)."""
+        raised = sum(now - was for was, now in self.counters_raised.values())
+        return sum(v.drift for v in self.vouchers) + raised
+
+    def lines(self) -> list[str]:
+        """What ``flask orders reconcile`` prints."""
+        out = [v.line() for v in self.vouchers]
+        out += [f"id counter {k}: {was} -> {now}" for k, (was, now) in self.counters_raised.items()]
+        return out + [f"drift repaired: {self.drift}"]
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly, for the beat job's result and logs."""
+        return {
+            "vouchers": {v.voucher_id: (v.skipped or v.drift) for v in self.vouchers},
+            "counters_raised": self.counters_raised,
+            "drift": self.drift,
+        }
+
+
+@dataclass
+class _Unsettled:
+    """Reservations not yet rows, read around the snapshot (see the module doc)."""
+
+    by_voucher: dict[int, dict[int, OrderEntry]] = field(default_factory=dict)  # v -> oid -> e
+    order_ids: set[int] = field(default_factory=set)  # every voucher's (for the id counters)
+
+    def add(self, items: Iterable[tuple[str, dict]], vouchers: set[int]) -> str | None:
+        """Take the reservations among Stream ``items``; returns the last Stream id seen."""
+        last = None
+        for stream_id, fields in items:
+            last = stream_id
+            try:
+                entry = OrderEntry.from_fields(fields, stream_id)
+            except MalformedEntry:
+                continue  # dead-lettered by whoever reads it; not a reservation
+            self.order_ids.add(entry.order_id)
+            if entry.voucher_id in vouchers:
+                self.by_voucher.setdefault(entry.voucher_id, {})[entry.order_id] = entry
+        return last
+
+
+def _id_days(now: float) -> list[str]:
+    """The id counter keys sales may use now: today's, and a neighbour's near midnight."""
+    return sorted({day_key(ID_PREFIX, now + d) for d in (-CLOCK_SKEW_S, 0, CLOCK_SKEW_S)})
+
+
+def _day_range(key: str) -> tuple[int, int]:
+    """The order ids a day's counter key makes: [first, next day's first)."""
+    year, month, day = (int(part) for part in key.rsplit(":", 3)[-3:])
+    start = calendar.timegm((year, month, day, 0, 0, 0)) - EPOCH
+    return max(start, 0) << 32, (start + 86_400) << 32
+
+
+def _count_floors(keys: list[str], ids: Iterable[int]) -> dict[str, int]:
+    """The highest count among ``ids`` per counter key of ``keys``."""
+    floors = dict.fromkeys(keys, 0)
+    for order_id in ids:
+        key = day_key(ID_PREFIX, EPOCH + (order_id >> 32))
+        if key in floors:
+            floors[key] = max(floors[key], order_id & MAX_COUNT)
+    return floors
+
+
+@dataclass
+class _Voucher:
+    """The database's view of one voucher, from one transaction."""
+
+    voucher_id: int
+    stock: int
+    begin_ms: int
+    end_ms: int
+    rows: dict[int, int]  # user id -> order id
+
+
+def _read_database(
+    db: Database, voucher_ids: list[int], day_keys: list[str]
+) -> tuple[dict[int, _Voucher], dict[str, int]]:
+    """Rows, then stock, of each voucher, and each day's highest issued count: ONE transaction.
+
+    Rows before stock: a settle between the two reads (if the snapshot is not
+    one) shows its unit taken but not its row: the entry is then subtracted
+    too, so the stock errs low.
+    """
+    found: dict[int, _Voucher] = {}
+    floors: dict[str, int] = {}
+    with db.session() as session:
+        for v in voucher_ids:
+            rows = session.execute(
+                select(VoucherOrder.user_id, VoucherOrder.id).where(VoucherOrder.voucher_id == v)
+            ).all()
+            voucher = session.get(SeckillVoucher, v)
+            if voucher is not None:
+                found[v] = _Voucher(
+                    v,
+                    int(voucher.stock),
+                    epoch_ms(voucher.begin_time),
+                    epoch_ms(voucher.end_time),
+                    {int(user): int(oid) for user, oid in rows},
+                )
+        for key in day_keys:
+            low, high = _day_range(key)
+            top = session.scalar(
+                select(func.max(VoucherOrder.id.op("&")(MAX_COUNT))).where(
+                    VoucherOrder.id >= low, VoucherOrder.id < high
+                )
+            )
+            floors[key] = int(top or 0)
+    return found, floors
+
+
+def live_vouchers(db: Database) -> list[int]:
+    """Seckill vouchers whose sale has not ended (the ones whose gate state matters)."""
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(SeckillVoucher.voucher_id)
+                .where(SeckillVoucher.end_time > utcnow())
+                .order_by(SeckillVoucher.voucher_id)
+            )
+        )
+
+
+class Reconciler:
+    """Reconciles vouchers for one Redis client and database (create once per process)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, db: Database):
+        self.client = client
+        self.settings = settings
+        self.db = db
+        self.repair_script = load_script(client, "seckill_repair")
+        self.floor_script = load_script(client, "counter_floor")
+
+    def run(
+        self, voucher_ids: list[int] | None = None, *, mode: str = ALWAYS, wait: float = 0.0
+    ) -> ReconcileReport:
+        """Reconcile ``voucher_ids`` (default: every live voucher); see the module doc.
+
+        A voucher another reconciliation holds is skipped (``wait`` > 0: waited
+        for, up to that many seconds, then skipped). In :data:`MISSING` mode a
+        voucher whose stock and window are both present is left alone.
+        """
+        ids = live_vouchers(self.db) if voucher_ids is None else list(voucher_ids)
+        report = ReconcileReport()
+        locks = {v: RLock(self.client, LOCK_KEY.format(voucher_id=v)) for v in ids}
+        if wait > 0:
+            held = [lock for lock in locks.values() if lock.acquire(True, wait_timeout=wait)]
+        else:
+            held = acquire_all(self.client, list(locks.values()))
+        try:
+            taken = [v for v in ids if locks[v] in held]
+            report.vouchers += [VoucherRepair(v, skipped="busy") for v in ids if v not in taken]
+            if mode == MISSING:
+                taken = self._missing(taken)
+            if taken:
+                self._reconcile(taken, mode, report)
+        finally:
+            if held:
+                release_all(self.client, held)
+        if voucher_ids is None or report.drift:
+            self._keep_found(report, replace=voucher_ids is None)
+        if report.drift:
+            log.warning("seckill state reconciled: %s", report.as_dict())
+        return report
+
+    def _missing(self, voucher_ids: list[int]) -> list[int]:
+        pipe = self.client.pipeline(transaction=False)
+        for v in voucher_ids:
+            pipe.exists(stock_key(v), window_key(v))
+        return [v for v, present in zip(voucher_ids, pipe.execute(), strict=True) if present < 2]
+
+    def _reconcile(self, voucher_ids: list[int], mode: str, report: ReconcileReport) -> None:
+        s = self.settings
+        wanted = set(voucher_ids)
+        unsettled = _Unsettled()
+        unsettled.add(iter_stream(self.client, s.order_dead_letter_stream), wanted)
+        last = unsettled.add(iter_stream(self.client, s.order_stream), wanted)
+        day_keys = _id_days(time.time())
+        pipe = self.client.pipeline(transaction=True)  # the snapshot
+        for v in voucher_ids:
+            pipe.get(stock_key(v))
+        pipe.xrange(s.order_stream, min="-" if last is None else "(" + last, max="+")
+        for key in day_keys:
+            pipe.get(key)
+        replies = pipe.execute()
+        stocks = dict(zip(voucher_ids, replies[: len(voucher_ids)], strict=True))
+        unsettled.add(replies[len(voucher_ids)], wanted)
+        unsettled.add(iter_stream(self.client, s.order_dead_letter_stream), wanted)
+        found, db_floors = _read_database(self.db, voucher_ids, day_keys)
+        issued: set[int] = set(unsettled.order_ids)
+        for v in voucher_ids:
+            voucher = found.get(v)
+            if voucher is None:
+                report.vouchers.append(VoucherRepair(v, skipped="not a seckill voucher"))
+                continue
+            entries = unsettled.by_voucher.get(v, {})
+            report.vouchers.append(self._repair(voucher, entries, stocks[v], mode, issued))
+        self._raise_counters(day_keys, db_floors, issued, report)
+
+    def _repair(
+        self,
+        voucher: _Voucher,
+        entries: dict[int, OrderEntry],
+        snapshot_stock: str | None,
+        mode: str,
+        issued: set[int],
+    ) -> VoucherRepair:
+        v, rows = voucher.voucher_id, voucher.rows
+        row_ids = set(rows.values())
+        waiting = [e for e in entries.values() if e.order_id not in row_ids]
+        takers = {e.user_id for e in waiting if e.user_id not in rows}  # each takes one unit
+        pipe = self.client.pipeline(transaction=False)
+        pipe.smembers(order_set_key(v))
+        pipe.hgetall(order_id_key(v))
+        members, known_ids = pipe.execute()
+        issued.update(int(i) for i in known_ids.values())
+        buyers = set(rows) | {e.user_id for e in entries.values()}
+        missing = sorted(u for u in buyers if str(u) not in members)
+        forced = [(u, oid) for u, oid in sorted(rows.items()) if known_ids.get(str(u)) != str(oid)]
+        absent: dict[int, int] = {}
+        for e in waiting:
+            if e.user_id not in rows and str(e.user_id) not in known_ids:
+                absent.setdefault(e.user_id, e.order_id)
+        args: list[object] = [
+            mode,
+            "" if snapshot_stock is None else snapshot_stock,
+            voucher.stock - len(takers),
+            voucher.begin_ms,
+            voucher.end_ms,
+            len(missing),
+            *missing,
+            len(forced),
+            *(x for pair in forced for x in pair),
+            *(x for pair in sorted(absent.items()) for x in pair),
+        ]
+        keys = [stock_key(v), window_key(v), order_set_key(v), order_id_key(v)]
+        before, after, added, fixed = self.repair_script(keys=keys, args=args)
+        return VoucherRepair(
+            v,
+            None if before == "" else int(before),
+            None if after == "" else int(after),
+            int(added),
+            int(fixed),
+            sold=bool(rows or entries),
+        )
+
+    def _raise_counters(
+        self,
+        day_keys: list[str],
+        db_floors: dict[str, int],
+        issued: set[int],
+        report: ReconcileReport,
+    ) -> None:
+        floors = _count_floors(day_keys, issued)
+        for key in day_keys:
+            floor = max(floors[key], db_floors.get(key, 0))
+            if floor == 0:
+                continue
+            was = int(self.floor_script(keys=[key], args=[floor, ID_KEY_TTL]))
+            if was >= 0:
+                report.counters_raised[key] = (was, floor)
+
+    def _keep_found(self, report: ReconcileReport, replace: bool) -> None:
+        """Record each voucher's drift for the gauge; a repair stays :data:`DRIFT_HOLD_MS`.
+
+        ``replace`` (a run over every live voucher): vouchers no longer live drop out.
+        """
+        now = int(time.time() * 1000)
+        old = self.client.hgetall(FOUND_KEY)
+        values: dict[str, str] = {}
+        for repair in report.vouchers:
+            name = str(repair.voucher_id)
+            drift, at = (int(x) for x in old.get(name, "0:0").split(":"))
+            if repair.skipped or (repair.drift == 0 and drift and now - at < DRIFT_HOLD_MS):
+                if name in old:
+                    values[name] = old[name]
+            else:
+                values[name] = f"{repair.drift}:{now}"
+        pipe = self.client.pipeline(transaction=True)
+        if replace:
+            pipe.delete(FOUND_KEY)
+        if values:
+            pipe.hset(FOUND_KEY, mapping=values)
+        pipe.execute()
+
+
+def parse_found(found: dict[str, str]) -> dict[int, int]:
+    """``seckill:reconcile`` as voucher -> drift (for the gauge, read at scrape time)."""
+    return {int(v): int(raw.split(":")[0]) for v, raw in found.items() if v.isdigit()}
+
+
+def found_drift(client: redis.Redis) -> dict[int, int]:
+    """The drift the last reconciliations found per voucher (held for a while)."""
+    return parse_found(client.hgetall(FOUND_KEY))

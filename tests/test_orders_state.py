@@ -1,0 +1,439 @@
+"""Redis losing gate state (issue 14, points 4-6): drift events, reconciliation, reloading stock.
+
+Real Redis and real databases. Redis "loses" state for real: keys deleted as an
+operator would, or (the process test) redis-server killed and restarted from a
+copy of its AOF taken before the last reservations. After every fault the audit
+(``verify_orders``) is asserted: exact where the fault was repaired, and
+reporting exactly the ids that will never be rows where it cannot be.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+from support.seckill import add_shop, create_seckill, db_orders, db_stock
+
+from cache.ids import decode
+from cache.order_stream import OrderEntry
+from cache.reconcile import FOUND_KEY, MISSING, Reconciler, drift_records, found_drift
+from cache.seckill import OK, SOLD_OUT, SeckillGate
+from cache.server import EmbeddedRedis
+from tasks.orders import CREATED, DRIFT, run_order_task, settle_order
+from web.orders import verify_orders
+
+
+@pytest.fixture
+def admin(login_as, services):  # type: ignore[no-untyped-def]
+    add_shop(services)
+    return login_as(1, role="admin")
+
+
+def _order(client, login_as, voucher_id: int, user: int):  # type: ignore[no-untyped-def]
+    return client.post(f"/voucher-order/seckill/{voucher_id}", headers=login_as(user))
+
+
+def _entries(services) -> list[OrderEntry]:  # type: ignore[no-untyped-def]
+    stream = services.redis.xrange(services.settings.order_stream)
+    return [OrderEntry.from_fields(fields, sid) for sid, fields in stream]
+
+
+def _settle_all(services) -> None:  # type: ignore[no-untyped-def]
+    for entry in _entries(services):
+        settle_order(services, entry)
+
+
+def _drift_events() -> float:
+    return REGISTRY.get_sample_value("hmdp_order_drift_total") or 0.0
+
+
+def _reserve(services, voucher_id: int, users) -> dict[int, int]:  # type: ignore[no-untyped-def]
+    gate = SeckillGate(services.redis, services.settings)
+    ids = {}
+    for user in users:
+        result = gate.reserve(voucher_id, user)
+        assert result.ok, result
+        ids[user] = result.order_id
+    return ids
+
+
+# --- point 4: a second reservation of one buyer is a drift event ------------------------------
+
+
+def test_a_buyer_redis_forgot_orders_again_and_the_audit_names_the_id_that_will_never_exist(
+    app, client, admin, login_as, services
+):
+    voucher_id = create_seckill(client, admin, stock=10)
+    first = _order(client, login_as, voucher_id, 7).json["data"]
+    _settle_all(services)
+    # Redis loses the buyer (and the id issued to them): they can order again
+    services.redis.srem(f"seckill:order:{voucher_id}", "7")
+    services.redis.hdel(f"seckill:orderid:{voucher_id}", "7")
+    again = _order(client, login_as, voucher_id, 7)
+    assert again.status_code == 200 and again.json["data"] != first
+    second = again.json["data"]
+    audit = verify_orders(services, voucher_id)  # before it settles: already foreseen
+    (never,) = audit.vouchers[0].never_rows
+    assert (never.order_id, never.user_id, never.row_id) == (int(second), 7, int(first))
+    assert not audit.ok
+
+    events = _drift_events()
+    (entry,) = _entries(services)
+    assert run_order_task(services, entry.to_payload()) == DRIFT  # the batch path
+    assert _drift_events() == events + 1
+    assert services.redis.xlen(services.settings.order_stream) == 0  # acknowledged
+    assert db_orders(services, voucher_id) == [(int(first), 7)]  # no second row
+    (record,) = drift_records(services.redis, voucher_id)
+    assert (record.issued_id, record.user_id, record.row_id) == (int(second), 7, int(first))
+    # the buyer's records point at the order that exists: a retry learns it
+    retry = _order(client, login_as, voucher_id, 7)
+    assert (retry.status_code, retry.json["data"]) == (409, first)
+
+    result = app.test_cli_runner().invoke(args=["orders", "verify", str(voucher_id)])
+    assert result.exit_code == 1, result.output
+    assert (
+        f"order id {second} answered 200 to user 7 will never exist: their order is {first}"
+        in result.output
+    )
+    audit = verify_orders(services, voucher_id)
+    assert [n.order_id for n in audit.vouchers[0].never_rows] == [int(second)]
+    assert audit.vouchers[0].unissued == 0
+
+
+def test_drift_through_the_one_order_path_is_recorded_once_however_often_delivered(
+    client, admin, services
+):
+    voucher_id = create_seckill(client, admin, stock=10)
+    ids = _reserve(services, voucher_id, [3])
+    _settle_all(services)
+    services.redis.srem(f"seckill:order:{voucher_id}", "3")
+    twin = _reserve(services, voucher_id, [3])[3]
+    (entry,) = _entries(services)
+    assert settle_order(services, entry) == DRIFT
+    assert settle_order(services, entry) == DRIFT  # a redelivery: nothing written twice
+    (record,) = drift_records(services.redis, voucher_id)
+    assert (record.issued_id, record.row_id) == (twin, ids[3])
+    assert len(db_orders(services, voucher_id)) == 1 and db_stock(services, voucher_id) == 9
+
+
+def test_the_audit_checks_row_ids_against_the_ids_the_gate_issued(client, admin, services, app):
+    voucher_id = create_seckill(client, admin, stock=10)
+    ids = _reserve(services, voucher_id, [4, 5, 6])
+    _settle_all(services)
+    assert verify_orders(services, voucher_id).ok
+    # Redis says user 4 was issued another id than their row has
+    services.redis.hset(f"seckill:orderid:{voucher_id}", "4", str(ids[4] + 99))
+    audit = verify_orders(services, voucher_id).vouchers[0]
+    assert audit.unissued == 1 and not audit.ok
+    services.redis.hset(f"seckill:orderid:{voucher_id}", "4", str(ids[4]))
+    # a reservation whose entry vanished without a row: its id is listed as lost
+    lost = _reserve(services, voucher_id, [8])[8]
+    (entry,) = _entries(services)
+    services.redis.xdel(services.settings.order_stream, entry.stream_id)
+    audit = verify_orders(services, voucher_id).vouchers[0]
+    assert audit.lost == 1
+    assert [(n.order_id, n.user_id, n.row_id) for n in audit.never_rows] == [(lost, 8, None)]
+    assert "no order exists for them" in audit.never_rows[0].line()
+
+
+# --- point 5: reconciliation -----------------------------------------------------------------
+
+
+def test_reconcile_rebuilds_buyers_ids_stock_and_the_id_counter(
+    app, client, admin, login_as, services, settings
+):
+    voucher_id = create_seckill(client, admin, stock=20)
+    answered = {u: _order(client, login_as, voucher_id, u).json["data"] for u in range(1, 11)}
+    for entry in _entries(services)[:6]:
+        assert settle_order(services, entry) == CREATED  # 6 rows, 4 reservations unsettled
+    # Redis loses the voucher's gate state and the day's id counter
+    counter = [k for k in services.redis.keys("icr:order:*")]
+    services.redis.delete(
+        f"seckill:order:{voucher_id}",
+        f"seckill:orderid:{voucher_id}",
+        f"seckill:stock:{voucher_id}",
+        *counter,
+    )
+    result = app.test_cli_runner().invoke(args=["orders", "reconcile"])
+    assert result.exit_code == 0, result.output
+    assert f"voucher {voucher_id}: stock None -> 10, buyers added 10, ids fixed 10" in result.output
+    assert "id counter icr:order:" in result.output and "-> 10" in result.output
+    assert found_drift(services.redis)[voucher_id] == 21  # 10 buyers + 10 ids + 1 stock lost
+    assert services.redis.get(f"seckill:stock:{voucher_id}") == "10"  # 20 - 6 rows - 4 waiting
+    # the same users are refused as already ordered, with their ids
+    for user, order_id in answered.items():
+        again = _order(client, login_as, voucher_id, user)
+        assert (again.status_code, again.json["data"]) == (409, order_id)
+    # the rest sells exactly once, with ids never issued before
+    fresh = [_order(client, login_as, voucher_id, u) for u in range(11, 26)]
+    sold = [r.json["data"] for r in fresh if r.status_code == 200]
+    assert len(sold) == 10 and not set(sold) & set(answered.values())
+    assert all(decode(int(i))[1] > 10 for i in sold)
+    assert {r.json["errorMsg"] for r in fresh if r.status_code != 200} == {"sold out"}
+    _settle_all(services)
+    assert len(db_orders(services, voucher_id)) == 20 and db_stock(services, voucher_id) == 0
+    audit = verify_orders(services, voucher_id)
+    assert audit.ok and audit.unsettled == 0, audit.lines()
+    # a second run finds nothing to repair (and keeps the repair visible for the gauge)
+    report = Reconciler(services.redis, settings, services.db).run()
+    assert report.drift == 0 and found_drift(services.redis)[voucher_id] == 21
+    assert services.redis.hexists(FOUND_KEY, str(voucher_id))
+
+
+def test_reconcile_lowers_a_stock_redis_restored_too_high(client, admin, login_as, services):
+    voucher_id = create_seckill(client, admin, stock=5)
+    for user in range(1, 4):
+        _order(client, login_as, voucher_id, user)
+    _settle_all(services)
+    # an older copy of Redis: 3 units were sold since, Redis does not know
+    services.redis.set(f"seckill:stock:{voucher_id}", 5)
+    services.redis.delete(f"seckill:order:{voucher_id}", f"seckill:orderid:{voucher_id}")
+    (repair,) = Reconciler(services.redis, services.settings, services.db).run().vouchers
+    assert (repair.stock_before, repair.stock_after) == (5, 2)
+    codes = [_order(client, login_as, voucher_id, u).status_code for u in range(1, 8)]
+    assert codes == [409, 409, 409, 200, 200, 409, 409]
+    _settle_all(services)
+    assert verify_orders(services, voucher_id).ok
+    assert services.redis.xlen(services.settings.order_dead_letter_stream) == 0  # no oversell
+
+
+def test_reconcile_while_sales_and_settlements_run_never_sells_a_unit_twice(
+    app, client, admin, services, settings
+):
+    """Sellers, a settler and reconciliations at once: the stock may err low, never high."""
+    stock = 150
+    voucher_id = create_seckill(client, admin, stock=stock)
+    gate = SeckillGate(services.redis, settings)
+    reconciler = Reconciler(services.redis, settings, services.db)
+    answered: dict[int, int] = {}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def guarded(work):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+                stop.set()
+
+        return threading.Thread(target=run)
+
+    def sell(first: int) -> None:
+        for user in range(first, first + 2000, 2):
+            if stop.is_set():
+                return
+            result = gate.reserve(voucher_id, user)
+            if result.outcome == OK:
+                answered[user] = result.order_id
+            elif result.outcome == SOLD_OUT:
+                return
+            time.sleep(0.003)  # a sale long enough for many reconciliations
+
+    def settle() -> None:
+        while not stop.is_set():
+            entries = _entries(services)
+            if entries:
+                run_order_task(services, entries[0].to_payload())
+            else:
+                time.sleep(0.005)
+
+    runs = []
+
+    def reconcile() -> None:
+        while not stop.is_set():
+            runs.append(reconciler.run())
+
+    threads = [guarded(lambda: sell(1000)), guarded(lambda: sell(1001))]
+    helpers = [guarded(settle), guarded(reconcile)]
+    for thread in threads + helpers:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    stop.set()
+    for thread in helpers:
+        thread.join(60)
+    assert not errors, errors
+    assert len(runs) >= 5  # reconciled while selling and settling
+    assert len(answered) <= stock  # never more 200s than units
+    _settle_all(services)
+    # quiet now: one more run gives back any unit the busy runs held back, which then sells
+    reconciler.run()
+    left = int(services.redis.get(f"seckill:stock:{voucher_id}"))
+    assert left == stock - len(answered)
+    more = {u: gate.reserve(voucher_id, u) for u in range(5000, 5000 + left + 5)}
+    assert sum(r.outcome == OK for r in more.values()) == left
+    assert {r.outcome for r in more.values()} <= {OK, SOLD_OUT}
+    _settle_all(services)
+    rows = dict((user, oid) for oid, user in db_orders(services, voucher_id))
+    assert len(rows) == stock and db_stock(services, voucher_id) == 0
+    assert all(rows[user] == oid for user, oid in answered.items())  # every 200 is its row
+    assert services.redis.xlen(settings.order_dead_letter_stream) == 0  # no oversell
+    audit = verify_orders(services, voucher_id)
+    assert audit.ok and audit.unsettled == 0, audit.lines()
+
+
+@pytest.mark.process
+@pytest.mark.slow
+def test_redis_restarted_from_an_older_aof_is_reconciled(
+    app_with, tmp_path: Path, login_as, settings
+):
+    """redis-server SIGKILLed and started again from an AOF copy taken 5 reservations ago."""
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        app = app_with(redis_url=server.url)
+        services = app.extensions["hmdp"]
+        client = app.test_client()
+        login = _login_on(services)
+        add_shop(services)
+        voucher_id = create_seckill(client, login(1, "admin"), stock=20)
+        answered = {u: _order(client, login, voucher_id, u).json["data"] for u in range(1, 11)}
+        for entry in _entries(services)[:4]:
+            settle_order(services, entry)
+        aof = _aof_path(server)
+        copy = tmp_path / "aof-copy"
+        _copy(aof, copy)  # taken while running: 10 reservations, 4 rows
+        answered |= {u: _order(client, login, voucher_id, u).json["data"] for u in range(11, 16)}
+        _settle_all(services)  # 15 rows; Redis is about to forget the last 5 reservations
+        port = server.port
+        server.process.kill()
+        server.process.wait()
+        _copy(copy, aof)
+        server = EmbeddedRedis(tmp_path / "redis", port=port).start()
+        services.close()  # fresh connections to the restarted server
+        # the old copy: stock 10, buyers 1..10, the counter at 10, the 6 then-unsettled entries
+        assert services.redis.get(f"seckill:stock:{voucher_id}") == "10"
+        assert services.redis.scard(f"seckill:order:{voucher_id}") == 10
+        report = Reconciler(services.redis, services.settings, services.db).run()
+        (repair,) = report.vouchers
+        assert (repair.stock_before, repair.stock_after, repair.buyers_added) == (10, 5, 5)
+        assert report.counters_raised and all(
+            now == 15 for _, now in report.counters_raised.values()
+        )
+        login = _login_on(services)  # sessions were in the lost part of the AOF too
+        for user, order_id in answered.items():
+            again = _order(client, login, voucher_id, user)
+            assert (again.status_code, again.json["data"]) == (409, order_id)
+        fresh = {u: _order(client, login, voucher_id, u) for u in range(16, 24)}
+        sold = [r.json["data"] for r in fresh.values() if r.status_code == 200]
+        assert len(sold) == 5 and not set(sold) & set(answered.values())
+        _settle_all(services)  # the 6 entries the copy brought back are duplicates: acked
+        assert services.redis.xlen(services.settings.order_stream) == 0
+        assert len(db_orders(services, voucher_id)) == 20 and db_stock(services, voucher_id) == 0
+        assert services.redis.xlen(services.settings.order_dead_letter_stream) == 0
+        audit = verify_orders(services, voucher_id)
+        assert audit.ok and audit.unsettled == 0, audit.lines()
+    finally:
+        server.stop()
+
+
+def _login_on(services):  # type: ignore[no-untyped-def]
+    import uuid
+
+    def login(user_id: int, role: str = "user") -> dict[str, str]:
+        token = uuid.uuid4().hex
+        key = f"login:token:{token}"
+        services.redis.hset(
+            key, mapping={"id": user_id, "nickName": f"u{user_id}", "icon": "", "role": role}
+        )
+        services.redis.expire(key, 600)
+        return {"authorization": token}
+
+    return login
+
+
+def _aof_path(server: EmbeddedRedis) -> Path:
+    """Redis 7 keeps a directory of AOF parts, Redis 6 one file."""
+    directory = server.data_dir / "appendonlydir"
+    return directory if directory.is_dir() else server.data_dir / "appendonly.aof"
+
+
+def _copy(source: Path, target: Path) -> None:
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+
+
+# --- point 6: a missing stock is loaded minus the unsettled reservations -----------------------
+
+
+def test_a_missing_stock_is_loaded_minus_the_reservations_not_settled_yet(
+    client, admin, login_as, services
+):
+    voucher_id = create_seckill(client, admin, stock=10)
+    for user in range(1, 5):
+        assert _order(client, login_as, voucher_id, user).status_code == 200
+    settle_order(services, _entries(services)[0])  # 1 row, 3 reservations unsettled
+    services.redis.delete(f"seckill:stock:{voucher_id}")
+    # the next order loads it: 10 - 1 (row, in the database stock) - 3 waiting = 6, minus its own
+    assert _order(client, login_as, voucher_id, 5).status_code == 200
+    assert services.redis.get(f"seckill:stock:{voucher_id}") == "5"
+    codes = [_order(client, login_as, voucher_id, u).status_code for u in range(6, 16)]
+    assert codes.count(200) == 5
+    _settle_all(services)
+    assert len(db_orders(services, voucher_id)) == 10 and db_stock(services, voucher_id) == 0
+    assert services.redis.xlen(services.settings.order_dead_letter_stream) == 0  # no oversell
+    audit = verify_orders(services, voucher_id)
+    assert audit.ok and audit.unsettled == 0, audit.lines()
+
+
+def test_seeding_again_loads_lost_stock_minus_pending_and_keeps_present_stock(
+    client, admin, services, login_as
+):
+    from web.vouchers import post_seed
+
+    kept = create_seckill(client, admin, stock=5)
+    lost = create_seckill(client, admin, stock=9)
+    _order(client, login_as, kept, 2)
+    for user in (3, 4):
+        _order(client, login_as, lost, user)
+    services.redis.delete(f"seckill:stock:{lost}", f"seckill:window:{lost}")
+    post_seed(services)
+    assert services.redis.get(f"seckill:stock:{kept}") == "4"
+    assert services.redis.get(f"seckill:stock:{lost}") == "7"  # 9 - 2 unsettled
+    report = Reconciler(services.redis, services.settings, services.db).run(
+        [kept, lost], mode=MISSING
+    )
+    assert report.vouchers == []  # nothing missing: nothing read, nothing written
+    _settle_all(services)
+    assert verify_orders(services).ok
+
+
+# --- operations: the beat job, the gauge, the alerts ------------------------------------------
+
+
+def test_beat_reconciles_and_the_drift_found_is_a_gauge_with_alerts(
+    client, admin, services, settings
+):
+    import yaml
+    from support.env import ROOT
+
+    import celeryconfig
+    from beat.order_jobs import RECONCILE_JOB, run_reconcile
+    from tasks.app import create_celery
+
+    entry = celeryconfig.beat_schedule["reconcile-seckill-state"]
+    assert entry["task"] == RECONCILE_JOB and 0 < entry["schedule"] <= 60
+    router = create_celery(settings, services).amqp.router
+    assert router.route({}, RECONCILE_JOB)["queue"].name == "beat"
+    voucher_id = create_seckill(client, admin, stock=3)
+    _reserve(services, voucher_id, [5])
+    assert run_reconcile(services)["drift"] == 0
+    services.redis.delete(f"seckill:order:{voucher_id}")
+    assert run_reconcile(services)["drift"] == 1  # the buyer put back
+    assert services.redis.smembers(f"seckill:order:{voucher_id}") == {"5"}
+    text = client.get("/metrics").get_data(as_text=True)
+    assert f'hmdp_seckill_drift{{voucher="{voucher_id}"}} 1.0' in text
+    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
+    exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert "hmdp_seckill_drift" in exprs["HmdpSeckillStateDrift"]
+    assert "hmdp_order_drift_total" in exprs["HmdpOrderIdDrift"]
