@@ -278,7 +278,6 @@ def test_reconcile_while_sales_and_settlements_run_never_sells_a_unit_twice(
 
 
 @pytest.mark.process
-@pytest.mark.slow
 def test_redis_restarted_from_an_older_aof_is_reconciled(
     app_with, tmp_path: Path, login_as, settings
 ):
