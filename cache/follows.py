@@ -152,3 +152,14 @@ def common(
         both = set(load(user_id)) & set(load(other_id))
         return sorted(both)
     return sorted(int(m) for m in members if m != MARKER)
+
+
+def forget(client: redis.Redis, user_ids: Iterable[int]) -> int:
+    """Drop the sets of ``user_ids`` so the next read rebuilds them from the database.
+
+    For rows written behind the API's back (``flask seed``). Safe against a
+    concurrent change: its mirror step skips a missing set, and the rebuild
+    reads the committed rows.
+    """
+    keys = [follows_key(u) for u in user_ids]
+    return int(client.delete(*keys)) if keys else 0

@@ -426,8 +426,9 @@ def test_user_summary(client, seeded):
     assert envelope(client.get("/user/2"), 200)["data"] == {
         "id": 2,
         "nickName": "user_000002",
-        "icon": "",
+        "icon": "/imgs/icons/kkjtbcr.jpg",  # a demo blogger: one of the front end's avatars
     }
+    assert envelope(client.get("/user/12"), 200)["data"]["icon"] == ""  # the default avatar
 
 
 def test_unknown_users_are_404(client, seeded):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 import redis
@@ -24,7 +25,9 @@ from sqlalchemy import Select, select, update
 from cache import feed as feed_store
 from cache import likes as like_store
 from metrics import FEED_PUSHES
-from models.entities import MAX_ID, Blog, Shop, User
+from models.demo import blog_likers, is_demo_blog
+from models.entities import MAX_ID, Blog, Follow, Shop, User
+from services import Services
 from timestamps import iso_instant
 
 from .auth import current_user, login_required, require_user
@@ -301,3 +304,48 @@ def feed() -> Response:
             found = {b.id: b for b in session.scalars(select(Blog).where(Blog.id.in_(page.ids)))}
         blogs = [found[i] for i in page.ids if i in found]
     return ok({"list": _render(blogs), "minTime": page.min_time, "offset": page.offset})
+
+
+# --- seed ------------------------------------------------------------------------------------
+
+LIKE_GAP_MS = 60_000  # demo likes: one a minute after the blog appeared
+
+
+def post_seed(svc: Services) -> None:
+    """``flask seed``: the Redis side of the demo blogs, their likers and the feeds.
+
+    * A demo blog's like ZSET is written only when it is missing while the
+      counter holds exactly the demo's likes (a fresh seed, or Redis lost the
+      set): likes and unlikes made since are never undone, and ZCARD stays
+      equal to ``tb_blog.liked``.
+    * Every demo blog is pushed into the feed of each user who follows its
+      author, scored by its publish time as publishing does (ZADD: a second
+      seed adds nothing).
+    """
+    client = svc.redis
+    with svc.db.sessions() as session:
+        rows = [
+            row
+            for row in session.execute(select(Blog.id, Blog.user_id, Blog.liked, Blog.create_time))
+            if is_demo_blog(row.id, row.user_id)
+        ]
+        followers: dict[int, list[int]] = {}
+        for follower, followed in session.execute(select(Follow.user_id, Follow.follow_user_id)):
+            followers.setdefault(followed, []).append(follower)
+    exists = client.pipeline(transaction=False)
+    for row in rows:
+        exists.exists(like_store.liked_key(row.id))
+    present = exists.execute()
+    writes = client.pipeline(transaction=False)
+    for row, there in zip(rows, present, strict=True):
+        likers = blog_likers(row.id)
+        if there or not likers or row.liked != len(likers):
+            continue
+        published = int(row.create_time.replace(tzinfo=UTC).timestamp() * 1000)
+        scores = {str(u): published + (i + 1) * LIKE_GAP_MS for i, u in enumerate(likers)}
+        writes.zadd(like_store.liked_key(row.id), scores, nx=True)
+    writes.execute()
+    inbox = svc.settings.feed_inbox_size
+    for row in rows:
+        published = int(row.create_time.replace(tzinfo=UTC).timestamp() * 1000)
+        feed_store.push(client, followers.get(row.user_id, []), row.id, published, inbox)

@@ -16,7 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cache import follows as follow_store
+from models.demo import BLOGGERS, SOCIAL_USERS
 from models.entities import Follow, User, UserInfo
+from services import Services
 
 from .auth import login_required, require_user
 from .envelope import BadRequest, Conflict, NotFound, ok
@@ -123,3 +125,8 @@ def common_follows(target: str) -> Response:
     ids = follow_store.common(services().redis, me, target_id, followed_ids)
     with services().db.sessions() as session:
         return ok(user_summaries(session, ids))
+
+
+def post_seed(svc: Services) -> None:
+    """``flask seed`` wrote follow rows directly: the demo users' sets are rebuilt from them."""
+    follow_store.forget(svc.redis, sorted({*SOCIAL_USERS, *BLOGGERS}))

@@ -18,9 +18,7 @@ def upgrade() -> None:
     op.create_table(
         "tb_upload",
         sa.Column("path", sa.String(length=128), nullable=False),
-        sa.Column(
-            "user_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("user_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("media_type", sa.String(length=16), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
         sa.Column(
