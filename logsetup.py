@@ -3,7 +3,7 @@
 Every process (web server and its workers, Celery workers, beat) logs through one handler
 on the root logger whose formatter writes ``{"ts", "level", "logger", "msg",
 "request_id", ...}``. The request id lives in a context variable: the web tier
-sets it per request (:mod:`web.logging`), the Celery hooks carry it in a message
+sets it per request (:mod:`web.exchange`), the Celery hooks carry it in a message
 header into the task it dispatched and set it again around the task run
 (:mod:`tasks.logging`), so one grep follows a flash-sale order from nginx to
 the database write.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
-import os
+import random
 import re
 import sys
 import traceback
@@ -49,10 +49,11 @@ def valid_request_id(value: str | None) -> str | None:
 def new_request_id() -> str:
     """A fresh id for a request that did not bring a valid one.
 
-    128 random bits as 32 hex digits, like ``uuid4().hex`` at a third of its cost
-    (this runs on every request of the shop fast path).
+    128 random bits as 32 hex digits. An id must be unique, not secret, so the
+    bits come from the process's Mersenne Twister (reseeded from the OS in a
+    forked child), without a system call: this runs on every request.
     """
-    return os.urandom(16).hex()
+    return "%032x" % random.getrandbits(128)  # noqa: UP031 (the fastest of the formats)
 
 
 def current_request_id() -> str | None:

@@ -165,7 +165,7 @@ def children():
 @pytest.fixture
 def access_lines():
     """The hmdp.access records of this test, formatted as the processes do."""
-    from web.logging import access_log
+    from web.exchange import access_log
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

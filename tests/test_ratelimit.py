@@ -38,13 +38,8 @@ from cache.ratelimit import (
 from cache.server import free_port
 from settings import Settings
 from web.auth import UserSummary
-from web.ratelimit import (
-    EXTENSION,
-    ROUTE_LIMITS,
-    RouteLimit,
-    RouteLimiter,
-    forwarded_client_ip,
-)
+from web.exchange import forwarded_client_ip
+from web.ratelimit import EXTENSION, ROUTE_LIMITS, RouteLimit, RouteLimiter
 from web.sms import EXTENSION as SENDER
 from web.sms import MemoryCodeSender
 

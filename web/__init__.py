@@ -16,12 +16,13 @@ from services import Services
 from settings import Settings
 from tasks.app import create_celery
 
+from . import shop_cache, visits
 from .auth import register_auth
 from .cli import register_cli
 from .errors import register_error_handlers
+from .exchange import register_request_layer
 from .fastpath import install as install_fast_path
 from .ids import IdConverter
-from .logging import register_request_logging
 from .metrics import register_metrics
 from .ratelimit import register_ratelimit
 
@@ -73,9 +74,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Used only to send tasks by name; the broker is contacted on first send.
     app.extensions["hmdp_celery"] = create_celery(settings, services)
     app.extensions["hmdp_post_seed"] = []
+    shop_cache.install(app)
+    visits.install(app, services)
 
-    register_request_logging(app, settings.access_log)  # first: the request id
-    register_metrics(app, services)
+    http_metrics = register_metrics(app, services)
+    register_request_layer(app, http_metrics, settings.access_log)  # first hook: the request id
     register_error_handlers(app)
     register_auth(app)
     register_ratelimit(app, settings)  # after auth: per-user limits need the user

@@ -5,6 +5,9 @@ Views declare who may call them with ``@login_required`` or ``@admin_required``
 ``authorization`` header, loads the session hash ``login:token:{token}`` from
 Redis, refreshes its TTL (sliding session) and enforces the marker, so no view
 checks a token itself and a new route cannot forget to.
+
+The user is a fact of the request's :class:`web.exchange.Exchange`, loaded once
+(:func:`load_user`) by this hook or by a WSGI fast path (web/order_fastpath.py).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, request
 
 from cache.login import TOKEN_KEY, load_session
 from services import Services
 
 from .envelope import Forbidden, Unauthorized
+from .exchange import NOT_LOGGED_IN, Exchange, current_exchange, usable_token
 from .runtime import services
 
 F = TypeVar("F", bound=Callable)
@@ -32,6 +36,7 @@ __all__ = [
     "admin_required",
     "current_token",
     "current_user",
+    "load_user",
     "login_required",
     "register_auth",
     "require_user",
@@ -39,7 +44,6 @@ __all__ = [
     "session_user",
     "usable_token",
 ]
-MAX_TOKEN_LENGTH = 128
 ACCESS_ATTR = "_hmdp_access"  # "user" or "admin"
 
 
@@ -95,32 +99,20 @@ def required_access(endpoint: str | None) -> str | None:
 
 def current_user() -> UserSummary | None:
     """The logged-in user of this request, if any."""
-    return g.get("user")
+    return current_exchange().user
 
 
 def require_user() -> UserSummary:
     """The logged-in user; views marked login_required can rely on it."""
     user = current_user()
     if user is None:
-        raise Unauthorized("not logged in")
+        raise Unauthorized(NOT_LOGGED_IN)
     return user
 
 
 def current_token() -> str:
     """The raw token this request carries ("" if none)."""
     return (request.headers.get("authorization") or "").strip()
-
-
-def usable_token(raw: str | None) -> str | None:
-    """The token of an ``authorization`` header value, or None if it cannot be a session.
-
-    One rule for the auth hook and the WSGI fast paths (web/order_fastpath.py),
-    which read the header from the WSGI environ without a Flask request.
-    """
-    token = (raw or "").strip()
-    if not token or len(token) > MAX_TOKEN_LENGTH:
-        return None
-    return token
 
 
 def session_user(svc: Services, token: str) -> UserSummary | None:
@@ -134,10 +126,13 @@ def session_user(svc: Services, token: str) -> UserSummary | None:
         return None
 
 
-def _load_session() -> UserSummary | None:
-    """The session of this request's token, its TTL refreshed; None if absent or bad."""
-    token = usable_token(request.headers.get("authorization"))
-    return None if token is None else session_user(services(), token)
+def load_user(exchange: Exchange, svc: Services) -> UserSummary | None:
+    """The user of the request's session, loaded once per request (its TTL pushed back)."""
+    if not exchange.user_loaded:
+        token = exchange.token
+        exchange.user = None if token is None else session_user(svc, token)
+        exchange.user_loaded = True
+    return exchange.user
 
 
 def register_auth(app: Flask) -> None:
@@ -145,22 +140,22 @@ def register_auth(app: Flask) -> None:
 
     @app.before_request
     def _authenticate() -> None:
-        g.user = None
         rule = request.url_rule
         if request.method == "OPTIONS" and getattr(rule, "provide_automatic_options", False):
             return  # Flask's automatic answer (CORS preflight): runs no view, needs no token
+        exchange = current_exchange()
         access = required_access(request.endpoint)
         if access is None:
             # Public routes still see the user (e.g. isLike on a blog), but a
             # public route must not fail because the session store is down.
-            if current_token():
+            if exchange.token is not None:
                 try:
-                    g.user = _load_session()
+                    load_user(exchange, services())
                 except redis.RedisError as exc:
                     log.warning("session store unavailable, serving as anonymous: %s", exc)
             return
-        g.user = _load_session()
-        if g.user is None:
-            raise Unauthorized("not logged in")
-        if access == "admin" and g.user.role != "admin":
+        user = load_user(exchange, services())
+        if user is None:
+            raise Unauthorized(NOT_LOGGED_IN)
+        if access == "admin" and user.role != "admin":
             raise Forbidden("admin only")

@@ -52,8 +52,8 @@ def envelope(data: Any = None, error: str | None = None, total: int | None = Non
 
 
 def ok_bytes(data_json: str) -> bytes:
-    """A success around encoded JSON text, as bytes (the hot answers)."""
-    return envelope_around(data_json).encode()
+    """A success around encoded JSON text, as bytes (:func:`envelope_around`, for the hot answers)."""
+    return (_OK_HEAD + data_json + _TAIL).encode()
 
 
 @lru_cache(maxsize=256)

@@ -1,151 +1,103 @@
-"""What every WSGI fast path shares: the side effects of Flask's hooks for one route.
+"""The WSGI fast path of one Flask route: the same answer, dispatched below Flask.
 
-A fast path (web/fastpath.py, web/order_fastpath.py) answers a hot request
-below Flask; whatever it answers must leave the same traces as the Flask route
-would: the request id (the client's valid ``X-Request-ID`` or a new one),
-echoed in the response and stamped on the ``hmdp.access`` line (written when
-enabled), and prometheus-flask-exporter's HTTP metrics with the route's labels.
+A fast path (web/fastpath.py, web/order_fastpath.py) answers a hot route's
+requests without Flask's dispatch, with the route's own code and the request
+layer Flask's hooks use (web/exchange.py): the request's facts
+(:class:`~web.exchange.Exchange`), the rate-limit charge, and the one finish
+step (HTTP metrics with the route's labels, the access line, ``X-Request-ID``).
+Only the dispatch differs: a method and a path pattern instead of the URL map.
+
+What a fast path cannot answer it hands on, with its exchange in the environ,
+to ``flask_wsgi`` (Flask, or the next fast path): the request keeps its id and
+start time, and is not charged to a rate limit twice.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
 from flask import Flask
 
-from logsetup import REQUEST_ID, new_request_id, valid_request_id
+from logsetup import REQUEST_ID, REQUEST_ID_HEADER
 
-from .logging import access_log
+from .exchange import EXCHANGE_KEY, FINISH_EXTENSION, Exchange, Finish, HttpMetrics
 
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-Answer = tuple[str, list[tuple[str, str]], bytes]  # status line, headers, body
-
-
-def _http_metrics(app: Flask) -> tuple[Any, Any] | None:
-    """The exporter's request histogram and counter, looked up in its registry by name."""
-    exporter = app.extensions.get("hmdp_metrics")
-    if exporter is None:
-        return None
-    collectors = exporter.registry._names_to_collectors  # no public lookup exists
-    duration = collectors.get("flask_http_request_duration_seconds")
-    total = collectors.get("flask_http_request_total")
-    if duration is None or total is None:
-        return None
-    return duration, total
-
-
-def request_id_of(environ: dict[str, Any]) -> str:
-    """The client's valid ``X-Request-ID``, or a new one (as web/logging.py decides)."""
-    return valid_request_id(environ.get("HTTP_X_REQUEST_ID")) or new_request_id()
-
-
-class FastRoute:
-    """One Flask route answered below Flask: the side effects its hooks would have had.
-
-    ``enabled`` is False when the app has no HTTP metrics to keep (then the fast
-    path stays off: its answers must be counted where Flask's are).
-    """
-
-    def __init__(self, app: Flask, endpoint: str, method: str, statuses: Iterable[int]):
-        self.method = method
-        self.settings = app.extensions["hmdp"].settings
-        self.rule = next(r.rule for r in app.url_map.iter_rules() if r.endpoint == endpoint)
-        self.status_lines = {s: f"{s} {HTTPStatus(s).phrase.upper()}" for s in statuses}
-        metrics = _http_metrics(app)
-        self.enabled = metrics is not None
-        if metrics is not None:
-            duration, total = metrics
-            # (method, the route label, status): the exporter's label order
-            self._observe = {
-                s: duration.labels(method, self.rule, s).observe for s in self.status_lines
-            }
-            self._count = {s: total.labels(method=method, status=s).inc for s in self.status_lines}
-
-    def finish(
-        self,
-        environ: dict[str, Any],
-        status: int,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        started: float,
-        request_id: str | None = None,
-    ) -> Answer:
-        """Count, log and complete an answer as Flask's hooks would (request id, metrics, access line)."""
-        request_id = request_id or request_id_of(environ)
-        headers.append(("Content-Length", str(len(body))))
-        headers.append(("X-Request-ID", request_id))
-        elapsed = time.perf_counter() - started
-        self._observe[status](elapsed)
-        self._count[status]()
-        if self.settings.access_log:
-            token = REQUEST_ID.set(request_id)
-            try:
-                access_log.info(
-                    "%s %s %s",
-                    self.method,
-                    environ.get("PATH_INFO"),
-                    status,
-                    extra={
-                        "method": self.method,
-                        "path": environ.get("PATH_INFO"),
-                        "route": self.rule,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "remote": environ.get("REMOTE_ADDR"),
-                    },
-                )
-            finally:
-                REQUEST_ID.reset(token)
-        return self.status_lines[status], headers, body
+Answer = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
 
 
 class FastPath:
     """A WSGI middleware answering one route's requests below Flask when it can.
 
-    A subclass sets ``method``, ``path`` (its one group: the id) and ``name``,
-    and implements :meth:`_answer`: an Answer, or None to hand the request on
-    (to ``flask_wsgi``: Flask, or the next fast path). Errors in ``quiet_errors``
-    hand it on silently (Flask meets them again and answers); any other error is
-    logged first: a fast path never answers 500 itself.
+    A subclass sets ``method``, ``path`` (its one group: the id), ``endpoint``
+    (the Flask route it answers for) and the ``statuses`` it answers, and
+    implements :meth:`_answer`: an Answer, or None to hand the request on.
+    Errors in ``quiet_errors`` hand it on silently (Flask meets them again and
+    answers); any other error is logged first: a fast path never answers 500
+    itself.
     """
 
     method: str
     path: re.Pattern[str]
-    name: str
+    endpoint: str
+    statuses: tuple[int, ...]
     quiet_errors: tuple[type[Exception], ...] = ()
-    enabled = False
 
-    def __init__(self, flask_wsgi: WsgiApp):
+    def __init__(self, app: Flask, flask_wsgi: WsgiApp):
+        self.app = app
         self.flask_wsgi = flask_wsgi
+        self.services = app.extensions["hmdp"]
+        self.settings = self.services.settings
+        self.rule = next(r.rule for r in app.url_map.iter_rules() if r.endpoint == self.endpoint)
+        self._finish: Finish = app.extensions[FINISH_EXTENSION]
+        metrics: HttpMetrics = app.extensions["hmdp_metrics"]
+        self._statuses = {
+            status: (
+                f"{status} {HTTPStatus(status).phrase.upper()}",
+                metrics.recorder(self.method, self.rule, status),
+            )
+            for status in self.statuses
+        }
 
     def _wants(self, environ: dict[str, Any]) -> bool:
         """More conditions than the method and path (e.g. no login), cheap to test."""
         return True
 
-    def _answer(self, environ: dict[str, Any], id_: int) -> Answer | None:
+    def _answer(self, exchange: Exchange, id_: int) -> Answer | None:
         raise NotImplementedError
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if self.enabled and environ.get("REQUEST_METHOD") == self.method:
+        if environ.get("REQUEST_METHOD") == self.method:
             match = self.path.fullmatch(environ.get("PATH_INFO", ""))
             if match is not None and self._wants(environ):
+                exchange = environ.get(EXCHANGE_KEY) or Exchange(environ)
+                exchange.route = self.rule
+                request_id = exchange.request_id
+                context = REQUEST_ID.set(request_id)  # log lines and tasks carry it
                 try:
-                    answer = self._answer(environ, int(match.group(1)))
-                except self.quiet_errors:
-                    answer = None
-                except Exception:
-                    log.exception("%s fast path failed; handing the request to Flask", self.name)
-                    answer = None
-                if answer is not None:
-                    status, headers, body = answer
-                    start_response(status, headers)
-                    return [body]
+                    try:
+                        answer = self._answer(exchange, int(match.group(1)))
+                    except self.quiet_errors:
+                        answer = None
+                    except Exception:
+                        log.exception("%s fast path failed; handing it to Flask", self.endpoint)
+                        answer = None
+                    if answer is not None:
+                        status, headers, body = answer
+                        line, recorder = self._statuses[status]
+                        headers.append(("Content-Length", str(len(body))))
+                        headers.append((REQUEST_ID_HEADER, request_id))
+                        self._finish(exchange, status, recorder)
+                        start_response(line, headers)
+                        return [body]
+                finally:
+                    REQUEST_ID.reset(context)
+                exchange.keep()  # handed on with its facts (and a charge already made)
         return self.flask_wsgi(environ, start_response)

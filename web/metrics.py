@@ -1,8 +1,9 @@
 """``GET /metrics``: HTTP metrics by route, hmdp's own metrics, and live Redis/DB readings.
 
-* HTTP: prometheus-flask-exporter's request histogram/counter, labelled by the
-  URL rule (``/shop/<int:shop_id>``), never the raw path, so ids cannot explode
-  the label cardinality; unmatched paths share the label ``<unmatched>``.
+* HTTP: the request histogram and counter by URL rule (``/shop/<shop_id>``),
+  never the raw path (:class:`web.exchange.HttpMetrics`, recorded by the one
+  finish step of Flask's hooks and the fast paths alike); unmatched paths
+  share the label ``<unmatched>``, and scrapes are not counted.
 * With several worker processes the launcher sets ``PROMETHEUS_MULTIPROC_DIR``
   (deploy/web_server.py: a fresh directory per instance, wiped at start); every
   worker's samples are then aggregated from that directory, so a scrape counts
@@ -30,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from flask import Flask, Request, Response, request
+from flask import Flask, Response, request
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
-from prometheus_flask_exporter import PrometheusMetrics
 
 from cache import reconcile
 from cache.connection import client_options
@@ -44,14 +44,9 @@ from metrics import track_pool
 from services import Services
 from settings import Settings
 
+from .exchange import HttpMetrics
+
 log = logging.getLogger(__name__)
-
-UNMATCHED = "<unmatched>"
-
-
-def url_rule(req: Request) -> str:
-    """The route template of a request: the label value of the HTTP metrics."""
-    return req.url_rule.rule if req.url_rule is not None else UNMATCHED
 
 
 class StreamCollector(Collector):
@@ -170,13 +165,13 @@ class _Forward(Collector):
 
 
 def exposition_registry(
-    settings: Settings, exporter_registry: CollectorRegistry, extra: Iterable[Collector]
+    settings: Settings, http_registry: CollectorRegistry, extra: Iterable[Collector]
 ) -> CollectorRegistry:
     """The registry a scrape renders.
 
     Multiprocess: everything the instance's processes wrote to the shared
     directory, aggregated. Single process: this process's default registry
-    (metrics.py, process stats) plus the exporter's per-app registry.
+    (metrics.py, process stats) plus the app's HTTP metrics.
     """
     registry = CollectorRegistry()
     if settings.prometheus_multiproc_dir is not None:
@@ -185,7 +180,7 @@ def exposition_registry(
         MultiProcessCollector(registry, path=str(settings.prometheus_multiproc_dir))
     else:
         registry.register(_Forward(REGISTRY))
-        registry.register(_Forward(exporter_registry))
+        registry.register(_Forward(http_registry))
     for collector in extra:
         registry.register(collector)
     return registry
@@ -221,21 +216,14 @@ def _drop_own_live_gauges(path: str, pid: int) -> None:
         multiprocess.mark_process_dead(pid, path)
 
 
-def register_metrics(app: Flask, services: Services) -> PrometheusMetrics:
-    """Track every request by route and serve ``/metrics`` for this app."""
+def register_metrics(app: Flask, services: Services) -> HttpMetrics:
+    """Serve ``/metrics`` for this app; returns the HTTP metrics its requests are counted in."""
     settings = services.settings
-    # A registry per app: the exporter's metric objects must not collide in the
-    # process-wide default registry when a process (a test run) builds several apps.
-    exporter_registry = CollectorRegistry()
-    exporter = PrometheusMetrics(
-        app,
-        path=None,
-        registry=exporter_registry,
-        group_by=url_rule,
-        excluded_paths=["^/metrics$"],
-    )
+    # A registry per app: the HTTP metrics must not collide in the process-wide
+    # default registry when a process (a test run) builds several apps.
+    http = HttpMetrics(CollectorRegistry())
     stream = StreamCollector(settings, lambda: services.redis_url)
-    registry = exposition_registry(settings, exporter_registry, [stream])
+    registry = exposition_registry(settings, http.registry, [stream])
     if settings.prometheus_multiproc_dir is not None:
         drop_dead_processes(settings.prometheus_multiproc_dir)
         multiprocessing.util.Finalize(
@@ -246,11 +234,10 @@ def register_metrics(app: Flask, services: Services) -> PrometheusMetrics:
         )
     track_pool(services.db.engine.pool)
 
-    @exporter.do_not_track()
     def metrics_view() -> Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept"))
         return Response(encoder(registry), headers={"Content-Type": content_type})
 
     app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics_view, methods=["GET"])
-    app.extensions["hmdp_metrics"] = exporter
-    return exporter
+    app.extensions["hmdp_metrics"] = http
+    return http

@@ -13,21 +13,19 @@ filter and warms the shop types and the hot shops, like ``flask seed`` does.
 from __future__ import annotations
 
 import math
-import threading
 from datetime import tzinfo
 from functools import partial
 from typing import Any
 
 import click
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Response, current_app, request
 from sqlalchemy import select
 
-from cache.region import CacheRegion, RebuildTimeout
+from cache.region import RebuildTimeout
 from cache.shop_source import shop_json
 from cache.shops import (
     rebuild_shop_bloom,
     shop_bloom,
-    shop_near_cache,
     shop_region,
     shop_types_json,
     warm_hot_shops,
@@ -48,65 +46,16 @@ from .envelope import (
     json_response,
     ok,
 )
+from .exchange import current_exchange
 from .nearby import index_shop, load_all, position_args, shops_near
 from .runtime import services
-from .stats import record_shop_visit
+from .shop_cache import shop_answer, shop_cache
 
 bp = Blueprint("shops", __name__, cli_group="cache")
 
 NAME_PAGE_SIZE = 10
 TYPE_PAGE_SIZE = 5
 MAX_PAGE = 10_000
-REFRESH_TASK = "tasks.cache.refresh_shop"
-_EXTENSION = "hmdp_shop_cache"
-
-
-# --- the region of this app (one per process, built on first use) ---------------
-
-
-class _RegionHolder:
-    """Builds the app's region lazily: creating the app must not connect anywhere."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.region: CacheRegion | None = None
-
-    def get(self, app: Flask) -> CacheRegion:
-        region = self.region
-        if region is not None:
-            return region
-        with self.lock:
-            if self.region is None:
-                svc: Services = app.extensions["hmdp"]
-                sender = app.extensions["hmdp_celery"]
-
-                def refresher(key: str) -> None:
-                    sender.send_task(REFRESH_TASK, args=[int(key)])
-
-                self.region = shop_region(
-                    svc.redis,
-                    svc.db,
-                    svc.settings,
-                    refresher=refresher,
-                    near=shop_near_cache(svc.redis, svc.settings),
-                )
-            return self.region
-
-
-@bp.record_once
-def _install(state: Any) -> None:
-    state.app.extensions[_EXTENSION] = _RegionHolder()
-
-
-def shop_cache() -> CacheRegion:
-    """This app's shop region."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return app.extensions[_EXTENSION].get(app)
-
-
-def shop_region_holder(app: Flask) -> _RegionHolder:
-    """The holder of the app's region: ``.region`` is None until a request built it."""
-    return app.extensions[_EXTENSION]
 
 
 def _shop_id(raw: object, from_path: bool = False) -> int:
@@ -139,8 +88,7 @@ def get_shop(shop_id: str) -> Response:
         ) from None
     if text is None:
         raise NotFound("shop not found")
-    record_shop_visit(ident)  # UV: an in-process buffer insert, no I/O
-    return json_response(envelope_around(text))
+    return json_response(shop_answer(current_app, current_exchange(), ident, text))
 
 
 @bp.get("/shop-type/list")

@@ -1,0 +1,428 @@
+"""The WSGI fast paths (web/fastpath.py, web/order_fastpath.py) and Flask answer alike.
+
+Each fast path is the route's own answer dispatched below Flask, through the
+request layer Flask's hooks use (web/exchange.py). :func:`test_both_paths_answer_alike`
+plays each case twice on the same database, once with the fast paths on and once
+with them off, each on a Redis database of its own, and compares everything a
+client or an operator sees: status, the headers that matter, body bytes, the
+HTTP and business metrics, the access lines and the side effects in Redis. The
+requests of the fast run are counted where they reach Flask, so "answered below
+Flask" (or "handed on") is observed, not assumed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from support.seckill import create_seckill
+
+from cache import uv
+from cache.login import TOKEN_KEY
+from web.auth import UserSummary
+from web.fastpath import ShopFastPath
+from web.fastroute import FastPath
+from web.orders import ORDER_TASK, flush_dispatch
+from web.visits import uv_buffer
+
+SHOP_ROUTE = "/shop/<shop_id>"
+SECKILL_ROUTE = "/voucher-order/seckill/<id:voucher_id>"
+WARM_UP_IP = "10.0.0.254"
+BUSINESS_METRICS = (
+    ("hmdp_seckill_requests_total", "outcome"),
+    ("hmdp_rate_limit_rejections_total", "rule"),
+    ("hmdp_rate_limit_errors_total", None),
+)
+
+
+@dataclass(frozen=True)
+class Req:
+    """One request of a case: who sends it, and whether the fast run answers it below Flask."""
+
+    method: str
+    path: str  # "{v}" is the case's voucher, "{shop}" its shop
+    status: int
+    fast: bool = True
+    user: int | str | None = None  # a user id, "odd:<id in the session>", "raw:<header>"
+    ip: str = "10.1.1.2"
+    request_id: str | None = None  # default: one per request; "bad id" makes the server's
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    requests: tuple[Req, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+    stock: int = 5  # of the case's seckill voucher
+    shop: int = 1
+    warm_shop: bool = False  # GET the shop until the fast run serves it from its near-cache
+    prepare: Callable[[Any, int], None] | None = None  # (redis, voucher id) before the requests
+    check: Callable[[Run], None] | None = None  # further assertions on each run
+
+
+@dataclass
+class Run:
+    """What one run of a case left: answers, metrics, access lines and Redis state."""
+
+    answers: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
+    reached_flask: list[bool] = field(default_factory=list)
+    http: dict[tuple, float] = field(default_factory=dict)
+    business: dict[tuple, float] = field(default_factory=dict)
+    access: list[tuple] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    order_ids: list[str] = field(default_factory=list)
+
+
+# --- the cases ---------------------------------------------------------------------------
+
+
+def _refused_body(run: Run) -> None:
+    refused = [a for a in run.answers if a[0] == 429]
+    assert refused
+    for _, headers, body in refused:
+        assert body == (
+            b'{"success":false,"errorMsg":"too many requests; slow down","data":null,"total":null}\n'
+        )
+        assert headers["Retry-After"] == "<seconds>"  # at least 1 (_headers_that_matter)
+
+
+def _order_id_is_a_64_bit_string(run: Run) -> None:
+    assert run.order_ids and all(int(i) > 2**53 for i in run.order_ids)
+    assert run.state["tasks with the request id"] == 1
+
+
+def _one_reservation(run: Run) -> None:
+    assert run.answers[0][1]["X-RateLimit-Remaining"] == "0"
+    assert run.state["stock"] == "4" and run.state["buyers"] == {"7"}
+
+
+def _forget_voucher(redis, voucher_id: int) -> None:  # type: ignore[no-untyped-def]
+    redis.delete(f"seckill:stock:{voucher_id}", f"seckill:window:{voucher_id}")
+
+
+CASES = [
+    Case(
+        "shop hits, visits by address",
+        (
+            Req("GET", "/shop/{shop}", 200, request_id="fast-rid-1"),
+            Req("GET", "/shop/{shop}", 200, ip="10.1.1.3"),
+            Req("GET", "/shop/{shop}", 200),
+            Req("GET", "/shop/{shop}", 200, request_id="bad id with spaces"),
+        ),
+        shop=6,
+        warm_shop=True,
+        check=lambda run: run.state["uv"] == 3,  # the warm-up's address and two more
+    ),
+    Case(
+        "shop requests Flask answers",
+        (
+            Req("GET", "/shop/{shop}", 200, fast=False, user=7),  # the visitor is the user
+            Req("GET", "/shop/5", 200, fast=False),  # not in the near-cache yet
+            Req("GET", "/shop/0", 400, fast=False),
+            Req("GET", "/shop/99999999", 404, fast=False),
+            Req("GET", "/shop/{shop}/uv", 200, fast=False),
+            Req("POST", "/shop/{shop}", 405, fast=False),
+        ),
+        shop=4,
+        warm_shop=True,
+    ),
+    Case(
+        "shop query limit per address",
+        tuple(Req("GET", "/shop/{shop}", s, ip="10.9.9.9") for s in (200, 200, 200, 200, 429, 429))
+        + (Req("GET", "/shop/{shop}", 200, ip="10.9.9.10"),),
+        settings={"rate_limit_enabled": True, "rate_limit_shop_query": "4,0.001/s"},
+        warm_shop=True,
+        check=_refused_body,
+    ),
+    Case(
+        "an order",
+        (Req("POST", "/voucher-order/seckill/{v}", 200, user=5, request_id="order-rid-1"),),
+        check=_order_id_is_a_64_bit_string,
+    ),
+    Case(
+        "refusals and a missing voucher",
+        (
+            Req("POST", "/voucher-order/seckill/{v}", 200, user=5),
+            Req("POST", "/voucher-order/seckill/{v}", 409, user=5),  # with the first order id
+            Req("POST", "/voucher-order/seckill/{v}", 409, user=6),  # sold out
+            Req("POST", "/voucher-order/seckill/424242", 404, user=6),
+        ),
+        stock=1,
+    ),
+    Case(
+        "a voucher Redis lost is loaded from the database",
+        (Req("POST", "/voucher-order/seckill/{v}", 200, user=5),),
+        stock=3,
+        prepare=_forget_voucher,
+        check=lambda run: run.state["stock"] == "2",
+    ),
+    Case(
+        "no session, and a session that slides",
+        (
+            Req("POST", "/voucher-order/seckill/{v}", 401),
+            Req("POST", "/voucher-order/seckill/{v}", 401, user="raw:no-such-token"),
+            Req("POST", "/voucher-order/seckill/{v}", 401, user="raw:" + "x" * 129),
+            Req("POST", "/voucher-order/seckill/{v}", 401, user="raw:   "),
+            Req("POST", "/voucher-order/seckill/{v}", 200, user=5),
+        ),
+        check=lambda run: run.state["session 5 pushed back"] and not run.state["stray session"],
+    ),
+    *(
+        Case(
+            f"a session id the gate does not judge: {odd!r}",
+            (Req("POST", "/voucher-order/seckill/{v}", status, fast=False, user=f"odd:{odd}"),),
+        )
+        for odd, status in [("abc", 401), ("0", 200), ("-3", 200), ("007", 200), ("", 401)]
+    ),
+    Case(
+        "requests the seckill fast path hands on",
+        (
+            Req("POST", "/voucher-order/seckill/0", 404, fast=False, user=5),
+            Req("POST", f"/voucher-order/seckill/{2**63}", 404, fast=False, user=5),
+            Req("POST", "/voucher-order/seckill/{v}/", 404, fast=False, user=5),
+            Req("GET", "/voucher-order/seckill/{v}", 405, fast=False, user=5),
+        ),
+    ),
+    Case(
+        "the per-user token bucket",
+        (
+            Req("POST", "/voucher-order/seckill/{v}", 200, user=5),
+            Req("POST", "/voucher-order/seckill/{v}", 409, user=5),
+            Req("POST", "/voucher-order/seckill/{v}", 429, user=5, ip="10.1.1.9"),  # any address
+            Req("POST", "/voucher-order/seckill/{v}", 200, user=6),
+            Req("POST", "/voucher-order/seckill/{v}", 401),
+        ),
+        settings={"rate_limit_enabled": True, "rate_limit_seckill": "2,0.001/s"},
+        check=_refused_body,
+    ),
+    Case(
+        "a refused order reserves nothing",
+        (
+            Req("POST", "/voucher-order/seckill/{v}", 200, user=7),
+            Req("POST", "/voucher-order/seckill/{v}", 429, user=7),
+        ),
+        settings={"rate_limit_enabled": True, "rate_limit_seckill": "1,0.001/s"},
+        check=_one_reservation,
+    ),
+    Case(
+        "a sliding-window limit",
+        tuple(Req("POST", "/voucher-order/seckill/{v}", s, user=8) for s in (200, 409, 429)),
+        settings={"rate_limit_enabled": True, "rate_limit_seckill": "2/min"},
+        check=lambda run: run.state["stock"] == "4",
+    ),
+]
+
+
+# --- playing a case ------------------------------------------------------------------------
+
+
+def _count_flask_calls(app) -> list[int]:  # type: ignore[no-untyped-def]
+    """Wrap the innermost layer (Flask's own WSGI callable); returns the call counter."""
+    calls = [0]
+    outer, layer = None, app.wsgi_app
+    while isinstance(layer, FastPath):
+        outer, layer = layer, layer.flask_wsgi
+    flask_wsgi = layer
+
+    def counting(environ, start_response):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return flask_wsgi(environ, start_response)
+
+    if outer is None:
+        app.wsgi_app = counting
+    else:
+        outer.flask_wsgi = counting
+    return calls
+
+
+def _http_samples(app) -> dict[tuple, float]:  # type: ignore[no-untyped-def]
+    wanted = ("flask_http_request_duration_seconds_count", "flask_http_request_total")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in app.extensions["hmdp_metrics"].registry.collect()
+        for s in family.samples
+        if s.name in wanted
+    }
+
+
+def _business_samples() -> dict[tuple, float]:
+    found = {}
+    for name, _ in BUSINESS_METRICS:
+        for family in REGISTRY.collect():
+            for s in family.samples:
+                if s.name == name:
+                    found[(name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+def _delta(after: dict, before: dict) -> dict:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+def _session(redis, user_id: int | str, raw_id: str | None = None) -> str:  # type: ignore[no-untyped-def]
+    token = uuid.uuid4().hex
+    fields = UserSummary(int(user_id), f"user_{user_id}", "").to_hash() if raw_id is None else {}
+    if raw_id is not None:
+        fields = {"id": raw_id, "role": "user"}
+    redis.hset(TOKEN_KEY.format(token=token), mapping=fields)
+    redis.expire(TOKEN_KEY.format(token=token), 600)
+    return token
+
+
+def _headers_that_matter(response) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    headers = dict(response.headers.items())
+    names = {name.lower() for name in headers}
+    assert names <= {
+        "content-type",
+        "content-length",
+        "x-request-id",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "retry-after",
+        "allow",
+    }, names
+    for timed, least in (("X-RateLimit-Reset", 0), ("Retry-After", 1)):  # seconds from now
+        if timed in headers:
+            assert int(headers[timed]) >= least
+            headers[timed] = "<seconds>"
+    if re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-ID"]):
+        headers["X-Request-ID"] = "<new>"
+    return headers
+
+
+def _play(case: Case, app, voucher_id: int, access_lines) -> Run:  # type: ignore[no-untyped-def]
+    svc = app.extensions["hmdp"]
+    redis = svc.redis
+    for step in app.extensions["hmdp_post_seed"]:
+        step(svc)
+    if case.prepare is not None:
+        case.prepare(redis, voucher_id)
+    client = app.test_client()
+    calls = _count_flask_calls(app)
+    shop_path = f"/shop/{case.shop}"
+    if case.warm_shop:  # until served below Flask (the near-cache listener starts lazily)
+        deadline = time.monotonic() + 10
+        while True:
+            before = calls[0]
+            assert (
+                client.get(shop_path, environ_base={"REMOTE_ADDR": WARM_UP_IP}).status_code == 200
+            )
+            if calls[0] == before or not isinstance(app.wsgi_app, ShopFastPath):
+                break
+            assert time.monotonic() < deadline, "never served by the fast path"
+            time.sleep(0.05)
+    tokens: dict[int, str] = {}
+    run = Run()
+    http_before, business_before = _http_samples(app), _business_samples()
+    lines_before = len(access_lines())
+    for number, req in enumerate(case.requests):
+        headers = {"X-Request-ID": req.request_id or f"{case.name[:20]}-{number}".replace(" ", "-")}
+        if isinstance(req.user, int):
+            tokens.setdefault(req.user, _session(redis, req.user))
+            headers["authorization"] = tokens[req.user]
+        elif isinstance(req.user, str) and req.user.startswith("odd:"):
+            headers["authorization"] = _session(redis, 0, raw_id=req.user[4:])
+        elif isinstance(req.user, str):
+            headers["authorization"] = req.user[4:]
+        path = req.path.format(v=voucher_id, shop=case.shop)
+        before = calls[0]
+        response = client.open(
+            path, method=req.method, headers=headers, environ_base={"REMOTE_ADDR": req.ip}
+        )
+        assert response.status_code == req.status, (case.name, req, response.get_data())
+        run.reached_flask.append(calls[0] > before)
+        body = response.get_data()
+        data = response.json.get("data") if response.is_json else None
+        if isinstance(data, str) and data.isdigit() and path.startswith("/voucher-order"):
+            if data not in run.order_ids:
+                run.order_ids.append(data)
+            body = body.replace(data.encode(), f"<order {run.order_ids.index(data)}>".encode())
+        run.answers.append((response.status_code, _headers_that_matter(response), body))
+    run.http = _delta(_http_samples(app), http_before)
+    run.business = _delta(_business_samples(), business_before)
+    run.access = [
+        (line["method"], line["path"], line["route"], line["status"], line["remote"])
+        + (line["request_id"] if len(line["request_id"]) != 32 else "<new>",)
+        for line in access_lines()[lines_before:]
+    ]
+    # side effects
+    buffer = uv_buffer(app)
+    buffer.flush()
+    run.state["uv"] = uv.count(redis, case.shop, svc.clock().date())
+    run.state["stock"] = redis.get(f"seckill:stock:{voucher_id}")
+    run.state["buyers"] = redis.smembers(f"seckill:order:{voucher_id}")
+    entries = [fields for _, fields in redis.xrange(svc.settings.order_stream)]
+    run.state["stream"] = sorted(
+        (e["userId"], e["voucherId"] == str(voucher_id), e["orderId"] in run.order_ids)
+        for e in entries
+    )
+    run.state["rate-limit keys"] = sorted(redis.scan_iter("ratelimit:*"))
+    if 5 in tokens:
+        run.state["session 5 pushed back"] = redis.ttl(TOKEN_KEY.format(token=tokens[5])) > 600
+    run.state["stray session"] = bool(redis.exists(TOKEN_KEY.format(token="no-such-token")))
+    assert flush_dispatch(app)
+    tasks = redis.lrange("orders", 0, -1)
+    run.state["tasks"] = len(tasks)
+    run.state["tasks with the request id"] = sum(
+        ORDER_TASK in m and "order-rid-1" in m for m in tasks
+    )
+    return run
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_both_paths_answer_alike(case, app_with, settings, client, seeded, login_as, access_lines):
+    voucher_id = create_seckill(client, login_as(1, role="admin"), stock=case.stock)
+    runs = {}
+    for number, fast in ((1, False), (2, True)):
+        own_redis = settings.redis_url.rsplit("/", 1)[0] + f"/{number}"
+        app = app_with(
+            redis_url=own_redis,
+            shop_fast_path=fast,
+            seckill_fast_path=fast,
+            login_token_ttl=900,
+            **case.settings,
+        )
+        app.extensions["hmdp"].redis.flushdb()
+        runs[fast] = _play(case, app, voucher_id, access_lines)
+    flask, fast = runs[False], runs[True]
+    assert all(flask.reached_flask)
+    assert fast.reached_flask == [not r.fast for r in case.requests]
+    assert fast.answers == flask.answers
+    assert fast.http == flask.http
+    assert fast.business == flask.business
+    assert fast.access == flask.access
+    assert fast.state == flask.state
+    assert len(fast.access) == len(case.requests)
+    routes = {SHOP_ROUTE, SECKILL_ROUTE}
+    assert {r for _, _, r, status, *_ in fast.access if r in routes} <= routes
+    if case.check is not None:
+        case.check(fast)
+
+
+def test_a_fast_path_that_fails_after_the_charge_hands_on_a_request_charged_once(
+    app_with, settings, login_as, services
+):
+    """The bucket is charged with the gate in one script; then the database is down."""
+    broken = app_with(
+        rate_limit_enabled=True,
+        rate_limit_seckill="5,0.001/s",
+        database_url=f"sqlite:///{settings.var_dir}/no/such/dir/hmdp.db",
+    )
+    client = broken.test_client()
+    user = login_as(5)
+    remaining = []
+    for _ in range(2):
+        # unknown to Redis: the fast path loads it from the database, which fails,
+        # and hands the request to Flask, which meets the same failure
+        response = client.post("/voucher-order/seckill/424242", headers=user)
+        assert response.status_code == 503, response.json
+        remaining.append(response.headers["X-RateLimit-Remaining"])
+    assert remaining == ["4", "3"]  # one token per request, not two
+    assert services.redis.exists("ratelimit:seckill:user:5")
