@@ -21,13 +21,15 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from support.seckill import create_seckill
+from support.seckill import add_shop, create_seckill
 
 from cache import uv
 from cache.login import TOKEN_KEY
+from cache.region import encode_logical
 from web.auth import UserSummary
 from web.fastpath import ShopFastPath
 from web.fastroute import FastPath
+from web.order_fastpath import SeckillFastPath
 from web.orders import ORDER_TASK, flush_dispatch
 from web.visits import uv_buffer
 
@@ -35,9 +37,9 @@ SHOP_ROUTE = "/shop/<shop_id>"
 SECKILL_ROUTE = "/voucher-order/seckill/<id:voucher_id>"
 WARM_UP_IP = "10.0.0.254"
 BUSINESS_METRICS = (
-    ("hmdp_seckill_requests_total", "outcome"),
-    ("hmdp_rate_limit_rejections_total", "rule"),
-    ("hmdp_rate_limit_errors_total", None),
+    "hmdp_seckill_requests_total",
+    "hmdp_rate_limit_rejections_total",
+    "hmdp_rate_limit_errors_total",
 )
 
 
@@ -63,7 +65,7 @@ class Case:
     shop: int = 1
     warm_shop: bool = False  # GET the shop until the fast run serves it from its near-cache
     prepare: Callable[[Any, int], None] | None = None  # (redis, voucher id) before the requests
-    check: Callable[[Run], None] | None = None  # further assertions on each run
+    check: Callable[[Run], None] | None = None  # more assertions (on the fast run: both are equal)
 
 
 @dataclass
@@ -92,14 +94,64 @@ def _refused_body(run: Run) -> None:
         assert headers["Retry-After"] == "<seconds>"  # at least 1 (_headers_that_matter)
 
 
+def _rejected(run: Run, rule: str) -> float:
+    return run.business.get(("hmdp_rate_limit_rejections_total", (("rule", rule),)), 0.0)
+
+
 def _order_id_is_a_64_bit_string(run: Run) -> None:
     assert run.order_ids and all(int(i) > 2**53 for i in run.order_ids)
+    assert run.state["stream"] == [("5", True, True)]
     assert run.state["tasks with the request id"] == 1
+    assert run.access[0][5] == "order-rid-1" and run.answers[0][1]["X-Request-ID"] == "order-rid-1"
+    assert run.business[("hmdp_seckill_requests_total", (("outcome", "ok"),))] == 1
+
+
+def _shop_hits(run: Run) -> None:
+    assert run.state["uv"] == 3  # the warm-up's address and two more
+    assert run.answers[0][1]["X-Request-ID"] == "fast-rid-1"
+    assert run.answers[-1][1]["X-Request-ID"] == "<new>"  # an invalid one is replaced
+    assert all(b'"id":6,' in body for _, _, body in run.answers)
+
+
+def _refusals(run: Run) -> None:
+    assert run.answers[1][2] == (
+        b'{"success":false,"errorMsg":"already ordered","data":"<order 0>","total":null}\n'
+    )
+    assert b'"sold out"' in run.answers[2][2] and b'"voucher not found"' in run.answers[3][2]
+
+
+def _shop_limit(run: Run) -> None:
+    _refused_body(run)
+    assert all("X-RateLimit-Remaining" in a[1] for a in run.answers)
+    assert _rejected(run, "shop_query") == 2
+
+
+def _loaded_from_the_database(run: Run) -> None:
+    assert run.state["stock"] == "2"
+
+
+def _sessions(run: Run) -> None:
+    assert run.state["session 5 pushed back"]  # the TTL slid to the session TTL
+    assert not run.state["stray session"]  # an unknown token creates nothing
+    assert run.state["stock"] == "4"
+
+
+def _per_user_bucket(run: Run) -> None:
+    _refused_body(run)
+    assert all("X-RateLimit-Remaining" in a[1] for a in run.answers[:4])
+    assert "ratelimit:seckill:user:5" in run.state["rate-limit keys"]
+    assert _rejected(run, "seckill") == 1
 
 
 def _one_reservation(run: Run) -> None:
     assert run.answers[0][1]["X-RateLimit-Remaining"] == "0"
     assert run.state["stock"] == "4" and run.state["buyers"] == {"7"}
+    assert _rejected(run, "seckill") == 1
+
+
+def _sliding_window(run: Run) -> None:
+    assert run.state["stock"] == "4"
+    assert _rejected(run, "seckill") == 1  # counted once, by the limiter itself
 
 
 def _forget_voucher(redis, voucher_id: int) -> None:  # type: ignore[no-untyped-def]
@@ -117,7 +169,7 @@ CASES = [
         ),
         shop=6,
         warm_shop=True,
-        check=lambda run: run.state["uv"] == 3,  # the warm-up's address and two more
+        check=_shop_hits,
     ),
     Case(
         "shop requests Flask answers",
@@ -138,7 +190,7 @@ CASES = [
         + (Req("GET", "/shop/{shop}", 200, ip="10.9.9.10"),),
         settings={"rate_limit_enabled": True, "rate_limit_shop_query": "4,0.001/s"},
         warm_shop=True,
-        check=_refused_body,
+        check=_shop_limit,
     ),
     Case(
         "an order",
@@ -154,13 +206,14 @@ CASES = [
             Req("POST", "/voucher-order/seckill/424242", 404, user=6),
         ),
         stock=1,
+        check=_refusals,
     ),
     Case(
         "a voucher Redis lost is loaded from the database",
         (Req("POST", "/voucher-order/seckill/{v}", 200, user=5),),
         stock=3,
         prepare=_forget_voucher,
-        check=lambda run: run.state["stock"] == "2",
+        check=_loaded_from_the_database,
     ),
     Case(
         "no session, and a session that slides",
@@ -171,7 +224,7 @@ CASES = [
             Req("POST", "/voucher-order/seckill/{v}", 401, user="raw:   "),
             Req("POST", "/voucher-order/seckill/{v}", 200, user=5),
         ),
-        check=lambda run: run.state["session 5 pushed back"] and not run.state["stray session"],
+        check=_sessions,
     ),
     *(
         Case(
@@ -199,7 +252,7 @@ CASES = [
             Req("POST", "/voucher-order/seckill/{v}", 401),
         ),
         settings={"rate_limit_enabled": True, "rate_limit_seckill": "2,0.001/s"},
-        check=_refused_body,
+        check=_per_user_bucket,
     ),
     Case(
         "a refused order reserves nothing",
@@ -214,7 +267,7 @@ CASES = [
         "a sliding-window limit",
         tuple(Req("POST", "/voucher-order/seckill/{v}", s, user=8) for s in (200, 409, 429)),
         settings={"rate_limit_enabled": True, "rate_limit_seckill": "2/min"},
-        check=lambda run: run.state["stock"] == "4",
+        check=_sliding_window,
     ),
 ]
 
@@ -252,13 +305,12 @@ def _http_samples(app) -> dict[tuple, float]:  # type: ignore[no-untyped-def]
 
 
 def _business_samples() -> dict[tuple, float]:
-    found = {}
-    for name, _ in BUSINESS_METRICS:
-        for family in REGISTRY.collect():
-            for s in family.samples:
-                if s.name == name:
-                    found[(name, tuple(sorted(s.labels.items())))] = s.value
-    return found
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name in BUSINESS_METRICS
+    }
 
 
 def _delta(after: dict, before: dict) -> dict:
@@ -399,9 +451,16 @@ def test_both_paths_answer_alike(case, app_with, settings, client, seeded, login
     assert fast.business == flask.business
     assert fast.access == flask.access
     assert fast.state == flask.state
+    # each request counted once, by its route's labels, and logged once
+    counted = {k: v for k, v in fast.http.items() if k[0].endswith("_duration_seconds_count")}
+    assert sum(counted.values()) == len(case.requests)
     assert len(fast.access) == len(case.requests)
-    routes = {SHOP_ROUTE, SECKILL_ROUTE}
-    assert {r for _, _, r, status, *_ in fast.access if r in routes} <= routes
+    for req, (method, _, route, status, *_) in zip(case.requests, fast.access, strict=True):
+        assert (method, status) == (req.method, req.status)
+        if req.fast:
+            assert route == (SHOP_ROUTE if req.path.startswith("/shop") else SECKILL_ROUTE)
+            labels = (("method", method), ("status", str(status)), ("url_rule", route))
+            assert counted[("flask_http_request_duration_seconds_count", labels)] >= 1
     if case.check is not None:
         case.check(fast)
 
@@ -426,3 +485,112 @@ def test_a_fast_path_that_fails_after_the_charge_hands_on_a_request_charged_once
         remaining.append(response.headers["X-RateLimit-Remaining"])
     assert remaining == ["4", "3"]  # one token per request, not two
     assert services.redis.exists("ratelimit:seckill:user:5")
+
+
+# --- what only the fast paths do -----------------------------------------------------------
+
+
+class FlaskCalls:
+    """Counts the requests the fast path handed to Flask."""
+
+    def __init__(self, app):  # type: ignore[no-untyped-def]
+        self.fast: ShopFastPath = app.wsgi_app
+        assert isinstance(self.fast, ShopFastPath)
+        inner = self.fast.flask_wsgi
+        self.count = 0
+
+        def counting(environ, start_response):  # type: ignore[no-untyped-def]
+            self.count += 1
+            return inner(environ, start_response)
+
+        self.fast.flask_wsgi = counting
+
+
+def warm_until_fast(client, calls: FlaskCalls, path: str, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """GET until one answer did not reach Flask (the near-cache listener starts lazily)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        before = calls.count
+        response = client.get(path, **kwargs)
+        assert response.status_code == 200
+        if calls.count == before:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never served by the fast path")
+
+
+def test_an_update_is_seen_at_once_by_the_fast_path(app, client, seeded, login_as):
+    calls = FlaskCalls(app)
+    warm_until_fast(client, calls, "/shop/3")
+    admin = login_as(1, role="admin")
+    changed = client.put("/shop", json={"id": 3, "name": "改名后的店"}, headers=admin)
+    assert changed.status_code == 200, changed.json
+    assert client.get("/shop/3").json["data"]["name"] == "改名后的店"
+
+
+def test_a_hot_entry_is_refreshed_ahead_below_flask_and_never_misses(app_with, seeded):
+    long_ttl_app = app_with(near_cache_ttl=60.0)
+    client = long_ttl_app.test_client()
+    calls = FlaskCalls(long_ttl_app)
+    warm_until_fast(client, calls, "/shop/7")
+    region = calls.fast.region_holder.region
+    near = region.near
+    old = client.get("/shop/7").get_data()
+    text, _ = near.lookup("7")
+    # as if read from Redis 90 % of the TTL ago: due for its refresh, not expired
+    assert near.put("7", text, near.generation, time.monotonic() - 0.9 * near.ttl)
+    kind, _ = region._raw("7")
+    marked = text.replace('"id":7,', '"id":7,"refreshed":true,')
+    key = region.physical_key("7") if kind == "P" else region.logical_key("7")
+    value = marked if kind == "P" else encode_logical(marked, time.time() + 3600)
+    seeded.redis.set(key, value)  # what Redis holds now (no invalidation sent)
+    before = calls.count
+    assert client.get("/shop/7").get_data() == old  # the due reader gets the entry ...
+    assert calls.count == before  # ... below Flask, and refreshed it from Redis:
+    refreshed = client.get("/shop/7")
+    assert calls.count == before
+    assert refreshed.json["data"]["refreshed"] is True
+    assert near.lookup("7") == (marked, False)  # a new entry with a new TTL
+
+
+def test_the_shop_fast_path_can_be_switched_off(app_with, seeded):
+    app = app_with(shop_fast_path=False)
+    assert not isinstance(app.wsgi_app, ShopFastPath)
+    assert app.test_client().get("/shop/1").status_code == 200
+
+
+def test_the_seckill_fast_path_can_be_switched_off(app_with):
+    flask_only = app_with(seckill_fast_path=False)
+    layer = flask_only.wsgi_app
+    while hasattr(layer, "flask_wsgi"):
+        assert not isinstance(layer, SeckillFastPath)
+        layer = layer.flask_wsgi
+
+
+# --- the gate with the session read in the script -------------------------------------------
+
+
+def test_dispatched_tasks_are_whole_celery_messages_in_the_orders_queue(
+    app, client, login_as, services
+):
+    """The publisher declares the queue once per connection and writes the args' repr itself."""
+    import base64
+    import json
+
+    add_shop(services)
+    voucher_id = create_seckill(client, login_as(1, role="admin"), stock=10)
+    ids = [
+        client.post(f"/voucher-order/seckill/{voucher_id}", headers=login_as(u)).json["data"]
+        for u in range(10, 15)
+    ]
+    assert flush_dispatch(app)
+    messages = [json.loads(m) for m in services.redis.lrange("orders", 0, -1)]
+    assert len(messages) == 5
+    seen = set()
+    for message in messages:
+        assert message["headers"]["task"] == ORDER_TASK
+        args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        assert kwargs == {} and message["headers"]["argsrepr"] == repr(args)
+        assert message["properties"]["delivery_info"]["routing_key"] == "orders"
+        seen.add(args[0]["orderId"])
+    assert seen == set(ids)

@@ -9,10 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cache.ids import decode
+from cache.login import TOKEN_KEY
+from cache.ratelimit import TokenBucket
 from cache.seckill import (
     DUPLICATE,
     ENDED,
+    NO_SESSION,
     NOT_STARTED,
+    ODD_SESSION,
     OK,
     SOLD_OUT,
     UNKNOWN,
@@ -124,3 +128,54 @@ def test_reserve_many_is_one_attempt_per_user_in_a_pipeline(gate, redis_client, 
     assert [r.outcome for r in results] == [OK, OK, DUPLICATE, OK, SOLD_OUT]
     assert len({r.order_id for r in results if r.ok}) == 3
     assert redis_client.xlen(settings.order_stream) == 3
+
+
+# --- the gate with the session read in the script -------------------------------------------
+
+
+@pytest.fixture
+def session_gate(services):  # type: ignore[no-untyped-def]
+    now = datetime.now(UTC)
+    load_voucher(services.redis, 1, 3, now - timedelta(hours=1), now + timedelta(hours=1))
+    return SeckillGate(services.redis, services.settings)
+
+
+def test_reserve_for_session_reads_the_user_from_the_session(
+    session_gate, login_as, services, settings
+):
+    token = login_as(42)["authorization"]
+    key = TOKEN_KEY.format(token=token)
+    services.redis.expire(key, 5)
+    result = session_gate.reserve_for_session(1, token, 900)
+    assert result.outcome == OK and result.user_id == 42 and result.order_id
+    assert 5 < services.redis.ttl(key) <= 900
+    assert services.redis.sismember("seckill:order:1", "42")
+    fields = services.redis.xrange(settings.order_stream)[-1][1]
+    assert fields["userId"] == "42"
+    again = session_gate.reserve_for_session(1, token, 900)
+    assert (again.outcome, again.user_id) == ("duplicate", 42)
+
+
+def test_reserve_for_session_without_a_session_reserves_nothing(session_gate, services, settings):
+    assert session_gate.reserve_for_session(1, "nobody", 900).outcome == NO_SESSION
+    services.redis.hset(TOKEN_KEY.format(token="noid"), mapping={"nickName": "x"})
+    assert session_gate.reserve_for_session(1, "noid", 900).outcome == NO_SESSION
+    services.redis.hset(TOKEN_KEY.format(token="odd"), mapping={"id": "1.5"})
+    assert session_gate.reserve_for_session(1, "odd", 900).outcome == ODD_SESSION
+    assert not services.redis.exists(TOKEN_KEY.format(token="nobody"))
+    assert services.redis.get("seckill:stock:1") == "3"
+    assert services.redis.xlen(settings.order_stream) == 0
+
+
+def test_reserve_charged_reserves_only_what_the_bucket_admits(session_gate, services, settings):
+    bucket = TokenBucket(capacity=2, rate=0.001)
+    decisions = [
+        session_gate.reserve_charged(1, user, "ratelimit:t:user:1", bucket) for user in (5, 6, 7)
+    ]
+    assert [d.allowed for d, _ in decisions] == [True, True, False]
+    assert [d.remaining for d, _ in decisions] == [1, 0, 0]
+    assert decisions[2][1] is None and decisions[2][0].retry_after > 0
+    assert [r.outcome for _, r in decisions[:2]] == [OK, OK]  # type: ignore[union-attr]
+    assert services.redis.smembers("seckill:order:1") == {"5", "6"}
+    assert services.redis.get("seckill:stock:1") == "1"
+    assert services.redis.xlen(settings.order_stream) == 2
