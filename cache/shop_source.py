@@ -18,44 +18,33 @@ from models.entities import Shop, ShopType
 from models.session import Database
 from timestamps import iso_instant
 
-SHOP_FIELDS = (
-    "id",
-    "name",
-    "typeId",
-    "images",
-    "area",
-    "address",
-    "x",
-    "y",
-    "avgPrice",
-    "sold",
-    "comments",
-    "score",
-    "openHours",
-    "createTime",
-    "updateTime",
-)
+# hmdp's name of each shop field -> its tb_shop column, in hmdp's order: the one
+# list of a shop's fields (the JSON here; the columns the admin routes write,
+# web/shops.py). The times are the database's, written out with their offset.
+SHOP_COLUMNS: dict[str, str] = {
+    "id": "id",
+    "name": "name",
+    "typeId": "type_id",
+    "images": "images",
+    "area": "area",
+    "address": "address",
+    "x": "x",
+    "y": "y",
+    "avgPrice": "avg_price",
+    "sold": "sold",
+    "comments": "comments",
+    "score": "score",
+    "openHours": "open_hours",
+}
+SHOP_TIMES: dict[str, str] = {"createTime": "create_time", "updateTime": "update_time"}
 
 
 def shop_json(shop: Shop, zone: tzinfo) -> dict[str, Any]:
     """One shop in hmdp's field names, its times in ``zone`` with their offset."""
-    return {
-        "id": shop.id,
-        "name": shop.name,
-        "typeId": shop.type_id,
-        "images": shop.images,
-        "area": shop.area,
-        "address": shop.address,
-        "x": shop.x,
-        "y": shop.y,
-        "avgPrice": shop.avg_price,
-        "sold": shop.sold,
-        "comments": shop.comments,
-        "score": shop.score,
-        "openHours": shop.open_hours,
-        "createTime": iso_instant(shop.create_time, zone),
-        "updateTime": iso_instant(shop.update_time, zone),
-    }
+    data = {name: getattr(shop, column) for name, column in SHOP_COLUMNS.items()}
+    for name, column in SHOP_TIMES.items():
+        data[name] = iso_instant(getattr(shop, column), zone)
+    return data
 
 
 def load_shop(db: Database, shop_id: int | str, zone: tzinfo) -> dict[str, Any] | None:

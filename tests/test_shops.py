@@ -303,3 +303,10 @@ def test_beat_jobs_and_refresh_task_run_on_the_worker_app(settings, seeded, redi
     assert celery_app.tasks["tasks.cache.refresh_shop"].apply(args=[499]).get() is True
     assert decode_logical(redis_client.get(key))[0] > time.time() + 60
     celery_app.services.close()
+
+
+def test_every_shop_field_but_the_id_is_validated_for_writes():
+    from cache.shop_source import SHOP_COLUMNS
+    from web.shops import _FIELDS
+
+    assert set(_FIELDS) == set(SHOP_COLUMNS) - {"id"}

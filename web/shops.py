@@ -22,7 +22,7 @@ from flask import Blueprint, Response, current_app, request
 from sqlalchemy import select
 
 from cache.region import RebuildTimeout
-from cache.shop_source import shop_json
+from cache.shop_source import SHOP_COLUMNS, SHOP_TIMES, shop_json
 from cache.shops import (
     rebuild_shop_bloom,
     shop_bloom,
@@ -154,7 +154,8 @@ def shops_by_type() -> Response:
 
 # --- writes (admin) --------------------------------------------------------------------
 
-# field -> (kind, min, max): lengths for strings, values for numbers.
+# Writable field (SHOP_COLUMNS but the id) -> (kind, min, max): lengths for
+# strings, values for numbers.
 _FIELDS: dict[str, tuple[str, float, float]] = {
     "name": ("str", 1, 128),
     "typeId": ("int", 1, MAX_ID),
@@ -169,21 +170,8 @@ _FIELDS: dict[str, tuple[str, float, float]] = {
     "score": ("int", 0, 50),
     "openHours": ("str", 0, 32),
 }
-_COLUMNS = {
-    "name": "name",
-    "typeId": "type_id",
-    "images": "images",
-    "area": "area",
-    "address": "address",
-    "x": "x",
-    "y": "y",
-    "avgPrice": "avg_price",
-    "sold": "sold",
-    "comments": "comments",
-    "score": "score",
-    "openHours": "open_hours",
-}
-_IGNORED = {"createTime", "updateTime", "distance"}  # read-only: a client may echo them
+_COLUMNS = {name: SHOP_COLUMNS[name] for name in _FIELDS}  # every field but the id
+_IGNORED = {*SHOP_TIMES, "distance"}  # read-only: a client may echo them
 _REQUIRED_ON_CREATE = ("name", "typeId", "x", "y")
 
 
