@@ -69,6 +69,7 @@ class DataPlan:
     shops: int = 500
     vouchers: int = 20
     seckill_vouchers: int = 10
+    blogs: int = 40  # the small demo's: the home page and feeds have something to read
     hot: int = 100
     seckill_stock: int | None = None  # None: the demo's 300 per seckill voucher
 
@@ -78,6 +79,7 @@ class DataPlan:
             shops=self.shops,
             vouchers=self.vouchers,
             seckill_vouchers=self.seckill_vouchers,
+            blogs=self.blogs,
         )
 
 
