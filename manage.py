@@ -84,9 +84,14 @@ def command_up(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         from cache.server import EmbeddedRedis
 
-        server = EmbeddedRedis(settings.var_dir / "redis").start()
+        server = EmbeddedRedis(
+            settings.var_dir / "redis", appendfsync=settings.redis_appendfsync
+        ).start()
         env["REDIS_URL"] = server.url
-        _log(f"embedded redis-server at {server.url} (data in {server.data_dir})")
+        _log(
+            f"embedded redis-server at {server.url} (data in {server.data_dir}, "
+            f"appendfsync {settings.redis_appendfsync})"
+        )
     bin_dir = Path(sys.executable).parent
     flask = [str(bin_dir / "flask"), "--app", "web"]
     celery = [str(bin_dir / "celery"), "-A", "tasks.worker"]

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent
 CACHE_STRATEGIES = ("passthrough", "mutex", "logical")
 # Login code senders (web/sms.py implements one class per name).
 CODE_SENDERS = ("http", "log")
+# When a Redis we start fsyncs its AOF (redis.conf's appendfsync; "no" is not offered).
+APPENDFSYNC_MODES = ("everysec", "always")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 Check = Callable[[Any], bool]
@@ -145,6 +147,13 @@ class Settings:
     )
     redis_connect_timeout: float = setting(
         "HMDP_REDIS_CONNECT_TIMEOUT", 1.0, check=(lambda v: 0.1 <= v <= 300, "must be 0.1..300")
+    )
+    # The AOF fsync policy of the Redis we run (the embedded one, the local cluster's,
+    # compose's): everysec can lose the last ~1 s of acknowledged writes to a host crash,
+    # always none short of the disk (README, "Durability"). A Redis given by REDIS_URL
+    # keeps its own configuration.
+    redis_appendfsync: str = setting(
+        "HMDP_REDIS_APPENDFSYNC", "everysec", choices=APPENDFSYNC_MODES
     )
 
     # --- secrets and roles ------------------------------------------------

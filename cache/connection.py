@@ -61,7 +61,7 @@ _BLOCKING: dict[str, tuple[int | str, float]] = {
 
 def resolve_redis_url(settings: Settings) -> str:
     """The given REDIS_URL, or the URL of the embedded server (started if needed)."""
-    return settings.redis_url or shared_server_url(settings.var_dir)
+    return settings.redis_url or shared_server_url(settings.var_dir, settings.redis_appendfsync)
 
 
 def client_options(settings: Settings) -> dict[str, float]:

@@ -84,12 +84,14 @@ class EmbeddedRedis:
         port: int | None = None,
         appendonly: bool = True,
         *,
-        appendfsync: str = "everysec",
+        appendfsync: str | None = None,
         extra_args: tuple[str, ...] = (),
     ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
+        # When the AOF is fsynced (Settings.redis_appendfsync); None: redis-server's
+        # own default, everysec.
         self.appendfsync = appendfsync
         self.extra_args = extra_args  # e.g. the cluster options (cache/redis_cluster.py)
         self.process: subprocess.Popen[bytes] | None = None
@@ -111,8 +113,7 @@ class EmbeddedRedis:
             str(self.data_dir),
             "--appendonly",
             "yes" if self.appendonly else "no",
-            "--appendfsync",
-            self.appendfsync,
+            *(("--appendfsync", self.appendfsync) if self.appendfsync else ()),
             "--save",
             "",
             "--daemonize",
@@ -181,11 +182,12 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def shared_server_url(var_dir: Path) -> str:
+def shared_server_url(var_dir: Path, appendfsync: str | None = None) -> str:
     """The URL of this installation's embedded Redis, starting it if none runs.
 
     The process that starts the server owns it and stops it at exit; the
     launcher (``manage.py up``) starts it first so that it outlives its children.
+    ``appendfsync`` applies to a server started here; a running one keeps its own.
     """
     state_dir = Path(var_dir) / "redis"
     state_file = state_dir / "server.json"
@@ -198,7 +200,7 @@ def shared_server_url(var_dir: Path) -> str:
                     with contextlib.suppress(redis.RedisError):
                         redis.Redis.from_url(url, socket_timeout=1, retry=NO_RETRY).ping()
                         return url
-        server = EmbeddedRedis(state_dir).start()
+        server = EmbeddedRedis(state_dir, appendfsync=appendfsync).start()
         assert server.process is not None
         state_file.write_text(json.dumps({"pid": server.process.pid, "port": server.port}))
 

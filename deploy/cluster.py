@@ -275,9 +275,14 @@ class Cluster:
         else:
             from cache.server import EmbeddedRedis
 
-            server = EmbeddedRedis(self.settings.var_dir / "redis").start()
+            server = EmbeddedRedis(
+                self.settings.var_dir / "redis", appendfsync=self.settings.redis_appendfsync
+            ).start()
             self.redis_url = server.url
-            log(f"embedded redis-server at {server.url} (data in {server.data_dir})")
+            log(
+                f"embedded redis-server at {server.url} (data in {server.data_dir}, "
+                f"appendfsync {self.settings.redis_appendfsync})"
+            )
         env["REDIS_URL"] = self.redis_url
         env.setdefault("HMDP_TRUSTED_PROXIES", trusted_proxies_for(a.host))
         env.setdefault("HMDP_CODE_SENDER", "log")  # a local cluster: login codes in the web logs

@@ -5,6 +5,7 @@
     python3 manage.py bench cache-high --duration 60
     python3 manage.py bench shop-peak --server gunicorn --worker-class gevent
     python3 manage.py bench seckill-30k --database-url mysql+pymysql://root@127.0.0.1:3306/
+    python3 manage.py bench seckill-peak --appendfsync always   # the AOF fsynced per write
 
 Each run, on a fresh stack (``loadtest/stack.py``: embedded Redis + SQLite by
 default; REDIS_URL / DATABASE_URL or the options for others, MariaDB getting a
@@ -58,7 +59,7 @@ from loadtest.report import number  # noqa: E402
 from loadtest.scenarios import SCENARIOS, Scenario  # noqa: E402
 from loadtest.stack import SeedInfo, Stack  # noqa: E402
 from loadtest.verify import judge  # noqa: E402
-from settings import Settings  # noqa: E402
+from settings import APPENDFSYNC_MODES, Settings  # noqa: E402
 
 RESULTS = ROOT / "loadtest" / "results"
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -278,6 +279,7 @@ def run_scenario(
             Path(tmp),
             redis_url=redis_url,
             database_url=database_url,
+            appendfsync=args.appendfsync,
             log=_log,
             logs=out_dir / "logs",
             # the app's own rate limits (production default) instead of the stack's "off"
@@ -287,6 +289,8 @@ def run_scenario(
         summary["rate_limits"] = args.rate_limits
         stack.start_backends()
         summary["backend"] = stack.backend
+        summary["redis_durability"] = stack.redis_durability()
+        _log(f"redis: {summary['redis_durability']}")
         info = stack.seed(scenario.data)
         summary["seed_seconds"] = info.seconds
         tokens: list[str] = []
@@ -455,7 +459,8 @@ def run_scenario(
 def table(summary: dict[str, Any]) -> str:
     """The results table (plain text, also written to table.txt)."""
     lines = [
-        f"{summary['scenario']} on {summary['backend']} -- {summary['date']} -- "
+        f"{summary['scenario']} on {summary['backend']} -- Redis "
+        f"{summary.get('redis_durability', 'durability unknown')} -- {summary['date']} -- "
         f"{summary['machine']['cpus']} CPUs, load {summary['machine']['load_average'][0]:.2f} "
         f"before the run, {summary.get('load_after', [0])[0]:.2f} after",
         "",
@@ -566,6 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
     stack = parser.add_argument_group("stack")
     stack.add_argument("--redis-url", help="default: REDIS_URL, else an embedded redis-server")
     stack.add_argument(
+        "--appendfsync",
+        choices=APPENDFSYNC_MODES,
+        help="the embedded redis-server's AOF fsync policy (default: HMDP_REDIS_APPENDFSYNC, "
+        "everysec); always = fsync before every answer",
+    )
+    stack.add_argument(
         "--database-url",
         help="default: DATABASE_URL, else SQLite; MySQL/MariaDB: a fresh database, dropped after",
     )
@@ -611,6 +622,12 @@ def main(argv: list[str] | None = None, before_verify: BeforeVerify | None = Non
         return 0
     if args.scenario not in SCENARIOS:
         print(f"unknown scenario {args.scenario!r}; try 'list'", file=sys.stderr)
+        return 2
+    if args.appendfsync and (args.redis_url or Settings.from_env().redis_url):
+        print(
+            "--appendfsync applies to the embedded redis-server; configure the given Redis itself",
+            file=sys.stderr,
+        )
         return 2
     base = SCENARIOS[args.scenario]
     data = replace(

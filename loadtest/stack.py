@@ -102,6 +102,8 @@ class Stack:
     redis_url: str | None = None  # None: embedded redis-server
     database_url: str | None = None  # None: SQLite; mysql URL: a fresh database of ours
     env_overrides: dict[str, str] = field(default_factory=dict)
+    # The embedded Redis' AOF fsync policy; None: Settings' (HMDP_REDIS_APPENDFSYNC).
+    appendfsync: str | None = None
     log: Callable[[str], None] = print
     logs: Path | None = None  # children's log files (default: workdir/logs)
     supervisor: Supervisor = field(default_factory=Supervisor)
@@ -118,7 +120,10 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "var").mkdir(exist_ok=True)
         if self.redis_url is None:
-            self._redis_server = EmbeddedRedis(self.workdir / "redis").start()
+            appendfsync = self.appendfsync or Settings.from_env().redis_appendfsync
+            self._redis_server = EmbeddedRedis(
+                self.workdir / "redis", appendfsync=appendfsync
+            ).start()
             self.redis_url = self._redis_server.url
         else:
             client = redis.Redis.from_url(self.redis_url, **client_options(Settings.from_env()))
@@ -138,6 +143,22 @@ class Stack:
         self.log(
             f"redis {self.redis_url}; database {make_url(self.database_url).render_as_string()}"
         )
+
+    def redis_durability(self) -> str:
+        """What the stack's Redis does with its writes, as it says (``CONFIG GET``)."""
+        assert self.redis_url, "start_backends() first"
+        client = redis.Redis.from_url(
+            self.redis_url, decode_responses=True, **client_options(Settings.from_env())
+        )
+        try:
+            config = client.config_get("append*")
+        except redis.RedisError as exc:  # e.g. a managed Redis without CONFIG
+            return f"durability unknown ({exc})"
+        finally:
+            client.close()
+        if config.get("appendonly") != "yes":
+            return "no AOF"
+        return f"AOF appendfsync {config.get('appendfsync')}"
 
     def _create_mysql_database(self, url: str) -> None:
         # Not .set(database=None): URL.set ignores None, and the named database may not exist.

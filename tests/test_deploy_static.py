@@ -133,6 +133,10 @@ def test_compose_has_the_whole_stack():
     assert SERVICES["redis"]["image"].startswith("redis:7.")
     redis_cmd = command_of(SERVICES["redis"])
     assert option(redis_cmd, "--appendonly") == "yes"
+    # HMDP_REDIS_APPENDFSYNC chooses the fsync policy, with the default Settings declares
+    assert option(redis_cmd, "--appendfsync") == Settings().redis_appendfsync
+    raw = SERVICES["redis"]["command"]
+    assert raw[raw.index("--appendfsync") + 1].startswith("${HMDP_REDIS_APPENDFSYNC:-")
 
 
 def test_every_image_is_pinned_to_an_exact_tag():

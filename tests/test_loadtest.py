@@ -109,11 +109,15 @@ def test_lost_or_oversold_orders_fail_the_run(tmp_path: Path) -> None:
 
 
 def test_cache_smoke_run_reads_hot_and_cold_shops(tmp_path: Path) -> None:
+    """On the runner's own embedded Redis, fsyncing its AOF on every write (--appendfsync)."""
     argv = ["cache-baseline", "--users", "5", "--duration", "3", "--rate", "100", "--shops", "500"]
-    code = main([*argv, *QUIET, "--results-dir", str(tmp_path)])
+    code = main([*argv, *QUIET, "--appendfsync", "always", "--results-dir", str(tmp_path)])
 
     summary = _summary(tmp_path)
     assert code == 0
+    assert summary["redis_durability"] == "AOF appendfsync always"  # what the server said
+    header = (Path(summary["results_dir"]) / "table.txt").read_text().splitlines()[0]
+    assert "Redis AOF appendfsync always" in header
     assert summary["verdict"] is None  # nothing sold, nothing to verify
     by_name = summary["result"]["by_name"]
     assert by_name["/shop/[id]"]["requests"] > 0
@@ -126,6 +130,13 @@ def test_cache_smoke_run_reads_hot_and_cold_shops(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["../etc", "no-such-scenario"])
 def test_unknown_scenario_is_refused(tmp_path: Path, name: str) -> None:
     assert main([name, "--results-dir", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_appendfsync_is_refused_for_a_given_redis(tmp_path: Path) -> None:
+    """The option configures the runner's own redis-server, not one it is given."""
+    argv = ["seckill-peak", "--appendfsync", "always", "--redis-url", "redis://127.0.0.1:1/0"]
+    assert main([*argv, "--results-dir", str(tmp_path)]) == 2
     assert not any(tmp_path.iterdir())
 
 

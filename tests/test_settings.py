@@ -49,6 +49,7 @@ def test_reads_every_documented_variable(tmp_path: Path):
         ({"HMDP_TTL_JITTER": "2"}, "between 0 and 1"),
         ({"HMDP_NULL_TTL": "-1"}, "must not be negative"),
         ({"HMDP_ORDER_SETTLE_BATCH": "0"}, "HMDP_ORDER_SETTLE_BATCH must be 1..1000"),
+        ({"HMDP_REDIS_APPENDFSYNC": "no"}, "HMDP_REDIS_APPENDFSYNC must be everysec or always"),
     ],
 )
 def test_bad_values_fail_at_start_with_the_variable_named(env, message):
