@@ -9,7 +9,7 @@ Throughput choices (measured in BENCHMARKS.md, "Seckill drain into MariaDB"):
 * ``worker_prefetch_multiplier = 4``: each pool process has up to 4 messages
   reserved, so a child finishing a task finds the next one already in the
   worker instead of waiting for the main process's next BRPOP (with 1, the
-  children sat idle about half the time while the main process fetched).
+  children sat idle while the main process fetched).
   Safe because nothing depends on the prefetch being small: a killed worker's
   reserved messages are unacknowledged (acks late), so the broker gives them
   back after ``visibility_timeout``; meanwhile beat's Stream recovery settles
@@ -19,8 +19,8 @@ Throughput choices (measured in BENCHMARKS.md, "Seckill drain into MariaDB"):
   concurrency x 4 messages.
 * task events OFF by default (``worker_send_task_events``,
   ``task_send_sent_event``): each event is one more broker publish per task
-  state, and with them on the worker's main process spent about a third of
-  its time publishing events (py-spy). Only Flower reads them (our own
+  state, and with them on the worker's main process spent much of its time
+  publishing events. Only Flower reads them (our own
   ``/metrics`` exporter does not: it counts inside the tasks), and Flower turns
   them on by itself when it runs (``enable_events`` broadcast); ``manage.py up``
   and ``deploy/cluster.py``, which run Flower, also start the worker with ``-E``.
@@ -28,8 +28,8 @@ Throughput choices (measured in BENCHMARKS.md, "Seckill drain into MariaDB"):
 
 # Modules that define tasks; a worker imports them at start. Each feature adds its own.
 imports: tuple[str, ...] = ()
-imports += ("tasks.cache", "beat.cache_jobs")  # shop cache (issue 4)
-imports += ("tasks.orders", "beat.order_jobs")  # seckill orders (issue 5)
+imports += ("tasks.cache", "beat.cache_jobs")  # shop cache
+imports += ("tasks.orders", "beat.order_jobs")  # seckill orders
 
 task_serializer = "json"
 result_serializer = "json"
@@ -63,13 +63,12 @@ result_expires = 3600
 task_routes = {
     "tasks.orders.*": {"queue": "orders"},
     "tasks.cache.*": {"queue": "cache"},
-    "beat.jobs.*": {"queue": "beat"},
     "beat.cache_jobs.*": {"queue": "beat"},
     "beat.order_jobs.*": {"queue": "beat"},
 }
 task_default_queue = "celery"
 
-# Periodic jobs (beat/jobs.py); each feature adds its entries here.
+# Periodic jobs (beat/cache_jobs.py, beat/order_jobs.py); each feature adds its entries here.
 beat_schedule: dict[str, dict] = {}
 # Seckill: settle Stream entries no task settled (lost dispatch, dead worker).
 beat_schedule["recover-pending-orders"] = {
@@ -83,7 +82,7 @@ beat_schedule["reconcile-seckill-state"] = {
     "schedule": 30.0,
     "options": {"expires": 25.0},
 }
-# Shop cache (issue 4): refresh hot keys before they expire, recompute the hot
+# Shop cache: refresh hot keys before they expire, recompute the hot
 # set, rebuild the Bloom filter of shop ids.
 beat_schedule["cache-refresh-logical-expiry"] = {
     "task": "beat.cache_jobs.refresh_logical_expiry",

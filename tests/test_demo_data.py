@@ -59,7 +59,7 @@ def test_interrupted_load_is_completed_by_the_next_one(services):
     assert len({shop.type_id for shop in shops}) == 10
 
 
-# --- a demo that renders offline in the hmdp front end (issue 17, point 5) ------------------
+# --- a demo that renders offline in the hmdp front end ----------------------------------------
 
 TYPE_ICON = re.compile(r"^/types/[A-Za-z]+\.png$")  # the front end shows '/imgs/' + icon
 

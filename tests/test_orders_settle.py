@@ -120,7 +120,7 @@ def test_same_user_other_order_id_is_not_persisted_twice(services, voucher):
     (entry,) = _reserve(services, voucher, [11])
     assert settle_order(services, entry) == CREATED
     twin = OrderEntry(entry.order_id + 1, entry.user_id, entry.voucher_id, None)
-    assert settle_order(services, twin) == DRIFT  # was DUPLICATE: now a drift event (issue 14)
+    assert settle_order(services, twin) == DRIFT  # a second order of one buyer: a drift event
     assert len(db_orders(services, voucher)) == 1
 
 

@@ -1,4 +1,4 @@
-"""Redis losing gate state (issue 14, points 4-6): drift events, reconciliation, reloading stock.
+"""Redis losing gate state: drift events, reconciliation, reloading stock.
 
 Real Redis and real databases. Redis "loses" state for real: keys deleted as an
 operator would, or (the process test) redis-server killed and restarted from a
