@@ -26,9 +26,9 @@ is one row. Defences, outermost first:
 After the commit the Stream entry is acknowledged (XACK + XDEL, see
 :mod:`cache.order_stream`).
 
-Group commit (:func:`settle_orders`): a Celery message costs this box more
-than the database work of one order (a no-op task tops out at ~400-500
-messages/s on the Redis broker), so a task does not settle its own entry
+Group commit (:func:`settle_orders`): a Celery message costs more than the
+database work of one order (BENCHMARKS.md, "Seckill drain into MariaDB"),
+so a task does not settle its own entry
 alone: it first claims up to ``order_settle_batch`` entries nobody took yet
 from the Stream's consumer group, takes their users' locks in one pipeline,
 and writes them in ONE transaction (one multi-row INSERT, one guarded

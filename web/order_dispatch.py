@@ -87,9 +87,10 @@ class CelerySender:
                         retry=False,
                         # What Celery would compute per message, given: the queue is
                         # declared once per connection (kombu caches it per channel
-                        # anyway; binding the entity again costs ~15 % of a publish),
-                        # and the args' repr (logs, Flower) is a plain repr of a small
-                        # dict (saferepr's generic walk costs ~25 %).
+                        # anyway, but binds the entity again each time), and the args'
+                        # repr (logs, Flower) is a plain repr of a small dict (not
+                        # saferepr's generic walk). Their cost: BENCHMARKS.md, "Seckill
+                        # gate and the seed's 30,000-request run".
                         declare=None if not self._declared else [],
                         argsrepr=repr([payload]),
                         kwargsrepr="{}",
@@ -101,7 +102,7 @@ class CelerySender:
         # Let request greenlets in after each batch (threads get the GIL back every
         # switch interval anyway). Not after each message: under load every
         # sleep(0) is a trip through the scheduler, which throttled the dispatch
-        # to half the order rate (BENCHMARKS.md, seckill gate).
+        # (BENCHMARKS.md, seckill gate).
         time.sleep(0)
 
 
