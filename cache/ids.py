@@ -1,4 +1,4 @@
-"""Globally unique, time-ordered 64-bit ids from Redis (hmdp's ``RedisIdWorker``).
+"""Globally unique, time-ordered 64-bit ids made in Redis: the layout of hmdp's ``RedisIdWorker``.
 
 An id is ``(seconds since 2022-01-01 UTC) << 32 | counter`` where the counter
 is ``INCR icr:{prefix}:{yyyy:MM:dd}`` (UTC day; the key expires after ~31 days).
@@ -7,9 +7,10 @@ two ids with the same high bits share one counter, and INCR never repeats.
 Why 64 bits: a BIGINT primary key that sorts by creation time (good for
 B-tree inserts), 2^31 s (68 years) of range and 2^32 ids per day.
 
-The seckill Lua script (``lua/seckill.lua``) makes its order ids inside the
-script with the same key and the same layout, from :func:`id_parts` computed
-here; keep the two in step (tests/test_ids.py checks they agree).
+The seckill Lua script (``lua/seckill.lua``) makes the order ids inside the
+script with this key and this layout, from :func:`id_parts` computed here;
+:func:`compose` and :func:`decode` are the layout in Python (tests/test_ids.py
+checks the script's ids against them; decode reads an id by hand).
 
 JSON note: these ids exceed 2^53, so a JavaScript client would round them;
 the HTTP API returns them as decimal strings.
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-
-import redis
 
 EPOCH = 1_640_995_200  # 2022-01-01T00:00:00Z
 COUNT_BITS = 32
@@ -66,20 +65,3 @@ def decode(order_id: int) -> tuple[datetime, int]:
     """``(creation second as aware UTC datetime, daily counter)`` of an id (debugging)."""
     seconds, count = order_id >> COUNT_BITS, order_id & MAX_COUNT
     return datetime.fromtimestamp(EPOCH + seconds, UTC), count
-
-
-class IdWorker:
-    """Makes ids for any prefix ("order", ...) with one Redis round trip each."""
-
-    def __init__(self, client: redis.Redis):
-        self.client = client
-
-    def next_id(self, prefix: str, now: float | None = None) -> int:
-        """A new unique id; INCR and EXPIRE travel in one pipeline."""
-        now = time.time() if now is None else now
-        key = day_key(prefix, now)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, ID_KEY_TTL)
-        count, _ = pipe.execute()
-        return compose(now, int(count))

@@ -49,13 +49,6 @@ def undo(client: redis.Redis, blog_id: int, user_id: int, done: Toggle) -> None:
         client.zadd(liked_key(blog_id), {str(user_id): done.score}, nx=True)
 
 
-def is_liked(client: redis.Redis, blog_id: int, user_id: int | None) -> bool:
-    """Whether ``user_id`` likes ``blog_id`` (False for anonymous callers)."""
-    if user_id is None:
-        return False
-    return client.zscore(liked_key(blog_id), str(user_id)) is not None
-
-
 def liked_among(client: redis.Redis, blog_ids: Sequence[int], user_id: int | None) -> set[int]:
     """The blogs among ``blog_ids`` that ``user_id`` likes, in one pipelined round trip."""
     if user_id is None or not blog_ids:

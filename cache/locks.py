@@ -457,10 +457,6 @@ class RLock:
         value = self.client.hget(self.name, owner_id())
         return int(value) if value is not None else 0
 
-    def is_locked(self) -> bool:
-        """Whether anyone holds the lock now."""
-        return bool(self.client.exists(self.name))
-
     def __enter__(self) -> RLock:
         if not self.acquire(blocking=True, wait_timeout=self.wait_timeout):
             raise LockTimeout(f"lock {self.name!r} not acquired within {self.wait_timeout}s")

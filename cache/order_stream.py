@@ -6,7 +6,7 @@ Settlement design (the contract every writer and reader here follows):
   to ``stream.orders`` in the same atomic step that takes the stock. The Stream
   is the durable record of "sold in Redis, not yet a row" (Redis runs with AOF).
 * **An entry present in the Stream is unsettled; settling deletes it.** Whoever
-  persists an order (the Celery task, or recovery) calls :func:`acknowledge`
+  persists an order (the Celery task, or recovery) calls :func:`acknowledge_many`
   afterwards: ``XACK`` + ``XDEL`` in one MULTI. An entry is only ever deleted
   after its row is committed (or after it was moved to the dead-letter stream,
   atomically, by :func:`dead_letter`). That keeps the Stream bounded by the
@@ -156,16 +156,8 @@ def ensure_group(client: redis.Redis, settings: Settings) -> bool:
         raise
 
 
-def acknowledge(client: redis.Redis, settings: Settings, stream_id: str) -> None:
-    """Mark an entry settled: XACK (if recovery held it) and XDEL, atomically."""
-    pipe = client.pipeline(transaction=True)
-    pipe.xack(settings.order_stream, settings.order_group, stream_id)
-    pipe.xdel(settings.order_stream, stream_id)
-    pipe.execute()
-
-
 def acknowledge_many(client: redis.Redis, settings: Settings, stream_ids: list[str]) -> None:
-    """:func:`acknowledge` for a settled batch: one XACK and one XDEL, one MULTI."""
+    """Mark settled entries: one XACK (if recovery held them) and one XDEL, in one MULTI."""
     if not stream_ids:
         return
     pipe = client.pipeline(transaction=True)

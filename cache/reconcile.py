@@ -459,8 +459,3 @@ class Reconciler:
 def parse_found(found: dict[str, str]) -> dict[int, int]:
     """``seckill:reconcile`` as voucher -> drift (for the gauge, read at scrape time)."""
     return {int(v): int(raw.split(":")[0]) for v, raw in found.items() if v.isdigit()}
-
-
-def found_drift(client: redis.Redis) -> dict[int, int]:
-    """The drift the last reconciliations found per voucher (held for a while)."""
-    return parse_found(client.hgetall(FOUND_KEY))

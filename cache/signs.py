@@ -33,11 +33,6 @@ def sign(client: redis.Redis, user_id: int, today: date) -> bool:
     return previous == 0
 
 
-def is_signed(client: redis.Redis, user_id: int, day: date) -> bool:
-    """Whether the user signed on ``day``."""
-    return client.getbit(sign_key(user_id, day), day.day - 1) == 1
-
-
 def trailing_ones(bits: int, width: int) -> int:
     """How many consecutive 1 bits end ``bits`` (at most ``width``)."""
     count = 0

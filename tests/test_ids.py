@@ -1,9 +1,8 @@
-"""The global ID worker (cache/ids.py) and the ids the seckill Lua script makes."""
+"""The id layout (cache/ids.py) and the ids the seckill Lua script makes."""
 
 from __future__ import annotations
 
 import calendar
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,9 +10,7 @@ import pytest
 from cache.ids import (
     DECIMAL_SPLIT,
     EPOCH,
-    ID_KEY_TTL,
     IdExhausted,
-    IdWorker,
     compose,
     day_key,
     decode,
@@ -46,44 +43,18 @@ def test_bad_counter_and_clock_are_refused():
         id_base(EPOCH - 1)
 
 
-def test_next_id_is_unique_increasing_and_the_day_key_expires(redis_client):
-    worker = IdWorker(redis_client)
-    now = _ts("2026-03-04T05:06:07")
-    with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(lambda _: worker.next_id("order", now), range(400)))
-    assert len(set(ids)) == 400
-    assert sorted(ids) == sorted(id_base(now) | n for n in range(1, 401))
-    key = "icr:order:2026:03:04"
-    assert int(redis_client.get(key)) == 400
-    assert 0 < redis_client.ttl(key) <= ID_KEY_TTL
-    later = worker.next_id("order", now + 1)
-    assert later > max(ids)  # a later second sorts after, whatever the counter
-
-
-def test_midnight_starts_a_new_counter_and_ids_stay_unique(redis_client):
-    worker = IdWorker(redis_client)
-    before = _ts("2026-03-04T23:59:59")
-    a = [worker.next_id("order", before) for _ in range(3)]
-    b = [worker.next_id("order", before + 1) for _ in range(3)]
-    assert decode(b[0])[1] == 1  # fresh counter on the new day
-    assert len(set(a + b)) == 6 and max(a) < min(b)
-    assert redis_client.exists("icr:order:2026:03:04", "icr:order:2026:03:05") == 2
-
-
 def _seckill_voucher(redis_client, voucher_id: int = 1, stock: int = 100) -> None:
     now = datetime.now(UTC).replace(tzinfo=None)
     load_voucher(redis_client, voucher_id, stock, now - timedelta(days=1), now + timedelta(days=1))
 
 
-def test_lua_makes_the_same_ids_as_the_worker(redis_client, settings):
+def test_lua_makes_the_ids_of_the_layout(redis_client, settings):
     _seckill_voucher(redis_client)
     gate = SeckillGate(redis_client, settings)
     now = _ts(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"))
     result = gate.reserve(1, 42, now=now + 0.25)
     assert result.outcome == OK
     assert result.order_id == compose(now, 1)
-    # the worker continues the same counter: no collision between the two makers
-    assert IdWorker(redis_client).next_id("order", now) == compose(now, 2)
 
 
 def test_lua_carries_across_the_decimal_split_exactly(redis_client, settings):
@@ -110,5 +81,3 @@ def test_lua_refuses_when_the_daily_counter_is_exhausted(redis_client, settings)
     assert gate.reserve(1, 9, now=now).outcome == EXHAUSTED
     assert redis_client.get("seckill:stock:1") == "5"  # nothing reserved
     assert redis_client.xlen(settings.order_stream) == 0
-    with pytest.raises(IdExhausted):
-        IdWorker(redis_client).next_id("order", now)

@@ -20,11 +20,16 @@ from support.seckill import add_shop, create_seckill, db_orders, db_stock
 
 from cache.ids import decode
 from cache.order_stream import OrderEntry
-from cache.reconcile import FOUND_KEY, MISSING, Reconciler, drift_records, found_drift
+from cache.reconcile import FOUND_KEY, MISSING, Reconciler, drift_records, parse_found
 from cache.seckill import OK, SOLD_OUT, SeckillGate
 from cache.server import EmbeddedRedis
 from tasks.orders import CREATED, DRIFT, run_order_task, settle_order
 from web.orders import verify_orders
+
+
+def found_drift(client) -> dict[int, int]:
+    """The drift the last reconciliations found per voucher (what the gauge reads)."""
+    return parse_found(client.hgetall(FOUND_KEY))
 
 
 @pytest.fixture

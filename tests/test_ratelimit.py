@@ -23,6 +23,7 @@ from support.env import (
     ROOT,
     process_env,
 )
+from support.senders import MemoryCodeSender
 
 from cache.connection import connect
 from cache.login import create_session
@@ -41,7 +42,6 @@ from web.auth import UserSummary
 from web.exchange import forwarded_client_ip
 from web.ratelimit import EXTENSION, ROUTE_LIMITS, RouteLimit, RouteLimiter
 from web.sms import EXTENSION as SENDER
-from web.sms import MemoryCodeSender
 
 T0 = 1_000_000.0  # an arbitrary caller clock (seconds)
 

@@ -7,6 +7,7 @@ from datetime import date
 
 import pytest
 from sqlalchemy import func, select
+from support.senders import MemoryCodeSender
 from werkzeug.security import generate_password_hash
 
 from cache.login import (
@@ -17,7 +18,7 @@ from cache.login import (
     WRONG_KEY,
 )
 from models.entities import User, UserInfo
-from web.sms import EXTENSION, MemoryCodeSender
+from web.sms import EXTENSION
 
 PHONE = "13712345678"
 

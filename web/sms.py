@@ -13,7 +13,7 @@ picks a strategy:
 
 The app keeps its sender in ``app.extensions["hmdp_code_sender"]``; a test (or
 a deployment with its own provider) may store any object with
-``send(phone, code)`` there. :class:`MemoryCodeSender` keeps codes for tests.
+``send(phone, code)`` there.
 
 A sender raises when a code could not be delivered; the route then forgets the
 code and answers 503. Its error messages never contain the code.
@@ -25,7 +25,6 @@ import http.client
 import ipaddress
 import json
 import logging
-import threading
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
@@ -120,29 +119,6 @@ class LogCodeSender(CodeSender):
     def send(self, phone: str, code: str) -> None:
         """Log the code (WARNING, so no log level hides it) for a developer to type in."""
         log.warning("login code for %s: %s (development sender, HMDP_CODE_SENDER=log)", phone, code)
-
-
-class MemoryCodeSender(CodeSender):
-    """Keeps every code sent, in order, so tests (and demos) can read them back."""
-
-    name = "memory"
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-
-    def send(self, phone: str, code: str) -> None:
-        """Record the code instead of delivering it."""
-        with self._lock:
-            self.sent.append((phone, code))
-
-    def last_code(self, phone: str) -> str | None:
-        """The newest code sent to ``phone``, if any."""
-        with self._lock:
-            for sent_phone, code in reversed(self.sent):
-                if sent_phone == phone:
-                    return code
-        return None
 
 
 # The senders HMDP_CODE_SENDER chooses from (the names settings.CODE_SENDERS allows).
