@@ -82,11 +82,15 @@ def command_up(args: argparse.Namespace) -> int:
     env.setdefault("HMDP_CODE_SENDER", "log")
     server = None
     if not settings.redis_url:
-        from cache.server import EmbeddedRedis
+        from cache.server import NoEmbeddedRedis, start_shared_server
 
-        server = EmbeddedRedis(
-            settings.var_dir / "redis", appendfsync=settings.redis_appendfsync
-        ).start()
+        try:
+            # Recorded in var/redis/server.json: a flask command run beside us without
+            # REDIS_URL uses this server instead of starting one on the same data.
+            server = start_shared_server(settings.var_dir, settings.redis_appendfsync)
+        except NoEmbeddedRedis as exc:
+            _log(exc.message)
+            return 1
         env["REDIS_URL"] = server.url
         _log(
             f"embedded redis-server at {server.url} (data in {server.data_dir}, "

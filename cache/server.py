@@ -6,6 +6,21 @@ loopback port, with its own data directory and AOF on, so that a crash of the
 app loses no reservation. Several processes of one installation share one
 server: the first starts it and records ``{pid, port}`` in ``server.json``; the
 others find it there. A file lock makes "find or start" atomic.
+
+Two servers on one data directory would both append to the same AOF, so that
+never happens, whoever starts them:
+
+* every server holds ``owner.lock`` in its data directory (an ``flock`` the
+  redis-server process inherits, so it is held exactly as long as that process
+  lives, whatever happens to the process that started it); a start on a
+  directory whose lock is held raises :class:`DataDirInUse`;
+* ``manage.py up`` (and the local cluster) start the installation's server
+  through :func:`start_shared_server`, which records it like any other, so an
+  operator command run beside them without ``REDIS_URL`` (``flask orders
+  verify``, ``flask cache warm``) uses it;
+* a recorded server that runs but does not answer (stopped, stuck) is never
+  replaced: :class:`EmbeddedRedisUnavailable` tells the operator to set
+  ``REDIS_URL`` or to stop it.
 """
 
 from __future__ import annotations
@@ -23,11 +38,32 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 NO_RETRY = Retry(NoBackoff(), 0)
+OWNER_LOCK = "owner.lock"  # in a data directory: held by the redis-server running on it
+STATE_FILE = "server.json"  # in var/redis: {pid, port} of the installation's server
+_OWNER_LOCK_WAIT_S = 1.0  # a server just killed may take a moment to let go of its lock
+
+
+class NoEmbeddedRedis(click.ClickException):
+    """No embedded server can be used or started; the message says why and names REDIS_URL.
+
+    A ClickException, so that our command-line tools (flask and celery are both
+    click programs) print the message and exit 1 wherever it is raised, even
+    while the app is being created, instead of a traceback.
+    """
+
+
+class DataDirInUse(NoEmbeddedRedis):
+    """A redis-server already runs on this data directory: a second one is never started."""
+
+
+class EmbeddedRedisUnavailable(NoEmbeddedRedis):
+    """The installation's embedded server runs but does not answer; it is not replaced."""
 
 
 def find_redis_server() -> str:
@@ -86,8 +122,11 @@ class EmbeddedRedis:
         *,
         appendfsync: str | None = None,
         extra_args: tuple[str, ...] = (),
+        state_file: Path | None = None,
     ):
         self.data_dir = Path(data_dir)
+        # Written once the server answers, removed by stop(): how others find it.
+        self.state_file = state_file
         self.port = port or free_port()
         self.appendonly = appendonly
         # When the AOF is fsynced (Settings.redis_appendfsync); None: redis-server's
@@ -101,7 +140,10 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING.
+
+        Raises :class:`DataDirInUse` when a redis-server runs on ``data_dir``.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             find_redis_server(),
@@ -124,11 +166,20 @@ class EmbeddedRedis:
             "10000",
             *self.extra_args,
         ]
-        # A new session: Ctrl-C in the launcher's terminal must not kill Redis
-        # before the app processes that still write to it have stopped.
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        owner = _claim_data_dir(self.data_dir)
+        try:
+            # A new session: Ctrl-C in the launcher's terminal must not kill Redis
+            # before the app processes that still write to it have stopped. The
+            # server inherits the data directory's lock and holds it while it lives.
+            self.process = subprocess.Popen(
+                args,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=(owner,),
+            )
+        finally:
+            os.close(owner)
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2, retry=NO_RETRY)
         try:
@@ -140,6 +191,10 @@ class EmbeddedRedis:
                     )
                 try:
                     client.ping()
+                    if self.state_file is not None:
+                        self.state_file.write_text(
+                            json.dumps({"pid": self.process.pid, "port": self.port})
+                        )
                     return self
                 except redis.ConnectionError:
                     if time.monotonic() > deadline:
@@ -152,7 +207,10 @@ class EmbeddedRedis:
     def stop(self, timeout: float = 10.0) -> None:
         """Shut down cleanly (AOF flushed), killing only if it will not stop."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        self._forget(proc.pid)
+        if proc.poll() is not None:
             return
         with contextlib.suppress(redis.RedisError):
             # No retries: the server closing the connection is the expected answer
@@ -164,11 +222,38 @@ class EmbeddedRedis:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout)
 
+    def _forget(self, pid: int) -> None:
+        """Remove the state file if it still names this server."""
+        if self.state_file is None:
+            return
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if json.loads(self.state_file.read_text())["pid"] == pid:
+                self.state_file.unlink()
+
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _claim_data_dir(data_dir: Path) -> int:
+    """An open descriptor holding ``data_dir``'s owner lock, for the server to inherit."""
+    fd = os.open(data_dir / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + _OWNER_LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise DataDirInUse(
+                    f"a redis-server already runs on {data_dir} ({OWNER_LOCK} is held); "
+                    "a second one is not started on the same data. Use the running one "
+                    "(set REDIS_URL to its URL) or stop it first."
+                ) from None
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -182,32 +267,66 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _recorded_server(state_dir: Path) -> str | None:
+    """The URL of the recorded server if its process runs; None if none runs.
+
+    Raises :class:`EmbeddedRedisUnavailable` when it runs but does not answer.
+    """
+    try:
+        state = json.loads((state_dir / STATE_FILE).read_text())
+        pid, port = int(state["pid"]), int(state["port"])
+    except (ValueError, OSError, KeyError, TypeError):
+        return None
+    if not process_alive(pid):
+        return None
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        redis.Redis.from_url(url, socket_timeout=1, retry=NO_RETRY).ping()
+    except redis.BusyLoadingError:
+        pass  # it answers: still reading its AOF
+    except redis.RedisError as exc:
+        raise EmbeddedRedisUnavailable(
+            f"the embedded redis-server of this installation (pid {pid}, {url}, data in "
+            f"{state_dir}) runs but does not answer ({exc}); it is not replaced while it "
+            f"holds the live data. Set REDIS_URL to a Redis that answers, or stop pid {pid}."
+        ) from None
+    return url
+
+
+def start_shared_server(var_dir: Path, appendfsync: str | None = None) -> EmbeddedRedis:
+    """Start this installation's embedded Redis and record it (``manage.py up``, the cluster).
+
+    The caller owns it: its ``stop()`` shuts it down and removes the record.
+    ``appendfsync``: as for :class:`EmbeddedRedis`.
+    Raises :class:`DataDirInUse` when the installation's server already runs
+    (another launcher, or an operator command that started it).
+    """
+    state_dir = Path(var_dir) / "redis"
+    with _file_lock(state_dir / "server.lock"):
+        url = _recorded_server(state_dir)
+        if url is not None:
+            raise DataDirInUse(
+                f"the embedded redis-server of {var_dir} already runs at {url}: another "
+                "`manage.py up` or a command started it. Stop it first, or set REDIS_URL."
+            )
+        state_file = state_dir / STATE_FILE
+        return EmbeddedRedis(state_dir, appendfsync=appendfsync, state_file=state_file).start()
+
+
 def shared_server_url(var_dir: Path, appendfsync: str | None = None) -> str:
     """The URL of this installation's embedded Redis, starting it if none runs.
 
-    The process that starts the server owns it and stops it at exit; the
-    launcher (``manage.py up``) starts it first so that it outlives its children.
-    ``appendfsync`` applies to a server started here; a running one keeps its own.
+    A running one (recorded by ``manage.py up`` or by another process) is used,
+    as it runs; one that runs but does not answer is an error, never replaced.
+    The process that starts the server owns it and stops it at exit;
+    ``appendfsync`` applies to a server started here.
     """
     state_dir = Path(var_dir) / "redis"
-    state_file = state_dir / "server.json"
     with _file_lock(state_dir / "server.lock"):
-        if state_file.exists():
-            with contextlib.suppress(ValueError, OSError, KeyError):
-                state = json.loads(state_file.read_text())
-                if process_alive(state["pid"]):
-                    url = f"redis://127.0.0.1:{state['port']}/0"
-                    with contextlib.suppress(redis.RedisError):
-                        redis.Redis.from_url(url, socket_timeout=1, retry=NO_RETRY).ping()
-                        return url
-        server = EmbeddedRedis(state_dir, appendfsync=appendfsync).start()
-        assert server.process is not None
-        state_file.write_text(json.dumps({"pid": server.process.pid, "port": server.port}))
-
-        def _stop() -> None:
-            server.stop()
-            with contextlib.suppress(OSError):
-                state_file.unlink()
-
-        atexit.register(_stop)
+        url = _recorded_server(state_dir)
+        if url is not None:
+            return url
+        state_file = state_dir / STATE_FILE
+        server = EmbeddedRedis(state_dir, appendfsync=appendfsync, state_file=state_file).start()
+        atexit.register(server.stop)
         return server.url

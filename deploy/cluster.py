@@ -273,11 +273,10 @@ class Cluster:
         if self.settings.redis_url:
             self.redis_url = self.settings.redis_url
         else:
-            from cache.server import EmbeddedRedis
+            from cache.server import start_shared_server
 
-            server = EmbeddedRedis(
-                self.settings.var_dir / "redis", appendfsync=self.settings.redis_appendfsync
-            ).start()
+            # Recorded like manage.py up's: operator commands without REDIS_URL use it.
+            server = start_shared_server(self.settings.var_dir, self.settings.redis_appendfsync)
             self.redis_url = server.url
             log(
                 f"embedded redis-server at {server.url} (data in {server.data_dir}, "

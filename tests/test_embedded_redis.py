@@ -1,16 +1,19 @@
 """The embedded default runs a real redis-server and leaves nothing behind."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import redis
 from support.env import ROOT
 
-from cache.server import EmbeddedRedis, shared_server_url
+from cache.server import DataDirInUse, EmbeddedRedis, shared_server_url, start_shared_server
 from settings import Settings
 
 
@@ -78,3 +81,131 @@ def test_shared_server_is_found_by_a_second_process_and_stopped_by_its_owner(tmp
     owner.wait(10)
     assert not _alive(state["pid"])
     assert not (var / "redis" / "server.json").exists()
+
+
+# --- operator commands beside a running launcher (issue 14, point 10) ------------------
+
+
+def _servers_on(data_dir: Path) -> list[int]:
+    """Pids of the redis-server processes working in ``data_dir`` (Redis chdirs to its --dir;
+    it rewrites its command line, so that cannot be read)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name = (entry / "comm").read_text().strip()
+            cwd = (entry / "cwd").resolve()
+        except OSError:
+            continue
+        here = name.startswith("redis-server") and cwd == data_dir.resolve()
+        if here and _alive(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _starts_logged(data_dir: Path) -> int:
+    """How many redis-servers ever got ready on ``data_dir`` (they share its log file)."""
+    return (data_dir / "redis.log").read_text().count("Ready to accept connections")
+
+
+def _flask(var: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``flask --app web ARGS`` as an operator runs it: no REDIS_URL, this installation's var."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HMDP_", "REDIS_URL"))}
+    env.pop("DATABASE_URL", None)  # the installation's own SQLite file in var
+    env.update(HMDP_VAR_DIR=str(var), PYTHONPATH=str(ROOT))
+    flask = Path(sys.executable).parent / "flask"
+    return subprocess.run(
+        [str(flask), "--app", "web", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def launched(tmp_path: Path):
+    """The installation's embedded server, started and recorded as ``manage.py up`` does."""
+    var = tmp_path / "var"
+    server = start_shared_server(var)
+    try:
+        yield var, server
+    finally:
+        if server.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+@pytest.mark.process
+def test_an_operator_command_beside_up_uses_its_running_server(launched):
+    var, server = launched
+    data = server.data_dir
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    client.set("probe", "set by the test")
+    assert _flask(var, "db", "upgrade").returncode == 0
+    warm = _flask(var, "cache", "warm")
+    assert warm.returncode == 0, warm.stderr
+    assert "hot shops warmed" in warm.stdout
+    # its writes are in the running server, which still has the test's key
+    assert client.get("cache:shop-type") == "[]"
+    assert client.get("probe") == "set by the test"
+    assert _servers_on(data) == [server.process.pid]
+    assert _starts_logged(data) == 1  # no second server ran, not even briefly
+    client.close()
+
+
+@pytest.mark.process
+def test_a_command_refuses_while_the_running_server_does_not_answer(launched):
+    var, server = launched
+    assert _flask(var, "db", "upgrade").returncode == 0
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        warm = _flask(var, "cache", "warm")
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert warm.returncode == 1
+    assert "Error: the embedded redis-server" in warm.stderr
+    assert "does not answer" in warm.stderr and "Set REDIS_URL" in warm.stderr
+    assert "Traceback" not in warm.stderr
+    assert _servers_on(server.data_dir) == [server.process.pid]
+    assert _starts_logged(server.data_dir) == 1
+    client = redis.Redis.from_url(server.url)
+    assert client.get("cache:shop-type") is None  # the command wrote nothing anywhere
+    client.close()
+
+
+@pytest.mark.process
+def test_an_unrecorded_server_on_the_data_is_never_joined_by_a_second(launched):
+    """A server running on the data without a record (an older launcher, a deleted
+    server.json): the command refuses rather than start another on its AOF."""
+    var, server = launched
+    assert _flask(var, "db", "upgrade").returncode == 0
+    (server.data_dir / "server.json").unlink()
+    warm = _flask(var, "cache", "warm")
+    assert warm.returncode == 1
+    assert "already runs on" in warm.stderr and "REDIS_URL" in warm.stderr
+    assert "Traceback" not in warm.stderr
+    assert _servers_on(server.data_dir) == [server.process.pid]
+    assert _starts_logged(server.data_dir) == 1
+
+
+def test_a_second_launcher_or_server_on_the_same_data_is_refused(launched):
+    var, server = launched
+    with pytest.raises(DataDirInUse, match="already runs at"):
+        start_shared_server(var)
+    with pytest.raises(DataDirInUse, match="already runs on"):
+        EmbeddedRedis(server.data_dir).start()
+    assert shared_server_url(var) == server.url  # a user of it is welcome
+    assert _servers_on(server.data_dir) == [server.process.pid]
+
+
+def test_a_killed_server_lets_the_next_one_start_on_its_data(tmp_path: Path):
+    first = EmbeddedRedis(tmp_path / "r").start()
+    redis.Redis.from_url(first.url).set("k", "v")
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    with EmbeddedRedis(tmp_path / "r") as again:  # the lock died with it
+        assert redis.Redis.from_url(again.url).get("k") == b"v"
