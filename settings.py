@@ -294,6 +294,10 @@ class Settings:
         check=(lambda v: v in LOG_LEVELS, "must be a logging level"),
     )
     access_log: bool = setting("HMDP_ACCESS_LOG", True)  # one hmdp.access line per request
+    # The hmdp front end's error convention for every request: an error (but 401) is HTTP
+    # 200 with success false, its real status in X-Hmdp-Status. A request chooses for
+    # itself with X-Hmdp-Compat: 1 or 0 (nginx's /api/ location sends 1), web/exchange.py.
+    compat_errors: bool = setting("HMDP_COMPAT_ERRORS", False)
     # Set by the launcher (deploy/web_server.py, deploy/cluster.py, compose) before the
     # process starts: prometheus_client reads it at import to go multiprocess.
     prometheus_multiproc_dir: Path | None = setting("PROMETHEUS_MULTIPROC_DIR", None)

@@ -54,6 +54,8 @@ class Req:
     user: int | str | None = None  # a user id, "odd:<id in the session>", "raw:<header>"
     ip: str = "10.1.1.2"
     request_id: str | None = None  # default: one per request; "bad id" makes the server's
+    compat: str | None = None  # its X-Hmdp-Compat header
+    shown: int | None = None  # the status the client sees, if not ``status`` (compat mode)
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,30 @@ def _one_reservation(run: Run) -> None:
 def _sliding_window(run: Run) -> None:
     assert run.state["stock"] == "4"
     assert _rejected(run, "seckill") == 1  # counted once, by the limiter itself
+
+
+def _compat_refusals(run: Run) -> None:
+    assert run.answers[1][2] == (
+        b'{"success":false,"errorMsg":"already ordered","data":"<order 0>","total":null}\n'
+    )
+    real = [a[1].get("X-Hmdp-Status") for a in run.answers]
+    assert real == [None, "409", "409", "404", None, None]
+    vary = [a[1].get("Vary") for a in run.answers]  # errors but 401, whichever form
+    assert vary == [None, "X-Hmdp-Compat", "X-Hmdp-Compat", "X-Hmdp-Compat", None, "X-Hmdp-Compat"]
+
+
+def _compat_limits(run: Run) -> None:
+    _refused_body(run)
+    assert [a[1].get("X-Hmdp-Status") for a in run.answers] == [
+        None,
+        None,
+        "429",
+        None,
+        None,
+        "429",
+    ]
+    assert run.answers[3][0] == 429  # asked for real statuses
+    assert _rejected(run, "shop_query") == 2 and _rejected(run, "seckill") == 1
 
 
 def _forget_voucher(redis, voucher_id: int) -> None:  # type: ignore[no-untyped-def]
@@ -264,6 +290,37 @@ CASES = [
         check=_one_reservation,
     ),
     Case(
+        "compat mode asked for by the request",
+        (
+            Req("POST", "/voucher-order/seckill/{v}", 200, user=5, compat="1"),
+            Req("POST", "/voucher-order/seckill/{v}", 409, user=5, compat="1", shown=200),
+            Req("POST", "/voucher-order/seckill/{v}", 409, user=6, compat="1", shown=200),
+            Req("POST", "/voucher-order/seckill/424242", 404, user=6, compat="1", shown=200),
+            Req("POST", "/voucher-order/seckill/{v}", 401, compat="1"),  # the login page
+            Req("POST", "/voucher-order/seckill/{v}", 409, user=6, compat="0"),
+        ),
+        stock=1,
+        check=_compat_refusals,
+    ),
+    Case(
+        "compat mode by the setting, rate limited",
+        (
+            *(Req("GET", "/shop/{shop}", 200, ip="10.9.9.9") for _ in range(2)),
+            Req("GET", "/shop/{shop}", 429, ip="10.9.9.9", shown=200),
+            Req("GET", "/shop/{shop}", 429, ip="10.9.9.9", compat="0"),
+            Req("POST", "/voucher-order/seckill/{v}", 200, user=7),
+            Req("POST", "/voucher-order/seckill/{v}", 429, user=7, shown=200),
+        ),
+        settings={
+            "compat_errors": True,
+            "rate_limit_enabled": True,
+            "rate_limit_shop_query": "2,0.001/s",
+            "rate_limit_seckill": "1,0.001/s",
+        },
+        warm_shop=True,
+        check=_compat_limits,
+    ),
+    Case(
         "a sliding-window limit",
         tuple(Req("POST", "/voucher-order/seckill/{v}", s, user=8) for s in (200, 409, 429)),
         settings={"rate_limit_enabled": True, "rate_limit_seckill": "2/min"},
@@ -339,6 +396,8 @@ def _headers_that_matter(response) -> dict[str, str]:  # type: ignore[no-untyped
         "x-ratelimit-reset",
         "retry-after",
         "allow",
+        "vary",
+        "x-hmdp-status",
     }, names
     for timed, least in (("X-RateLimit-Reset", 0), ("Retry-After", 1)):  # seconds from now
         if timed in headers:
@@ -383,12 +442,15 @@ def _play(case: Case, app, voucher_id: int, access_lines) -> Run:  # type: ignor
             headers["authorization"] = _session(redis, 0, raw_id=req.user[4:])
         elif isinstance(req.user, str):
             headers["authorization"] = req.user[4:]
+        if req.compat is not None:
+            headers["X-Hmdp-Compat"] = req.compat
         path = req.path.format(v=voucher_id, shop=case.shop)
         before = calls[0]
         response = client.open(
             path, method=req.method, headers=headers, environ_base={"REMOTE_ADDR": req.ip}
         )
-        assert response.status_code == req.status, (case.name, req, response.get_data())
+        shown = req.status if req.shown is None else req.shown
+        assert response.status_code == shown, (case.name, req, response.get_data())
         run.reached_flask.append(calls[0] > before)
         body = response.get_data()
         data = response.json.get("data") if response.is_json else None

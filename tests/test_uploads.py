@@ -11,14 +11,13 @@ import io
 import json
 import os
 import re
-import struct
 import uuid
-import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import func, select
+from support.images import GIF, IMAGES, JPEG, PNG, WEBP
 from support.procs import http as http_get
 from support.procs import web_server
 from support.social import make_shop, make_upload, make_users
@@ -30,27 +29,6 @@ from web.images import ImageStore, upload_path
 UPLOAD_PATH = re.compile(r"^/blogs/(\d|1[0-5])/(\d|1[0-5])/[0-9a-f-]{36}\.(jpg|png|gif|webp)$")
 
 
-def _png() -> bytes:
-    """A real 1x1 PNG."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00\xff\x00\x00")
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    )
-
-
-GIF = bytes.fromhex(
-    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
-)
-JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000") + b"\x00" * 64 + b"\xff\xd9"
-WEBP = b"RIFF" + struct.pack("<I", 26) + b"WEBPVP8L" + struct.pack("<I", 13) + b"\x2f" + b"\0" * 12
-PNG = _png()
-IMAGES = {"jpg": JPEG, "png": PNG, "gif": GIF, "webp": WEBP}
 MEDIA = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
 
 

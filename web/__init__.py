@@ -78,7 +78,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     visits.install(app, services)
 
     http_metrics = register_metrics(app, services)
-    register_request_layer(app, http_metrics, settings.access_log)  # first hook: the request id
+    # the first hook: the request id; its after_request runs last: the final answer
+    register_request_layer(app, http_metrics, settings.access_log, settings.compat_errors)
     register_error_handlers(app)
     register_auth(app)
     register_ratelimit(app, settings)  # after auth: per-user limits need the user

@@ -13,8 +13,23 @@ through this module, so the two cannot drift apart:
   request id and start time, and a rate-limit charge it made already is not
   made again (web/ratelimit.py).
 * :class:`Finish`: the one end of every request: the HTTP metrics by route
-  (:class:`HttpMetrics`) and the ``hmdp.access`` line; the caller echoes the
-  request id in ``X-Request-ID``.
+  (:class:`HttpMetrics`) and the ``hmdp.access`` line, both with the real
+  status, and the status the client is shown (:meth:`Finish.shown`: the hmdp
+  compatibility mode for errors); the caller echoes the request id in
+  ``X-Request-ID``.
+
+The hmdp compatibility mode: the hmdp front end shows ``errorMsg`` only of a
+2xx answer (any other status is a generic "server error", 401 a redirect to its
+login page), as the Java backend answers every error but a missing login with
+HTTP 200. In this mode an error other than 401 is shown as 200 with the same
+envelope and its real status in ``X-Hmdp-Status``; the metrics and the access
+line keep the real status. ``HMDP_COMPAT_ERRORS`` turns it on for a deployment;
+a request's ``X-Hmdp-Compat: 1`` (or ``0``) chooses for that request, whoever
+sends it: it changes how the status is presented, never what was done, who may
+do it or what is counted, so a client asking for it only tells itself less.
+nginx's ``/api/`` location (deploy/nginx.conf.template) sends ``1``. The
+answers whose presentation the header decides say so in ``Vary``, so a cache
+never hands one client's form to another.
 
 The request id is also set in :data:`logsetup.REQUEST_ID` while the request is
 served, so every log line and every Celery task dispatched by it carry it (see
@@ -49,6 +64,9 @@ MAX_TOKEN_LENGTH = 128
 UNMATCHED = "<unmatched>"  # the route label of a request no URL rule matched
 UNTRACKED_PATHS = frozenset({"/metrics"})  # scrapes are not counted in the HTTP metrics
 EXCHANGE_KEY = "hmdp.exchange"
+COMPAT_HEADER = "X-Hmdp-Compat"  # request: "1" compat mode on, "0" off, else the setting
+COMPAT_ENVIRON = "HTTP_X_HMDP_COMPAT"
+REAL_STATUS_HEADER = "X-Hmdp-Status"  # response: the real status of an error shown as 200
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -234,18 +252,43 @@ class HttpMetrics:
         self.total.labels(method, status).inc()
 
 
-class Finish:
-    """The end of every request, whichever layer answered it: metrics and access line."""
+Headers = tuple[tuple[str, str], ...]
+VARY_COMPAT: Headers = (("Vary", COMPAT_HEADER),)
 
-    def __init__(self, metrics: HttpMetrics, access_log_enabled: bool):
+
+class Finish:
+    """The end of every request, whichever layer answered it: metrics, access line, status."""
+
+    def __init__(self, metrics: HttpMetrics, access_log_enabled: bool, compat_errors: bool):
         self.metrics = metrics
         self.access_log_enabled = access_log_enabled
+        self.compat_errors = compat_errors
 
-    def __call__(self, exchange: Exchange, status: int, recorder: Recorder | None = None) -> None:
-        """Count and log the answer (the caller echoes ``exchange.request_id``).
+    def __call__(
+        self, exchange: Exchange, status: int, recorder: Recorder | None = None
+    ) -> tuple[int, Headers]:
+        """Count and log the answer; the status to send and the headers to add (:meth:`shown`).
 
         ``recorder`` is the hot route's :meth:`HttpMetrics.recorder` of this status.
+        The caller also echoes ``exchange.request_id``.
         """
+        self._record(exchange, status, recorder)
+        return self.shown(exchange, status)
+
+    def shown(self, exchange: Exchange, status: int) -> tuple[int, Headers]:
+        """The status the client is shown for the real ``status``, with the headers saying so.
+
+        An error but 401 in compat mode (the module's docstring) is shown as 200
+        with ``X-Hmdp-Status``; every error but 401 varies by ``X-Hmdp-Compat``.
+        """
+        if status < 400 or status == 401:
+            return status, ()
+        asked = exchange.environ.get(COMPAT_ENVIRON)
+        if asked == "1" or (asked != "0" and self.compat_errors):
+            return 200, ((REAL_STATUS_HEADER, str(status)), *VARY_COMPAT)
+        return status, VARY_COMPAT
+
+    def _record(self, exchange: Exchange, status: int, recorder: Recorder | None) -> None:
         elapsed = time.perf_counter() - exchange.started
         if recorder is not None:
             observe, count = recorder
@@ -274,9 +317,15 @@ class Finish:
 FINISH_EXTENSION = "hmdp_finish"
 
 
-def register_request_layer(app: Flask, metrics: HttpMetrics, access_log_enabled: bool) -> Finish:
-    """Install Flask's side of the layer; register before any other before_request hook."""
-    finish = app.extensions[FINISH_EXTENSION] = Finish(metrics, access_log_enabled)
+def register_request_layer(
+    app: Flask, metrics: HttpMetrics, access_log_enabled: bool, compat_errors: bool
+) -> Finish:
+    """Install Flask's side of the layer; register before any other hook.
+
+    Its after_request hook runs last (Flask runs them in reverse), so it counts
+    and rewrites the final answer, error handlers' and other hooks' work included.
+    """
+    finish = app.extensions[FINISH_EXTENSION] = Finish(metrics, access_log_enabled, compat_errors)
 
     @app.before_request
     def _start_request() -> None:
@@ -287,7 +336,10 @@ def register_request_layer(app: Flask, metrics: HttpMetrics, access_log_enabled:
     @app.after_request
     def _finish_request(response: Response) -> Response:
         exchange = current_exchange()
-        finish(exchange, response.status_code)
+        status, headers = finish(exchange, response.status_code)
+        response.status_code = status
+        for name, value in headers:
+            response.headers.add(name, value)
         response.headers[REQUEST_ID_HEADER] = exchange.request_id
         return response
 

@@ -58,12 +58,12 @@ class FastPath:
         self.rule = next(r.rule for r in app.url_map.iter_rules() if r.endpoint == self.endpoint)
         self._finish: Finish = app.extensions[FINISH_EXTENSION]
         metrics: HttpMetrics = app.extensions["hmdp_metrics"]
-        self._statuses = {
-            status: (
-                f"{status} {HTTPStatus(status).phrase.upper()}",
-                metrics.recorder(self.method, self.rule, status),
-            )
-            for status in self.statuses
+        self._recorders = {
+            status: metrics.recorder(self.method, self.rule, status) for status in self.statuses
+        }
+        self._lines = {
+            status: f"{status} {HTTPStatus(status).phrase.upper()}"
+            for status in (200, *self.statuses)  # 200: an error shown in compat mode
         }
 
     def _wants(self, environ: dict[str, Any]) -> bool:
@@ -91,11 +91,11 @@ class FastPath:
                         answer = None
                     if answer is not None:
                         status, headers, body = answer
-                        line, recorder = self._statuses[status]
+                        shown, more = self._finish(exchange, status, self._recorders[status])
+                        headers.extend(more)
                         headers.append(("Content-Length", str(len(body))))
                         headers.append((REQUEST_ID_HEADER, request_id))
-                        self._finish(exchange, status, recorder)
-                        start_response(line, headers)
+                        start_response(self._lines[shown], headers)
                         return [body]
                 finally:
                     REQUEST_ID.reset(context)

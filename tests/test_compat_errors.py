@@ -1,0 +1,197 @@
+"""The hmdp compatibility mode for errors (web/exchange.py, Finish.shown).
+
+The hmdp front end shows ``errorMsg`` only of a 2xx answer: in compat mode an
+error but 401 is HTTP 200 with the same envelope and its real status in
+``X-Hmdp-Status``, while the HTTP metrics and the access line keep the real
+status. Each error class is played through Flask with the mode asked for by the
+request header, and again (some) with the deployment setting; the fast paths'
+compat answers are compared with Flask's in tests/test_fast_paths.py.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import pytest
+from support.images import PNG
+from support.seckill import add_shop, create_seckill
+from support.social import make_users
+
+from web.exchange import COMPAT_HEADER, REAL_STATUS_HEADER
+
+COMPAT = {COMPAT_HEADER: "1"}
+
+
+def _status_count(app, status: int) -> float:  # type: ignore[no-untyped-def]
+    """flask_http_request_total of this status label, all methods."""
+    return sum(
+        s.value
+        for family in app.extensions["hmdp_metrics"].registry.collect()
+        for s in family.samples
+        if s.name == "flask_http_request_total" and s.labels["status"] == str(status)
+    )
+
+
+def _upload(client, headers, data: bytes):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/upload/blog",
+        data={"file": (io.BytesIO(data), "photo.png")},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+
+
+def _assert_shown_as_200(response, real: int, message: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == 200, response.get_data()
+    assert response.headers[REAL_STATUS_HEADER] == str(real)
+    assert COMPAT_HEADER in response.headers.get_all("Vary")
+    body = response.json
+    assert body["success"] is False and message in body["errorMsg"], body
+
+
+# (name, real status, what errorMsg says, how to make it: (client, user, headers))
+def _bad_request(client, user, headers):  # type: ignore[no-untyped-def]
+    return client.get("/shop/0", headers=headers)
+
+
+def _forbidden(client, user, headers):  # type: ignore[no-untyped-def]
+    return client.put("/shop", json={"id": 1, "name": "x"}, headers={**headers, **user()})
+
+
+def _not_found(client, user, headers):  # type: ignore[no-untyped-def]
+    return client.get("/shop/99999999", headers=headers)
+
+
+def _too_large(client, user, headers):  # type: ignore[no-untyped-def]
+    return _upload(client, {**headers, **user()}, PNG + b"\0" * 4096)
+
+
+def _not_an_image(client, user, headers):  # type: ignore[no-untyped-def]
+    return _upload(client, {**headers, **user()}, b"plain text, not an image")
+
+
+def _too_many(client, user, headers):  # type: ignore[no-untyped-def]
+    user = {**headers, **user()}
+    assert _upload(client, user, PNG).status_code == 200
+    return _upload(client, user, PNG)
+
+
+def _unavailable(client, user, headers):  # type: ignore[no-untyped-def]
+    # the default code sender (an SMS gateway over HTTP) without a gateway URL
+    return client.post("/user/code", query_string={"phone": "13812345678"}, headers=headers)
+
+
+def _unexpected(client, user, headers):  # type: ignore[no-untyped-def]
+    return client.get("/test-only/boom", headers=headers)
+
+
+ERRORS = [
+    ("400 bad input", 400, "must be", _bad_request),
+    ("403 not an admin", 403, "", _forbidden),
+    ("404 no such shop", 404, "", _not_found),
+    ("413 image too large", 413, "larger than", _too_large),
+    ("415 not an image", 415, "not an image", _not_an_image),
+    ("429 rate limited", 429, "too many requests", _too_many),
+    ("503 code sender down", 503, "", _unavailable),
+    ("500 unexpected", 500, "internal server error", _unexpected),
+]
+
+
+@pytest.fixture
+def compat_app(app_with):
+    """An app whose every error class can be provoked; its rate limit: one upload a while."""
+    app = app_with(
+        rate_limit_enabled=True,
+        rate_limit_upload="1,0.001/s",
+        upload_max_bytes=1024,
+    )
+
+    @app.get("/test-only/boom")
+    def _boom():  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    add_shop(app.extensions["hmdp"])
+    return app
+
+
+@pytest.fixture
+def user(compat_app, login_as) -> Callable[[], dict[str, str]]:
+    """A new user's login headers per call (the users exist: uploads name their uploader)."""
+    ids = iter(make_users(compat_app.extensions["hmdp"], 10, start=100))
+    return lambda: login_as(next(ids))
+
+
+@pytest.mark.parametrize(
+    ("real", "message", "provoke"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS]
+)
+def test_each_error_is_shown_as_200_with_its_real_status_in_a_header_and_the_metrics(
+    compat_app, user, real, message, provoke
+):
+    client = compat_app.test_client()
+    bare = provoke(client, user, {})
+    assert bare.status_code == real, bare.get_data()  # the bare API: the real status
+    assert REAL_STATUS_HEADER not in bare.headers
+    assert COMPAT_HEADER in bare.headers.get_all("Vary")  # its form depends on the header
+    before = _status_count(compat_app, real), _status_count(compat_app, 200)
+    shown = provoke(client, user, COMPAT)
+    _assert_shown_as_200(shown, real, message)
+    assert shown.json["errorMsg"] == bare.json["errorMsg"]  # the same reason either way
+    assert shown.json["data"] == bare.json["data"]
+    after = _status_count(compat_app, real), _status_count(compat_app, 200)
+    assert after[0] - before[0] == 1  # counted by its real status
+    assert after[1] - before[1] == (real == 429)  # but _too_many's first upload
+
+
+def test_a_second_order_is_already_ordered_with_its_id_in_data(app, client, login_as, services):
+    add_shop(services)
+    voucher_id = create_seckill(client, login_as(1, role="admin"), stock=5)
+    buyer = {**login_as(5), **COMPAT}
+    first = client.post(f"/voucher-order/seckill/{voucher_id}", headers=buyer)
+    assert first.status_code == 200 and first.json["success"] is True
+    assert REAL_STATUS_HEADER not in first.headers and "Vary" not in first.headers
+    second = client.post(f"/voucher-order/seckill/{voucher_id}", headers=buyer)
+    _assert_shown_as_200(second, 409, "already ordered")
+    assert second.json["data"] == first.json["data"]  # the order id it got the first time
+
+
+def test_a_missing_login_stays_401(app_with, services):
+    app = app_with(compat_errors=True)
+    client = app.test_client()
+    for headers in ({}, COMPAT, {"authorization": "no-such-token", **COMPAT}):
+        response = client.get("/user/me", headers=headers)
+        assert response.status_code == 401, response.get_data()
+        assert REAL_STATUS_HEADER not in response.headers and "Vary" not in response.headers
+        assert response.json == {
+            "success": False,
+            "errorMsg": "not logged in",
+            "data": None,
+            "total": None,
+        }
+
+
+def test_the_deployment_setting_and_the_request_header(app_with, seeded):
+    """HMDP_COMPAT_ERRORS: compat for every request; a request's header decides for itself."""
+    on = app_with(compat_errors=True).test_client()
+    off = app_with().test_client()
+    # the setting on: compat unless the request says 0
+    _assert_shown_as_200(on.get("/shop/0"), 400, "must be")
+    assert on.get("/shop/0", headers={COMPAT_HEADER: "0"}).status_code == 400
+    # the setting off (the default): real statuses unless the request says 1
+    assert off.get("/shop/0").status_code == 400
+    _assert_shown_as_200(off.get("/shop/0", headers=COMPAT), 400, "must be")
+    for odd in ("", "yes", "true ", "2"):  # only 1 and 0 are answers; else the setting
+        assert off.get("/shop/0", headers={COMPAT_HEADER: odd}).status_code == 400
+        assert on.get("/shop/0", headers={COMPAT_HEADER: odd}).status_code == 200
+    # a success is the same answer in either mode
+    plain, compat = off.get("/shop/1"), off.get("/shop/1", headers=COMPAT)
+    assert plain.status_code == compat.status_code == 200
+    assert plain.get_data() == compat.get_data()
+    assert REAL_STATUS_HEADER not in compat.headers and "Vary" not in compat.headers
+
+
+def test_the_access_line_keeps_the_real_status(app, client, access_lines):
+    before = len(access_lines())
+    assert client.get("/shop/0", headers=COMPAT).status_code == 200
+    (line,) = access_lines()[before:]
+    assert line["status"] == 400
