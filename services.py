@@ -18,9 +18,7 @@ from datetime import datetime
 from functools import cached_property
 from zoneinfo import ZoneInfo
 
-import redis
-
-from cache.connection import connect, resolve_redis_url
+from cache.connection import Client, connect, disconnect, resolve_redis_url
 from models.session import Database
 from settings import Settings
 
@@ -48,7 +46,7 @@ class Services:
         return resolve_redis_url(self.settings)
 
     @cached_property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Client:
         return connect(self.redis_url, self.settings)
 
     @cached_property
@@ -68,8 +66,7 @@ class Services:
         """Release pools (after fork, at shutdown, between tests)."""
         if "redis" in self.__dict__:
             with contextlib.suppress(Exception):
-                self.redis.close()
-                self.redis.connection_pool.disconnect()
+                disconnect(self.redis)
             del self.__dict__["redis"]
         if "db" in self.__dict__:
             self.db.dispose()

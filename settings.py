@@ -99,6 +99,31 @@ def _networks(raw: str) -> ProxyNetworks:
         raise ValueError(f"must be comma-separated CIDRs ({exc})") from None
 
 
+REDIS_CLUSTER_SCHEME = "redis+cluster"
+
+
+def is_cluster_url(url: str | None) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://host:port[,host:port...]``)."""
+    return bool(url) and url.split("://", 1)[0].lower() == REDIS_CLUSTER_SCHEME  # type: ignore[union-attr]
+
+
+def cluster_nodes(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """The credentials part (``user:pass@`` or "") and the host:port pairs of a cluster URL.
+
+    Any reachable node is enough for a client to find the others, so the URL
+    names as many as the operator likes; each must be ``host:port``.
+    """
+    rest = url.split("://", 1)[1].split("/", 1)[0]
+    auth, _, hosts = rest.rpartition("@")
+    nodes = []
+    for part in hosts.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{REDIS_CLUSTER_SCHEME} URL: {part.strip()!r} is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    return (auth + "@" if auth else ""), nodes
+
+
 def _http_url(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.hostname)
@@ -353,7 +378,31 @@ class Settings:
             check = f.metadata["check"]
             if check is not None and value is not None and not check[0](value):
                 raise ValueError(f"{name} {check[1]}, got {value!r}")
+        self._check_cluster()
         return self
+
+    def _check_cluster(self) -> None:
+        """A Redis Cluster needs a broker of its own: Celery has no Redis Cluster transport."""
+        if not is_cluster_url(self.redis_url):
+            for name, url in (
+                ("CELERY_BROKER_URL", self.celery_broker_url),
+                ("CELERY_RESULT_BACKEND", self.celery_result_backend),
+            ):
+                if is_cluster_url(url):
+                    raise ValueError(f"{name}: Celery cannot use a Redis Cluster ({url})")
+            return
+        try:
+            cluster_nodes(self.redis_url)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ValueError(f"REDIS_URL {exc}") from None
+        if not self.celery_broker_url or is_cluster_url(self.celery_broker_url):
+            raise ValueError(
+                "REDIS_URL names a Redis Cluster, and Celery has no Redis Cluster transport: "
+                "set CELERY_BROKER_URL to RabbitMQ (amqp://user:pass@host:5672/vhost) "
+                "or to a standalone Redis (redis://...)"
+            )
+        if is_cluster_url(self.celery_result_backend):
+            raise ValueError("CELERY_RESULT_BACKEND: Celery cannot use a Redis Cluster")
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests, CLI overrides)."""

@@ -24,6 +24,13 @@ two timeouts from Settings, and the pool remembers a stall:
 
 :func:`client_options` gives the same two timeouts to clients made elsewhere
 (the Celery transport, the metrics collector, the load-test scripts).
+
+**A Redis Cluster** is a configuration: ``REDIS_URL=redis+cluster://host:port[,host:port...]``
+(any reachable node is enough; the client learns the rest with ``CLUSTER SLOTS``) makes
+:func:`connect` return a :class:`redis.cluster.RedisCluster` with the same timeouts,
+connection class and one fail-fast breaker per node pool (:class:`ClusterNodePool`).
+Callers that need a plain connection to *some* server (pub/sub listeners) ask
+:func:`pubsub_pool` for one; classic pub/sub is broadcast to every node of a cluster.
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ import time
 from typing import Any
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import SENTINEL, AbstractConnection
 
-from settings import Settings
+from settings import Settings, cluster_nodes, is_cluster_url
 
 from .server import shared_server_url
 
@@ -57,6 +65,10 @@ _BLOCKING: dict[str, tuple[int | str, float]] = {
     "WAIT": ("LAST", 0.001),
     "WAITAOF": ("LAST", 0.001),
 }
+
+
+# What every client of ours is: a single Redis or a cluster, one API for both.
+Client = redis.Redis | RedisCluster
 
 
 def resolve_redis_url(settings: Settings) -> str:
@@ -202,14 +214,31 @@ class StallAwarePool(redis.BlockingConnectionPool):
         return super().get_connection()
 
 
-def connect(url: str, settings: Settings | None = None, max_connections: int = 200) -> redis.Redis:
+class ClusterNodePool(StallAwarePool):
+    """One cluster node's pool: redis-py builds it from keyword arguments that cannot
+    carry a breaker, so each node's pool makes its own (a stalled node fails fast, the
+    others keep serving their slots)."""
+
+    def __init__(self, **kwargs: Any):
+        if "breaker" not in kwargs:
+            window = (kwargs.get("socket_connect_timeout") or 1.0) + (
+                kwargs.get("socket_timeout") or 1.0
+            )
+            kwargs["breaker"] = StallBreaker(window)
+        super().__init__(**kwargs)
+
+
+def connect(url: str, settings: Settings | None = None, max_connections: int = 200) -> Client:
     """A decoded-str client with a bounded pool and the timeouts of ``settings``.
 
     Bounded so that a burst cannot open more sockets than Redis' maxclients,
     and blocking so that a burst waits (at most 5 s) for a connection instead
     of failing. ``settings`` None: the declared defaults (scripts, tests).
-    hiredis parses when installed.
+    hiredis parses when installed. A cluster URL gives a :class:`RedisCluster`
+    (one such pool per node).
     """
+    if is_cluster_url(url):
+        return connect_cluster(url, settings, max_connections)
     options = client_options(settings or Settings())
     breaker = StallBreaker(options["socket_connect_timeout"] + options["socket_timeout"])
     pool = StallAwarePool.from_url(
@@ -224,3 +253,54 @@ def connect(url: str, settings: Settings | None = None, max_connections: int = 2
         **options,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def connect_cluster(
+    url: str, settings: Settings | None = None, max_connections: int = 200
+) -> RedisCluster:
+    """A :class:`RedisCluster` for a ``redis+cluster://`` URL, pools as :func:`connect`'s.
+
+    redis-py takes the first node as a URL (so that it builds each node's pool
+    from ``connection_pool_class``) and the others as startup nodes; its own
+    retries follow a failover (MOVED, topology refresh).
+    """
+    auth, nodes = cluster_nodes(url)
+    (host, port), others = nodes[0], nodes[1:]
+    return RedisCluster(
+        url=f"redis://{auth}{host}:{port}/0",
+        startup_nodes=[ClusterNode(h, p) for h, p in others],
+        connection_pool_class=ClusterNodePool,
+        connection_class=StallAwareConnection,
+        max_connections=max_connections,
+        timeout=5,
+        decode_responses=True,
+        socket_keepalive=True,
+        **client_options(settings or Settings()),
+    )
+
+
+def pubsub_pool(client: Client) -> redis.ConnectionPool:
+    """A pool whose connection settings a pub/sub side connection should copy.
+
+    A single Redis: the client's own. A cluster: a primary's (classic PUBLISH
+    reaches every node's subscribers, so any node will do).
+    """
+    if isinstance(client, RedisCluster):
+        return client.get_default_node().redis_connection.connection_pool
+    return client.connection_pool
+
+
+def server_of(client: Client) -> Any:
+    """What identifies ``client``'s Redis within this process (its pool; a cluster client itself)."""
+    return client if isinstance(client, RedisCluster) else client.connection_pool
+
+
+def disconnect(client: Client) -> None:
+    """Close every pooled connection of ``client`` (after fork, at shutdown)."""
+    client.close()
+    if isinstance(client, RedisCluster):
+        for node in client.get_nodes():
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+    else:
+        client.connection_pool.disconnect()

@@ -37,6 +37,8 @@ from typing import Any
 
 import redis
 
+from .connection import pubsub_pool, server_of
+
 log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "hmdp_lock__channel:"
@@ -68,7 +70,7 @@ class UnlockListener:
     """One subscriber connection and reader thread serving all waiters of a process."""
 
     def __init__(self, client: redis.Redis):
-        pool = client.connection_pool
+        pool = pubsub_pool(client)
         kwargs = dict(pool.connection_kwargs)
         # Only the reader thread reads; writes (SUBSCRIBE/UNSUBSCRIBE) happen under
         # self.lock. No health-check PINGs: redis-py would send them from the reader
@@ -254,7 +256,7 @@ def listener_for(client: redis.Redis) -> UnlockListener:
     if registry.pid != os.getpid():
         _reset_after_fork()
         registry = _registry
-    pool = client.connection_pool
+    pool = server_of(client)
     with registry.lock:
         listener = registry.listeners.get(pool)
         if listener is None:

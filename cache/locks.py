@@ -46,8 +46,9 @@ from redis.commands.core import Script
 
 from metrics import LOCK_CONTENTION, LOCK_HOLD, LOCK_WAIT
 
+from .connection import server_of
 from .lock_wait import unlock_channel, wait_for_lock
-from .scripts import load_script
+from .scripts import load_script, run_each
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +329,7 @@ class RLock:
         self._release_script: Script | None = None
 
     def _key(self, owner: str) -> tuple[int, str, str]:
-        return (id(self.client.connection_pool), self.name, owner)
+        return (id(server_of(self.client)), self.name, owner)
 
     def acquire(
         self,
@@ -482,11 +483,7 @@ class RLock:
 # --- many RLocks in one round trip (batch settling) --------------------------------
 def _each(client: redis.Redis, script_name: str, calls: list[tuple[list, list]]) -> list:
     """Run one script once per (keys, args), all in one pipeline; the replies in order."""
-    script = load_script(client, script_name)
-    pipe = client.pipeline(transaction=False)
-    for keys, args in calls:
-        script(keys=keys, args=args, client=pipe)
-    return pipe.execute()
+    return run_each(client, load_script(client, script_name), calls)
 
 
 def acquire_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:

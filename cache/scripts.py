@@ -2,14 +2,21 @@
 
 redis-py's ``Script`` runs EVALSHA and falls back to EVAL on NOSCRIPT, so a
 Redis restart (script cache gone) is handled without our code noticing.
+
+On a Redis Cluster every script's KEYS share one hash slot (the README's key
+table), and redis-py refuses scripts in a cluster pipeline; :func:`run_each`
+pipelines them anyway, one EVALSHA per call routed by its keys (a batch is one
+round trip per node), and re-runs through ``Script`` what a node did not know.
 """
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
@@ -44,3 +51,28 @@ def composed_source(name: str, parts: tuple[str, ...]) -> str:
 def load_composed(client: redis.Redis, name: str, parts: tuple[str, ...]) -> Script:
     """:func:`load_script` for a script built by :func:`composed_source`."""
     return client.register_script(composed_source(name, parts))
+
+
+def run_each(
+    client: redis.Redis | RedisCluster, script: Script, calls: list[tuple[list, list]]
+) -> list:
+    """Run ``script`` once per (keys, args), all in one pipeline; the replies in order.
+
+    An error reply is raised (the first one), after every call was sent.
+    """
+    pipe = client.pipeline(transaction=False)
+    if not isinstance(client, RedisCluster):
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return pipe.execute()
+    for keys, args in calls:
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    for index, reply in enumerate(replies):
+        if isinstance(reply, redis.exceptions.NoScriptError):  # a node new to the script
+            keys, args = calls[index]
+            replies[index] = script(keys=keys, args=args)
+    error = next((reply for reply in replies if isinstance(reply, Exception)), None)
+    if error is not None:
+        raise error
+    return replies

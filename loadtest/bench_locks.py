@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cache.connection import connect  # noqa: E402
+from cache.connection import connect, disconnect  # noqa: E402
 from cache.locks import RLock, SimpleLock  # noqa: E402
 from cache.server import EmbeddedRedis  # noqa: E402
 from settings import Settings  # noqa: E402
@@ -71,7 +71,7 @@ def uncontended(url: str, kind: str, iterations: int) -> tuple[float, list[float
         lock.release()
         latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - start
-    client.connection_pool.disconnect()
+    disconnect(client)
     return iterations / elapsed, latencies
 
 
@@ -131,7 +131,7 @@ def contended(
     elapsed = time.perf_counter() - start
     for proc in procs:
         proc.join()
-    client.connection_pool.disconnect()
+    disconnect(client)
     return processes * threads * iterations / elapsed, handoffs
 
 

@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cache import login as login_store  # noqa: E402
-from cache.connection import client_options  # noqa: E402
+from cache.connection import client_options, connect  # noqa: E402
 from cache.server import EmbeddedRedis, free_port  # noqa: E402
 from cache.shop_source import top_shop_ids  # noqa: E402
 from deploy.supervisor import Supervisor  # noqa: E402
@@ -126,7 +126,7 @@ class Stack:
             ).start()
             self.redis_url = self._redis_server.url
         else:
-            client = redis.Redis.from_url(self.redis_url, **client_options(Settings.from_env()))
+            client = connect(self.redis_url, Settings.from_env())
             try:
                 if client.dbsize():
                     raise RuntimeError(

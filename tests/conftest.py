@@ -2,8 +2,10 @@
 
 Every test that asks for ``settings`` (directly or through ``app``) runs once
 per backend of the run (:func:`support.backends.backends`: sqlite, and mysql
-where one answers; ``HMDP_TEST_BACKENDS`` narrows it). Helpers the test
-modules import live in the ``support`` package beside this file.
+where one answers; ``HMDP_TEST_BACKENDS`` narrows it); tests marked
+``redis_cluster`` also run on ``cluster``: a real 3-master Redis Cluster with
+RabbitMQ as the broker. Helpers the test modules import live in the
+``support`` package beside this file.
 """
 
 from __future__ import annotations
@@ -17,7 +19,17 @@ from pathlib import Path
 
 import pytest
 import redis
-from support.backends import backends, database_for, drop_databases, redis_for, wipe_database
+from support import rabbitmq
+from support.backends import (
+    CLUSTER,
+    backends,
+    cluster_wanted,
+    database_for,
+    drop_databases,
+    flush_redis,
+    redis_for,
+    wipe_database,
+)
 
 import logsetup
 from cache.server import EmbeddedRedis
@@ -29,9 +41,18 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Every test using the ``backend`` fixture runs once per backend of the run."""
+    """Every test using the ``backend`` fixture runs once per backend of the run.
+
+    A test marked ``redis_cluster`` runs on the cluster backend too (a process test);
+    ``@pytest.mark.redis_cluster(single="why")`` on a test of such a module keeps
+    that one test on the single Redis.
+    """
     if "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", backends(), indirect=True)
+        params: list[object] = list(backends())
+        marker = metafunc.definition.get_closest_marker("redis_cluster")
+        if marker is not None and "single" not in marker.kwargs and cluster_wanted():
+            params.append(pytest.param(CLUSTER, marks=pytest.mark.process))
+        metafunc.parametrize("backend", params, indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -56,20 +77,39 @@ def databases(tmp_root: Path) -> Iterator[dict[str, str]]:
     drop_databases(created)
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of this run's own (deleted at the end): the cluster backend's broker."""
+    name = rabbitmq.create_vhost()
+    yield name
+    rabbitmq.delete_vhost(name)
+
+
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture
-def settings(backend: str, redis_servers, databases, tmp_root: Path, tmp_path: Path) -> Settings:
+def broker_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """CELERY_BROKER_URL of the backend: None (the app's Redis) but RabbitMQ beside a cluster."""
+    if backend != CLUSTER:
+        return None
+    return rabbitmq.broker_url(request.getfixturevalue("rabbitmq_vhost"))
+
+
+@pytest.fixture
+def settings(
+    backend: str, broker_url, redis_servers, databases, tmp_root: Path, tmp_path: Path
+) -> Settings:
     """Settings pointing at this backend's own Redis and database, both emptied."""
     server = redis_for(backend, redis_servers, tmp_root)
     url = database_for(backend, databases, tmp_root)
-    redis.Redis.from_url(server.url).flushall()
+    flush_redis(server.url)
     wipe_database(url)
     return Settings(
         redis_url=server.url,
+        celery_broker_url=broker_url,
         database_url=url,
         var_dir=tmp_path / "var",
         rate_limit_enabled=False,

@@ -16,9 +16,9 @@ import pytest
 import redis
 from support.env import ROOT, process_env
 from support.lock_child import Child
-from support.redis_faults import WritesReset, name_connections
+from support.redis_faults import WritesReset, command_calls, name_connections, reset_stats
 
-from cache.connection import connect
+from cache.connection import connect, disconnect
 from cache.locks import (
     LockNotOwnedError,
     LockTimeout,
@@ -30,6 +30,8 @@ from cache.locks import (
 )
 from cache.scripts import load_script
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 
 # --- helpers -------------------------------------------------------------------
 @pytest.fixture
@@ -37,7 +39,7 @@ def redis_client(settings) -> redis.Redis:
     """This test's Redis, without building the web app (cache/ needs no Flask)."""
     client = connect(settings.redis_url)
     yield client
-    client.connection_pool.disconnect()
+    disconnect(client)
 
 
 def run_in_thread(fn) -> tuple[threading.Thread, dict]:
@@ -59,8 +61,7 @@ def run_in_thread(fn) -> tuple[threading.Thread, dict]:
 
 def script_calls(client: redis.Redis) -> int:
     """EVAL + EVALSHA calls since the last CONFIG RESETSTAT."""
-    stats = client.info("commandstats")
-    return sum(stats.get(f"cmdstat_{cmd}", {}).get("calls", 0) for cmd in ("eval", "evalsha"))
+    return sum(command_calls(client, cmd) for cmd in ("eval", "evalsha"))
 
 
 # --- mutual exclusion across processes -------------------------------------------
@@ -265,6 +266,7 @@ FAILED_RELEASE_LEASE_MS = 1000
 
 
 @pytest.mark.process
+@pytest.mark.redis_cluster(single="WritesReset pauses and kills clients of one server")
 @pytest.mark.parametrize("kind", ["rlock", "release_all", "simple"])
 def test_a_release_redis_fails_leaves_a_lock_that_expires_with_its_lease(settings, children, kind):
     """Redis drops the releasing connection: the lock is not released, and nobody renews it.
@@ -352,7 +354,7 @@ def test_waiter_wakes_on_unlock_not_on_ttl_and_does_not_spin(redis_client):
     lease_s = 30
     holder = RLock(redis_client, "lock:order:15", lease_ms=lease_s * 1000)
     assert holder.acquire(lease=lease_s)
-    redis_client.config_resetstat()
+    reset_stats(redis_client)
     waiter = RLock(redis_client, "lock:order:15")
     thread, out = run_in_thread(lambda: (waiter.acquire(), waiter.release()))
     time.sleep(0.5)
@@ -485,7 +487,7 @@ def test_simple_lock_bounded_blocking_acquire_returns_false(redis_client):
 def test_simple_lock_blocking_waiter_wakes_on_release(redis_client):
     holder = SimpleLock(redis_client, "lock:shop:46", ttl_ms=30_000)
     assert holder.acquire()
-    redis_client.config_resetstat()
+    reset_stats(redis_client)
     waiter = SimpleLock(redis_client, "lock:shop:46")
     thread, out = run_in_thread(lambda: waiter.acquire(blocking=True))
     time.sleep(0.5)
@@ -493,8 +495,7 @@ def test_simple_lock_blocking_waiter_wakes_on_release(redis_client):
     holder.release()
     thread.join(25)
     assert out["result"] is True and out["elapsed"] < 15
-    stats = redis_client.info("commandstats")
-    assert stats["cmdstat_set"]["calls"] <= 5, stats["cmdstat_set"]
+    assert 1 <= command_calls(redis_client, "set") <= 5
     waiter.release()
 
 
@@ -596,6 +597,7 @@ def test_benchmark_script_runs_tiny(settings, redis_client):
     assert "simple  uncontended x1" in result.stdout
 
 
+@pytest.mark.redis_cluster(single="kills the listener and releases in one MULTI on one server")
 def test_waiter_recovers_a_message_lost_while_its_listener_reconnects(redis_client):
     """Kill the subscriber connection and release in one MULTI: the PUBLISH reaches
     nobody. The waiter must still get the lock long before the 30 s TTL fallback,

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from settings import Settings
+from settings import Settings, cluster_nodes
 
 
 def test_defaults_mean_embedded_redis_and_sqlite():
@@ -55,6 +55,48 @@ def test_reads_every_documented_variable(tmp_path: Path):
 def test_bad_values_fail_at_start_with_the_variable_named(env, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env)
+
+
+CLUSTER = "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"REDIS_URL": CLUSTER}, "Celery has no Redis Cluster transport: set CELERY_BROKER_URL"),
+        (
+            {"REDIS_URL": CLUSTER, "CELERY_BROKER_URL": CLUSTER},
+            "Celery has no Redis Cluster transport",
+        ),
+        ({"CELERY_BROKER_URL": CLUSTER}, "CELERY_BROKER_URL: Celery cannot use a Redis Cluster"),
+        (
+            {"REDIS_URL": "redis+cluster://10.0.0.1", "CELERY_BROKER_URL": "amqp://mq//"},
+            "REDIS_URL redis\\+cluster URL: '10.0.0.1' is not host:port",
+        ),
+        (
+            {
+                "REDIS_URL": CLUSTER,
+                "CELERY_BROKER_URL": "amqp://mq//",
+                "CELERY_RESULT_BACKEND": CLUSTER,
+            },
+            "CELERY_RESULT_BACKEND: Celery cannot use a Redis Cluster",
+        ),
+    ],
+)
+def test_a_redis_cluster_needs_a_broker_of_its_own(env, message):
+    """Issue 19, point 3: refused at start, not at the first task."""
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
+
+
+def test_a_redis_cluster_with_rabbitmq_or_a_standalone_redis_broker_is_accepted():
+    for broker in ("amqp://guest:guest@127.0.0.1:5672/hmdp", "redis://10.0.0.9:6379/0"):
+        settings = Settings.from_env({"REDIS_URL": CLUSTER, "CELERY_BROKER_URL": broker})
+        assert (settings.redis_url, settings.celery_broker_url) == (CLUSTER, broker)
+    assert cluster_nodes("redis+cluster://u:p@h1:7000, h2:7001/") == (
+        "u:p@",
+        [("h1", 7000), ("h2", 7001)],
+    )
 
 
 def test_with_changes_a_copy_and_validates():

@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 from cache import reconcile
-from cache.connection import client_options
+from cache.connection import Client, connect
 from cache.server import process_alive
 from metrics import track_pool
 from services import Services
@@ -55,19 +55,17 @@ class StreamCollector(Collector):
     def __init__(self, settings: Settings, redis_url: Callable[[], str]):
         self.settings = settings
         self._redis_url = redis_url
-        self._client: redis.Redis | None = None
+        self._client: Client | None = None
 
-    def client(self) -> redis.Redis:
+    def client(self) -> Client:
         """A small client of its own with short timeouts: a hung Redis must not hang scrapes."""
         if self._client is None:
             limit = self.settings.metrics_redis_timeout  # never longer than any other client's
-            timeouts = {k: min(v, limit) for k, v in client_options(self.settings).items()}
-            self._client = redis.Redis.from_url(
-                self._redis_url(),
-                **timeouts,
-                decode_responses=True,
-                max_connections=4,
+            short = self.settings.with_(
+                redis_socket_timeout=min(self.settings.redis_socket_timeout, limit),
+                redis_connect_timeout=min(self.settings.redis_connect_timeout, limit),
             )
+            self._client = connect(self._redis_url(), short, max_connections=4)
         return self._client
 
     def collect(self) -> Iterable[Metric]:

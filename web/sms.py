@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, current_app
 
-from settings import Settings
+from settings import Settings, cluster_nodes, is_cluster_url
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,11 @@ def remote_hosts(settings: Settings) -> list[str]:
     """
     hosts = []
     for url in (settings.redis_url, settings.database_url, settings.celery_broker_url):
-        host = urlsplit(url).hostname if url else None
-        if host and not _is_local(host):
-            hosts.append(host)
+        if is_cluster_url(url):
+            named = [host for host, _ in cluster_nodes(url)[1]]  # type: ignore[arg-type]
+        else:
+            named = [urlsplit(url).hostname] if url else []
+        hosts.extend(host for host in named if host and not _is_local(host))
     return sorted(set(hosts))
 
 

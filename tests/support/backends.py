@@ -8,6 +8,14 @@
 ``HMDP_TEST_BACKENDS=sqlite`` (or ``mysql``) narrows the list without asking
 MySQL anything. Each Redis server is ours, on its own port, so flushing it
 between tests touches nobody else.
+
+* ``cluster``: a SQLite file + a real 3-master Redis Cluster of our own
+  (:class:`cache.redis_cluster.EmbeddedCluster`) + RabbitMQ as the broker, on a
+  vhost created for the run and deleted after it (Celery has no Redis Cluster
+  transport). Only tests marked ``redis_cluster`` get it, as one more backend
+  (a process test: it starts three redis-servers); ``HMDP_TEST_BACKENDS``
+  without ``cluster`` leaves it out, ``HMDP_TEST_BACKENDS=cluster`` runs only it
+  for those tests.
 """
 
 from __future__ import annotations
@@ -19,14 +27,18 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from cache.connection import connect, disconnect
+from cache.redis_cluster import EmbeddedCluster
 from cache.server import EmbeddedRedis, find_redis_server
 from models.entities import Base
 from models.migrate import upgrade
 
 DEFAULT_MYSQL = "mysql+pymysql://root@127.0.0.1:3306/"
+CLUSTER = "cluster"
 
 
 @cache
@@ -43,17 +55,35 @@ def mysql_server_url() -> str | None:
         return None
 
 
+def _wanted() -> tuple[str, ...] | None:
+    wanted = os.environ.get("HMDP_TEST_BACKENDS")
+    return tuple(b.strip() for b in wanted.split(",") if b.strip()) if wanted else None
+
+
 @cache
 def backends() -> tuple[str, ...]:
-    """The backends of this run: HMDP_TEST_BACKENDS, else sqlite (+ mysql if one answers)."""
-    wanted = os.environ.get("HMDP_TEST_BACKENDS")
+    """The backends of this run: HMDP_TEST_BACKENDS, else sqlite (+ mysql if one answers).
+
+    Never ``cluster``: that one only tests marked ``redis_cluster`` get (:func:`cluster_wanted`).
+    """
+    wanted = _wanted()
     if wanted:
-        return tuple(b.strip() for b in wanted.split(",") if b.strip())
+        return tuple(b for b in wanted if b != CLUSTER)
     return ("sqlite", "mysql") if mysql_server_url() else ("sqlite",)
 
 
-def redis_for(backend: str, servers: dict[str, EmbeddedRedis], tmp_root: Path) -> EmbeddedRedis:
-    """This run's redis-server for ``backend``, started on first use."""
+def cluster_wanted() -> bool:
+    """Whether tests marked ``redis_cluster`` also run on the cluster backend this run."""
+    wanted = _wanted()
+    return wanted is None or CLUSTER in wanted
+
+
+def redis_for(
+    backend: str, servers: dict[str, EmbeddedRedis | EmbeddedCluster], tmp_root: Path
+) -> EmbeddedRedis | EmbeddedCluster:
+    """This run's redis-server (or Redis Cluster) for ``backend``, started on first use."""
+    if backend == CLUSTER and backend not in servers:
+        servers[backend] = EmbeddedCluster(tmp_root / "redis-cluster", masters=3).start()
     if backend not in servers:
         binary = find_redis_server()
         if backend == "mysql" and shutil.which("redis-server"):
@@ -73,8 +103,8 @@ def redis_for(backend: str, servers: dict[str, EmbeddedRedis], tmp_root: Path) -
 def database_for(backend: str, databases: dict[str, str], tmp_root: Path) -> str:
     """This run's migrated database for ``backend``, created on first use."""
     if backend not in databases:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_root / 'hmdp-test.db'}"
+        if backend in ("sqlite", CLUSTER):
+            url = f"sqlite:///{tmp_root / f'hmdp-test-{backend}.db'}"
         elif backend == "mysql":
             server = mysql_server_url()
             if server is None:
@@ -117,3 +147,15 @@ def wipe_database(url: str) -> None:
             for table in reversed(Base.metadata.sorted_tables):
                 conn.execute(table.delete())
     engine.dispose()
+
+
+def flush_redis(url: str) -> None:
+    """Empty our own Redis (every master of a cluster) before a test."""
+    client = connect(url)
+    try:
+        if isinstance(client, redis.RedisCluster):
+            client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+        else:
+            client.flushall()
+    finally:
+        disconnect(client)

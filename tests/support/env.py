@@ -21,5 +21,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         HMDP_ADMIN_PHONES=",".join(settings.admin_phones),
         PYTHONPATH=str(ROOT),
     )
+    if settings.celery_broker_url:  # a Redis Cluster's broker (RabbitMQ)
+        env["CELERY_BROKER_URL"] = settings.celery_broker_url
     env.update(extra)
     return env

@@ -68,3 +68,21 @@ class WritesReset:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def command_calls(client: redis.Redis | redis.RedisCluster, command: str) -> int:
+    """Calls of ``command`` since CONFIG RESETSTAT, summed over every node of a cluster."""
+    if isinstance(client, redis.RedisCluster):
+        per_node = client.info("commandstats", target_nodes=redis.RedisCluster.PRIMARIES)
+        stats = list(per_node.values())
+    else:
+        stats = [client.info("commandstats")]
+    return sum(s.get(f"cmdstat_{command}", {}).get("calls", 0) for s in stats)
+
+
+def reset_stats(client: redis.Redis | redis.RedisCluster) -> None:
+    """CONFIG RESETSTAT on the server (every primary of a cluster)."""
+    if isinstance(client, redis.RedisCluster):
+        client.config_resetstat(target_nodes=redis.RedisCluster.PRIMARIES)
+    else:
+        client.config_resetstat()
