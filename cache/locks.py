@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
-from redis.commands.core import Script
 
 from metrics import LOCK_CONTENTION, LOCK_HOLD, LOCK_WAIT
 
@@ -135,8 +134,6 @@ class SimpleLock:
         self.timeout = timeout  # bounded wait of the context manager (None = forever)
         self.token = uuid.uuid4().hex
         self._acquired_at: float | None = None
-        self._unlock: Script | None = None
-        self._extend: Script | None = None
 
     def _try(self) -> int | None:
         """One retry while waiting: SET NX and PTTL in one round trip (pipelined)."""
@@ -170,9 +167,9 @@ class SimpleLock:
     def release(self) -> None:
         """Delete the lock if it still holds our token; else LockNotOwnedError."""
         acquired_at, self._acquired_at = self._acquired_at, None  # forgotten even if this raises
-        if self._unlock is None:
-            self._unlock = load_script(self.client, "unlock")
-        released = self._unlock(keys=[self.name], args=[self.token, unlock_channel(self.name)])
+        released = load_script(self.client, "unlock")(
+            keys=[self.name], args=[self.token, unlock_channel(self.name)]
+        )
         if not released:
             raise LockNotOwnedError(f"lock {self.name!r} is not held by this instance")
         if acquired_at is not None:
@@ -182,9 +179,8 @@ class SimpleLock:
         """Add ``additional_ms`` to the remaining TTL (owner only), for long work."""
         if additional_ms <= 0:
             raise ValueError("additional_ms must be positive")
-        if self._extend is None:
-            self._extend = load_script(self.client, "extend")
-        if not self._extend(keys=[self.name], args=[self.token, int(additional_ms)]):
+        extend = load_script(self.client, "extend")
+        if not extend(keys=[self.name], args=[self.token, int(additional_ms)]):
             raise LockNotOwnedError(f"lock {self.name!r} is not held by this instance")
 
     def locked(self) -> bool:
@@ -325,8 +321,6 @@ class RLock:
         self.lease_ms = int(lease_ms)
         self.wait_timeout = wait_timeout  # bounded wait of the context manager/decorator
         self.channel = unlock_channel(name)
-        self._acquire_script: Script | None = None
-        self._release_script: Script | None = None
 
     def _key(self, owner: str) -> tuple[int, str, str]:
         return (id(server_of(self.client)), self.name, owner)
@@ -352,9 +346,7 @@ class RLock:
             # Re-entering a watchdog hold: a short explicit lease must not cut
             # the TTL under the outer hold (the watchdog renews every lease/3).
             lease_ms = max(lease_ms, self.lease_ms)
-        if self._acquire_script is None:
-            self._acquire_script = load_script(self.client, "rlock_acquire")
-        script = self._acquire_script
+        script = load_script(self.client, "rlock_acquire")
 
         def attempt() -> int | None:
             ttl = script(keys=[self.name], args=[lease_ms, owner])
@@ -411,9 +403,8 @@ class RLock:
         """
         owner = owner_id()
         try:
-            if self._release_script is None:
-                self._release_script = load_script(self.client, "rlock_release")
-            left = int(self._release_script(keys=[self.name], args=[owner, self.channel]))
+            release = load_script(self.client, "rlock_release")
+            left = int(release(keys=[self.name], args=[owner, self.channel]))
         except BaseException:
             self._drop_hold(owner, None)
             raise

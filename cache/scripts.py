@@ -1,5 +1,12 @@
 """Every Lua script lives in ``lua/NAME.lua``; this loads and registers them.
 
+The one place scripts are registered: :func:`load_script` and
+:func:`load_composed` register a script once per client and hand back the same
+``Script`` afterwards (as redis-py's ``Lock`` registers its scripts once), so
+callers may ask for a script on every call. A client keeps its scripts in an
+attribute of its own (``_hmdp_scripts``): they live and die with it, and a
+``Script`` is bound to the client it was registered with.
+
 redis-py's ``Script`` runs EVALSHA and falls back to EVAL on NOSCRIPT, so a
 Redis restart (script cache gone) is handled without our code noticing.
 
@@ -11,6 +18,7 @@ round trip per node), and re-runs through ``Script`` what a node did not know.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+SCRIPTS_ATTRIBUTE = "_hmdp_scripts"
 
 
 @cache
@@ -31,9 +40,20 @@ def lua_source(name: str) -> str:
     return path.read_text()
 
 
+def _registered(client: redis.Redis, key: object, source: Callable[[], str]) -> Script:
+    """``client``'s script under ``key``, registered on first use (thread-safe: setdefault)."""
+    scripts = client.__dict__.get(SCRIPTS_ATTRIBUTE)
+    if scripts is None:
+        scripts = client.__dict__.setdefault(SCRIPTS_ATTRIBUTE, {})
+    script = scripts.get(key)
+    if script is None:
+        script = scripts.setdefault(key, client.register_script(source()))
+    return script
+
+
 def load_script(client: redis.Redis, name: str) -> Script:
     """A callable script bound to ``client``: ``script(keys=[...], args=[...])``."""
-    return client.register_script(lua_source(name))
+    return _registered(client, name, lambda: lua_source(name))
 
 
 @cache
@@ -50,7 +70,7 @@ def composed_source(name: str, parts: tuple[str, ...]) -> str:
 
 def load_composed(client: redis.Redis, name: str, parts: tuple[str, ...]) -> Script:
     """:func:`load_script` for a script built by :func:`composed_source`."""
-    return client.register_script(composed_source(name, parts))
+    return _registered(client, (name, parts), lambda: composed_source(name, parts))
 
 
 def run_each(
