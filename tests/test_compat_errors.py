@@ -3,7 +3,8 @@
 The hmdp front end shows ``errorMsg`` only of a 2xx answer: in compat mode an
 error but 401 is HTTP 200 with the same envelope and its real status in
 ``X-Hmdp-Status``, while the HTTP metrics and the access line keep the real
-status. Each error class is played through Flask with the mode asked for by the
+status. A missing or expired login stays 401 (the front end's login page); a
+refused login attempt, also 401, is shown with its reason. Each error class is played through Flask with the mode asked for by the
 request header, and again (some) with the deployment setting; the fast paths'
 compat answers are compared with Flask's in tests/test_fast_paths.py.
 """
@@ -18,6 +19,7 @@ from support.images import PNG
 from support.seckill import add_shop, create_seckill
 from support.social import make_users
 
+from cache import login as login_store
 from web.exchange import COMPAT_HEADER, REAL_STATUS_HEADER
 
 COMPAT = {COMPAT_HEADER: "1"}
@@ -82,12 +84,18 @@ def _unavailable(client, user, headers):  # type: ignore[no-untyped-def]
     return client.post("/user/code", query_string={"phone": "13812345678"}, headers=headers)
 
 
+def _login_refused(client, user, headers):  # type: ignore[no-untyped-def]
+    body = {"phone": "13812345678", "code": "123456"}  # no code was sent to this phone
+    return client.post("/user/login", json=body, headers=headers)
+
+
 def _unexpected(client, user, headers):  # type: ignore[no-untyped-def]
     return client.get("/test-only/boom", headers=headers)
 
 
 ERRORS = [
     ("400 bad input", 400, "must be", _bad_request),
+    ("401 a refused login, not a missing one", 401, "no valid code", _login_refused),
     ("403 not an admin", 403, "", _forbidden),
     ("404 no such shop", 404, "", _not_found),
     ("413 image too large", 413, "larger than", _too_large),
@@ -155,9 +163,28 @@ def test_a_second_order_is_already_ordered_with_its_id_in_data(app, client, logi
     assert second.json["data"] == first.json["data"]  # the order id it got the first time
 
 
-def test_a_missing_login_stays_401(app_with, services):
+def test_a_wrong_login_code_is_shown_with_its_reason(app, client, services):
+    """The login page shows why (a 401 that is no missing login: it would reload the page)."""
+    phone = "13812345678"
+    login_store.store_code(services.redis, phone, "123456", 120)
+    wrong = client.post("/user/login", json={"phone": phone, "code": "654321"}, headers=COMPAT)
+    _assert_shown_as_200(wrong, 401, "wrong code; 2 guesses left")
+    right = client.post("/user/login", json={"phone": phone, "code": "123456"}, headers=COMPAT)
+    assert right.status_code == 200 and right.json["success"] is True, right.json
+    assert client.get("/user/me", headers={"authorization": right.json["data"]}).status_code == 200
+
+
+def test_a_missing_login_stays_401(app_with, services, login_as):
+    """No session, an unknown or expired one, a session whose user is gone: the login page."""
     app = app_with(compat_errors=True)
     client = app.test_client()
+    gone = login_as(999)  # a session of a user with no row
+    image = {"file": (io.BytesIO(PNG), "a.png")}
+    response = client.post(
+        "/upload/blog", data=image, headers=gone, content_type="multipart/form-data"
+    )
+    assert response.status_code == 401 and REAL_STATUS_HEADER not in response.headers
+    assert response.json["errorMsg"] == "your account no longer exists"
     for headers in ({}, COMPAT, {"authorization": "no-such-token", **COMPAT}):
         response = client.get("/user/me", headers=headers)
         assert response.status_code == 401, response.get_data()

@@ -23,8 +23,8 @@ from flask import Flask, current_app, request
 from cache.login import TOKEN_KEY, load_session
 from services import Services
 
-from .envelope import Forbidden, Unauthorized
-from .exchange import NOT_LOGGED_IN, Exchange, current_exchange, usable_token
+from .envelope import Forbidden, NotLoggedIn
+from .exchange import Exchange, current_exchange, usable_token
 from .runtime import services
 
 F = TypeVar("F", bound=Callable)
@@ -106,7 +106,7 @@ def require_user() -> UserSummary:
     """The logged-in user; views marked login_required can rely on it."""
     user = current_user()
     if user is None:
-        raise Unauthorized(NOT_LOGGED_IN)
+        raise NotLoggedIn()
     return user
 
 
@@ -156,6 +156,6 @@ def register_auth(app: Flask) -> None:
             return
         user = load_user(exchange, services())
         if user is None:
-            raise Unauthorized(NOT_LOGGED_IN)
+            raise NotLoggedIn()
         if access == "admin" and user.role != "admin":
             raise Forbidden("admin only")

@@ -31,7 +31,7 @@ from services import Services
 from timestamps import iso_instant
 
 from .auth import current_user, login_required, require_user
-from .envelope import BadRequest, NotFound, Unauthorized, int_arg, json_body, ok
+from .envelope import BadRequest, NotFound, NotLoggedIn, int_arg, json_body, ok
 from .ids import path_id
 from .images import MAX_BLOG_IMAGES, front_end_url, owned_uploads, upload_path
 from .runtime import now_ms, services, settings
@@ -182,7 +182,7 @@ def publish() -> Response:
         if session.get(Shop, shop_id) is None:
             raise NotFound("no such shop")
         if session.get(User, me) is None:
-            raise Unauthorized("your account no longer exists")
+            raise NotLoggedIn("your account no longer exists")
         mine = owned_uploads(session, me, images)
         foreign = [p for p in images if p not in mine]
         if foreign:

@@ -19,6 +19,8 @@ from typing import Any
 from flask import Response, request
 from flask.json.provider import DefaultJSONProvider
 
+from .exchange import NOT_LOGGED_IN
+
 MIMETYPE = "application/json"
 
 # Flask's JSON conversions (dates, decimals, dataclasses ...), compact, UTF-8 as is.
@@ -86,6 +88,15 @@ class BadRequest(ApiError):
 
 class Unauthorized(ApiError):
     status = 401
+
+
+class NotLoggedIn(Unauthorized):
+    """A missing or expired login (no session, or one whose user is gone), as opposed to a
+    refused login attempt: the one error the hmdp compatibility mode leaves as 401, which
+    its front end answers with its login page (web/exchange.py)."""
+
+    def __init__(self, message: str = NOT_LOGGED_IN):
+        super().__init__(message)
 
 
 class Forbidden(ApiError):

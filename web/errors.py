@@ -9,7 +9,8 @@ from flask import Flask, Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from .envelope import ApiError, fail
+from .envelope import ApiError, NotLoggedIn, fail
+from .exchange import current_exchange
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
+        if isinstance(error, NotLoggedIn):
+            current_exchange().login_missing = True  # kept a 401 in compat mode
         return fail(error.message, error.status, error.headers)
 
     @app.errorhandler(HTTPException)

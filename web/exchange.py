@@ -21,9 +21,10 @@ through this module, so the two cannot drift apart:
 The hmdp compatibility mode: the hmdp front end shows ``errorMsg`` only of a
 2xx answer (any other status is a generic "server error", 401 a redirect to its
 login page), as the Java backend answers every error but a missing login with
-HTTP 200. In this mode an error other than 401 is shown as 200 with the same
-envelope and its real status in ``X-Hmdp-Status``; the metrics and the access
-line keep the real status. ``HMDP_COMPAT_ERRORS`` turns it on for a deployment;
+HTTP 200. In this mode an error other than a missing or expired login (401,
+``Exchange.login_missing``; a wrong login code, also a 401, is not one) is
+shown as 200 with the same envelope and its real status in ``X-Hmdp-Status``;
+the metrics and the access line keep the real status. ``HMDP_COMPAT_ERRORS`` turns it on for a deployment;
 a request's ``X-Hmdp-Compat: 1`` (or ``0``) chooses for that request, whoever
 sends it: it changes how the status is presented, never what was done, who may
 do it or what is counted, so a client asking for it only tells itself less.
@@ -86,6 +87,9 @@ class Exchange:
     hook or a fast path, the limiter); ``user_loaded`` and ``charged`` say
     that this happened, so it is never done twice for one request. Until
     then they are the class's defaults: a fast answer sets only what it uses.
+    ``login_missing`` is set by whoever answers a missing or expired login
+    (401 ``not logged in``; not a refused login attempt, also a 401): the one
+    error the compat mode leaves as it is.
     """
 
     route: str | None = None  # the URL rule, once routed
@@ -93,6 +97,7 @@ class Exchange:
     user_loaded = False
     rate_limit: Decision | None = None
     charged = False
+    login_missing = False
     _client_ip: str | None = None
 
     def __init__(self, environ: dict[str, Any]):
@@ -278,10 +283,10 @@ class Finish:
     def shown(self, exchange: Exchange, status: int) -> tuple[int, Headers]:
         """The status the client is shown for the real ``status``, with the headers saying so.
 
-        An error but 401 in compat mode (the module's docstring) is shown as 200
-        with ``X-Hmdp-Status``; every error but 401 varies by ``X-Hmdp-Compat``.
+        An error but a missing login in compat mode (the module's docstring) is
+        shown as 200 with ``X-Hmdp-Status``; each of them varies by ``X-Hmdp-Compat``.
         """
-        if status < 400 or status == 401:
+        if status < 400 or exchange.login_missing:
             return status, ()
         asked = exchange.environ.get(COMPAT_ENVIRON)
         if asked == "1" or (asked != "0" and self.compat_errors):

@@ -57,6 +57,12 @@ TOO_MANY = fail_bytes(TOO_MANY_REQUESTS)
 REDIS_DOWN_BODY = fail_bytes(REDIS_DOWN)
 
 
+def _not_logged_in(exchange: Exchange, headers: list[tuple[str, str]]) -> Answer:
+    """401: no usable session (a missing login, left a 401 by the compat mode)."""
+    exchange.login_missing = True
+    return 401, headers, NOT_LOGGED_IN_BODY
+
+
 class SeckillFastPath(FastPath):
     """WSGI middleware in front of ``app.wsgi_app`` (installed by web/fastpath.py)."""
 
@@ -83,7 +89,7 @@ class SeckillFastPath(FastPath):
         headers = [("Content-Type", MIMETYPE)]
         token = exchange.token
         if token is None:
-            return 401, headers, NOT_LOGGED_IN_BODY
+            return _not_logged_in(exchange, headers)
         state = seckill_state(self.app)
         limiter: RouteLimiter = self.app.extensions[RATELIMIT_EXTENSION]
         first: GateResult | None = None
@@ -91,7 +97,7 @@ class SeckillFastPath(FastPath):
             # The hooks' order: the session, then the user's bucket, then the view.
             user = load_user(exchange, self.services)
             if user is None:
-                return 401, headers, NOT_LOGGED_IN_BODY
+                return _not_logged_in(exchange, headers)
             bucket = limiter.token_bucket(exchange, self.endpoint)
             if bucket is not None:  # bucket and gate in one call
                 decision, first = state.gate.reserve_charged(voucher_id, user.id, *bucket)
@@ -109,7 +115,7 @@ class SeckillFastPath(FastPath):
             ttl = self.settings.login_token_ttl
             first = state.gate.reserve_for_session(voucher_id, token, ttl)
             if first.outcome == NO_SESSION:
-                return 401, headers, NOT_LOGGED_IN_BODY
+                return _not_logged_in(exchange, headers)
             if first.outcome == ODD_SESSION:
                 return None
         status, body = answer_of(complete_order(state, voucher_id, first))

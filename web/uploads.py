@@ -29,7 +29,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from models.entities import Upload, User
 
 from .auth import login_required, require_user
-from .envelope import ApiError, BadRequest, Forbidden, NotFound, Unauthorized, ok
+from .envelope import ApiError, BadRequest, Forbidden, NotFound, NotLoggedIn, ok
 from .images import ACCEPTED, SNIFF_BYTES, ImageKind, ImageStore, StorageError, sniff, upload_path
 from .runtime import services, settings
 
@@ -102,7 +102,7 @@ def upload_blog_image() -> Response:
     svc = services()
     with svc.db.sessions() as session:
         if session.get(User, me) is None:
-            raise Unauthorized("your account no longer exists")
+            raise NotLoggedIn("your account no longer exists")
     store = image_store()
     try:
         path = store.save(upload.stream, kind)
