@@ -10,6 +10,9 @@ attribute of its own (``_hmdp_scripts``): they live and die with it, and a
 redis-py's ``Script`` runs EVALSHA and falls back to EVAL on NOSCRIPT, so a
 Redis restart (script cache gone) is handled without our code noticing.
 
+``lua/`` is package data (pyproject.toml): an installed wheel has it beside
+``cache/``, as the source tree does, so :data:`LUA_DIR` is the same path in both.
+
 On a Redis Cluster every script's KEYS share one hash slot (the README's key
 table), and redis-py refuses scripts in a cluster pipeline; :func:`run_each`
 pipelines them anyway, one EVALSHA per call routed by its keys (a batch is one

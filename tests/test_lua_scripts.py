@@ -1,11 +1,19 @@
-"""The Lua scripts (cache/scripts.py): each compiles on a real Redis, each client registers once."""
+"""The Lua scripts (cache/scripts.py): each compiles on a real Redis, each client registers once,
+and an installed wheel has them."""
 
 from __future__ import annotations
 
 import gc
+import shutil
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
+import pytest
 import redis
+from support.backends import redis_for
+from support.env import ROOT
 
 from cache.scripts import LUA_DIR, load_composed, load_script, lua_source
 
@@ -46,3 +54,51 @@ def test_the_scripts_go_with_their_client(settings):
     del client
     gc.collect()
     assert gone() is None
+
+
+# What a wheel of the tree is built from: the sources, not the checkout's own state.
+NOT_SOURCES = (".git", ".venv", "var", "build", "*.egg-info", "__pycache__", ".*_cache", "results")
+
+LOAD_EVERY_SCRIPT = """
+import sys
+from pathlib import Path
+import redis
+import cache.scripts as scripts
+target, url = Path(sys.argv[1]), sys.argv[2]
+assert Path(scripts.__file__).is_relative_to(target), scripts.__file__
+assert scripts.LUA_DIR.is_relative_to(target), scripts.LUA_DIR
+client = redis.Redis.from_url(url)
+names = sorted(path.stem for path in scripts.LUA_DIR.glob("*.lua"))
+for name in names:
+    assert client.script_exists(client.script_load(scripts.lua_source(name))) == [True], name
+print(" ".join(names))
+"""
+
+
+@pytest.mark.process
+def test_an_installed_wheel_loads_every_script(redis_servers, tmp_root: Path, tmp_path: Path):
+    """lua/ is package data: a wheel installed outside the repo loads every script from itself.
+
+    Once, on the sqlite backend's Redis (SCRIPT LOAD touches no key): the wheel does not
+    depend on the backend.
+    """
+    server = redis_for("sqlite", redis_servers, tmp_root)
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCES))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "installed"
+    build = [*pip, "wheel", str(source), "-w", str(wheel_dir), "--no-deps", "--no-build-isolation"]
+    subprocess.run(build, check=True, cwd=tmp_path)
+    (wheel,) = wheel_dir.glob("*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    shutil.rmtree(source)  # nothing of the tree left to load from
+    run = [sys.executable, "-c", LOAD_EVERY_SCRIPT, str(target), server.url]
+    loaded = subprocess.run(
+        run,
+        check=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.stdout.split() == NAMES
