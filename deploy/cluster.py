@@ -85,8 +85,13 @@ def cluster_nginx_values(
     rate: str,
     burst: int,
     conn_per_ip: int,
+    frontend_root: Path,
 ) -> dict[str, str]:
-    """Template values for a local nginx: files under ``nginx_dir``, one worker process."""
+    """Template values for a local nginx: files under ``nginx_dir``, one worker process.
+
+    ``frontend_root`` is the hmdp front end's folder (its index.html, js/, css/,
+    imgs/), served at / beside the API; it need not exist.
+    """
     return {
         "LB_USER": pwd.getpwuid(os.geteuid()).pw_name,  # non-root: ignored with a warning
         "LB_WORKER_PROCESSES": "1",
@@ -100,6 +105,7 @@ def cluster_nginx_values(
         "LB_RATE": rate,
         "LB_BURST": str(burst),
         "LB_CONN_PER_IP": str(conn_per_ip),
+        "LB_FRONTEND_ROOT": str(frontend_root),
     }
 
 
@@ -178,6 +184,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--lb-rate", default="5000r/s", help="nginx per-IP request rate")
     parser.add_argument("--lb-burst", type=int, default=10000)
     parser.add_argument("--lb-conn", type=int, default=4096, help="nginx connections per IP")
+    parser.add_argument(
+        "--frontend",
+        type=Path,
+        default=None,
+        help="the hmdp front end's folder, served at / (default: var/frontend)",
+    )
     return parser
 
 
@@ -218,6 +230,7 @@ class Cluster:
         self.dir = settings.var_dir / "cluster"
         self.state_file = self.dir / "state.json"
         self.logs = self.dir / "logs"
+        self.frontend_root = (args.frontend or settings.var_dir / "frontend").resolve()
         self.ready = False
         self.redis_url = ""
         self.supervisor = Supervisor(on_change=self.write_state)
@@ -391,6 +404,7 @@ class Cluster:
             a.lb_rate,
             a.lb_burst,
             a.lb_conn,
+            self.frontend_root,
         )
         conf = write_nginx_conf(values, nginx_dir)
         checked = check_nginx_conf(binary, conf, nginx_dir)
@@ -407,6 +421,7 @@ class Cluster:
     def _print_urls(self) -> None:
         a = self.args
         log(f"cluster   {self.url(a.port)}  (nginx -> {', '.join(map(str, a.web_ports))})")
+        log(f"front end {self.url(a.port)}/  (its files: {self.frontend_root}; API at /api/)")
         for name, port in zip(self.web_names, a.web_ports, strict=True):
             log(f"{name:<9} {self.url(port)}  metrics {self.url(port, '/metrics')}")
         if a.worker_metrics_port:

@@ -389,6 +389,7 @@ def _cluster_values(tmp_path: Path) -> dict[str, str]:
         "10r/s",
         20,
         10,
+        tmp_path / "frontend",
     )
 
 
@@ -579,3 +580,20 @@ def test_promtool_style_yaml_sanity():
         assert "static_configs" in job or "dns_sd_configs" in job
     names = [job["job_name"] for job in prom["scrape_configs"]]
     assert len(names) == len(set(names))
+
+
+def test_compose_mounts_the_front_end_into_nginx_and_shares_the_uploads():
+    """nginx serves the front end from LB_FRONTEND_ROOT; every instance stores and serves
+    photos in one volume (a photo uploaded through one instance is found by each)."""
+    nginx_env = env_of(SERVICES["nginx"])
+    targets = [v.split(":")[-2] for v in SERVICES["nginx"]["volumes"] if v.endswith(":ro")]
+    assert nginx_env["LB_FRONTEND_ROOT"] in targets
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    var_dir = re.search(r"HMDP_VAR_DIR=(\S+)", dockerfile).group(1)  # the image's ENV
+    uploads = set()
+    for name in WEB:
+        env = {"HMDP_VAR_DIR": var_dir, **env_of(SERVICES[name])}
+        images_dir = str(Settings.from_env(env).images_dir)
+        (volume,) = (v for v in SERVICES[name]["volumes"] if v.split(":")[1] == images_dir)
+        uploads.add(volume.split(":")[0])
+    assert len(uploads) == 1 and uploads <= set(COMPOSE["volumes"])
