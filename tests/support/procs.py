@@ -168,3 +168,39 @@ def celery_worker(
     finally:
         if proc.poll() is None:
             stop_group(proc, signal.SIGTERM, wait=30)
+
+
+@contextlib.contextmanager
+def nginx(
+    binary: str,
+    upstreams: list[str],
+    directory: Path,
+    frontend_root: Path,
+    rate: str = "1000r/s",
+    burst: int = 1000,
+) -> Iterator[str]:
+    """The shipped nginx config (deploy/nginx.conf.template, filled as the local cluster
+    fills it) in front of ``upstreams`` on a free port; yields its base URL."""
+    from deploy.cluster import cluster_nginx_values, nginx_command, write_nginx_conf
+
+    port = free_port()
+    values = cluster_nginx_values(
+        f"127.0.0.1:{port}", upstreams, directory, rate, burst, 100, frontend_root
+    )
+    conf = write_nginx_conf(values, directory)
+    log = directory / "nginx.out"
+    proc = start(nginx_command(binary, conf, directory), dict(os.environ), log)
+    base = f"http://127.0.0.1:{port}"
+
+    def listening() -> bool:
+        try:
+            http(f"{base}/healthz", timeout=2)  # any answer (a 502 too), never rate limited
+        except OSError:
+            return False
+        return True
+
+    try:
+        wait_for(listening, 30, "nginx", proc, log)
+        yield base
+    finally:
+        stop_group(proc, signal.SIGQUIT)
