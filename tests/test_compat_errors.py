@@ -65,6 +65,19 @@ def _not_found(client, user, headers):  # type: ignore[no-untyped-def]
     return client.get("/shop/99999999", headers=headers)
 
 
+def _no_route(client, user, headers):  # type: ignore[no-untyped-def]
+    return client.get("/no/such/route", headers=headers)
+
+
+def _wrong_method(client, user, headers):  # type: ignore[no-untyped-def]
+    return client.delete("/shop/1", headers=headers)
+
+
+def _body_too_large(client, user, headers):  # type: ignore[no-untyped-def]
+    body = b'{"phone":"' + b"1" * (1024 * 1024) + b'"}'  # above the app's 1 MiB
+    return client.post("/user/login", data=body, content_type="application/json", headers=headers)
+
+
 def _too_large(client, user, headers):  # type: ignore[no-untyped-def]
     return _upload(client, {**headers, **user()}, PNG + b"\0" * 4096)
 
@@ -98,7 +111,10 @@ ERRORS = [
     ("401 a refused login, not a missing one", 401, "no valid code", _login_refused),
     ("403 not an admin", 403, "", _forbidden),
     ("404 no such shop", 404, "", _not_found),
+    ("404 no such route", 404, "no such resource", _no_route),
+    ("405 wrong method", 405, "method not allowed", _wrong_method),
     ("413 image too large", 413, "larger than", _too_large),
+    ("413 request body too large", 413, "too large", _body_too_large),
     ("415 not an image", 415, "not an image", _not_an_image),
     ("429 rate limited", 429, "too many requests", _too_many),
     ("503 code sender down", 503, "", _unavailable),
