@@ -20,6 +20,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, tzinfo
 
 _ZERO = timedelta(0)
+# A UTC offset is less than a day: wall times this far from datetime's ends convert safely.
+_FIRST = datetime.min + timedelta(days=1)
+_LAST = datetime.max - timedelta(days=1)
+
+
+class InstantOutOfRange(ValueError):
+    """An ISO-8601 time so close to year 1 or 9999 that converting it could overflow."""
 
 
 def iso_instant(moment: datetime | None, zone: tzinfo) -> str | None:
@@ -43,8 +50,13 @@ def parse_instant(text: str, zone: tzinfo) -> datetime:
     Without an offset the time is read in ``zone``. A wall time that occurs
     twice (a DST fold) means its first occurrence; one skipped by a DST gap
     is read with the offset before the gap (zoneinfo's ``fold=0`` rule).
+    The range is checked before the conversion: :class:`InstantOutOfRange`
+    (a ValueError) for a time within a day of datetime's ends, which an
+    offset could push beyond them (an OverflowError otherwise).
     """
     moment = datetime.fromisoformat(text.strip())
+    if not _FIRST <= moment.replace(tzinfo=None) <= _LAST:
+        raise InstantOutOfRange(f"{text[:40]!r} is out of range")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return moment.astimezone(UTC).replace(tzinfo=None)

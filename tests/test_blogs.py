@@ -83,7 +83,9 @@ def test_publish_rejects_bad_bodies_without_writing(client, world, login_as):
     headers = login_as(3)
     for body, status in BAD_BODIES:
         if body is None:
-            r = client.post("/blog", data="not json", headers=headers)
+            r = client.post(
+                "/blog", data="not json", headers=headers, content_type="application/json"
+            )
         else:
             r = client.post("/blog", json=body, headers=headers)
         assert r.status_code == status, (body, r.json)

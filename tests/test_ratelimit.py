@@ -519,7 +519,9 @@ def test_per_user_limits_see_the_logged_in_user(make_app, redis_client):
 def test_rejected_input_writes_only_rate_limit_counters(make_app, redis_client):
     client = make_app().test_client()
     assert _send(client, "12345").status_code == 400
-    assert client.post("/user/login", data="nope").status_code == 400
+    assert (
+        client.post("/user/login", data="nope", content_type="application/json").status_code == 400
+    )
     assert client.post("/user/login", json={"phone": "1", "code": "1"}).status_code == 400
     assert all(key.startswith("ratelimit:") for key in redis_client.keys("*"))
 

@@ -25,6 +25,7 @@ from .fastpath import install as install_fast_path
 from .ids import IdConverter
 from .metrics import register_metrics
 from .ratelimit import register_ratelimit
+from .request_json import ApiJSONProvider, JsonRequest
 
 # One module per concern, each exposing ``bp`` (a Blueprint) and optionally
 # ``post_seed(services)``, run by ``flask seed`` after the demo rows are in.
@@ -60,6 +61,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the WSGI app; connections are opened on first use, not here."""
     settings = settings or Settings.from_env()
     app = Flask(__name__, static_folder=None)  # an API: no static files
+    # The one JSON body parser (web/request_json.py), and its failures as envelopes.
+    app.json = ApiJSONProvider(app)
+    app.request_class = JsonRequest
     app.config.update(
         SECRET_KEY=settings.secret_key,
         JSON_AS_ASCII=False,

@@ -36,6 +36,7 @@ from .ids import path_id
 from .images import MAX_BLOG_IMAGES, front_end_url, owned_uploads, upload_path
 from .runtime import now_ms, services, settings
 from .social import follower_ids, user_summaries
+from .text import storable
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _text(body: dict[str, Any], name: str, limit: int, required: bool = True) ->
         raise BadRequest(f"'{name}' must not be blank")
     if len(value) > limit:
         raise BadRequest(f"'{name}' must be at most {limit} characters")
-    return value
+    return storable(name, value)
 
 
 def _images(value: object) -> list[str]:

@@ -111,6 +111,10 @@ class Conflict(ApiError):
     status = 409
 
 
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
 class TooManyRequests(ApiError):
     status = 429
 
@@ -129,12 +133,14 @@ def fail(message: str, status: int, headers: dict | None = None) -> Response:
 
 
 def json_body() -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 that says what is wrong."""
-    if not request.data:
+    """The request body as a JSON object, or a 413/415/400 that says what is wrong.
+
+    The app's one parser decides (web/request_json.py: the size limit,
+    Content-Type, depth, numbers, storable strings).
+    """
+    if not request.get_data():
         raise BadRequest("request body must be a JSON object")
-    payload = request.get_json(silent=True, force=True)
-    if payload is None:
-        raise BadRequest("request body is not valid JSON")
+    payload = request.get_json()
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
     return payload

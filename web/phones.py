@@ -25,18 +25,16 @@ def is_valid_phone(value: object) -> bool:
     return isinstance(value, str) and PHONE_RE.fullmatch(value) is not None
 
 
-def named_phones() -> tuple[object, ...]:
+def named_phones(strict: bool = False) -> tuple[object, ...]:
     """The phone values this request gives, valid or not: the query's, then the JSON body's.
 
-    An empty value counts as not given. A body that is not a JSON object names
-    no phone here (the route that needs a body says what is wrong with it).
+    An empty value counts as not given. A body the app's parser refuses
+    (web/request_json.py) names no phone here, for the rate-limit hook;
+    ``strict`` (the routes) answers its 400/415 instead.
     """
     named = [request.args.get("phone")]
     if request.content_length:
-        try:
-            body = request.get_json(force=True, silent=True)
-        except RecursionError:  # absurdly nested JSON: no phone in it
-            body = None
+        body = request.get_json(silent=not strict)
         if isinstance(body, dict):
             named.append(body.get("phone"))
     return tuple(value for value in named if value is not None and value != "")
@@ -44,7 +42,7 @@ def named_phones() -> tuple[object, ...]:
 
 def login_phone() -> str:
     """The one valid phone this request is for; a 400 when none, a bad one, or two differ."""
-    named = named_phones()
+    named = named_phones(strict=True)
     if not named:
         raise BadRequest("phone is required")
     if not all(is_valid_phone(value) for value in named):

@@ -50,6 +50,7 @@ from .exchange import current_exchange
 from .nearby import index_shop, load_all, position_args, shops_near
 from .runtime import services
 from .shop_cache import shop_answer, shop_cache
+from .text import storable
 
 bp = Blueprint("shops", __name__, cli_group="cache")
 
@@ -105,7 +106,7 @@ def shops_by_name() -> Response:
     A missing or empty ``name`` lists all shops in the same order: hmdp's blog
     editor fills its shop picker on opening with ``?name=`` (an empty name).
     """
-    name = (request.args.get("name") or "").strip()
+    name = storable("name", (request.args.get("name") or "").strip())
     if len(name) > 128:
         raise BadRequest("query parameter 'name' is too long (max 128)")
     current = int_arg("current", default=1, minimum=1, maximum=MAX_PAGE)
@@ -186,7 +187,7 @@ def _field(name: str, value: object) -> object:
             raise BadRequest(f"'{name}' must be {int(low)} to {int(high)} characters")
         if any(ord(c) < 32 for c in value):
             raise BadRequest(f"'{name}' must not contain control characters")
-        return value
+        return storable(name, value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest(f"'{name}' must be a number")
     if kind == "int":

@@ -25,11 +25,12 @@ from cache.reconcile import MISSING, Reconciler
 from cache.seckill import live_stocks, load_voucher
 from models.entities import MAX_ID, SeckillVoucher, Shop, Voucher
 from services import Services
-from timestamps import iso_instant, parse_instant
+from timestamps import InstantOutOfRange, iso_instant, parse_instant
 
 from .auth import admin_required
 from .envelope import BadRequest, NotFound, json_body, ok
 from .runtime import services, settings
+from .text import storable
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ bp = Blueprint("vouchers", __name__)
 
 MAX_MONEY = 10**12  # cents
 MAX_STOCK = 100_000_000
+MIN_YEAR, MAX_YEAR = 2000, 9999  # of a sale window, in UTC
 TYPE_ORDINARY = 0
 TYPE_SECKILL = 1
 
@@ -68,7 +70,7 @@ def _str_field(body: dict, name: str, max_len: int, required: bool = False) -> s
         raise BadRequest(f"'{name}' must not be empty")
     if len(value) > max_len:
         raise BadRequest(f"'{name}' must be at most {max_len} characters")
-    return value
+    return storable(name, value)
 
 
 def _time_field(body: dict, name: str) -> datetime:
@@ -82,12 +84,15 @@ def _time_field(body: dict, name: str) -> datetime:
         raise BadRequest(f"'{name}' is required")
     if not isinstance(value, str):
         raise BadRequest(f"'{name}' must be an ISO-8601 string")
+    out_of_range = BadRequest(f"'{name}' is out of range (years {MIN_YEAR} to {MAX_YEAR})")
     try:
         moment = parse_instant(value, settings().zone)
-    except (ValueError, OverflowError):
+    except InstantOutOfRange:
+        raise out_of_range from None
+    except ValueError:
         raise BadRequest(f"'{name}' is not an ISO-8601 time: {value[:40]!r}") from None
-    if not 2000 <= moment.year <= 9999:
-        raise BadRequest(f"'{name}' is out of range")
+    if not MIN_YEAR <= moment.year <= MAX_YEAR:
+        raise out_of_range
     return moment.replace(microsecond=0)
 
 

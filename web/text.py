@@ -1,0 +1,37 @@
+"""The one rule for text the API accepts: what the database can store.
+
+The tables are utf8mb4 (MySQL) or SQLite text: every Unicode scalar value
+fits, but a lone surrogate (``"\\ud800"``, which JSON's ``\\u`` escapes can
+produce) cannot be encoded at all and the driver fails on it, and a NUL is
+cut off or refused depending on the layer. So a string with either is refused
+at the request boundary, as a 400 naming the field, before anything is
+written: by the JSON body parser for every string of a body
+(web/request_json.py) and by the validators for each field they read (query
+parameters too). Request schemas reuse :func:`text_problem`.
+"""
+
+from __future__ import annotations
+
+from .envelope import BadRequest
+
+
+def text_problem(value: str) -> str | None:
+    """What makes ``value`` unstorable (a phrase to follow the field's name), or None."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    if value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        return f"must not contain a lone surrogate (U+{code:04X}): it cannot be stored"
+    return None
+
+
+def storable(name: str, value: str) -> str:
+    """``value`` unchanged if it can be stored, else a 400 naming ``name``."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise BadRequest(f"'{name}' {problem}")
+    return value
