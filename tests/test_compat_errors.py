@@ -238,3 +238,22 @@ def test_the_access_line_keeps_the_real_status(app, client, access_lines):
     assert client.get("/shop/0", headers=COMPAT).status_code == 200
     (line,) = access_lines()[before:]
     assert line["status"] == 400
+
+
+def test_the_seckill_fast_path_s_own_503_is_a_compat_answer(app_with):
+    """Redis away: the fast path answers the 503 itself (no second timeout through Flask)."""
+    from cache.server import free_port
+    from web.order_fastpath import SeckillFastPath
+
+    app = app_with(redis_url=f"redis://127.0.0.1:{free_port()}/0", compat_errors=True)
+    fast = app.wsgi_app
+    while not isinstance(fast, SeckillFastPath):  # behind the shop fast path
+        fast = fast.flask_wsgi
+    reached_flask = []
+    inner = fast.flask_wsgi
+    fast.flask_wsgi = lambda environ, start: reached_flask.append(1) or inner(environ, start)
+    response = app.test_client().post("/voucher-order/seckill/1", headers={"authorization": "t"})
+    assert not reached_flask
+    _assert_shown_as_200(response, 503, "service temporarily unavailable (cache)")
+    assert response.headers["Retry-After"] == "1"
+    assert _status_count(app, 503) == 1 and _status_count(app, 200) == 0
