@@ -3,7 +3,7 @@
 * ``refresh_logical_expiry`` -- rewrites logical keys shortly before they
   expire, so readers normally never see an expired hot shop;
 * ``warm_hot_shops`` -- recomputes the hot set (top N by sold plus the explicit
-  ``cache:shop:hot`` ids) and writes their logical keys;
+  ``cache:{shop}:hot`` ids) and writes their logical keys;
 * ``rebuild_shop_bloom`` -- rebuilds the Bloom filter of shop ids from the
   database and swaps it in atomically.
 

@@ -38,7 +38,12 @@ def bloom_size(expected: int, fp_rate: float) -> tuple[int, int]:
 
 
 class BloomFilter:
-    """One Redis bitmap key plus the arithmetic to address it."""
+    """One Redis bitmap key plus the arithmetic to address it.
+
+    The rebuild's keys are ``key`` + ``:building`` / ``:scratch``, swapped in by
+    one script: give ``key`` a hash tag (``bloom:{shop}``) so that on a Redis
+    Cluster all three share its slot.
+    """
 
     def __init__(self, client: redis.Redis, key: str, expected: int, fp_rate: float = 0.01):
         self.client = client

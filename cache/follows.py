@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 
 from .locks import LockNotOwnedError, SimpleLock
 from .scripts import load_script
@@ -142,10 +143,17 @@ def common(
     other_id: int,
     load: Callable[[int], Iterable[int]],
 ) -> list[int]:
-    """Ids both users follow (SINTER), ascending; ``load(uid)`` reads one user's follows."""
+    """Ids both users follow (SINTER), ascending; ``load(uid)`` reads one user's follows.
+
+    On a Redis Cluster the two sets are on their users' slots: SMEMBERS each,
+    intersected here (a follow set is small).
+    """
     for uid in {user_id, other_id}:
         ensure(client, uid, lambda uid=uid: load(uid))
-    members = client.sinter([follows_key(user_id), follows_key(other_id)])
+    if isinstance(client, RedisCluster):  # two users' sets: two slots, two reads
+        members = client.smembers(follows_key(user_id)) & client.smembers(follows_key(other_id))
+    else:
+        members = client.sinter([follows_key(user_id), follows_key(other_id)])
     if MARKER not in members:
         # Both built sets hold the marker, so a set vanished between ensure and
         # SINTER (eviction): answer from the database this time.

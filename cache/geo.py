@@ -22,8 +22,10 @@ import redis
 
 log = logging.getLogger(__name__)
 
-GEO_KEY = "shop:geo:{type_id}"
-LOADED_KEY = "shop:geo:{type_id}:loaded"
+# Every type's key shares the hash tag {geo}: a shop changing type moves between
+# two types' keys in one MULTI, so on a Redis Cluster the (small) index is one slot.
+GEO_KEY = "shop:{{geo}}:{type_id}"
+LOADED_KEY = "shop:{{geo}}:{type_id}:loaded"
 MAX_LONGITUDE = 180.0
 MAX_LATITUDE = 85.05112878  # what Redis' GEO (Web Mercator) can store
 LOAD_BATCH = 1000  # members per GEOADD

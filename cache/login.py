@@ -26,11 +26,13 @@ import redis
 
 from .scripts import load_script
 
-CODE_KEY = "login:code:{phone}"
-WRONG_KEY = "login:wrong:{phone}"
+# A phone's keys share its hash tag (the braces in the key): the code scripts and
+# transactions touch two of them at once, so on a Redis Cluster they share a slot.
+CODE_KEY = "login:code:{{{phone}}}"
+WRONG_KEY = "login:wrong:{{{phone}}}"
 TOKEN_KEY = "login:token:{token}"
-PASSWORD_FAIL_KEY = "login:password:fail:{phone}"
-PASSWORD_LOCK_KEY = "login:password:lock:{phone}"
+PASSWORD_FAIL_KEY = "login:password:fail:{{{phone}}}"
+PASSWORD_LOCK_KEY = "login:password:lock:{{{phone}}}"
 
 Status = Literal["ok", "wrong", "missing", "void", "locked"]
 

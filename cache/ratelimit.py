@@ -104,9 +104,14 @@ class Decision:
         return headers
 
 
-def limit_key(*parts: object) -> str:
-    """The Redis key of one limited subject, e.g. ``ratelimit:login:phone:138...``."""
-    return ":".join((KEY_PREFIX, *(str(p) for p in parts)))
+def limit_key(group: object, *parts: object) -> str:
+    """The Redis key of one limited subject of ``group``, e.g. ``ratelimit:{login}:phone:138...``.
+
+    The group is the hash tag: a request charges all its keys (user, phones,
+    address) of one group in ONE script, so on a Redis Cluster they must share a
+    slot. The cost: one group's limits live on one shard.
+    """
+    return ":".join((KEY_PREFIX, f"{{{group}}}", *(str(p) for p in parts)))
 
 
 class Limiter(ABC):

@@ -102,7 +102,7 @@ class RegionConfig:
     """The policy knobs of one region (from Settings, see ``cache.shops``)."""
 
     name: str  # "shop": lock keys are lock:{name}:{id}
-    prefix: str  # "cache:shop"
+    prefix: str  # "cache:{shop}": a hash tag, so the region's keys share a cluster slot
     strategy: str = "mutex"
     ttl: float = 30 * 60
     null_ttl: float = 2 * 60
@@ -292,7 +292,10 @@ class CacheRegion:
     def _raw(self, key: str) -> list[str]:
         bloom = self.bloom
         if bloom is None:
-            keys = [self.logical_key(key), self.physical_key(key), "", self.version_key(key)]
+            # No offsets: the script never reads KEYS[3]; a key of the region's own
+            # slot stands in for it (a Redis Cluster routes by every key named).
+            physical = self.physical_key(key)
+            keys = [self.logical_key(key), physical, physical, self.version_key(key)]
             return self._get(keys=keys, args=[])
         keys = [self.logical_key(key), self.physical_key(key), bloom.key, self.version_key(key)]
         return self._get(keys=keys, args=bloom.offsets(key))

@@ -8,7 +8,7 @@ imports web or tasks: the refresh trigger is a callable passed in.
 by logical expiry; a shop without one by ``settings.shop_cache_strategy``
 (passthrough | mutex | logical). Logical keys exist for the *hot* shops: the
 top ``settings.hot_shop_count`` shops by ``sold`` plus the ids in the Redis set
-``cache:shop:hot`` (an operator's explicit list), written by the warm job
+``cache:{shop}:hot`` (an operator's explicit list), written by the warm job
 (``flask seed``, ``flask cache warm``, beat ``warm_hot_shops``). Under strategy
 ``logical`` every shop read gets a logical key. A hot shop whose logical key
 is missing (just updated, Redis restarted) falls back to the configured
@@ -35,10 +35,13 @@ from .shop_source import iter_shop_ids, load_shop, load_shop_types, load_shops, 
 
 log = logging.getLogger(__name__)
 
-SHOP_PREFIX = "cache:shop"
+# The shop region's keys, its Bloom filter and the operator's hot list share the hash
+# tag {shop}: its scripts read a shop's keys with the filter and bump the region's
+# generation as they invalidate, so on a Redis Cluster the region lives on one slot.
+SHOP_PREFIX = "cache:{shop}"
 SHOP_TYPE_KEY = "cache:shop-type"
-SHOP_BLOOM_KEY = "bloom:shop"
-EXPLICIT_HOT_KEY = "cache:shop:hot"  # operator-managed set of shop ids, always hot
+SHOP_BLOOM_KEY = "bloom:{shop}"
+EXPLICIT_HOT_KEY = "cache:{shop}:hot"  # operator-managed set of shop ids, always hot
 WARM_LOCK = "lock:shop:warm"
 BLOOM_LOCK = "lock:bloom:shop"
 JOB_LOCK_TTL_MS = 10 * 60 * 1000
@@ -101,7 +104,7 @@ def shop_region(
 
 
 def hot_shop_ids(client: redis.Redis, db: Database, top: int) -> list[str]:
-    """The hot set: the ``top`` best sellers plus the explicit ``cache:shop:hot`` ids."""
+    """The hot set: the ``top`` best sellers plus the explicit ``cache:{shop}:hot`` ids."""
     ids = [str(i) for i in top_shop_ids(db, top)]
     explicit = sorted(client.smembers(EXPLICIT_HOT_KEY), key=lambda s: (len(s), s))
     seen = set(ids)
@@ -169,7 +172,7 @@ def rebuild_shop_bloom(client: redis.Redis, db: Database, settings: Settings) ->
         count = bloom.finish_rebuild(iter_shop_ids(db))
         if count > settings.bloom_expected_shops:
             log.warning(
-                "bloom:shop holds %d ids, more than HMDP_BLOOM_EXPECTED_SHOPS=%d: "
+                "bloom:{shop} holds %d ids, more than HMDP_BLOOM_EXPECTED_SHOPS=%d: "
                 "its false-positive rate is above %.2f%%",
                 count,
                 settings.bloom_expected_shops,

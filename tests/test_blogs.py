@@ -14,6 +14,8 @@ from cache.likes import count as zcard
 from cache.likes import liked_key
 from models.entities import Blog
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 
 @pytest.fixture
 def world(services):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import random
 from datetime import UTC
 
+import pytest
 from test_cache_region import CountingLoader, add_shops
 
 from cache.bloom import BloomFilter, bloom_size
 from cache.region import CacheRegion
 from cache.shop_source import load_shop
 from cache.shops import SHOP_BLOOM_KEY, rebuild_shop_bloom, shop_bloom, shop_region_config
+
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
 
 
 def test_size_follows_the_textbook_formulas():
@@ -21,21 +24,21 @@ def test_size_follows_the_textbook_formulas():
 
 
 def test_offsets_are_deterministic_and_in_range(redis_client):
-    bloom = BloomFilter(redis_client, "bloom:t", 1000)
+    bloom = BloomFilter(redis_client, "bloom:{t}", 1000)
     assert bloom.offsets(42) == bloom.offsets("42")
     assert len(bloom.offsets(42)) == bloom.k
     assert all(0 <= o < bloom.m for o in bloom.offsets(123456789))
 
 
 def test_missing_filter_lets_everything_through_and_add_does_not_create_it(redis_client):
-    bloom = BloomFilter(redis_client, "bloom:t", 1000)
+    bloom = BloomFilter(redis_client, "bloom:{t}", 1000)
     assert bloom.might_contain(5)
     bloom.add(5)
-    assert not redis_client.exists("bloom:t")  # a filter of one id would reject all others
+    assert not redis_client.exists("bloom:{t}")  # a filter of one id would reject all others
 
 
 def test_false_positive_rate_at_capacity_is_about_one_percent(redis_client):
-    bloom = BloomFilter(redis_client, "bloom:t", 2000, 0.01)
+    bloom = BloomFilter(redis_client, "bloom:{t}", 2000, 0.01)
     bloom.begin_rebuild()
     assert bloom.finish_rebuild(range(1, 2001)) == 2000
     assert all(bloom.might_contain(i) for i in range(1, 2001))  # no false negatives
@@ -44,7 +47,7 @@ def test_false_positive_rate_at_capacity_is_about_one_percent(redis_client):
 
 
 def test_insert_during_rebuild_is_not_lost_and_live_key_has_no_ttl(redis_client):
-    bloom = BloomFilter(redis_client, "bloom:t", 1000)
+    bloom = BloomFilter(redis_client, "bloom:{t}", 1000)
     bloom.begin_rebuild()
     assert redis_client.pttl(bloom.building_key) > 0  # a crashed rebuild cleans up
     bloom.add(777)  # committed after the scan started: the scan below misses it

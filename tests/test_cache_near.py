@@ -13,6 +13,7 @@ import time
 
 import pytest
 import redis
+from support.redis_faults import all_keys
 from test_cache_region import CountingLoader, add_shops, make_region
 
 from cache.near import NearCache
@@ -22,12 +23,14 @@ from metrics import CACHE_INVALIDATIONS, CACHE_REQUESTS
 from services import Services
 from settings import Settings
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 
 def near_for(services: Services, ttl: float = 5.0, size: int = 100) -> NearCache:
     return NearCache(
         services.redis,
-        channel="cache:shop:invalidate",
-        members_key="cache:shop:near:members",
+        channel="cache:{shop}:invalidate",
+        members_key="cache:{shop}:near:members",
         size=size,
         ttl=ttl,
     )
@@ -196,7 +199,7 @@ def test_update_evicts_every_listener_and_waits_for_their_acks(services):
         region.invalidate(1)  # returns only after all three evicted
         assert all(near.get("1") is None for near in readers)
         assert counter(CACHE_INVALIDATIONS, outcome="acked") == acked + 1
-        assert not services.redis.keys("cache:shop:near:ack:*")
+        assert not all_keys(services.redis, "cache:{shop}:near:ack:*")
     finally:
         for near in readers:
             near.stop()
@@ -205,7 +208,7 @@ def test_update_evicts_every_listener_and_waits_for_their_acks(services):
 def test_a_registered_member_that_does_not_ack_makes_the_writer_wait_out_the_ttl(services):
     add_shops(services.db, 1)
     # a process whose subscription silently dropped: registered, but receives nothing
-    services.redis.zadd("cache:shop:near:members", {"ghost": time.time() * 1000})
+    services.redis.zadd("cache:{shop}:near:members", {"ghost": time.time() * 1000})
     region = make_region(services, CountingLoader(services.db), near_cache_ttl=0.3)
     waited = counter(CACHE_INVALIDATIONS, outcome="waited_ttl")
     region.invalidate(1)

@@ -30,6 +30,8 @@ from models.session import Database
 from services import Services
 from settings import Settings
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 
 # --- helpers -------------------------------------------------------------------------
 def add_shops(db: Database, count: int, start: int = 1, type_id: int = 1) -> list[int]:

@@ -24,7 +24,7 @@ def queue_length(redis_client, queue: str) -> int:  # type: ignore[no-untyped-de
 
 
 def make_stale(redis_client, shop_id: int) -> str:  # type: ignore[no-untyped-def]
-    key = f"cache:shop:logical:{shop_id}"
+    key = f"cache:{{shop}}:logical:{shop_id}"
     _, data = decode_logical(redis_client.get(key))
     redis_client.set(key, encode_logical(data, time.time() - 1))
     return data
@@ -36,7 +36,7 @@ def rename_in_database(services, shop_id: int, name: str) -> None:  # type: igno
 
 
 def hot_id(redis_client) -> int:  # type: ignore[no-untyped-def]
-    return int(sorted(redis_client.smembers("cache:shop:hot:current"), key=int)[0])
+    return int(sorted(redis_client.smembers("cache:{shop}:hot:current"), key=int)[0])
 
 
 def test_stale_reads_send_exactly_one_refresh_task_by_name(client, seeded, redis_client):
@@ -75,7 +75,7 @@ def test_a_real_worker_refreshes_the_expired_hot_shop(client, seeded, services, 
         assert first["name"] != "refreshed by the worker"  # served stale, did not wait
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            expire_at, data = decode_logical(redis_client.get(f"cache:shop:logical:{shop_id}"))
+            expire_at, data = decode_logical(redis_client.get(f"cache:{{shop}}:logical:{shop_id}"))
             if expire_at > time.time():
                 break
             assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""

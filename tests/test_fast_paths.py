@@ -141,7 +141,7 @@ def _sessions(run: Run) -> None:
 def _per_user_bucket(run: Run) -> None:
     _refused_body(run)
     assert all("X-RateLimit-Remaining" in a[1] for a in run.answers[:4])
-    assert "ratelimit:seckill:user:5" in run.state["rate-limit keys"]
+    assert "ratelimit:{seckill}:user:5" in run.state["rate-limit keys"]
     assert _rejected(run, "seckill") == 1
 
 
@@ -546,7 +546,7 @@ def test_a_fast_path_that_fails_after_the_charge_hands_on_a_request_charged_once
         assert response.status_code == 503, response.json
         remaining.append(response.headers["X-RateLimit-Remaining"])
     assert remaining == ["4", "3"]  # one token per request, not two
-    assert services.redis.exists("ratelimit:seckill:user:5")
+    assert services.redis.exists("ratelimit:{seckill}:user:5")
 
 
 # --- what only the fast paths do -----------------------------------------------------------

@@ -12,6 +12,8 @@ from cache import feed
 from models.entities import Blog
 from web import create_app
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 # 25 blogs in groups sharing one score, including groups larger than a page.
 GROUPS = [4, 1, 6, 3, 1, 5, 2, 3]
 assert sum(GROUPS) == 25

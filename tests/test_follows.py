@@ -15,6 +15,8 @@ from support.social import make_users
 from cache.follows import MARKER, follows_key
 from models.entities import Follow, UserInfo
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 
 def counters(services, user_id: int) -> tuple[int, int]:
     with services.db.sessions() as session:

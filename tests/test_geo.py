@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from sqlalchemy import select
 from support.social import make_shop
 
 from cache import geo
 from models.entities import Shop
+
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
 
 EARTH_RADIUS_M = 6372797.560856  # the radius Redis' GEO commands use
 CENTER = (120.149, 30.318)  # a demo-data district centre (Hangzhou)

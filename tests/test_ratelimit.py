@@ -23,6 +23,7 @@ from support.env import (
     ROOT,
     process_env,
 )
+from support.redis_faults import all_keys
 from support.senders import MemoryCodeSender
 
 from cache.connection import connect
@@ -33,6 +34,7 @@ from cache.ratelimit import (
     SlidingWindowLimiter,
     TokenBucket,
     TokenBucketLimiter,
+    limit_key,
     limiter_for,
     parse_rule,
 )
@@ -42,6 +44,8 @@ from web.auth import UserSummary
 from web.exchange import forwarded_client_ip
 from web.ratelimit import EXTENSION, ROUTE_LIMITS, RouteLimit, RouteLimiter
 from web.sms import EXTENSION as SENDER
+
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
 
 T0 = 1_000_000.0  # an arbitrary caller clock (seconds)
 
@@ -197,7 +201,7 @@ def test_sliding_window_with_a_lowered_limit_waits_for_enough_to_leave(bare_redi
 @pytest.mark.parametrize("rule", [TokenBucket(capacity=2, rate=1 / 3600), SlidingWindow(2, 3600.0)])
 def test_several_keys_are_charged_all_or_nothing(bare_redis, rule):
     limiter = limiter_for(bare_redis, rule)
-    phone, ip, other_ip = "rl:phone", "rl:ip", "rl:ip2"
+    phone, ip, other_ip = (limit_key("t", kind) for kind in ("phone", "ip", "ip2"))
     assert limiter.hit_all([(phone, rule), (ip, rule)], now=T0).remaining == 1
     assert limiter.hit(ip, rule, now=T0).allowed  # ip: 0 left, phone: 1 left
     refused = limiter.hit_all([(phone, rule), (ip, rule)], now=T0)
@@ -321,7 +325,7 @@ def test_send_code_is_limited_per_phone(make_app, redis_client):
     assert _send(client, "13700000001", ip="10.0.0.1").status_code == 200
     assert _send(client, "13700000001", ip="10.0.0.2").status_code == 200
     assert _send(client, "13700000001", ip="10.0.0.3").status_code == 429
-    assert redis_client.exists("ratelimit:code:phone:13700000001") == 1
+    assert redis_client.exists("ratelimit:{code}:phone:13700000001") == 1
     # Login has its own budget: the phone can still log in.
     sender = client.application.extensions[SENDER]
     code = sender.last_code("13700000001")
@@ -331,7 +335,7 @@ def test_send_code_is_limited_per_phone(make_app, redis_client):
         environ_base={"REMOTE_ADDR": "10.0.0.9"},
     )
     assert login.status_code == 200, login.data
-    assert redis_client.exists("ratelimit:login:phone:13700000001") == 1
+    assert redis_client.exists("ratelimit:{login}:phone:13700000001") == 1
 
 
 def test_login_is_limited_per_phone_from_the_json_body(make_app):
@@ -359,8 +363,8 @@ def test_rotating_the_query_phone_does_not_dodge_the_body_phones_limit(make_app,
     # Two phones named: refused by the route, and charged to both, so the victim's
     # budget is spent by the second request whatever the query says.
     assert statuses == [400, 400, 429]
-    assert redis_client.exists(f"ratelimit:login:phone:{victim}") == 1
-    assert redis_client.exists("ratelimit:login:phone:13700000100") == 1
+    assert redis_client.exists(f"ratelimit:{{login}}:phone:{victim}") == 1
+    assert redis_client.exists("ratelimit:{login}:phone:13700000100") == 1
     plain = client.post(
         "/user/login",
         json={"phone": victim, "code": "000000"},
@@ -396,7 +400,7 @@ def test_the_code_route_charges_the_body_phone_too(make_app, redis_client):
 def test_a_sliding_window_spec_limits_with_a_sliding_window(make_app, redis_client):
     client = make_app(rate_limit_login="2/h").test_client()
     assert [_send(client, "13700000001").status_code for _ in range(3)] == [200, 200, 429]
-    assert redis_client.type("ratelimit:code:phone:13700000001") == "zset"
+    assert redis_client.type("ratelimit:{code}:phone:13700000001") == "zset"
 
 
 PROXIES = "127.0.0.1/32,10.0.0.0/8"
@@ -463,7 +467,7 @@ def _ip_buckets(redis_client, client, peer: str, forwarded_for: str) -> tuple[li
         ).status_code
         for i in range(3)
     ]
-    return statuses, sorted(redis_client.keys("ratelimit:code:ip:*"))
+    return statuses, sorted(all_keys(redis_client, "ratelimit:{code}:ip:*"))
 
 
 def test_forwarded_for_is_used_only_from_a_trusted_proxy(make_app, redis_client):
@@ -471,23 +475,23 @@ def test_forwarded_for_is_used_only_from_a_trusted_proxy(make_app, redis_client)
     # 10.9.9.9 is in 10.0.0.0/8, a trusted proxy: the client is the address it saw.
     assert _ip_buckets(redis_client, behind, "127.0.0.1", "6.6.6.{i}, 10.9.9.9") == (
         [200, 200, 200],
-        [f"ratelimit:code:ip:6.6.6.{i}" for i in range(3)],
+        [f"ratelimit:{{code}}:ip:6.6.6.{i}" for i in range(3)],
     )
     # Entries left of the real client (written by the client itself) do not help.
     assert _ip_buckets(redis_client, behind, "127.0.0.1", "6.6.6.{i}, 203.0.113.9") == (
         [200, 200, 429],
-        ["ratelimit:code:ip:203.0.113.9"],
+        ["ratelimit:{code}:ip:203.0.113.9"],
     )
     # A client that reaches the web server directly cannot pick its address.
     assert _ip_buckets(redis_client, behind, "198.51.100.4", "10.9.9.{i}") == (
         [200, 200, 429],
-        ["ratelimit:code:ip:198.51.100.4"],
+        ["ratelimit:{code}:ip:198.51.100.4"],
     )
     # No trusted proxy configured: the header is ignored, even from loopback.
     direct = make_app(rate_limit_login="2,1/h").test_client()
     assert _ip_buckets(redis_client, direct, "127.0.0.1", "10.9.9.{i}") == (
         [200, 200, 429],
-        ["ratelimit:code:ip:127.0.0.1"],
+        ["ratelimit:{code}:ip:127.0.0.1"],
     )
 
 
@@ -513,7 +517,7 @@ def test_per_user_limits_see_the_logged_in_user(make_app, redis_client):
     assert [me(7, f"10.0.0.{i}") for i in range(3)] == [200, 200, 429]  # any IP: same user
     assert me(8, "10.0.0.0") == 200
     assert client.get("/user/me").status_code == 401  # auth runs first: no session, no charge
-    assert not redis_client.keys("ratelimit:probe:ip:*")
+    assert not all_keys(redis_client, "ratelimit:{probe}:ip:*")
 
 
 def test_rejected_input_writes_only_rate_limit_counters(make_app, redis_client):
@@ -523,7 +527,7 @@ def test_rejected_input_writes_only_rate_limit_counters(make_app, redis_client):
         client.post("/user/login", data="nope", content_type="application/json").status_code == 400
     )
     assert client.post("/user/login", json={"phone": "1", "code": "1"}).status_code == 400
-    assert all(key.startswith("ratelimit:") for key in redis_client.keys("*"))
+    assert all(key.startswith("ratelimit:") for key in all_keys(redis_client, "*"))
 
 
 def test_unlimited_routes_and_pending_endpoints_do_not_crash(make_app):
@@ -536,13 +540,13 @@ def test_disabled_rate_limiting_limits_nothing(app, redis_client):
     app.extensions[SENDER] = MemoryCodeSender()
     client = app.test_client()
     assert all(_send(client, "13700000001").status_code == 200 for _ in range(20))
-    assert not redis_client.keys("ratelimit:*")
+    assert not all_keys(redis_client, "ratelimit:*")
 
 
 def test_an_off_spec_disables_that_group(make_app, redis_client):
     client = make_app(rate_limit_login="off").test_client()
     assert all(_send(client, "13700000001").status_code == 200 for _ in range(10))
-    assert not redis_client.keys("ratelimit:*")
+    assert not all_keys(redis_client, "ratelimit:*")
 
 
 def test_limiter_fails_open_when_redis_is_down(make_app):

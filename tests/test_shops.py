@@ -82,18 +82,18 @@ def test_get_unknown_shop_is_404_and_writes_nothing(client, seeded, redis_client
     response = client.get("/shop/100000")
     assert response.status_code == 404 and response.json["errorMsg"] == "shop not found"
     # rejected by the Bloom filter: no null marker (the L1 listener may register itself)
-    assert set(redis_client.keys()) - before <= {"cache:shop:near:members"}
+    assert set(redis_client.keys()) - before <= {"cache:{shop}:near:members"}
 
 
 def test_hot_shops_are_served_from_logical_keys(client, seeded, redis_client, services):
-    hot = redis_client.smembers("cache:shop:hot:current")
+    hot = redis_client.smembers("cache:{shop}:hot:current")
     assert len(hot) == services.settings.hot_shop_count
     with services.db.sessions() as session:
         top = session.scalars(select(Shop.id).order_by(Shop.sold.desc(), Shop.id).limit(1)).one()
     assert str(top) in hot
-    assert redis_client.ttl(f"cache:shop:logical:{top}") == -1
+    assert redis_client.ttl(f"cache:{{shop}}:logical:{top}") == -1
     assert client.get(f"/shop/{top}").json["data"]["id"] == top
-    assert not redis_client.exists(f"cache:shop:{top}")  # no physical copy needed
+    assert not redis_client.exists(f"cache:{{shop}}:{top}")  # no physical copy needed
 
 
 def test_stuck_rebuild_is_a_503_json(settings, seeded):
@@ -101,7 +101,7 @@ def test_stuck_rebuild_is_a_503_json(settings, seeded):
     services = app.extensions["hmdp"]
     try:
         cold = next(
-            i for i in range(1, 501) if not services.redis.exists(f"cache:shop:logical:{i}")
+            i for i in range(1, 501) if not services.redis.exists(f"cache:{{shop}}:logical:{i}")
         )
         lock = SimpleLock(services.redis, f"lock:shop:{cold}", ttl_ms=10_000)
         assert lock.acquire()
@@ -121,7 +121,7 @@ def test_create_needs_admin(client, seeded, user):
 
 
 def test_create_then_readable_even_over_a_cached_null_marker(client, seeded, admin, redis_client):
-    redis_client.set("cache:shop:501", "", ex=120)  # someone looked id 501 up before
+    redis_client.set("cache:{shop}:501", "", ex=120)  # someone looked id 501 up before
     response = client.post("/shop", json=GOOD, headers=admin)
     assert response.status_code == 200, response.json
     shop_id = response.json["data"]
@@ -192,9 +192,9 @@ def test_update_with_bad_fields_changes_nothing(client, seeded, admin):
 def test_update_is_visible_at_once_for_cold_and_hot_shops(
     client, seeded, admin, redis_client, services
 ):
-    hot = sorted(redis_client.smembers("cache:shop:hot:current"), key=int)[0]
+    hot = sorted(redis_client.smembers("cache:{shop}:hot:current"), key=int)[0]
     cold = next(
-        i for i in range(1, 501) if str(i) not in redis_client.smembers("cache:shop:hot:current")
+        i for i in range(1, 501) if str(i) not in redis_client.smembers("cache:{shop}:hot:current")
     )
     for shop_id in (int(hot), cold):
         assert client.get(f"/shop/{shop_id}").status_code == 200  # cached now
@@ -204,7 +204,7 @@ def test_update_is_visible_at_once_for_cold_and_hot_shops(
         data = client.get(f"/shop/{shop_id}").json["data"]
         assert data["name"] == f"改名{shop_id}" and data["score"] == 50
     # the hot shop got its logical key back from the new row
-    _, text = decode_logical(redis_client.get(f"cache:shop:logical:{hot}"))
+    _, text = decode_logical(redis_client.get(f"cache:{{shop}}:logical:{hot}"))
     assert f"改名{hot}" in text
 
 
@@ -279,8 +279,8 @@ def test_flask_cache_warm_command(app, services, redis_client):
     result = app.test_cli_runner().invoke(args=["cache", "warm", "--top", "5"])
     assert result.exit_code == 0, result.output
     assert "500 shop ids" in result.output and "hot shops warmed: 5" in result.output
-    assert redis_client.scard("cache:shop:hot:current") == 5
-    assert redis_client.exists("bloom:shop", "cache:shop-type") == 2
+    assert redis_client.scard("cache:{shop}:hot:current") == 5
+    assert redis_client.exists("bloom:{shop}", "cache:shop-type") == 2
 
 
 def test_beat_jobs_and_refresh_task_run_on_the_worker_app(settings, seeded, redis_client):
@@ -288,11 +288,11 @@ def test_beat_jobs_and_refresh_task_run_on_the_worker_app(settings, seeded, redi
 
     celery_app = create_celery(settings)
     celery_app.loader.import_default_modules()
-    redis_client.sadd("cache:shop:hot", "499")  # an operator's explicit hot shop
+    redis_client.sadd("cache:{shop}:hot", "499")  # an operator's explicit hot shop
     warmed = celery_app.tasks["beat.cache_jobs.warm_hot_shops"].apply(kwargs={"top": 3}).get()
-    assert warmed == 4 and "499" in redis_client.smembers("cache:shop:hot:current")
+    assert warmed == 4 and "499" in redis_client.smembers("cache:{shop}:hot:current")
     # make one logical key about to expire: the refresh job rewrites it
-    key = "cache:shop:logical:499"
+    key = "cache:{shop}:logical:499"
     _, data = decode_logical(redis_client.get(key))
     redis_client.set(key, '{"expireTime":1.000,"data":' + data + "}")
     refreshed = celery_app.tasks["beat.cache_jobs.refresh_logical_expiry"].apply().get()

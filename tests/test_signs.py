@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
+
 from cache import signs
+
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
 
 
 def sign_days(redis_client, user_id: int, *days: date) -> None:

@@ -149,12 +149,12 @@ def test_the_cached_shop_json_in_redis_carries_the_offset(zoned):
     app, svc, zone_name = zoned
     suffix = "+08:00" if zone_name == "Asia/Shanghai" else "Z"
     client = app.test_client()
-    hot = sorted(svc.redis.smembers("cache:shop:hot:current"), key=int)[0]  # warmed by the seed
-    cold = next(i for i in range(1, 501) if str(i) not in svc.redis.smembers("cache:shop:hot"))
-    _, logical_text = decode_logical(svc.redis.get(f"cache:shop:logical:{hot}"))
+    hot = sorted(svc.redis.smembers("cache:{shop}:hot:current"), key=int)[0]  # warmed by the seed
+    cold = next(i for i in range(1, 501) if str(i) not in svc.redis.smembers("cache:{shop}:hot"))
+    _, logical_text = decode_logical(svc.redis.get(f"cache:{{shop}}:logical:{hot}"))
     assert re.search(r'"createTime":"[^"]+' + re.escape(suffix) + '"', logical_text)
     assert client.get(f"/shop/{cold}").status_code == 200  # fills the physical key
-    physical = svc.redis.get(f"cache:shop:{cold}")
+    physical = svc.redis.get(f"cache:{{shop}}:{cold}")
     assert re.search(r'"updateTime":"[^"]+' + re.escape(suffix) + '"', physical)
     types_text = svc.redis.get("cache:shop-type")
     assert re.search(r'"createTime":"[^"]+' + re.escape(suffix) + '"', types_text)

@@ -6,12 +6,15 @@ import socket
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from support.social import make_shop, make_users
 
 from cache import uv
+
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
 
 # Keys expire settings.uv_retention_days after their day, so tests use recent days.
 NOW = datetime.now(UTC).replace(hour=12)

@@ -9,7 +9,7 @@ Not a blueprint: web/shops.py owns the shop routes and calls in here:
 * :func:`index_shop` re-indexes a shop after its row was created or updated.
 
 :func:`load_all` (after ``flask seed``, from the shops blueprint) loads every
-shop into ``shop:geo:{typeId}`` (pipelined GEOADD), and a type whose key is
+shop into ``shop:{geo}:{typeId}`` (pipelined GEOADD), and a type whose key is
 missing is rebuilt from the database on first search.
 """
 

@@ -86,3 +86,8 @@ def reset_stats(client: redis.Redis | redis.RedisCluster) -> None:
         client.config_resetstat(target_nodes=redis.RedisCluster.PRIMARIES)
     else:
         client.config_resetstat()
+
+
+def all_keys(client: redis.Redis | redis.RedisCluster, pattern: str = "*") -> list[str]:
+    """Every key matching ``pattern`` (SCAN, every primary of a cluster), sorted."""
+    return sorted(client.scan_iter(match=pattern, count=1000))
