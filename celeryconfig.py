@@ -99,3 +99,10 @@ beat_schedule["cache-rebuild-shop-bloom"] = {
     "schedule": 3600.0,
     "options": {"expires": 1800.0},
 }
+# Shop writes whose cache steps failed after the commit and whose converge task
+# was never sent or gave up (cache/shop_sync.py).
+beat_schedule["cache-converge-updated-shops"] = {
+    "task": "beat.cache_jobs.converge_updated_shops",
+    "schedule": 30.0,
+    "options": {"expires": 25.0},
+}

@@ -27,7 +27,9 @@ CACHE_REBUILD_WAIT = Histogram(
 CACHE_INVALIDATIONS = Counter(
     "hmdp_cache_invalidations_total",
     "Cache invalidations after a write, by how the near-caches confirmed",
-    ["outcome"],  # none (no L1 anywhere) | acked | waited_ttl (an ack was missing)
+    # none (no L1 anywhere) | acked | waited_ttl (an ack was missing, the TTL ran out) |
+    # unconfirmed (an ack was missing when the write's wait ended: a task converges it)
+    ["outcome"],
 )
 
 # --- locks (cache/locks.py) ----------------------------------------------------

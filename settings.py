@@ -416,6 +416,17 @@ class Settings:
         return ZoneInfo(self.timezone)
 
     @property
+    def near_cache_ack_wait(self) -> float:
+        """How long a shop write waits for the near-caches' acknowledgements (cache/near.py).
+
+        Half the Redis socket timeout, so that the wait plus the invalidation's own
+        call stay within what a request may wait for Redis; at most the L1 TTL, after
+        which no acknowledgement is needed. A write whose acknowledgements are not all
+        in by then is answered 202 and converged by a task (cache/shop_sync.py).
+        """
+        return min(self.near_cache_ttl, self.redis_socket_timeout / 2)
+
+    @property
     def images_dir(self) -> Path:
         """The images root: HMDP_UPLOAD_DIR, else ``imgs`` under the var directory."""
         return self.upload_dir or self.var_dir / "imgs"

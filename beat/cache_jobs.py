@@ -5,16 +5,23 @@
 * ``warm_hot_shops`` -- recomputes the hot set (top N by sold plus the explicit
   ``cache:{shop}:hot`` ids) and writes their logical keys;
 * ``rebuild_shop_bloom`` -- rebuilds the Bloom filter of shop ids from the
-  database and swaps it in atomically.
+  database and swaps it in atomically;
+* ``converge_updated_shops`` -- runs the cache steps again for every shop whose
+  row changed since its last complete run (cache/shop_sync.py): a write whose
+  steps failed and whose task was never sent (or gave up) still converges.
 
 Each job uses the worker's Services (``self.app.services``) and never imports web.
 """
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
-from cache import shops
+from cache import shop_sync, shops
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, name="beat.cache_jobs.refresh_logical_expiry", ignore_result=True)
@@ -43,3 +50,14 @@ def rebuild_shop_bloom(self) -> int:  # type: ignore[no-untyped-def]
     """Rebuild the shop Bloom filter (-1: another rebuild was running)."""
     services = self.app.services
     return shops.rebuild_shop_bloom(services.redis, services.db, services.settings)
+
+
+@shared_task(bind=True, name="beat.cache_jobs.converge_updated_shops", ignore_result=True)
+def converge_updated_shops(self) -> int:  # type: ignore[no-untyped-def]
+    """Converge the caches and GEO index of recently changed shops; returns how many."""
+    services = self.app.services
+    region = shops.shop_region(services.redis, services.db, services.settings)
+    report = shop_sync.converge_updated(region, services.db)
+    if report.unfinished:
+        logger.warning("shops not converged yet (next run retries): %s", report.unfinished[:20])
+    return report.shops

@@ -1,8 +1,8 @@
 """The in-process near-cache (L1) and its cross-process invalidation.
 
 A near-cache hit costs no Redis call at all, so it must never serve a value
-older than a finished update. The rule kept here: **after an update call
-returns, no process returns the old value**. How:
+older than a finished update. The rule kept here: **after an update is
+confirmed, no process returns the old value**. How:
 
 1. The writer (``CacheRegion.invalidate``) deletes the Redis keys and PUBLISHes
    ``"<ack key>\\n<key>..."`` on the region's channel in one Lua call that also
@@ -12,10 +12,14 @@ returns, no process returns the old value**. How:
    first use, again after fork) that evicts the keys, then RPUSHes an
    acknowledgement. The writer waits (:func:`await_acks`) for
    ``max(receivers, members)`` acks, so a process whose subscription dropped
-   silently still counts. If any ack is missing, the writer waits until the L1
-   TTL has run out since its delete, so even a stuck process holds nothing
-   older: an entry's expiry is measured from *before* its Redis read, never
-   from its insertion. The TTL is the last resort, not the mechanism.
+   silently still counts. With every ack in, the update is confirmed. If one
+   is missing, the update is confirmed once the L1 TTL has run out since the
+   delete, so even a stuck process holds nothing older: an entry's expiry is
+   measured from *before* its Redis read, never from its insertion. The TTL is
+   the last resort, not the mechanism. A request waits for acks at most
+   ``Settings.near_cache_ack_wait`` (below the Redis socket timeout) and, when
+   one is missing then, answers that the write is committed and converging,
+   while a task waits out the TTL (cache/shop_sync.py).
 3. A reader that read Redis before an invalidation may try to insert the old
    value after the eviction: every insert carries the generation it saw before
    its Redis read, and any invalidation (or clear) bumps the generation, so the
@@ -307,17 +311,11 @@ def invalidation_message(ack_key: str, keys: list[str]) -> str:
     return "\n".join([ack_key, *keys])
 
 
-def await_acks(
-    client: redis.Redis, ack_key: str, expected: int, published_at: float, ttl: float
-) -> int:
-    """Block until ``expected`` listeners acknowledged, or the L1 TTL ran out.
+def await_acks(client: redis.Redis, ack_key: str, expected: int, deadline: float) -> int:
+    """Block until ``expected`` listeners acknowledged or monotonic ``deadline`` passed.
 
-    ``published_at`` is a monotonic time taken after the invalidation script
-    returned. With every ack in, no L1 holds the old value; otherwise we wait
-    until ``published_at + ttl``, after which every entry that was read before
-    the delete has expired everywhere. Returns the number of acks received.
+    Returns the number of acks received; the ack list is deleted either way.
     """
-    deadline = published_at + ttl
     received = 0
     try:
         while received < expected:
@@ -331,8 +329,4 @@ def await_acks(
     finally:
         with contextlib.suppress(redis.RedisError):
             client.delete(ack_key)
-    if received < expected:
-        remaining = deadline - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
     return received

@@ -74,6 +74,14 @@ class RebuildTimeout(Exception):
     """Another process's rebuild did not produce a value within ``rebuild_wait``."""
 
 
+@dataclass(frozen=True)
+class Invalidation:
+    """What :meth:`CacheRegion.invalidate` did."""
+
+    logical: bool  # a logical (hot) key existed: the caller may want it rewritten
+    confirmed: bool  # no near-cache can return the old value any more (cache/near.py)
+
+
 def to_json(data: object) -> str:
     """Compact JSON text, as stored in Redis and L1 and sent to clients."""
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
@@ -111,6 +119,7 @@ class RegionConfig:
     lock_ttl_ms: int = 10_000
     rebuild_wait: float = 3.0
     near_ttl: float = 1.0  # the readers' L1 TTL: how long a writer may have to wait
+    ack_wait: float = 1.0  # the longest a request's invalidation waits for L1 acks
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -514,12 +523,16 @@ class CacheRegion:
 
     # --- writing ----------------------------------------------------------------------
 
-    def invalidate(self, key: object) -> bool:
+    def invalidate(self, key: object, ack_wait: float | None = None) -> Invalidation:
         """Call AFTER the database write: drop every cached copy, everywhere.
 
-        Returns whether a logical (hot) key existed, so the caller can schedule
-        its refresh. Blocks until every near-cache acknowledged the eviction or
-        the near-cache TTL has run out (see :mod:`cache.near`).
+        Deletes the Redis keys and evicts every process's near-cache, then
+        waits for their acknowledgements at most ``ack_wait`` seconds (None:
+        ``config.ack_wait``, what a request may wait). A wait of the near-cache
+        TTL or more always confirms: when an ack is missing it sleeps until the
+        TTL has run out since the delete (see :mod:`cache.near`). Idempotent:
+        calling it again for the same write does no harm. Raises Redis' error
+        when the keys could not be deleted.
         """
         key = str(key)
         ack_key = f"{self.config.prefix}:near:ack:{uuid.uuid4().hex}"
@@ -544,11 +557,17 @@ class CacheRegion:
         expected = max(int(receivers), int(members))
         if not expected:
             CACHE_INVALIDATIONS.labels(outcome="none").inc()
-        elif (
-            await_acks(self.client, ack_key, expected, published_at, self.config.near_ttl)
-            >= expected
-        ):
+            return Invalidation(bool(logical), True)
+        wait = self.config.ack_wait if ack_wait is None else ack_wait
+        ttl = self.config.near_ttl
+        if await_acks(self.client, ack_key, expected, published_at + min(wait, ttl)) >= expected:
             CACHE_INVALIDATIONS.labels(outcome="acked").inc()
-        else:
-            CACHE_INVALIDATIONS.labels(outcome="waited_ttl").inc()
-        return bool(logical)
+            return Invalidation(bool(logical), True)
+        if wait < ttl:
+            CACHE_INVALIDATIONS.labels(outcome="unconfirmed").inc()
+            return Invalidation(bool(logical), False)
+        remaining = published_at + ttl - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+        CACHE_INVALIDATIONS.labels(outcome="waited_ttl").inc()
+        return Invalidation(bool(logical), True)

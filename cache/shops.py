@@ -60,6 +60,7 @@ def shop_region_config(settings: Settings) -> RegionConfig:
         lock_ttl_ms=settings.rebuild_lock_ttl * 1000,
         rebuild_wait=settings.rebuild_wait,
         near_ttl=settings.near_cache_ttl if settings.near_cache_enabled else 0.0,
+        ack_wait=settings.near_cache_ack_wait,
     )
 
 

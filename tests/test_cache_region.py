@@ -325,9 +325,9 @@ def test_invalidate_removes_both_keys_and_reports_hot(services):
     region.make_hot(["1"])
     region.refresh("1")
     services.redis.set(region.physical_key("1"), "x")
-    assert region.invalidate(1) is True
+    assert region.invalidate(1).logical is True
     assert not services.redis.exists(region.logical_key("1"), region.physical_key("1"))
-    assert region.invalidate(1) is False
+    assert region.invalidate(1).logical is False
 
 
 def test_strategy_names_are_validated():

@@ -6,7 +6,7 @@ Not a blueprint: web/shops.py owns the shop routes and calls in here:
   ``y`` (latitude, -85.05..85.05): both or neither;
 * :func:`shops_near` answers one page sorted by distance, each shop with
   ``distance`` in meters (GEOSEARCH within settings.geo_radius_m);
-* :func:`index_shop` re-indexes a shop after its row was created or updated.
+* :func:`index_shop` indexes a shop after its row was created.
 
 :func:`load_all` (after ``flask seed``, from the shops blueprint) loads every
 shop into ``shop:{geo}:{typeId}`` (pipelined GEOADD), and a type whose key is
@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
-from cache import geo
+from cache import geo, shop_sync
 from models.entities import Shop, ShopType
 from models.session import Database
 from services import Services
@@ -100,27 +100,19 @@ def shops_near(
 
 
 def index_shop(shop_id: int) -> None:
-    """Put a created/updated shop at its current position and type (after the commit).
+    """Put a created shop at its position and type (after the commit; ``POST /shop``).
 
-    It is removed from every other type's key in the same MULTI, so a type
-    change needs no "old type" from the caller. The shop write has already
-    succeeded, so a Redis failure here is logged, not raised: the index then
-    lags until the type is reloaded (:func:`cache.geo.forget` is tried so the
-    next search reloads it from the database).
+    The shop write has already succeeded, so a Redis failure here is logged,
+    not raised: the index then lags until the type is reloaded
+    (:func:`cache.geo.forget` is tried so the next search reloads it from the
+    database). An update goes through :func:`cache.shop_sync.converge_shop`.
     """
     svc = services()
-    with svc.db.sessions() as session:
-        shop = session.get(Shop, shop_id)
-        type_ids = list(session.scalars(select(ShopType.id)))
-    if shop is None:
-        return
     try:
-        geo.upsert(
-            svc.redis,
-            geo.ShopPoint(shop.id, shop.type_id, shop.x, shop.y),
-            other_type_ids=[t for t in type_ids if t != shop.type_id],
-        )
+        shop_sync.index_shop(svc.redis, svc.db, shop_id)
     except redis.RedisError:
         log.exception("shop %s not re-indexed for nearby search", shop_id)
+        with svc.db.sessions() as session:
+            type_ids = list(session.scalars(select(ShopType.id)))
         with contextlib.suppress(redis.RedisError):
             geo.forget(svc.redis, type_ids)

@@ -8,6 +8,7 @@ envelope around the text as it is (never decoded and encoded again).
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from flask import Flask, current_app
@@ -21,7 +22,10 @@ from .exchange import Exchange
 from .visits import record_visit
 
 REFRESH_TASK = "tasks.cache.refresh_shop"
+CONVERGE_TASK = "tasks.cache.converge_shop"
 _EXTENSION = "hmdp_shop_cache"
+
+log = logging.getLogger(__name__)
 
 
 class _RegionHolder:
@@ -73,3 +77,17 @@ def shop_answer(app: Flask, exchange: Exchange, shop_id: int, text: str) -> byte
     """The body of a found shop, its visit recorded (an in-process buffer insert, no I/O)."""
     record_visit(app, exchange, shop_id)
     return ok_bytes(text)
+
+
+def send_converge(app: Flask, shop_id: int) -> bool:
+    """Ask a worker to finish a shop write's cache steps (cache/shop_sync.py); never raises.
+
+    One publish attempt, bounded by the broker's timeouts: when the broker is the
+    Redis that just failed, beat's sweep converges the shop instead.
+    """
+    try:
+        app.extensions["hmdp_celery"].send_task(CONVERGE_TASK, args=[shop_id], retry=False)
+        return True
+    except Exception as exc:
+        log.warning("shop %s: converge task not sent (beat's sweep will do it): %s", shop_id, exc)
+        return False

@@ -4,7 +4,9 @@ GET /shop/{id} goes through the shop cache region (:mod:`cache.shops`): a
 near-cache hit costs no Redis call, a Redis hit one round trip, and the JSON
 stored in the cache is wrapped into the envelope as text, never re-encoded.
 Writes go to the database first and THEN invalidate the cache (Redis keys and
-every process's near-cache), in that order, before the response is sent.
+every process's near-cache), in that order, before the response is sent; an
+update whose cache steps fail after its commit is answered 202 and finished by
+a task (cache/shop_sync.py), never failed.
 
 ``flask cache warm [--top N]`` (this blueprint's CLI group) rebuilds the Bloom
 filter and warms the shop types and the hot shops, like ``flask seed`` does.
@@ -23,6 +25,7 @@ from sqlalchemy import select
 
 from cache.region import RebuildTimeout
 from cache.shop_source import SHOP_COLUMNS, SHOP_TIMES, shop_json
+from cache.shop_sync import converge_shop
 from cache.shops import (
     rebuild_shop_bloom,
     shop_bloom,
@@ -49,7 +52,7 @@ from .envelope import (
 from .exchange import current_exchange
 from .nearby import index_shop, load_all, position_args, shops_near
 from .runtime import services
-from .shop_cache import shop_answer, shop_cache
+from .shop_cache import send_converge, shop_answer, shop_cache
 from .text import storable
 
 bp = Blueprint("shops", __name__, cli_group="cache")
@@ -253,7 +256,13 @@ def create_shop() -> Response:
 @bp.put("/shop")
 @admin_required
 def update_shop() -> Response:
-    """Update a shop: database first, THEN the cache is invalidated everywhere."""
+    """Update a shop: database first, THEN every cache and the GEO index follow it.
+
+    200: every cache shows the new row. 202: the row is committed, and a step
+    after it did not finish in time (Redis failed, or a near-cache had not
+    acknowledged within HMDP_REDIS_SOCKET_TIMEOUT / 2): a task finishes it, so
+    every cache converges; the client must not repeat the write.
+    """
     body = json_body()
     if "id" not in body:
         raise BadRequest("'id' is required")
@@ -267,13 +276,11 @@ def update_shop() -> Response:
         _check_type(session, values)
         for column, value in values.items():
             setattr(shop, column, value)
-    region = shop_cache()
-    if region.invalidate(shop_id) or region.client.sismember(region.hot_key, str(shop_id)):
-        # A hot (logical) shop: put its logical key back from the new row now,
-        # rather than leave it to the mutex path until the next warm-up.
-        region.refresh(shop_id)
-    index_shop(shop_id)  # GEO index (web/nearby.py)
-    return ok()
+    # Committed: from here on nothing may fail the request (cache/shop_sync.py).
+    if converge_shop(shop_cache(), svc.db, shop_id).done:
+        return ok()
+    send_converge(current_app, shop_id)
+    return ok(status=202)  # committed; the caches converge (tasks.cache.converge_shop)
 
 
 # --- seeding and warm-up ---------------------------------------------------------------
