@@ -41,12 +41,13 @@ from models.session import Database
 
 from . import geo
 from .region import CacheRegion
+from .shops import SHOP_PREFIX
 
 log = logging.getLogger(__name__)
 
 STEPS = ("invalidate", "hot", "geo")
 # Epoch seconds up to which every changed shop has converged (the sweep's mark).
-SWEEP_MARK_KEY = "cache:shop:converged-until"
+SWEEP_MARK_KEY = f"{SHOP_PREFIX}:converged-until"
 # tb_shop.update_time is written by the web hosts' clocks: the sweep reaches back
 # this much further than its mark, so a host whose clock is behind is not missed.
 CLOCK_MARGIN_S = 60.0

@@ -26,10 +26,11 @@ from support.workers import celery_worker, log_tail
 from test_cache_region import add_shops
 from test_redis_stall import own_redis
 
+from cache import geo
 from cache.near import NearCache
 from cache.region import CacheRegion
 from cache.shop_sync import SWEEP_MARK_KEY, converge_shop, converge_updated
-from cache.shops import shop_near_cache, shop_region
+from cache.shops import SHOP_PREFIX, shop_near_cache, shop_region
 from metrics import CACHE_INVALIDATIONS
 from services import Services
 from settings import Settings
@@ -39,6 +40,11 @@ SOCKET_TIMEOUT = 0.5
 # (cache/connection.py), so every step of the request fails while Redis is paused.
 PAUSE_MS = 2500
 NEW = {"id": 1, "name": "renamed", "typeId": 2, "x": 121.5, "y": 31.25}
+PHYSICAL, LOGICAL, VERSION = (
+    f"{SHOP_PREFIX}:1",
+    f"{SHOP_PREFIX}:logical:1",
+    f"{SHOP_PREFIX}:ver:1",
+)
 
 
 @dataclass
@@ -142,11 +148,11 @@ def _answers(url: str) -> bool:
 
 def _geo(client: redis.Redis) -> tuple[object, object]:
     """(position of shop 1 under type 2, its score under type 1)."""
-    return client.geopos("shop:geo:2", "1")[0], client.zscore("shop:geo:1", "1")
+    return client.geopos(geo.geo_key(2), "1")[0], client.zscore(geo.geo_key(1), "1")
 
 
 def _converged(client: redis.Redis) -> bool:
-    logical = client.get("cache:shop:logical:1")
+    logical = client.get(LOGICAL)
     position, old_type = _geo(client)
     return (
         logical is not None
@@ -160,7 +166,7 @@ def _converged(client: redis.Redis) -> bool:
 
 def _assert_everyone_sees_the_new_row(check: redis.Redis, nears: list[NearCache], client) -> None:  # type: ignore[no-untyped-def]
     assert _converged(check)
-    assert _name(check.get("cache:shop:1") or None) in (None, "renamed")  # physical copy
+    assert _name(check.get(PHYSICAL) or None) in (None, "renamed")  # physical copy
     for near in nears:  # evicted by the convergence's broadcast, or already the new row
         assert _name(near.get("1")) in (None, "renamed")
     answer = client.get("/shop/1").json
@@ -182,13 +188,13 @@ def test_a_write_committed_into_a_redis_pause_is_answered_and_its_task_converges
             client = app.test_client()
             nears = [_writer_near(app, client), *(r.near for r in readers)]
             assert [_name(r.fill()) for r in readers] == ["shop1", "shop1"]
-            version = check.get("cache:shop:ver:1")
+            version = check.get(VERSION)
 
             response = _put_into_a_pause(app, svc, client, admin)
             assert response.status_code == 202, response.json  # committed, never a 503
             assert response.json["success"] is True
             # The fault bit: the invalidation timed out and the server dropped it.
-            assert check.get("cache:shop:ver:1") == version
+            assert check.get(VERSION) == version
             assert not _converged(check)
             for reader in readers:  # back on Redis after the pause: they read what it has
                 wait_for(reader.near.serving, 30, what="a reader's listener to resubscribe")
@@ -264,7 +270,7 @@ def test_a_near_cache_that_does_not_ack_in_time_makes_the_write_202_and_the_task
         f"login:token:{token}", mapping={"id": 1, "nickName": "a", "icon": "", "role": "admin"}
     )
     # a process whose subscription silently dropped: registered, but never acknowledges
-    svc.redis.zadd("cache:shop:near:members", {"ghost": time.time() * 1000})
+    svc.redis.zadd(f"{SHOP_PREFIX}:near:members", {"ghost": time.time() * 1000})
     unconfirmed = CACHE_INVALIDATIONS.labels(outcome="unconfirmed")._value.get()
     response = app.test_client().put(
         "/shop", json={"id": 1, "name": "renamed"}, headers={"authorization": token}
