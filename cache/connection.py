@@ -6,7 +6,11 @@ two timeouts from Settings, and the pool remembers a stall:
 
 * ``HMDP_REDIS_SOCKET_TIMEOUT``: a reply not read within it fails the command
   with ``redis.TimeoutError`` (the web answers 503); ``HMDP_REDIS_CONNECT_TIMEOUT``
-  bounds the TCP connect. redis-py retries nothing here (no retry policy given).
+  bounds the TCP connect. A command that times out is **not retried**
+  (:data:`~cache.server.NO_RETRY`): redis-py 8 gives a client built from host and
+  port 10 retries with backoff by default, which would make a stall cost a
+  request eleven timeouts; a pool built from a URL has none, and ours says so
+  explicitly so a change of that default cannot multiply the wait.
 * A **blocking** command (BLPOP, XREADGROUP BLOCK, WAIT ...) waits on the server
   on purpose: its reply is read with its own block time *plus* the socket
   timeout (:class:`StallAwareConnection`), so the socket timeout never cuts a
@@ -45,7 +49,7 @@ from redis.connection import SENTINEL, AbstractConnection
 
 from settings import Settings, cluster_nodes, is_cluster_url
 
-from .server import shared_server_url
+from .server import NO_RETRY, shared_server_url
 
 FAIL_FAST_S = 1.0  # matches the Retry-After: 1 of the 503 the web answers
 
@@ -252,6 +256,7 @@ def connect(url: str, settings: Settings | None = None, max_connections: int = 2
         health_check_interval=30,
         connection_class=_CONNECTION_CLASSES.get(url.split(":", 1)[0], StallAwareConnection),
         breaker=breaker,
+        retry=NO_RETRY,
         **options,
     )
     return redis.Redis(connection_pool=pool)
