@@ -37,6 +37,9 @@ def test_missing_filter_lets_everything_through_and_add_does_not_create_it(redis
     assert not redis_client.exists("bloom:{t}")  # a filter of one id would reject all others
 
 
+@pytest.mark.redis_cluster(
+    single="statistics of the same script on one slot: nothing the cluster changes"
+)
 def test_false_positive_rate_at_capacity_is_about_one_percent(redis_client):
     bloom = BloomFilter(redis_client, "bloom:{t}", 2000, 0.01)
     bloom.begin_rebuild()
@@ -66,6 +69,9 @@ def test_rebuild_from_database_holds_every_shop(services):
     assert all(bloom.might_contain(i) for i in ids)
 
 
+@pytest.mark.redis_cluster(
+    single="statistics of the same script on one slot: nothing the cluster changes"
+)
 def test_random_unknown_ids_rarely_reach_the_database_and_grow_nothing(services):
     add_shops(services.db, 500)
     settings = services.settings

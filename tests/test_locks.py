@@ -571,6 +571,7 @@ def test_contention_and_wait_are_recorded(redis_client):
     assert waits() == before_w + 2
 
 
+@pytest.mark.redis_cluster(single="the benchmark script's output, not the locks")
 def test_benchmark_script_runs_tiny(settings, redis_client):
     result = subprocess.run(
         [

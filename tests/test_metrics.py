@@ -17,6 +17,8 @@ from support.procs import children, http, json_lines, web_server
 from cache.server import free_port
 from deploy.web_server import SERVERS
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 DURATION = "flask_http_request_duration_seconds"
 
 
@@ -180,6 +182,7 @@ def two_workers(request, settings, tmp_path):
         yield base, log, proc
 
 
+@pytest.mark.redis_cluster(single="web servers' metrics processes, not Redis (30 s of shutdown)")
 def test_two_workers_metrics_count_all_traffic(two_workers, settings):
     base, log, proc = two_workers
     workers = children(proc.pid)
