@@ -72,14 +72,17 @@ def reexec_in_venv(extras: str) -> None:
 def command_up(args: argparse.Namespace) -> int:
     from deploy.supervisor import Supervisor
     from deploy.web_server import web_argv
+    from models.demo import ADMIN_PHONE as DEMO_ADMIN_PHONE
     from settings import Settings
     from tasks.app import worker_argv
 
     settings = Settings.from_env()
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(ROOT))
-    # The development command: login codes are written to the log (web/sms.py).
+    # The development command: login codes are written to the log (web/sms.py), and the
+    # demo's user 1 is the admin (a deployment names its own: HMDP_ADMIN_PHONES).
     env.setdefault("HMDP_CODE_SENDER", "log")
+    env.setdefault("HMDP_ADMIN_PHONES", DEMO_ADMIN_PHONE)
     server = None
     if not settings.redis_url:
         from cache.server import NoEmbeddedRedis, start_shared_server

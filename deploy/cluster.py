@@ -300,6 +300,9 @@ class Cluster:
         env["REDIS_URL"] = self.redis_url
         env.setdefault("HMDP_TRUSTED_PROXIES", trusted_proxies_for(a.host))
         env.setdefault("HMDP_CODE_SENDER", "log")  # a local cluster: login codes in the web logs
+        from models.demo import ADMIN_PHONE
+
+        env.setdefault("HMDP_ADMIN_PHONES", ADMIN_PHONE)  # and the demo's user 1 is the admin
         bin_dir = Path(sys.executable).parent
         flask = [str(bin_dir / "flask"), "--app", "web"]
         celery = [str(bin_dir / "celery"), "-A", "tasks.worker"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,20 +177,14 @@ def seeded(app, services):
 def login_as(services):
     """Log a user in the way the login route does (a real session hash in Redis).
 
-    Returns a function ``(user_id, role="user") -> headers`` for the test client.
+    Returns a function ``(user_id, role="user") -> headers`` for the test client;
+    an admin gets a user row whose role is admin (support.sessions.session_for).
     The users/login tests cover the route that creates these sessions.
     """
-    from web.auth import TOKEN_KEY, UserSummary
+    from support.sessions import session_for
 
     def _login(user_id: int, role: str = "user", nick_name: str | None = None) -> dict[str, str]:
-        token = uuid.uuid4().hex
-        summary = UserSummary(
-            id=user_id, nick_name=nick_name or f"user_{user_id}", icon="", role=role
-        )
-        key = TOKEN_KEY.format(token=token)
-        services.redis.hset(key, mapping=summary.to_hash())
-        services.redis.expire(key, services.settings.login_token_ttl)
-        return {"authorization": token}
+        return session_for(services, user_id, role, nick_name)
 
     return _login
 

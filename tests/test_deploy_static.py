@@ -405,6 +405,13 @@ def test_compose_sends_codes_through_a_gateway_never_the_log():
             sender_from_settings(settings.with_(code_sender="log"))
 
 
+def test_compose_ships_no_admin():
+    """No admin phone unless the operator names one (the seeded demo grants no role either:
+    tests/test_demo_data.py)."""
+    for name, service in app_services():
+        assert Settings.from_env(env_of(service)).admin_phones == (), name
+
+
 def test_web_trusts_x_forwarded_for_from_nginx_only():
     """The web tier believes X-Forwarded-For from nginx's fixed address and nobody else."""
     (subnet,) = (c["subnet"] for c in COMPOSE["networks"]["default"]["ipam"]["config"])

@@ -741,13 +741,9 @@ def test_verify_catches_loss_phantoms_and_stock_drift(services, voucher, app, se
 
 
 def _admin(services) -> dict:  # type: ignore[no-untyped-def]
-    import uuid
+    from support.sessions import session_for
 
-    token = uuid.uuid4().hex
-    services.redis.hset(
-        f"login:token:{token}", mapping={"id": 1, "nickName": "a", "icon": "", "role": "admin"}
-    )
-    return {"authorization": token}
+    return session_for(services, 1, "admin")
 
 
 def test_the_task_and_the_recovery_job_are_imported_scheduled_and_routed(settings, services):

@@ -336,16 +336,10 @@ def test_redis_restarted_from_an_older_aof_is_reconciled(
 
 
 def _login_on(services):  # type: ignore[no-untyped-def]
-    import uuid
+    from support.sessions import session_for
 
     def login(user_id: int, role: str = "user") -> dict[str, str]:
-        token = uuid.uuid4().hex
-        key = f"login:token:{token}"
-        services.redis.hset(
-            key, mapping={"id": user_id, "nickName": f"u{user_id}", "icon": "", "role": role}
-        )
-        services.redis.expire(key, 600)
-        return {"authorization": token}
+        return session_for(services, user_id, role)
 
     return login
 

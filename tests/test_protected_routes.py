@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from flask import Blueprint
+from support.social import make_users
 
 from settings import Settings
 from web.auth import admin_required, login_required, required_access
@@ -124,7 +125,8 @@ def test_protected_route_refuses_anonymous_requests(
     client = app.test_client()
     _envelope(client.open(path, method=method), 401)
     _envelope(client.open(path, method=method, headers={"authorization": "no-such-token"}), 401)
-    if access == "admin":
+    if access == "admin":  # an existing user who is no admin (web/auth.is_admin reads the row)
+        make_users(app.extensions["hmdp"], 1, start=5)
         _envelope(client.open(path, method=method, headers=login_as(5)), 403)
 
 
@@ -177,6 +179,7 @@ def probe_app(app):
 
 def test_admin_routes_401_without_session_403_for_users(probe_app, login_as):
     client = probe_app.test_client()
+    make_users(probe_app.extensions["hmdp"], 1, start=5)
     _envelope(client.get("/probe/admin"), 401)
     _envelope(client.get("/probe/admin", headers=login_as(5)), 403)
     response = client.get("/probe/admin", headers=login_as(1, role="admin"))

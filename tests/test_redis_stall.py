@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import redis
 from support.seckill import add_shop, create_seckill, db_orders, wait_for
+from support.sessions import set_role
 from support.workers import celery_worker, log_tail
 
 from beat.order_jobs import run_recovery
@@ -34,6 +35,7 @@ from cache.connection import FAIL_FAST_S, block_seconds, connect
 from cache.locks import RLock
 from cache.server import EmbeddedRedis
 from services import Services
+from web.auth import ADMIN
 from web.orders import verify_orders
 
 SOCKET_TIMEOUT = 1.0
@@ -301,7 +303,8 @@ def test_a_10s_stall_answers_503_in_time_and_the_sale_goes_on(settings, tmp_path
             add_shop(services)
             admin = {"authorization": uuid.uuid4().hex}
             pipe = services.redis.pipeline(transaction=False)
-            admin_session = {"id": 1, "nickName": "admin", "icon": "", "role": "admin"}
+            set_role(services, 1, ADMIN)  # an admin is a role of the user row
+            admin_session = {"id": 1, "nickName": "admin", "icon": ""}
             pipe.hset(f"login:token:{admin['authorization']}", mapping=admin_session)
             tokens = {u: uuid.uuid4().hex for u in range(100, 4102)}
             for user, token in tokens.items():

@@ -8,6 +8,12 @@ checks a token itself and a new route cannot forget to.
 
 The user is a fact of the request's :class:`web.exchange.Exchange`, loaded once
 (:func:`load_user`) by this hook or by a WSGI fast path (web/order_fastpath.py).
+
+A session says who the user is, never what they may do: an admin route asks
+the database (:func:`is_admin`: the user row's role, or a phone of
+HMDP_ADMIN_PHONES) on every request, so a role changed in any way (``flask
+users role``, SQL, the setting) holds for the user's live sessions at once,
+and a session of a deleted user is no login. Only admin routes pay the query.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from typing import TypeVar
 
 import redis
 from flask import Flask, current_app, request
+from sqlalchemy import select
 
 from cache.login import TOKEN_KEY, load_session
+from models.entities import User
 from services import Services
 
 from .envelope import Forbidden, NotLoggedIn
@@ -32,10 +40,12 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "TOKEN_KEY",
+    "ADMIN",
     "UserSummary",
     "admin_required",
     "current_token",
     "current_user",
+    "is_admin",
     "load_user",
     "login_required",
     "register_auth",
@@ -45,16 +55,16 @@ __all__ = [
     "usable_token",
 ]
 ACCESS_ATTR = "_hmdp_access"  # "user" or "admin"
+ADMIN = "admin"  # tb_user.role of an admin; any other role is an ordinary user
 
 
 @dataclass(frozen=True)
 class UserSummary:
-    """What a session holds: hmdp's UserDTO plus the role."""
+    """What a session holds: hmdp's UserDTO (who, not what they may do: :func:`is_admin`)."""
 
     id: int
     nick_name: str
     icon: str
-    role: str = "user"
 
     def to_json(self) -> dict:
         return {"id": self.id, "nickName": self.nick_name, "icon": self.icon}
@@ -64,7 +74,6 @@ class UserSummary:
             "id": str(self.id),
             "nickName": self.nick_name,
             "icon": self.icon,
-            "role": self.role,
         }
 
     @classmethod
@@ -73,7 +82,6 @@ class UserSummary:
             id=int(data["id"]),
             nick_name=data.get("nickName", ""),
             icon=data.get("icon", ""),
-            role=data.get("role", "user"),
         )
 
 
@@ -126,6 +134,15 @@ def session_user(svc: Services, token: str) -> UserSummary | None:
         return None
 
 
+def is_admin(svc: Services, user_id: int) -> bool | None:
+    """Whether the user is an admin now (row role, or a phone of HMDP_ADMIN_PHONES); None: no user."""
+    with svc.db.sessions() as session:
+        row = session.execute(select(User.role, User.phone).where(User.id == user_id)).first()
+    if row is None:
+        return None
+    return row.role == ADMIN or row.phone in svc.settings.admin_phones
+
+
 def load_user(exchange: Exchange, svc: Services) -> UserSummary | None:
     """The user of the request's session, loaded once per request (its TTL pushed back)."""
     if not exchange.user_loaded:
@@ -157,5 +174,9 @@ def register_auth(app: Flask) -> None:
         user = load_user(exchange, services())
         if user is None:
             raise NotLoggedIn()
-        if access == "admin" and user.role != "admin":
-            raise Forbidden("admin only")
+        if access == "admin":
+            admin = is_admin(services(), user.id)
+            if admin is None:
+                raise NotLoggedIn("your account no longer exists")
+            if not admin:
+                raise Forbidden("admin only")

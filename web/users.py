@@ -18,8 +18,9 @@ import logging
 import secrets
 import string
 
+import click
 from flask import Blueprint, Response
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash
@@ -28,7 +29,7 @@ from cache import login as login_store
 from models.entities import MAX_ID, User, UserInfo
 from timestamps import iso_instant
 
-from .auth import UserSummary, current_token, login_required, require_user
+from .auth import ADMIN, UserSummary, current_token, login_required, require_user
 from .envelope import (
     ApiError,
     BadRequest,
@@ -38,7 +39,7 @@ from .envelope import (
     json_body,
     ok,
 )
-from .phones import login_phone
+from .phones import is_valid_phone, login_phone
 from .runtime import services, settings
 from .sms import code_sender, install_code_sender
 
@@ -113,8 +114,7 @@ def _find_or_create_user(phone: str) -> User:
 
 
 def _start_session(user: User) -> str:
-    role = "admin" if user.role == "admin" or user.phone in settings().admin_phones else "user"
-    summary = UserSummary(id=user.id, nick_name=user.nick_name, icon=user.icon, role=role)
+    summary = UserSummary(id=user.id, nick_name=user.nick_name, icon=user.icon)
     token = secrets.token_urlsafe(32)
     login_store.create_session(
         services().redis, token, summary.to_hash(), settings().login_token_ttl
@@ -243,3 +243,29 @@ def get_user_info(user_id: int) -> Response:
                 "updateTime": iso_instant(info.update_time, settings().zone),
             }
         )
+
+
+# --- roles (``flask users role``) -----------------------------------------------------------
+
+ROLES = (ADMIN, "user")
+
+
+@bp.cli.command("role")
+@click.argument("phone")
+@click.argument("role", type=click.Choice(ROLES))
+def role_command(phone: str, role: str) -> None:
+    """Make the user of PHONE an admin or an ordinary user (the user is created if new).
+
+    It holds at once, for the user's live sessions too: admin routes read the
+    role from the database on every request (web/auth.is_admin).
+    """
+    if not is_valid_phone(phone):
+        raise click.BadParameter(
+            "a mainland mobile number (11 digits, 13x-19x)", param_hint="PHONE"
+        )
+    user = _find_or_create_user(phone)
+    with services().db.session() as session:
+        session.execute(update(User).where(User.id == user.id).values(role=role))
+    click.echo(f"user {user.id} ({phone}) is now {role}")
+    if role != ADMIN and phone in settings().admin_phones:
+        click.echo("note: this phone is in HMDP_ADMIN_PHONES, which keeps it an admin", err=True)

@@ -5,21 +5,28 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from models.entities import Blog, Shop, ShopType, Upload, User, UserInfo
 
 
 def make_users(services, count: int, start: int = 1) -> list[int]:
-    """Users ``start..start+count-1`` (nick ``user_{id}``) with empty profiles."""
+    """Users ``start..start+count-1`` (nick ``user_{id}``) with empty profiles.
+
+    An id that has a row already (an admin session's, support/sessions.py) keeps it.
+    """
     ids = list(range(start, start + count))
     with services.db.session() as session:
+        taken = set(session.scalars(select(User.id).where(User.id.in_(ids))))
+        ids = [i for i in ids if i not in taken]
+        if not ids:
+            return list(range(start, start + count))
         session.execute(
             insert(User),
             [{"id": i, "phone": f"137{i:08d}", "nick_name": f"user_{i}", "icon": ""} for i in ids],
         )
         session.execute(insert(UserInfo), [{"user_id": i} for i in ids])
-    return ids
+    return list(range(start, start + count))
 
 
 def make_shop(services, shop_id: int = 1, type_id: int = 1, x: float = 120.15, y: float = 30.28):
