@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 import redis
 from sqlalchemy import event
 from support.seckill import wait_for
+from support.sessions import session_for
 from support.workers import celery_worker, log_tail
 from test_cache_region import add_shops
 from test_redis_stall import own_redis
@@ -98,10 +98,7 @@ def _build(settings: Settings, tmp_path: Path, **changes: object):  # type: igno
     add_shops(svc.db, 1, start=2, type_id=2)
     assert warm(svc)["hot"] == 2  # both hot: each has a logical key to rewrite
     load_all(svc)
-    token = uuid.uuid4().hex
-    session = {"id": 1, "nickName": "admin", "icon": "", "role": "admin"}
-    svc.redis.hset(f"login:token:{token}", mapping=session)
-    return local, app, svc, {"authorization": token}
+    return local, app, svc, session_for(svc, 1, "admin")
 
 
 def _writer_near(app, client) -> NearCache:  # type: ignore[no-untyped-def]
@@ -265,16 +262,11 @@ def test_a_near_cache_that_does_not_ack_in_time_makes_the_write_202_and_the_task
     app = app_with(redis_socket_timeout=SOCKET_TIMEOUT, near_cache_ttl=1.0)
     svc: Services = app.extensions["hmdp"]
     add_shops(svc.db, 1)
-    token = uuid.uuid4().hex
-    svc.redis.hset(
-        f"login:token:{token}", mapping={"id": 1, "nickName": "a", "icon": "", "role": "admin"}
-    )
+    admin = session_for(svc, 1, "admin")
     # a process whose subscription silently dropped: registered, but never acknowledges
     svc.redis.zadd(f"{SHOP_PREFIX}:near:members", {"ghost": time.time() * 1000})
     unconfirmed = CACHE_INVALIDATIONS.labels(outcome="unconfirmed")._value.get()
-    response = app.test_client().put(
-        "/shop", json={"id": 1, "name": "renamed"}, headers={"authorization": token}
-    )
+    response = app.test_client().put("/shop", json={"id": 1, "name": "renamed"}, headers=admin)
     assert response.status_code == 202 and response.json["success"] is True
     assert CACHE_INVALIDATIONS.labels(outcome="unconfirmed")._value.get() == unconfirmed + 1
     # the task's run waits out the 1 s TTL instead: confirmed
