@@ -33,14 +33,16 @@ two timeouts from Settings, and the pool remembers a stall:
 (any reachable node is enough; the client learns the rest with ``CLUSTER SLOTS``) makes
 :func:`connect` return a :class:`redis.cluster.RedisCluster` with the same timeouts,
 connection class and one fail-fast breaker per node pool (:class:`ClusterNodePool`).
-Callers that need a plain connection to *some* server (pub/sub listeners) ask
-:func:`pubsub_pool` for one; classic pub/sub is broadcast to every node of a cluster.
+Pub/sub subscribers take a pool of their own (:func:`subscriber_pool`); on a
+cluster its connection goes to any live node (classic PUBLISH is broadcast to
+every node) and moves on when that node dies.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -286,15 +288,55 @@ def connect_cluster(
     )
 
 
-def pubsub_pool(client: Client) -> redis.ConnectionPool:
-    """A pool whose connection settings a pub/sub side connection should copy.
+class FollowingConnection(StallAwareConnection):
+    """A connection to *some* node of a cluster, chosen anew at every (re)connect.
 
-    A single Redis: the client's own. A cluster: a primary's (classic PUBLISH
-    reaches every node's subscribers, so any node will do).
+    For pub/sub subscribers: classic PUBLISH reaches every node's subscribers
+    (replicas too), so any live node serves, and a subscriber whose node died
+    (SIGKILL, failover) reconnects to the next one instead of the dead address.
+    """
+
+    def __init__(self, *args: Any, locate: Callable[[], tuple[str, int]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.locate = locate
+
+    def _connect(self) -> Any:
+        self.host, self.port = self.locate()
+        return super()._connect()
+
+
+class NodeRotation:
+    """Each call the next node the cluster client knows (by name), starting anywhere."""
+
+    def __init__(self, cluster: RedisCluster):
+        self.cluster = cluster
+        self.turn = 0
+
+    def __call__(self) -> tuple[str, int]:
+        nodes = sorted(self.cluster.get_nodes(), key=lambda node: node.name)
+        node = nodes[self.turn % len(nodes)] if nodes else self.cluster.get_default_node()
+        self.turn += 1
+        return node.host, node.port
+
+
+def subscriber_pool(client: Client, **overrides: Any) -> redis.ConnectionPool:
+    """A small pool of its own for a pub/sub subscriber of ``client``'s Redis.
+
+    Its own, so a subscription never holds a connection of the application's
+    bounded pool; same timeouts and options (``overrides`` changed). On a
+    cluster its connections follow the live nodes (:class:`FollowingConnection`).
     """
     if isinstance(client, RedisCluster):
-        return client.get_default_node().redis_connection.connection_pool
-    return client.connection_pool
+        base = client.get_default_node().redis_connection.connection_pool
+        kwargs = {**base.connection_kwargs, **overrides}
+        kwargs["breaker"] = StallBreaker(
+            (kwargs.get("socket_connect_timeout") or 1.0) + (kwargs.get("socket_timeout") or 1.0)
+        )
+        kwargs["locate"] = NodeRotation(client)
+        return redis.ConnectionPool(connection_class=FollowingConnection, **kwargs)
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, **overrides}
+    return redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
 
 
 def server_of(client: Client) -> Any:

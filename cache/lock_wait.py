@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from .connection import pubsub_pool, server_of
+from .connection import server_of, subscriber_pool
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,11 @@ class UnlockListener:
     """One subscriber connection and reader thread serving all waiters of a process."""
 
     def __init__(self, client: redis.Redis):
-        pool = pubsub_pool(client)
-        kwargs = dict(pool.connection_kwargs)
         # Only the reader thread reads; writes (SUBSCRIBE/UNSUBSCRIBE) happen under
         # self.lock. No health-check PINGs: redis-py would send them from the reader
         # thread without our lock.
-        kwargs["health_check_interval"] = 0
-        side_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        side_pool = subscriber_pool(client, health_check_interval=0)
+        kwargs = side_pool.connection_kwargs
         self.pubsub = redis.Redis(connection_pool=side_pool).pubsub()
         self.lock = threading.Lock()
         self.channels: dict[str, _Channel] = {}

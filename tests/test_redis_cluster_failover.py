@@ -1,0 +1,89 @@
+"""A Redis Cluster losing a master (SIGKILL) while locks wait on it: real processes.
+
+3 masters + 3 replicas (cluster-node-timeout 1 s): the killed master's replica is
+promoted, and what waited on the dead node carries on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from cache.connection import connect, disconnect
+from cache.lock_wait import listener_for
+from cache.locks import RLock
+from cache.redis_cluster import EmbeddedCluster
+from settings import Settings
+
+pytestmark = pytest.mark.process
+
+LEASE_S = 30  # a waiter woken by its TTL fallback would wait this long
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with EmbeddedCluster(tmp_path, masters=3, replicas=1, node_timeout_ms=1000) as formed:
+        yield formed
+
+
+def _retry(action, seconds: float = 30):  # type: ignore[no-untyped-def]
+    """Run ``action`` until the cluster answers it (a failover in progress refuses)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return action()
+        except (redis.ConnectionError, redis.ClusterDownError, redis.TimeoutError):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
+def _wait_in_thread(client, name: str) -> tuple[threading.Thread, dict]:  # type: ignore[no-untyped-def]
+    out: dict = {}
+
+    def body() -> None:
+        started = time.monotonic()
+        out["got"] = RLock(client, name).acquire(wait_timeout=LEASE_S + 10)
+        out["elapsed"] = time.monotonic() - started
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_lock_wake_ups_survive_the_death_of_the_node_the_listener_is_on(cluster):
+    client = connect(cluster.url, Settings())
+    try:
+        holder = RLock(client, "lock:failover:1")
+        assert holder.acquire(lease=LEASE_S)
+        thread, out = _wait_in_thread(client, "lock:failover:1")
+        listener = listener_for(client)
+        deadline = time.monotonic() + 10
+        while listener.pubsub.connection is None or not listener.channels:
+            assert time.monotonic() < deadline, "the waiter never subscribed"
+            time.sleep(0.05)
+        dead_port = listener.pubsub.connection.port
+        victim = next(node for node in cluster.nodes if node.port == dead_port)
+        client.wait(1, 1000)  # the lock reached the replicas before the crash
+        cluster.kill(victim)
+        cluster.wait_ready(30)
+        _retry(holder.release)
+        thread.join(LEASE_S + 15)
+        assert out.get("got") is True
+        assert out["elapsed"] < LEASE_S / 2  # woken by the release, not by the lease
+
+        # After the failover a new wait is woken by its release too: the listener
+        # lives on a live node now.
+        assert listener.pubsub.connection.port != dead_port
+        second = RLock(client, "lock:failover:2")
+        assert _retry(lambda: second.acquire(lease=LEASE_S))
+        thread, out = _wait_in_thread(client, "lock:failover:2")
+        time.sleep(0.5)
+        assert thread.is_alive()
+        second.release()
+        thread.join(LEASE_S + 15)
+        assert out.get("got") is True and out["elapsed"] < LEASE_S / 2
+    finally:
+        disconnect(client)
