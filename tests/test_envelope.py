@@ -1,9 +1,14 @@
 """Every error leaves as a JSON envelope with the right status."""
 
+from typing import Annotated
+
 import pytest
 from flask import Blueprint
+from pydantic import Field
 
-from web.envelope import Conflict, int_arg, json_body, ok
+from web.contract import contract
+from web.envelope import Conflict, json_body, ok
+from web.schemas import Query
 
 
 def _assert_envelope(response, status):
@@ -39,9 +44,13 @@ def probe_app(app):
     def echo():
         return ok(json_body())
 
+    class NumberQuery(Query):
+        n: Annotated[int, Field(ge=1)]
+
     @bp.get("/probe/int")
-    def number():
-        return ok(int_arg("n", minimum=1))
+    @contract(query=NumberQuery)
+    def number(query):
+        return ok(query.n)
 
     @bp.get("/probe/conflict")
     def conflict():

@@ -307,6 +307,6 @@ def test_beat_jobs_and_refresh_task_run_on_the_worker_app(settings, seeded, redi
 
 def test_every_shop_field_but_the_id_is_validated_for_writes():
     from cache.shop_source import SHOP_COLUMNS
-    from web.shops import _FIELDS
+    from web.shops import SHOP_RULES
 
-    assert set(_FIELDS) == set(SHOP_COLUMNS) - {"id"}
+    assert set(SHOP_RULES) == set(SHOP_COLUMNS) - {"id"}

@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC
-from typing import Any
+from typing import Annotated, Any
 
 import redis
 from flask import Blueprint, Response
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, Strict, WithJsonSchema
 from sqlalchemy import Select, select, update
 
 from cache import feed as feed_store
@@ -31,19 +32,30 @@ from services import Services
 from timestamps import iso_instant
 
 from .auth import current_user, login_required, require_user
-from .envelope import BadRequest, NotFound, NotLoggedIn, int_arg, json_body, ok
-from .ids import path_id
+from .contract import contract
+from .envelope import BadRequest, NotFound, NotLoggedIn, ok
 from .images import MAX_BLOG_IMAGES, front_end_url, owned_uploads, upload_path
 from .runtime import now_ms, services, settings
+from .schemas import (
+    Body,
+    Page,
+    Path,
+    Query,
+    QueryId,
+    Timestamp,
+    UserSummary,
+    not_found,
+    path_id,
+    text,
+    whole,
+)
 from .social import follower_ids, user_summaries
-from .text import storable
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("blogs", __name__)
 
 PAGE_SIZE = 10
-MAX_PAGE = 10_000
 LIKERS_SHOWN = 5
 MAX_TITLE = 255
 MAX_CONTENT = 5_000
@@ -91,10 +103,6 @@ def _page(query: Select, current: int) -> list[dict[str, Any]]:
     return _render(blogs)
 
 
-def _current() -> int:
-    return int_arg("current", default=1, minimum=1, maximum=MAX_PAGE)
-
-
 def _get_blog(blog_id: int) -> Blog:
     with services().db.sessions() as session:
         blog = session.get(Blog, blog_id)
@@ -104,22 +112,6 @@ def _get_blog(blog_id: int) -> Blog:
 
 
 # --- publishing ------------------------------------------------------------------------
-
-
-def _text(body: dict[str, Any], name: str, limit: int, required: bool = True) -> str:
-    value = body.get(name)
-    if value is None or value == "":
-        if required:
-            raise BadRequest(f"'{name}' is required")
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest(f"'{name}' must be a string")
-    value = value.strip()
-    if required and not value:
-        raise BadRequest(f"'{name}' must not be blank")
-    if len(value) > limit:
-        raise BadRequest(f"'{name}' must be at most {limit} characters")
-    return storable(name, value)
 
 
 def _images(value: object) -> list[str]:
@@ -133,38 +125,103 @@ def _images(value: object) -> list[str]:
         return []
     if isinstance(value, list):
         if not all(isinstance(v, str) and v and "," not in v for v in value):
-            raise BadRequest("'images' must be a string or a list of non-empty strings")
+            raise whole("'images' must be a string or a list of non-empty strings")
         names = value
     elif isinstance(value, str):
         names = value.split(",")
     else:
-        raise BadRequest("'images' must be a string or a list of strings")
+        raise whole("'images' must be a string or a list of strings")
     if len(names) > MAX_BLOG_IMAGES:
-        raise BadRequest(f"a blog shows at most {MAX_BLOG_IMAGES} images")
+        raise whole(f"a blog shows at most {MAX_BLOG_IMAGES} images")
     paths = []
     for name in names:
         path = upload_path(name.strip())
         if path is None:
-            raise BadRequest(
-                f"'images' must name images uploaded with POST /upload/blog: {name[:80]!r}"
-            )
+            raise whole(f"'images' must name images uploaded with POST /upload/blog: {name[:80]!r}")
         if path in paths:
-            raise BadRequest(f"image {name[:80]!r} is named twice")
+            raise whole(f"image {name[:80]!r} is named twice")
         paths.append(path)
     return paths
 
 
-def _shop_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest("'shopId' must be a positive integer")
+def _existing_shop_id(value: int) -> int:
     if not 1 <= value <= MAX_ID:
-        raise NotFound("no such shop")
+        raise not_found("no such shop")
     return value
+
+
+Images = Annotated[
+    list[str],
+    BeforeValidator(_images),
+    WithJsonSchema(
+        {
+            "description": "uploads of the author (POST /upload/blog), comma-separated or a list",
+            "anyOf": [
+                {"type": "string", "maxLength": 2048},
+                {"type": "array", "items": {"type": "string"}, "maxItems": MAX_BLOG_IMAGES},
+                {"type": "null"},
+            ],
+        }
+    ),
+]
+
+
+class BlogBody(Body):
+    shopId: Annotated[int, Strict(), AfterValidator(_existing_shop_id)]
+    title: text(MAX_TITLE, min_length=1, strip=True)
+    content: text(MAX_CONTENT, min_length=1, strip=True)
+    images: Images = []
+
+
+class BlogPath(Path):
+    blog_id: path_id("blog")
+
+
+class PageQuery(Query):
+    current: Page = 1
+
+
+class UserBlogsQuery(PageQuery):
+    id: QueryId
+
+
+class FeedQuery(Query):
+    lastId: Annotated[int, Field(ge=0, le=MAX_ID, description="the last page's minTime (ms)")] = -1
+    offset: Annotated[int, Field(ge=0, description="the last page's offset")] = 0
+
+
+class BlogData(BaseModel):
+    """hmdp's Blog, with its author's name and icon and whether the caller likes it."""
+
+    id: int
+    shopId: int
+    userId: int
+    title: str
+    content: str
+    images: str
+    liked: int
+    comments: int
+    name: str
+    icon: str
+    isLike: bool
+    createTime: Timestamp
+    updateTime: Timestamp
+
+
+class LikeData(BaseModel):
+    isLike: bool
+
+
+class FeedPage(BaseModel):
+    list: list[BlogData]
+    minTime: int
+    offset: int
 
 
 @bp.post("/blog")
 @login_required
-def publish() -> Response:
+@contract(body=BlogBody, data=int, errors={404: "no such shop"})
+def publish(body: BlogBody) -> Response:
     """Publish a blog ``{shopId, title, content, images}``; data = its id.
 
     The row is committed first, then the id is pushed into every follower's
@@ -173,11 +230,7 @@ def publish() -> Response:
     a photo their blog shows); they are stored as the front end shows them,
     ``/imgs/blogs/...``, comma-separated.
     """
-    body = json_body()
-    shop_id = _shop_id(body.get("shopId"))
-    title = _text(body, "title", MAX_TITLE)
-    content = _text(body, "content", MAX_CONTENT)
-    images = _images(body.get("images"))
+    shop_id, title, content, images = body.shopId, body.title, body.content, body.images
     me = require_user().id
     with services().db.session() as session:
         if session.get(Shop, shop_id) is None:
@@ -207,32 +260,35 @@ def publish() -> Response:
 
 
 @bp.get("/blog/<blog_id>")
-def get_blog(blog_id: str) -> Response:
+@contract(path=BlogPath, data=BlogData, errors={404: "no such blog"})
+def get_blog(path: BlogPath) -> Response:
     """One blog with its author's name/icon and whether the caller likes it."""
-    blog = _get_blog(path_id(blog_id, "blog"))
+    blog = _get_blog(path.blog_id)
     return ok(_render([blog])[0])
 
 
 @bp.get("/blog/hot")
-def hot() -> Response:
+@contract(query=PageQuery, data=list[BlogData])
+def hot(query: PageQuery) -> Response:
     """Blogs by likes, most liked first (ties: newest first), 10 per page."""
-    query = select(Blog).order_by(Blog.liked.desc(), Blog.id.desc())
-    return ok(_page(query, _current()))
+    found = select(Blog).order_by(Blog.liked.desc(), Blog.id.desc())
+    return ok(_page(found, query.current))
 
 
 @bp.get("/blog/of/me")
 @login_required
-def of_me() -> Response:
+@contract(query=PageQuery, data=list[BlogData])
+def of_me(query: PageQuery) -> Response:
     """The caller's blogs, newest first, 10 per page."""
     me = require_user().id
-    return ok(_page(select(Blog).where(Blog.user_id == me).order_by(Blog.id.desc()), _current()))
+    return ok(_page(select(Blog).where(Blog.user_id == me).order_by(Blog.id.desc()), query.current))
 
 
 @bp.get("/blog/of/user")
-def of_user() -> Response:
+@contract(query=UserBlogsQuery, data=list[BlogData], errors={404: "no such user"})
+def of_user(query: UserBlogsQuery) -> Response:
     """A user's blogs, newest first, 10 per page (404 for an unknown user)."""
-    user_id = int_arg("id", minimum=1, maximum=MAX_ID)
-    current = _current()
+    user_id, current = query.id, query.current
     with services().db.sessions() as session:
         if session.get(User, user_id) is None:
             raise NotFound("no such user")
@@ -244,14 +300,15 @@ def of_user() -> Response:
 
 @bp.put("/blog/like/<blog_id>")
 @login_required
-def like(blog_id: str) -> Response:
+@contract(path=BlogPath, data=LikeData, errors={404: "no such blog"})
+def like(path: BlogPath) -> Response:
     """Toggle the caller's like; data = ``{isLike}`` after the toggle.
 
     Redis decides (atomically) whether this toggle likes or unlikes; the same
     +1/-1 goes to tb_blog.liked in SQL. If that update fails the toggle is
     undone in Redis, so the set and the counter never drift apart.
     """
-    ident = path_id(blog_id, "blog")
+    ident = path.blog_id
     _get_blog(ident)
     me = require_user().id
     client = services().redis
@@ -270,9 +327,10 @@ def like(blog_id: str) -> Response:
 
 
 @bp.get("/blog/likes/<blog_id>")
-def likers(blog_id: str) -> Response:
+@contract(path=BlogPath, data=list[UserSummary], errors={404: "no such blog"})
+def likers(path: BlogPath) -> Response:
     """The first five users who like the blog, earliest like first."""
-    ident = path_id(blog_id, "blog")
+    ident = path.blog_id
     _get_blog(ident)
     ids = like_store.first_likers(services().redis, ident, LIKERS_SHOWN)
     with services().db.sessions() as session:
@@ -284,7 +342,8 @@ def likers(blog_id: str) -> Response:
 
 @bp.get("/blog/of/follow")
 @login_required
-def feed() -> Response:
+@contract(query=FeedQuery, data=FeedPage)
+def feed(query: FeedQuery) -> Response:
     """One scroll page of the caller's feed: ``{list, minTime, offset}``.
 
     First call without ``lastId`` (or with the current time in ms); then pass
@@ -293,8 +352,10 @@ def feed() -> Response:
     left out of the list but still advance the cursor.
     """
     cfg = settings()
-    last_id = int_arg("lastId", default=-1, minimum=0, maximum=MAX_ID)
-    offset = int_arg("offset", default=0, minimum=0, maximum=cfg.feed_inbox_size)
+    last_id = query.lastId
+    offset = query.offset
+    if offset > cfg.feed_inbox_size:  # a setting, so not in the schema
+        raise BadRequest(f"query parameter 'offset' must be <= {cfg.feed_inbox_size}")
     me = require_user().id
     page = feed_store.scroll(
         services().redis, me, None if last_id < 0 else last_id, offset, cfg.feed_page_size

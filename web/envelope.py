@@ -144,37 +144,3 @@ def json_body() -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
     return payload
-
-
-def int_arg(
-    name: str, default: int | None = None, minimum: int | None = None, maximum: int | None = None
-) -> int:
-    """An integer query parameter, validated; missing without default is a 400."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        if default is None:
-            raise BadRequest(f"query parameter '{name}' is required")
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter '{name}' must be an integer") from None
-    if minimum is not None and value < minimum:
-        raise BadRequest(f"query parameter '{name}' must be >= {minimum}")
-    if maximum is not None and value > maximum:
-        raise BadRequest(f"query parameter '{name}' must be <= {maximum}")
-    return value
-
-
-def float_arg(name: str) -> float | None:
-    """An optional float query parameter, validated."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter '{name}' must be a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise BadRequest(f"query parameter '{name}' must be a finite number")
-    return value

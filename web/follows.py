@@ -10,7 +10,10 @@ really appeared or went (following twice changes nothing).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from flask import Blueprint, Response
+from pydantic import BeforeValidator, Field, WithJsonSchema
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,9 +24,10 @@ from models.entities import Follow, User, UserInfo
 from services import Services
 
 from .auth import login_required, require_user
+from .contract import contract
 from .envelope import BadRequest, Conflict, NotFound, ok
-from .ids import path_id
 from .runtime import services
+from .schemas import Path, UserSummary, path_id, whole
 from .social import followed_ids, user_summaries
 
 bp = Blueprint("follows", __name__)
@@ -69,21 +73,38 @@ def _write_follow(me: int, target: int, follow: bool) -> bool:
         return False
 
 
-def _follow_flag(raw: str) -> bool:
+def _follow_flag(raw: object) -> bool:
     if raw not in ("true", "false"):
-        raise BadRequest("isFollow must be 'true' or 'false'")
+        raise whole("isFollow must be 'true' or 'false'")
     return raw == "true"
+
+
+class UserPath(Path):
+    target: path_id("user")
+
+
+class FollowPath(UserPath):
+    is_follow: Annotated[
+        bool,
+        BeforeValidator(_follow_flag),
+        WithJsonSchema({"type": "string", "enum": ["true", "false"]}),
+    ]
 
 
 @bp.put("/follow/<target>/<is_follow>")
 @login_required
-def follow(target: str, is_follow: str) -> Response:
+@contract(
+    path=FollowPath,
+    data=Annotated[bool, Field(description="whether this call changed anything")],
+    errors={404: "no such user", 409: "another follow change of yours is in progress"},
+)
+def follow(path: FollowPath) -> Response:
     """Follow (``true``) or unfollow (``false``) a user; repeating it changes nothing.
 
     data = true if this call changed something, false if already in that state.
     """
-    flag = _follow_flag(is_follow)
-    target_id = path_id(target)
+    flag = path.is_follow
+    target_id = path.target
     me = require_user().id
     if target_id == me:
         raise BadRequest("you cannot follow yourself")
@@ -100,8 +121,7 @@ def follow(target: str, is_follow: str) -> Response:
     return ok(changed)
 
 
-def _existing_user(raw: str) -> int:
-    user_id = path_id(raw)
+def _existing_user(user_id: int) -> int:
     with services().db.sessions() as session:
         _require_user_row(session, user_id)
     return user_id
@@ -109,18 +129,20 @@ def _existing_user(raw: str) -> int:
 
 @bp.get("/follow/or/not/<target>")
 @login_required
-def is_following(target: str) -> Response:
+@contract(path=UserPath, data=bool, errors={404: "no such user"})
+def is_following(path: UserPath) -> Response:
     """Whether the caller follows this user (data = true/false)."""
-    target_id = _existing_user(target)
+    target_id = _existing_user(path.target)
     me = require_user().id
     return ok(follow_store.is_following(services().redis, me, target_id, lambda: followed_ids(me)))
 
 
 @bp.get("/follow/common/<target>")
 @login_required
-def common_follows(target: str) -> Response:
+@contract(path=UserPath, data=list[UserSummary], errors={404: "no such user"})
+def common_follows(path: UserPath) -> Response:
     """Users that both the caller and this user follow (SINTER), as user summaries."""
-    target_id = _existing_user(target)
+    target_id = _existing_user(path.target)
     me = require_user().id
     ids = follow_store.common(services().redis, me, target_id, followed_ids)
     with services().db.sessions() as session:

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from flask import Blueprint, Response, current_app
 from kombu import Connection
+from pydantic import BaseModel
 from sqlalchemy import text
 
+from .contract import contract
 from .envelope import envelope, json_response, ok
 from .runtime import services
 
 bp = Blueprint("health", __name__)
 
 
+class Check(BaseModel):
+    ok: bool
+    ms: float
+    error: str | None = None
+
+
+Readiness = dict[str, Check]
+
+
 @bp.get("/healthz")
+@contract(data=Literal["ok"])
 def healthz() -> Response:
     """Liveness: the process answers. No dependency is touched."""
     return ok("ok")
@@ -38,6 +51,7 @@ CHECKS = {"redis": _check_redis, "database": _check_database, "broker": _check_b
 
 
 @bp.get("/readyz")
+@contract(data=Readiness, errors={503: "not ready"}, error_data={503: Readiness})
 def readyz() -> Response:
     """Readiness: Redis, the database and the broker all answer; says which failed."""
     report: dict[str, dict] = {}

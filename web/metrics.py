@@ -44,6 +44,7 @@ from metrics import track_pool
 from services import Services
 from settings import Settings
 
+from .contract import contract
 from .exchange import HttpMetrics
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,9 @@ def register_metrics(app: Flask, services: Services) -> HttpMetrics:
         )
     track_pool(services.db.engine.pool)
 
+    @contract(content={"text/plain": {"type": "string"}})
     def metrics_view() -> Response:
+        """Prometheus metrics of this process (or of all, in multiprocess mode)."""
         encoder, content_type = choose_encoder(request.headers.get("Accept"))
         return Response(encoder(registry), headers={"Content-Type": content_type})
 

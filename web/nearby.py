@@ -2,8 +2,8 @@
 
 Not a blueprint: web/shops.py owns the shop routes and calls in here:
 
-* :func:`position_args` reads and validates ``x`` (longitude, -180..180) and
-  ``y`` (latitude, -85.05..85.05): both or neither;
+* :class:`PositionQuery` declares ``x`` (longitude, -180..180) and ``y``
+  (latitude, -85.05..85.05) of a query: both or neither;
 * :func:`shops_near` answers one page sorted by distance, each shop with
   ``distance`` in meters (GEOSEARCH within settings.geo_radius_m);
 * :func:`index_shop` indexes a shop after its row was created.
@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import redis
+from pydantic import Field, model_validator
 from sqlalchemy import select
 
 from cache import geo, shop_sync
@@ -28,8 +29,8 @@ from models.entities import Shop, ShopType
 from models.session import Database
 from services import Services
 
-from .envelope import BadRequest, float_arg
 from .runtime import services, settings
+from .schemas import Query, whole
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +52,25 @@ def load_all(svc: Services) -> None:
     geo.load(svc.redis, shop_points(svc.db))
 
 
-def position_args() -> tuple[float, float] | None:
-    """The caller's (x, y) from the query string, validated; None when both are absent."""
-    x, y = float_arg("x"), float_arg("y")
-    if x is None and y is None:
-        return None
-    if x is None or y is None:
-        raise BadRequest("query parameters 'x' and 'y' go together")
-    if not -180 <= x <= 180:
-        raise BadRequest("query parameter 'x' (longitude) must be between -180 and 180")
-    if not -MAX_LATITUDE <= y <= MAX_LATITUDE:
-        raise BadRequest(
-            f"query parameter 'y' (latitude) must be between -{MAX_LATITUDE} and {MAX_LATITUDE}"
-        )
-    return x, y
+class PositionQuery(Query):
+    """The caller's position in a query: both ``x`` and ``y``, or neither."""
+
+    x: Annotated[float | None, Field(ge=-180, le=180, allow_inf_nan=False)] = Field(
+        None, description="longitude"
+    )
+    y: Annotated[float | None, Field(ge=-MAX_LATITUDE, le=MAX_LATITUDE, allow_inf_nan=False)] = (
+        Field(None, description="latitude")
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> PositionQuery:
+        if (self.x is None) != (self.y is None):
+            raise whole("query parameters 'x' and 'y' go together")
+        return self
+
+    def position(self) -> tuple[float, float] | None:
+        """(x, y), or None when the query gives no position."""
+        return None if self.x is None or self.y is None else (self.x, self.y)
 
 
 def shops_near(

@@ -28,10 +28,12 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from typing import Annotated
 
 import click
 from celery import Celery
 from flask import Blueprint, Flask, Response, current_app
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
@@ -57,10 +59,12 @@ from models.entities import MAX_ID, SeckillVoucher, VoucherOrder
 from services import Services
 
 from .auth import login_required, require_user
+from .contract import contract
 from .envelope import MIMETYPE, ApiError, envelope, fail_bytes, ok_bytes
 from .order_dispatch import CelerySender, OrderDispatcher
 from .order_replay import dispatch_replayed, replay_dead_letters, summary
 from .runtime import services
+from .schemas import Id, Path
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +209,26 @@ def answer_of(result: GateResult) -> tuple[int, bytes]:
     return 503, fail_bytes("order ids exhausted for today, try again later")
 
 
+class VoucherPath(Path):
+    voucher_id: Id
+
+
+OrderId = Annotated[str, Field(pattern="^[0-9]+$", description="the order id, decimal")]
+
+
 @bp.post("/voucher-order/seckill/<id:voucher_id>")
 @login_required
+@contract(
+    path=VoucherPath,
+    data=OrderId,
+    errors={
+        404: "voucher not found",
+        409: "sold out, already ordered (data: the order id), not started or ended",
+        503: "voucher being loaded, or order ids exhausted for today",
+    },
+    error_data={409: OrderId | None},
+    validate=False,  # the hot path: the URL converter checked the id; there is no body
+)
 def seckill(voucher_id: int) -> Response:
     """Flash-sale order: 200 with the order id, or 409 with the reason, at once.
 

@@ -11,13 +11,23 @@ buys no extra attempts.
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from flask import request
+from pydantic import BeforeValidator, Field, StringConstraints
 
 from .envelope import BadRequest
+from .schemas import empty_as_none
 
 # Mainland China mobile numbers: 11 ASCII digits, 1 then 3-9 (hmdp's RegexUtils).
 PHONE_RE = re.compile(r"1[3-9][0-9]{9}")
+
+# A phone in a route schema ("" is not given, as hmdp's clients send it).
+Phone = Annotated[
+    Annotated[str, StringConstraints(pattern=f"^{PHONE_RE.pattern}$")] | None,
+    BeforeValidator(empty_as_none),
+    Field(description="a mainland mobile number: 11 digits, 13x-19x"),
+]
 
 
 def is_valid_phone(value: object) -> bool:

@@ -14,13 +14,13 @@ filter and warms the shop types and the hot shops, like ``flask seed`` does.
 
 from __future__ import annotations
 
-import math
 from datetime import tzinfo
 from functools import partial
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import click
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
+from pydantic import BaseModel, BeforeValidator, Field, create_model, model_validator
 from sqlalchemy import select
 
 from cache.region import RebuildTimeout
@@ -39,51 +39,89 @@ from models.session import Database
 from services import Services
 
 from .auth import admin_required
-from .envelope import (
-    ApiError,
-    BadRequest,
-    NotFound,
-    envelope_around,
-    int_arg,
-    json_body,
-    json_response,
-    ok,
-)
+from .contract import contract
+from .envelope import ApiError, BadRequest, NotFound, envelope_around, json_response, ok
 from .exchange import current_exchange
-from .nearby import index_shop, load_all, position_args, shops_near
+from .nearby import PositionQuery, index_shop, load_all, shops_near
 from .runtime import services
+from .schemas import (
+    Id,
+    Page,
+    Path,
+    Query,
+    QueryId,
+    StrictBody,
+    Timestamp,
+    empty_as_none,
+    integer,
+    number,
+    path_id,
+    text,
+    whole,
+)
 from .shop_cache import send_converge, shop_answer, shop_cache
-from .text import storable
 
 bp = Blueprint("shops", __name__, cli_group="cache")
 
 NAME_PAGE_SIZE = 10
 TYPE_PAGE_SIZE = 5
-MAX_PAGE = 10_000
 
 
-def _shop_id(raw: object, from_path: bool = False) -> int:
-    """A positive 64-bit id from a path segment (str) or a JSON number, else 400."""
-    if isinstance(raw, bool):
-        raise BadRequest("id must be a positive integer")
-    if isinstance(raw, int):
-        value = raw
-    elif from_path and isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
-        value = int(raw)
-    else:
-        raise BadRequest("id must be a positive integer")
-    if not 1 <= value <= MAX_ID:
-        raise BadRequest("id must be a positive integer")
-    return value
+class ShopPath(Path):
+    shop_id: path_id("shop", out_of_range="400")
+
+
+class NameQuery(Query):
+    name: Annotated[text(128, strip=True) | None, BeforeValidator(empty_as_none)] = None
+    current: Page = 1
+
+
+class TypeQuery(PositionQuery):
+    typeId: QueryId
+    current: Page = 1
+
+
+class ShopData(BaseModel):
+    """hmdp's Shop (``distance`` in meters only in a search by position)."""
+
+    id: int
+    name: str
+    typeId: int
+    images: str
+    area: str
+    address: str
+    x: float
+    y: float
+    avgPrice: int
+    sold: int
+    comments: int
+    score: int
+    openHours: str
+    createTime: Timestamp
+    updateTime: Timestamp
+    distance: float | None = None
+
+
+class ShopTypeData(BaseModel):
+    id: int
+    name: str
+    icon: str
+    sort: int
+    createTime: Timestamp = None
+    updateTime: Timestamp = None
 
 
 # --- reads --------------------------------------------------------------------------
 
 
 @bp.get("/shop/<shop_id>")
-def get_shop(shop_id: str) -> Response:
-    """One shop, from the cache (503 if another request's rebuild is stuck)."""
-    ident = _shop_id(shop_id, from_path=True)
+@contract(path=ShopPath, data=ShopData, errors={404: "shop not found"})
+def get_shop(path: ShopPath) -> Response:
+    """One shop, from the cache (503 if another request's rebuild is stuck).
+
+    Mostly answered below Flask from the near-cache (web/fastpath.py).
+    """
+    ident = path.shop_id
     try:
         text = shop_cache().get(ident)
     except RebuildTimeout as exc:
@@ -96,6 +134,7 @@ def get_shop(shop_id: str) -> Response:
 
 
 @bp.get("/shop-type/list")
+@contract(data=list[ShopTypeData])
 def shop_types() -> Response:
     """All shop types ordered by sort, cached as one JSON text in cache:shop-type."""
     svc = services()
@@ -103,24 +142,22 @@ def shop_types() -> Response:
 
 
 @bp.get("/shop/of/name")
-def shops_by_name() -> Response:
+@contract(query=NameQuery, data=list[ShopData])
+def shops_by_name(query: NameQuery) -> Response:
     """Shops whose name contains ``name``, 10 per page in id order (database, not cached).
 
     A missing or empty ``name`` lists all shops in the same order: hmdp's blog
     editor fills its shop picker on opening with ``?name=`` (an empty name).
     """
-    name = storable("name", (request.args.get("name") or "").strip())
-    if len(name) > 128:
-        raise BadRequest("query parameter 'name' is too long (max 128)")
-    current = int_arg("current", default=1, minimum=1, maximum=MAX_PAGE)
-    query = select(Shop)
+    name, current = query.name, query.current
+    found = select(Shop)
     if name:
         escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(Shop.name.like(f"%{escaped}%", escape="\\"))
-    query = query.order_by(Shop.id).offset((current - 1) * NAME_PAGE_SIZE).limit(NAME_PAGE_SIZE)
+        found = found.where(Shop.name.like(f"%{escaped}%", escape="\\"))
+    found = found.order_by(Shop.id).offset((current - 1) * NAME_PAGE_SIZE).limit(NAME_PAGE_SIZE)
     svc = services()
     with svc.db.sessions() as session:
-        return ok([shop_json(s, svc.settings.zone) for s in session.scalars(query)])
+        return ok([shop_json(s, svc.settings.zone) for s in session.scalars(found)])
 
 
 def shops_of_type_page(
@@ -143,11 +180,11 @@ def shops_of_type_page(
 
 
 @bp.get("/shop/of/type")
-def shops_by_type() -> Response:
-    """Shops of a type, 5 per page."""
-    type_id = int_arg("typeId", minimum=1, maximum=MAX_ID)
-    current = int_arg("current", default=1, minimum=1, maximum=MAX_PAGE)
-    position = position_args()  # x, y: sorted by distance through GEO (web/nearby.py)
+@contract(query=TypeQuery, data=list[ShopData])
+def shops_by_type(query: TypeQuery) -> Response:
+    """Shops of a type, 5 per page; with x and y nearest first, each with its ``distance``."""
+    type_id, current = query.typeId, query.current
+    position = query.position()  # x, y: sorted by distance through GEO (web/nearby.py)
     svc = services()
     zone = svc.settings.zone
     if position is not None:
@@ -158,67 +195,64 @@ def shops_by_type() -> Response:
 
 # --- writes (admin) --------------------------------------------------------------------
 
-# Writable field (SHOP_COLUMNS but the id) -> (kind, min, max): lengths for
-# strings, values for numbers.
-_FIELDS: dict[str, tuple[str, float, float]] = {
-    "name": ("str", 1, 128),
-    "typeId": ("int", 1, MAX_ID),
-    "images": ("str", 0, 1024),
-    "area": ("str", 0, 128),
-    "address": ("str", 0, 255),
-    "x": ("num", -180, 180),
-    "y": ("num", -90, 90),
-    "avgPrice": ("int", 0, 10**12),
-    "sold": ("int", 0, 2**31 - 1),
-    "comments": ("int", 0, 2**31 - 1),
-    "score": ("int", 0, 50),
-    "openHours": ("str", 0, 32),
+# Each writable field's rule: every name of SHOP_COLUMNS but the id (the models
+# below are built from SHOP_COLUMNS; a field without a rule fails at import).
+SHOP_RULES: dict[str, Any] = {
+    "name": text(128, min_length=1, strip=True, line=True),
+    "typeId": integer(1, MAX_ID, strict=False),
+    "images": text(1024, line=True),
+    "area": text(128, line=True),
+    "address": text(255, line=True),
+    "x": number(-180, 180),
+    "y": number(-90, 90),
+    "avgPrice": integer(0, 10**12, strict=False),
+    "sold": integer(0, 2**31 - 1, strict=False),
+    "comments": integer(0, 2**31 - 1, strict=False),
+    "score": integer(0, 50, strict=False),
+    "openHours": text(32, line=True),
 }
-_COLUMNS = {name: SHOP_COLUMNS[name] for name in _FIELDS}  # every field but the id
-_IGNORED = {*SHOP_TIMES, "distance"}  # read-only: a client may echo them
+_READ_ONLY = (*SHOP_TIMES, "distance")  # a client may echo them: ignored
 _REQUIRED_ON_CREATE = ("name", "typeId", "x", "y")
 
 
-def _field(name: str, value: object) -> object:
-    kind, low, high = _FIELDS[name]
-    if kind == "str":
-        if not isinstance(value, str):
-            raise BadRequest(f"'{name}' must be a string")
-        if name == "name":
-            value = value.strip()
-        if not low <= len(value) <= high:
-            raise BadRequest(f"'{name}' must be {int(low)} to {int(high)} characters")
-        if any(ord(c) < 32 for c in value):
-            raise BadRequest(f"'{name}' must not contain control characters")
-        return storable(name, value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"'{name}' must be a number")
-    if kind == "int":
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise BadRequest(f"'{name}' must be an integer")
-            value = int(value)
-    elif not math.isfinite(value):
-        raise BadRequest(f"'{name}' must be a finite number")
-    if not low <= value <= high:
-        raise BadRequest(f"'{name}' must be between {low:g} and {high:g}")
-    return value
+class _ShopBody(StrictBody):
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_not_given(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    def columns(self) -> dict[str, object]:
+        """The given fields as tb_shop column values."""
+        given = self.model_fields_set - {"id", *_READ_ONLY}
+        return {SHOP_COLUMNS[name]: getattr(self, name) for name in given}
 
 
-def _shop_fields(body: dict[str, Any], *, creating: bool) -> dict[str, object]:
-    """Validated column values from a shop body; unknown fields are a 400."""
-    unknown = sorted(set(body) - set(_FIELDS) - _IGNORED - {"id"})
-    if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
-    values: dict[str, object] = {}
-    for name in _FIELDS:
-        if name in body and body[name] is not None:
-            values[_COLUMNS[name]] = _field(name, body[name])
-    if creating:
-        missing = [n for n in _REQUIRED_ON_CREATE if _COLUMNS[n] not in values]
-        if missing:
-            raise BadRequest(f"missing field(s): {', '.join(missing)}")
-    return values
+class _NewShopBody(_ShopBody):
+    @model_validator(mode="before")
+    @classmethod
+    def _no_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("id") is not None:
+            raise whole("'id' is assigned by the server; leave it out")
+        return data
+
+
+def _shop_body(name: str, *, creating: bool) -> type[_ShopBody]:
+    fields: dict[str, Any] = {}
+    if not creating:
+        fields["id"] = (Id, ...)
+    for field in SHOP_COLUMNS:
+        if field != "id":
+            rule = SHOP_RULES[field]
+            required = creating and field in _REQUIRED_ON_CREATE
+            fields[field] = (rule, ...) if required else (Optional[rule], None)  # noqa: UP045
+    for field in _READ_ONLY:
+        fields[field] = (Any, Field(None, description="read-only: ignored"))
+    base = _NewShopBody if creating else _ShopBody
+    return create_model(name, __base__=base, **fields)
+
+
+NewShopBody = _shop_body("NewShopBody", creating=True)
+ShopUpdateBody = _shop_body("ShopUpdateBody", creating=False)
 
 
 def _check_type(session: Any, values: dict[str, object]) -> None:
@@ -229,12 +263,10 @@ def _check_type(session: Any, values: dict[str, object]) -> None:
 
 @bp.post("/shop")
 @admin_required
-def create_shop() -> Response:
+@contract(body=NewShopBody, data=int)
+def create_shop(body: _ShopBody) -> Response:
     """Create a shop; data = its id. It is readable through the cache at once."""
-    body = json_body()
-    if body.get("id") is not None:
-        raise BadRequest("'id' is assigned by the server; leave it out")
-    values = _shop_fields(body, creating=True)
+    values = body.columns()
     svc = services()
     region = shop_cache()
     bloom = region.bloom if region.bloom is not None else shop_bloom(svc.redis, svc.settings)
@@ -255,7 +287,8 @@ def create_shop() -> Response:
 
 @bp.put("/shop")
 @admin_required
-def update_shop() -> Response:
+@contract(body=ShopUpdateBody, errors={404: "shop not found"}, accepted=True)
+def update_shop(body: _ShopBody) -> Response:
     """Update a shop: database first, THEN every cache and the GEO index follow it.
 
     200: every cache shows the new row. 202: the row is committed, and a step
@@ -263,11 +296,8 @@ def update_shop() -> Response:
     acknowledged within HMDP_REDIS_SOCKET_TIMEOUT / 2): a task finishes it, so
     every cache converges; the client must not repeat the write.
     """
-    body = json_body()
-    if "id" not in body:
-        raise BadRequest("'id' is required")
-    shop_id = _shop_id(body["id"])
-    values = _shop_fields(body, creating=False)
+    shop_id = body.id  # type: ignore[attr-defined]
+    values = body.columns()
     svc = services()
     with svc.db.session() as session:
         shop = session.get(Shop, shop_id)

@@ -20,18 +20,21 @@ between the two leaves a row a retry completes, never a file nobody owns.
 from __future__ import annotations
 
 import logging
-from typing import BinaryIO
+from typing import Annotated, BinaryIO
 
 from flask import Blueprint, Response, request, send_file
+from pydantic import BaseModel, Field
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from models.entities import Upload, User
 
 from .auth import login_required, require_user
+from .contract import contract
 from .envelope import ApiError, BadRequest, Forbidden, NotFound, NotLoggedIn, ok
 from .images import ACCEPTED, SNIFF_BYTES, ImageKind, ImageStore, StorageError, sniff, upload_path
 from .runtime import services, settings
+from .schemas import Path, Query, text
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +94,30 @@ def _measure(stream: BinaryIO, limit: int) -> tuple[int, ImageKind]:
     return size, kind
 
 
+class UploadForm(BaseModel):
+    file: bytes = Field(
+        description="one JPEG, PNG, GIF or WebP image", json_schema_extra={"format": "binary"}
+    )
+
+
+class DeleteQuery(Query):
+    name: text(1024, strip=True) = Field(description="the path the upload answered (or /imgs + it)")
+
+
+class ImagePath(Path):
+    name: str
+
+
+IMAGE = {"schema": {"type": "string", "format": "binary"}}
+
+
 @bp.post("/upload/blog")
 @login_required
+@contract(
+    form=UploadForm,
+    data=Annotated[str, Field(description="its path under the images root")],
+    errors={413: "the image is too large", 415: "not multipart, or not an image"},
+)
 def upload_blog_image() -> Response:
     """Store one image; data = its path under the images root (the page shows /imgs + it)."""
     limit = settings().upload_max_bytes
@@ -120,9 +145,13 @@ def upload_blog_image() -> Response:
 
 @bp.get("/upload/blog/delete")
 @login_required
-def delete_blog_image() -> Response:
+@contract(
+    query=DeleteQuery,
+    errors={403: "this image was not uploaded by you", 404: "no such image"},
+)
+def delete_blog_image(query: DeleteQuery) -> Response:
     """Delete an image the caller uploaded; ``name`` as answered (or with /imgs in front)."""
-    name = (request.args.get("name") or "").strip()
+    name = query.name
     if not name:
         raise BadRequest("query parameter 'name' is required")
     path = upload_path(name)
@@ -147,9 +176,14 @@ def delete_blog_image() -> Response:
 
 
 @bp.get("/imgs/<path:name>")
-def serve_image(name: str) -> Response:
+@contract(
+    path=ImagePath,
+    content={t: IMAGE for t in ("image/jpeg", "image/png", "image/gif", "image/webp")},
+    errors={404: "no such image"},
+)
+def serve_image(path: ImagePath) -> Response:
     """A file of the images root (uploads and the front end's own images); 404 otherwise."""
-    found = image_store().served(name)
+    found = image_store().served(path.name)
     if found is None:
         raise NotFound("no such image")
     file, media_type = found

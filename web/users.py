@@ -17,30 +17,27 @@ from __future__ import annotations
 import logging
 import secrets
 import string
+from typing import Annotated
 
 import click
 from flask import Blueprint, Response
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash
 
 from cache import login as login_store
-from models.entities import MAX_ID, User, UserInfo
+from models.entities import User, UserInfo
 from timestamps import iso_instant
 
 from .auth import ADMIN, UserSummary, current_token, login_required, require_user
-from .envelope import (
-    ApiError,
-    BadRequest,
-    NotFound,
-    TooManyRequests,
-    Unauthorized,
-    json_body,
-    ok,
-)
-from .phones import is_valid_phone, login_phone
+from .contract import contract
+from .envelope import ApiError, BadRequest, NotFound, TooManyRequests, Unauthorized, ok
+from .phones import Phone, is_valid_phone, login_phone
 from .runtime import services, settings
+from .schemas import Body, Path, Query, Timestamp, empty_as_none, path_id, text
+from .schemas import UserSummary as UserSummaryData
 from .sms import code_sender, install_code_sender
 
 log = logging.getLogger(__name__)
@@ -71,8 +68,56 @@ def new_nick_name() -> str:
     return NICK_PREFIX + "".join(secrets.choice(NICK_ALPHABET) for _ in range(10))
 
 
+class CodeQuery(Query):
+    phone: Phone = None
+
+
+class CodeBody(Body):
+    phone: Phone = None
+
+
+Code = Annotated[
+    Annotated[str, StringConstraints(pattern="^[0-9]{6}$")] | None,
+    BeforeValidator(empty_as_none),
+    Field(description="the 6 digits sent by POST /user/code"),
+]
+Password = Annotated[
+    text(MAX_PASSWORD) | None, BeforeValidator(empty_as_none), Field(description="or a password")
+]
+
+
+class LoginBody(Body):
+    phone: Phone = Field(None, description="here or in the query: one phone")
+    code: Code = None
+    password: Password = None
+
+
+class UserPath(Path):
+    user_id: path_id("user")
+
+
+class UserInfoData(BaseModel):
+    userId: int
+    city: str
+    introduce: str
+    fans: int
+    followee: int
+    gender: int
+    birthday: str | None = Field(description="a date, YYYY-MM-DD")
+    level: int
+    credits: int
+    createTime: Timestamp
+    updateTime: Timestamp
+
+
 @bp.post("/user/code")
-def send_code() -> Response:
+@contract(
+    query=CodeQuery,
+    body=CodeBody,
+    body_optional=True,
+    errors={503: "the login code could not be delivered"},
+)
+def send_code(query: CodeQuery, body: CodeBody | None) -> Response:
     """Send a new login code (it replaces the last one and its wrong guesses)."""
     phone = login_phone()
     client = services().redis
@@ -122,9 +167,7 @@ def _start_session(user: User) -> str:
     return token
 
 
-def _login_with_code(phone: str, code: object) -> User:
-    if not isinstance(code, str) or len(code) != 6 or not code.isascii() or not code.isdigit():
-        raise BadRequest("code must be the 6 digits that were sent")
+def _login_with_code(phone: str, code: str) -> User:
     attempt = login_store.use_code(services().redis, phone, code, settings().login_max_wrong_codes)
     if attempt.status == "missing":
         raise Unauthorized("no valid code for this phone (expired, used or void): request one")
@@ -137,9 +180,7 @@ def _login_with_code(phone: str, code: object) -> User:
     return _find_or_create_user(phone)
 
 
-def _login_with_password(phone: str, password: object) -> User:
-    if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD:
-        raise BadRequest(f"password must be a non-empty string of at most {MAX_PASSWORD} chars")
+def _login_with_password(phone: str, password: str) -> User:
     client = services().redis
     locked = login_store.password_lock_remaining(client, phone)
     if locked:
@@ -162,15 +203,22 @@ def _login_with_password(phone: str, password: object) -> User:
 
 
 @bp.post("/user/login")
-def login() -> Response:
-    """Log in with ``{phone, code}`` (or ``{phone, password}``); data = the session token."""
-    body = json_body()
+@contract(
+    query=CodeQuery,
+    body=LoginBody,
+    data=Annotated[str, Field(description="the session token: send it as `authorization`")],
+    errors={401: "wrong, expired or void code, or wrong password"},
+)
+def login(query: CodeQuery, body: LoginBody) -> Response:
+    """Log in with ``{phone, code}`` (or ``{phone, password}``); data = the session token.
+
+    The phone may be in the query instead of the body (or in both: the same one).
+    """
     phone = login_phone()
-    code, password = body.get("code"), body.get("password")
-    if code not in (None, ""):
-        user = _login_with_code(phone, code)
-    elif password not in (None, ""):
-        user = _login_with_password(phone, password)
+    if body.code is not None:
+        user = _login_with_code(phone, body.code)
+    elif body.password is not None:
+        user = _login_with_password(phone, body.password)
     else:
         raise BadRequest("code is required")
     return ok(_start_session(user))
@@ -178,6 +226,7 @@ def login() -> Response:
 
 @bp.get("/user/me")
 @login_required
+@contract(data=UserSummaryData)
 def me() -> Response:
     """The logged-in user's summary (straight from the session)."""
     return ok(require_user().to_json())
@@ -185,6 +234,7 @@ def me() -> Response:
 
 @bp.post("/user/logout")
 @login_required
+@contract()
 def logout() -> Response:
     """End this session: the token stops working at once."""
     login_store.delete_session(services().redis, current_token())
@@ -192,25 +242,27 @@ def logout() -> Response:
 
 
 def _user(session: Session, user_id: int) -> User:
-    user = session.get(User, user_id) if 0 < user_id <= MAX_ID else None
+    user = session.get(User, user_id)
     if user is None:
         raise NotFound("no such user")
     return user
 
 
 @bp.get("/user/<int:user_id>")
-def get_user(user_id: int) -> Response:
+@contract(path=UserPath, data=UserSummaryData, errors={404: "no such user"})
+def get_user(path: UserPath) -> Response:
     """A user's public summary ``{id, nickName, icon}``."""
     with services().db.session() as session:
-        user = _user(session, user_id)
+        user = _user(session, path.user_id)
         return ok({"id": user.id, "nickName": user.nick_name, "icon": user.icon})
 
 
 @bp.get("/user/info/<int:user_id>")
-def get_user_info(user_id: int) -> Response:
+@contract(path=UserPath, data=UserInfoData, errors={404: "no such user"})
+def get_user_info(path: UserPath) -> Response:
     """A user's profile; a user without a profile row gets the empty defaults."""
     with services().db.session() as session:
-        user = _user(session, user_id)
+        user = _user(session, path.user_id)
         info = session.get(UserInfo, user.id)
         if info is None:
             return ok(

@@ -13,24 +13,25 @@ before anything is written: bad input is a 400 with nothing stored.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import redis
 from flask import Blueprint, Response
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from sqlalchemy import select
 
 from cache import order_stream
 from cache.reconcile import MISSING, Reconciler
 from cache.seckill import live_stocks, load_voucher
-from models.entities import MAX_ID, SeckillVoucher, Shop, Voucher
+from models.entities import SeckillVoucher, Shop, Voucher
 from services import Services
-from timestamps import InstantOutOfRange, iso_instant, parse_instant
+from timestamps import iso_instant
 
 from .auth import admin_required
-from .envelope import BadRequest, NotFound, json_body, ok
-from .runtime import services, settings
-from .text import storable
+from .contract import contract
+from .envelope import NotFound, ok
+from .runtime import services
+from .schemas import Body, Id, Instant, Path, Timestamp, integer, text, whole
 
 log = logging.getLogger(__name__)
 
@@ -38,87 +39,81 @@ bp = Blueprint("vouchers", __name__)
 
 MAX_MONEY = 10**12  # cents
 MAX_STOCK = 100_000_000
-MIN_YEAR, MAX_YEAR = 2000, 9999  # of a sale window, in UTC
 TYPE_ORDINARY = 0
 TYPE_SECKILL = 1
 
 
-# --- validation ---------------------------------------------------------------------
+# --- schemas -----------------------------------------------------------------------
 
 
-def _int_field(body: dict, name: str, minimum: int, maximum: int) -> int:
-    value = body.get(name)
-    if value is None:
-        raise BadRequest(f"'{name}' is required")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"'{name}' must be an integer")
-    if not minimum <= value <= maximum:
-        raise BadRequest(f"'{name}' must be between {minimum} and {maximum}")
-    return value
+Money = integer(0, MAX_MONEY)
 
 
-def _str_field(body: dict, name: str, max_len: int, required: bool = False) -> str:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise BadRequest(f"'{name}' is required")
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest(f"'{name}' must be a string")
-    value = value.strip()
-    if required and not value:
-        raise BadRequest(f"'{name}' must not be empty")
-    if len(value) > max_len:
-        raise BadRequest(f"'{name}' must be at most {max_len} characters")
-    return storable(name, value)
+def _none_as_empty(value: object) -> object:
+    return "" if value is None else value
 
 
-def _time_field(body: dict, name: str) -> datetime:
-    """An ISO-8601 time as naive UTC; without an offset it is a time in HMDP_TIMEZONE.
+class VoucherBody(Body):
+    shopId: Id
+    title: text(255, min_length=1, strip=True)
+    subTitle: Annotated[text(255, strip=True), BeforeValidator(_none_as_empty)] = ""
+    rules: Annotated[text(1024, strip=True), BeforeValidator(_none_as_empty)] = ""
+    payValue: Money = Field(description="cents")
+    actualValue: Money = Field(description="cents")
 
-    So a sale window means the same instant however it is written, and an
-    admin who types "2024-06-18T10:00:00" means ten o'clock where the shop is.
-    """
-    value = body.get(name)
-    if value is None:
-        raise BadRequest(f"'{name}' is required")
-    if not isinstance(value, str):
-        raise BadRequest(f"'{name}' must be an ISO-8601 string")
-    out_of_range = BadRequest(f"'{name}' is out of range (years {MIN_YEAR} to {MAX_YEAR})")
-    try:
-        moment = parse_instant(value, settings().zone)
-    except InstantOutOfRange:
-        raise out_of_range from None
-    except ValueError:
-        raise BadRequest(f"'{name}' is not an ISO-8601 time: {value[:40]!r}") from None
-    if not MIN_YEAR <= moment.year <= MAX_YEAR:
-        raise out_of_range
-    return moment.replace(microsecond=0)
+    @model_validator(mode="after")
+    def _pays_at_most_its_value(self) -> VoucherBody:
+        if self.payValue > self.actualValue:
+            raise whole("'payValue' must not exceed 'actualValue'")
+        return self
 
-
-def _voucher_fields(body: dict[str, Any]) -> dict[str, Any]:
-    fields = {
-        "shop_id": _int_field(body, "shopId", 1, MAX_ID),
-        "title": _str_field(body, "title", 255, required=True),
-        "sub_title": _str_field(body, "subTitle", 255),
-        "rules": _str_field(body, "rules", 1024),
-        "pay_value": _int_field(body, "payValue", 0, MAX_MONEY),
-        "actual_value": _int_field(body, "actualValue", 0, MAX_MONEY),
-    }
-    if fields["pay_value"] > fields["actual_value"]:
-        raise BadRequest("'payValue' must not exceed 'actualValue'")
-    return fields
+    def columns(self) -> dict[str, Any]:
+        return {
+            "shop_id": self.shopId,
+            "title": self.title,
+            "sub_title": self.subTitle,
+            "rules": self.rules,
+            "pay_value": self.payValue,
+            "actual_value": self.actualValue,
+        }
 
 
-def _seckill_fields(body: dict[str, Any]) -> dict[str, Any]:
-    fields = {
-        "stock": _int_field(body, "stock", 1, MAX_STOCK),
-        "begin_time": _time_field(body, "beginTime"),
-        "end_time": _time_field(body, "endTime"),
-    }
-    if fields["end_time"] <= fields["begin_time"]:
-        raise BadRequest("'endTime' must be after 'beginTime'")
-    return fields
+class SeckillVoucherBody(VoucherBody):
+    stock: integer(1, MAX_STOCK)
+    beginTime: Instant
+    endTime: Instant
+
+    @model_validator(mode="after")
+    def _ends_after_it_begins(self) -> SeckillVoucherBody:
+        if self.endTime <= self.beginTime:
+            raise whole("'endTime' must be after 'beginTime'")
+        return self
+
+    def seckill_columns(self) -> dict[str, Any]:
+        return {"stock": self.stock, "begin_time": self.beginTime, "end_time": self.endTime}
+
+
+class ShopVouchersPath(Path):
+    shop_id: Id
+
+
+class VoucherData(BaseModel):
+    """hmdp's Voucher; a seckill one (type 1) with its live stock and sale window."""
+
+    id: int
+    shopId: int
+    title: str
+    subTitle: str
+    rules: str
+    payValue: int
+    actualValue: int
+    type: int = Field(description="0 ordinary, 1 seckill")
+    status: int
+    createTime: Timestamp
+    updateTime: Timestamp
+    stock: int | None = None
+    beginTime: Timestamp = None
+    endTime: Timestamp = None
 
 
 # --- writes ---------------------------------------------------------------------------
@@ -153,26 +148,28 @@ def _load_into_redis(svc: Services, voucher_id: int, seckill: dict[str, Any]) ->
 
 @bp.post("/voucher")
 @admin_required
-def create_voucher() -> Response:
+@contract(body=VoucherBody, data=int, errors={404: "shop not found"})
+def create_voucher(body: VoucherBody) -> Response:
     """Create an ordinary voucher; data = its id."""
-    return ok(_create(_voucher_fields(json_body()), None))
+    return ok(_create(body.columns(), None))
 
 
 @bp.post("/voucher/seckill")
 @admin_required
-def create_seckill_voucher() -> Response:
+@contract(body=SeckillVoucherBody, data=int, errors={404: "shop not found"})
+def create_seckill_voucher(body: SeckillVoucherBody) -> Response:
     """Create a seckill voucher and load its stock and window into Redis; data = id."""
-    body = json_body()
-    voucher, seckill = _voucher_fields(body), _seckill_fields(body)
-    return ok(_create(voucher, seckill))
+    return ok(_create(body.columns(), body.seckill_columns()))
 
 
 # --- reads -------------------------------------------------------------------------------
 
 
 @bp.get("/voucher/list/<id:shop_id>")
-def list_vouchers(shop_id: int) -> Response:
+@contract(path=ShopVouchersPath, data=list[VoucherData], errors={404: "shop not found"})
+def list_vouchers(path: ShopVouchersPath) -> Response:
     """A shop's active vouchers; seckill ones with stock (live from Redis), begin, end."""
+    shop_id = path.shop_id
     svc = services()
     with svc.db.session() as session:
         if session.get(Shop, shop_id) is None:
