@@ -89,7 +89,7 @@ def test_blog_bodies_name_the_field(client, world, login_as, field, value, says)
         ("subTitle", "a\x00", "NUL"),
         ("stock", 0, "between 1 and"),
         ("payValue", 10**13, "between 0 and"),
-        ("shopId", 2**63, "between 1 and 9223372036854775807"),
+        ("shopId", 0, "between 1 and 9223372036854775807"),
     ],
 )
 def test_seckill_voucher_bodies_name_the_field(client, world, login_as, field, value, says):
@@ -104,7 +104,7 @@ def test_seckill_voucher_bodies_name_the_field(client, world, login_as, field, v
     [
         ("address", "\ud800", "surrogate"),
         ("area", "a\nb", "control characters"),
-        ("name", "x\x00", "control characters"),
+        ("name", "x\x07", "control characters"),
         ("x", 181, "between -180 and 180"),
         ("score", 1.5, "integer"),
         ("typeId", True, "number"),
