@@ -339,6 +339,18 @@ def subscriber_pool(client: Client, **overrides: Any) -> redis.ConnectionPool:
     return redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
 
 
+def subscriber_client(client: Client) -> redis.Redis:
+    """What a pub/sub subscriber of ``client``'s Redis subscribes through.
+
+    A single Redis: ``client`` itself. A cluster: a plain client on a
+    :func:`subscriber_pool`, whose connection follows the live nodes (a cluster
+    client's pub/sub stays on the node its slot map named when it subscribed).
+    """
+    if isinstance(client, RedisCluster):
+        return redis.Redis(connection_pool=subscriber_pool(client))
+    return client
+
+
 def server_of(client: Client) -> Any:
     """What identifies ``client``'s Redis within this process (its pool; a cluster client itself)."""
     return client if isinstance(client, RedisCluster) else client.connection_pool

@@ -56,6 +56,7 @@ import weakref
 
 import redis
 
+from .connection import subscriber_client
 from .scripts import load_script
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def _listen(ref: weakref.ref[NearCache], stop: threading.Event) -> None:
         client, channel, member = cache.client, cache.channel, cache.member_id
         members_key = cache.members_key
         heartbeat = load_script(client, "near_heartbeat")
-        pubsub = client.pubsub(ignore_subscribe_messages=False)
+        pubsub = subscriber_client(client).pubsub(ignore_subscribe_messages=False)
         try:
             pubsub.subscribe(channel)
             deadline = time.monotonic() + 5.0

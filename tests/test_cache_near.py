@@ -13,7 +13,7 @@ import time
 
 import pytest
 import redis
-from support.redis_faults import all_keys
+from support.redis_faults import all_keys, kill_clients
 from test_cache_region import CountingLoader, add_shops, make_region
 
 from cache.near import NearCache
@@ -176,7 +176,7 @@ def test_lost_subscription_clears_and_stops_serving_then_recovers(services):
     try:
         near.put("1", "x", near.generation, time.monotonic())
         generation = near.generation
-        services.redis.client_kill_filter(_type="pubsub")
+        kill_clients(services.redis, _type="pubsub")
         deadline = time.monotonic() + 10
         while near.generation == generation and time.monotonic() < deadline:
             time.sleep(0.01)

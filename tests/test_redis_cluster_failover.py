@@ -15,6 +15,7 @@ import redis
 from cache.connection import connect, disconnect
 from cache.lock_wait import listener_for
 from cache.locks import RLock
+from cache.near import NearCache, invalidation_message
 from cache.redis_cluster import EmbeddedCluster
 from settings import Settings
 
@@ -86,4 +87,41 @@ def test_lock_wake_ups_survive_the_death_of_the_node_the_listener_is_on(cluster)
         thread.join(LEASE_S + 15)
         assert out.get("got") is True and out["elapsed"] < LEASE_S / 2
     finally:
+        disconnect(client)
+
+
+def test_the_near_cache_stops_serving_when_its_node_dies_and_resubscribes_after_the_failover(
+    cluster,
+):
+    client = connect(cluster.url, Settings())
+    near = NearCache(
+        client,
+        channel="cache:{shop}:invalidate",
+        members_key="cache:{shop}:near:members",
+        size=100,
+        ttl=60.0,
+    )
+    try:
+        near.start()
+        assert near.subscribed.wait(10)
+        assert near.put("1", "cached", near.generation, time.monotonic())
+        victim = cluster.master_of_slot(client.keyslot(near.members_key))
+        client.wait(1, 1000)
+        cluster.kill(victim)
+        deadline = time.monotonic() + 30
+        while near.serving():  # a listener that lost its node must not serve
+            assert time.monotonic() < deadline, "the L1 kept serving without its listener"
+            time.sleep(0.05)
+        assert near.get("1") is None
+        cluster.wait_ready(30)
+        assert near.subscribed.wait(30), "the listener never came back after the failover"
+        assert near.put("1", "cached again", near.generation, time.monotonic())
+        assert near.get("1") == "cached again"
+        _retry(lambda: client.publish(near.channel, invalidation_message("ack:{shop}:1", ["1"])))
+        deadline = time.monotonic() + 10
+        while near.get("1") is not None:  # the invalidation reaches the new subscription
+            assert time.monotonic() < deadline, "the invalidation never arrived"
+            time.sleep(0.05)
+    finally:
+        near.stop()
         disconnect(client)

@@ -91,3 +91,11 @@ def reset_stats(client: redis.Redis | redis.RedisCluster) -> None:
 def all_keys(client: redis.Redis | redis.RedisCluster, pattern: str = "*") -> list[str]:
     """Every key matching ``pattern`` (SCAN, every primary of a cluster), sorted."""
     return sorted(client.scan_iter(match=pattern, count=1000))
+
+
+def kill_clients(client: redis.Redis | redis.RedisCluster, **filters: str) -> int:
+    """CLIENT KILL with ``filters`` on the server (on every node of a cluster)."""
+    if isinstance(client, redis.RedisCluster):
+        killed = client.client_kill_filter(**filters, target_nodes=redis.RedisCluster.ALL_NODES)
+        return sum(killed.values()) if isinstance(killed, dict) else int(killed)
+    return int(client.client_kill_filter(**filters))
