@@ -57,10 +57,20 @@ ORDER_DISPATCH_FAILURES = Counter(
     "hmdp_order_dispatch_failures_total",
     "Reservations whose Celery dispatch failed (recovered by beat)",
 )
+ORDER_TASK_MESSAGES = Counter(
+    "hmdp_order_task_messages_total",
+    "Order task messages published (each carries a micro-batch of reservations)",
+)
+ORDERS_DISPATCHED = Counter(
+    "hmdp_orders_dispatched_total", "Reservations carried by the published order task messages"
+)
 
 # --- order tasks (tasks/orders.py) and recovery (beat) --------------------------
 ORDER_TASKS = Counter(
-    "hmdp_order_tasks_total", "Order task runs by result", ["result"]
+    "hmdp_order_tasks_total",
+    "Orders of order task messages by result (a message carries a micro-batch); "
+    "retried/failed: task runs",
+    ["result"],
 )  # created | duplicate | drift | oversell | rejected | unknown_voucher | retried | failed
 ORDER_BATCH_SETTLED = Counter(
     "hmdp_order_batch_settled_total",

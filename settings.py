@@ -292,6 +292,16 @@ class Settings:
     order_settle_batch: int = setting(
         "HMDP_ORDER_SETTLE_BATCH", 100, check=(lambda v: 1 <= v <= 1000, "must be 1..1000")
     )
+    # Reservations one Celery message carries (web/order_dispatch.py), and how long the
+    # dispatcher waits for more after the first before it publishes: one message per
+    # micro-batch instead of one per order (the reservation is durable in the Stream
+    # already; the wait only delays its row).
+    order_dispatch_batch: int = setting(
+        "HMDP_ORDER_DISPATCH_BATCH", 100, check=(lambda v: 1 <= v <= 1000, "must be 1..1000")
+    )
+    order_dispatch_linger_ms: int = setting(
+        "HMDP_ORDER_DISPATCH_LINGER_MS", 50, check=(lambda v: 0 <= v <= 1000, "must be 0..1000")
+    )
 
     # --- rate limiting ----------------------------------------------------
     rate_limit_enabled: bool = setting("HMDP_RATE_LIMIT_ENABLED", True)

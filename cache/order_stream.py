@@ -254,11 +254,27 @@ def claim_new(
     entries are in the PEL under ``tasks``: if the claimer dies, recovery
     takes them over once idle (phase 1 of :func:`recover`).
     """
+    present, claimed = claim_for(client, settings, count, [] if own_id is None else [own_id])
+    return own_id in present, claimed
+
+
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    """A Stream id (``ms-seq``) as a sortable pair."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def claim_for(
+    client: redis.Redis, settings: Settings, count: int, own_ids: list[str]
+) -> tuple[set[str], list[tuple[str, dict]]]:
+    """:func:`claim_new` for a task carrying many entries: which of ``own_ids`` are still
+    in the Stream (unsettled), and up to ``count`` entries nobody took yet, in one round trip.
+    """
     stream, group = settings.order_stream, settings.order_group
 
     def read() -> list:
         pipe = client.pipeline(transaction=False)
-        if own_id is not None:
+        for own_id in own_ids:
             pipe.xrange(stream, min=own_id, max=own_id)
         pipe.xreadgroup(group, TASK_CONSUMER, {stream: ">"}, count=max(1, count))
         return pipe.execute()
@@ -268,11 +284,19 @@ def claim_new(
     except redis.ResponseError as exc:
         if "NOGROUP" not in str(exc):
             raise
-        ensure_group(client, settings)  # a Stream (or group) nobody created yet
+        ensure_group(client, settings)
         replies = read()
-    present = bool(replies[0]) if own_id is not None else False
+    present = {own_id for own_id, found in zip(own_ids, replies, strict=False) if found}
     claimed = replies[-1]
     return present, (claimed[0][1] if claimed else [])
+
+
+def still_present(client: redis.Redis, settings: Settings, stream_ids: list[str]) -> set[str]:
+    """Which of ``stream_ids`` are still in the Stream (not settled yet), in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for stream_id in stream_ids:
+        pipe.xrange(settings.order_stream, min=stream_id, max=stream_id)
+    return {sid for sid, found in zip(stream_ids, pipe.execute(), strict=True) if found}
 
 
 @dataclass(frozen=True)

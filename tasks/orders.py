@@ -37,9 +37,17 @@ acknowledges them in one MULTI. The tasks of those entries, when they run,
 find their entry gone from the Stream (settled) and return at once. The
 defences above hold for every order of a batch; anything unusual (a busy
 lock, a duplicate, not enough stock) sends the entries concerned through the
-one-order path, which sorts out exactly which ones are duplicates or oversells. Database and Redis outages raise; the task retries
-with capped exponential backoff and full jitter, and when it gives up, the
-entry is still in the Stream for recovery.
+one-order path, which sorts out exactly which ones are duplicates or oversells.
+Database and Redis outages raise; the task retries with capped exponential
+backoff and full jitter, and when it gives up, the entry is still in the
+Stream for recovery.
+
+One message per micro-batch (:func:`run_batch_task`): for the same reason the
+web sends one task message per batch of reservations, not one per order
+(web/order_dispatch.py); the task's argument is then the list of their
+payloads, and each of them is settled as above (claims of unclaimed entries,
+group commit, an entry already gone is a DUPLICATE). A message of one payload
+(older senders, tests) is still taken.
 """
 
 from __future__ import annotations
@@ -445,11 +453,80 @@ def run_order_task(services: Services, payload: object) -> str:
     return settle_order(services, entry)
 
 
+def run_batch_task(services: Services, payloads: list) -> dict[str, str]:
+    """The body of a task carrying many reservations; their outcomes by order id.
+
+    The web's dispatcher sends one message per micro-batch (web/order_dispatch.py).
+    Per order exactly what :func:`run_order_task` does for one, so any number of
+    deliveries of the message give one row per order: claim the entries nobody
+    took yet and settle them with group commit (the message's own entries are
+    usually among them), repeat while some own entries are still unclaimed, and
+    an own entry gone from the Stream was settled before (DUPLICATE, no
+    database). What is left at the end (present, but claimed by another task or
+    recovery meanwhile) is settled here as well, through the same functions:
+    the user locks make that wait for the other settler, and then it is a
+    DUPLICATE or, if that settler died, the row.
+    """
+    outcomes: dict[str, str] = {}
+    entries: list[OrderEntry] = []
+    for n, payload in enumerate(payloads):
+        try:
+            entries.append(OrderEntry.from_payload(payload))
+        except MalformedEntry as exc:  # its Stream entry, if any, is recovered from there
+            log.error("malformed order task payload %r: %s", payload, exc)
+            order_id = payload.get("orderId") if isinstance(payload, dict) else None
+            outcomes[str(order_id) if order_id is not None else f"#{n}"] = REJECTED
+    size = services.settings.order_settle_batch
+    waiting = {e.stream_id: e for e in entries if e.stream_id is not None and size > 1}
+    settled: dict[OrderEntry, str] = {}
+    for entry in entries:
+        if entry.stream_id not in waiting:
+            settled[entry] = settle_order(services, entry)
+    for _ in range(len(waiting) // size + 2):
+        if not waiting:
+            break
+        present, claimed = order_stream.claim_for(
+            services.redis, services.settings, size, [*waiting]
+        )
+        for stream_id in [sid for sid in waiting if sid not in present]:
+            settled[waiting.pop(stream_id)] = DUPLICATE
+        batch, _ = order_stream.parse_entries(services.redis, services.settings, claimed)
+        for other, outcome in settle_orders(services, batch).items() if batch else ():
+            if other.stream_id in waiting:
+                settled[waiting.pop(other.stream_id)] = outcome
+            else:
+                ORDER_BATCH_SETTLED.labels(outcome=outcome).inc()
+        if len(claimed) < size or not claimed:
+            break  # nothing unclaimed is left: the own entries left are someone else's
+        last = order_stream.stream_id_key(claimed[-1][0])
+        if all(order_stream.stream_id_key(sid) <= last for sid in waiting):
+            break
+    if waiting:
+        present = order_stream.still_present(services.redis, services.settings, [*waiting])
+        rest = [e for sid, e in waiting.items() if sid in present]
+        settled.update((e, DUPLICATE) for sid, e in waiting.items() if sid not in present)
+        for start in range(0, len(rest), size):
+            settled.update(settle_orders(services, rest[start : start + size]))
+    outcomes.update((str(entry.order_id), outcome) for entry, outcome in settled.items())
+    return outcomes
+
+
 @shared_task(bind=True, name=TASK_NAME, acks_late=True, max_retries=MAX_RETRIES)
-def create_voucher_order(self, payload: dict) -> str:  # type: ignore[no-untyped-def]
-    """Persist one seckill reservation (idempotent under any number of deliveries)."""
+def create_voucher_order(self, payload: dict | list) -> str | dict[str, str]:  # type: ignore[no-untyped-def]
+    """Persist one seckill reservation, or each of a list of them (idempotent per order).
+
+    The list (one message per micro-batch, what the web sends) returns the
+    outcome of each order by its id, so Flower shows both the ids (args) and
+    what became of them (result); a retry sends the whole list again, which is
+    harmless: every order already settled is a DUPLICATE without the database.
+    """
     started = time.perf_counter()
     try:
+        if isinstance(payload, list):
+            outcomes = run_batch_task(self.app.services, payload)
+            for outcome in outcomes.values():
+                ORDER_TASKS.labels(result=outcome).inc()
+            return outcomes
         outcome = run_order_task(self.app.services, payload)
     except RETRYABLE as exc:
         if self.request.retries >= MAX_RETRIES:

@@ -10,7 +10,6 @@ a database write lock, and releases it only after the SIGTERM went out.
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import threading
@@ -21,6 +20,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from support.procs import celery_worker, children, http, json_lines, wait_for, web_server
+from support.seckill import queued_orders
 
 from cache.server import EmbeddedRedis
 from deploy.web_server import SERVERS
@@ -118,8 +118,7 @@ def test_sigterm_publishes_the_order_tasks_a_web_worker_still_queues(
             order_id = int(json.loads(body)["data"])
             master.send_signal(signal.SIGTERM)
             assert master.wait(30) == 0
-        messages = [json.loads(m) for m in broker.lrange("orders", 0, -1)]
-        published = [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+        published = queued_orders(broker)
         assert [int(p["orderId"]) for p in published] == [order_id], log.read_text()[-2000:]
     finally:
         broker.close()

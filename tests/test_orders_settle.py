@@ -34,6 +34,7 @@ from tasks.orders import (
     REJECTED,
     TASK_NAME,
     persist_order,
+    run_batch_task,
     run_order_task,
     settle_order,
 )
@@ -324,6 +325,82 @@ def test_a_malformed_entry_in_a_batch_is_dead_lettered_and_the_rest_settled(
     assert sorted(u for _, u in db_orders(services, voucher)) == [1600, 1602]
     dead = services.redis.xrange(settings.order_dead_letter_stream)
     assert len(dead) == 1 and dead[0][1]["reason"].startswith("malformed")
+    assert _stream_empty(services, settings)
+
+
+# --- one task message per micro-batch of reservations -------------------------------------
+
+
+def test_a_batch_message_delivered_three_times_gives_one_row_per_order(services, voucher, settings):
+    entries = _reserve(services, voucher, range(1800, 1812))
+    payloads = [e.to_payload() for e in entries]
+    ids = [str(e.order_id) for e in entries]
+    first = run_batch_task(services, [dict(p) for p in payloads])
+    assert first == dict.fromkeys(ids, CREATED)
+    for _ in range(2):  # redeliveries: every order settled already, no database needed
+        assert run_batch_task(services, [dict(p) for p in payloads]) == dict.fromkeys(
+            ids, DUPLICATE
+        )
+    assert sorted(db_orders(services, voucher)) == sorted((e.order_id, e.user_id) for e in entries)
+    assert db_stock(services, voucher) == 38 and _stream_empty(services, settings)
+
+
+def test_the_celery_task_takes_a_list_and_returns_each_orders_outcome(services, voucher, settings):
+    import tasks.orders  # noqa: F401  (registers the shared task)
+
+    task = create_celery(settings, services).tasks[TASK_NAME]
+    entries = _reserve(services, voucher, [1820, 1821])
+    payloads = [e.to_payload() for e in entries]
+    assert task.run(payloads) == {str(e.order_id): CREATED for e in entries}
+    assert task.run(payloads) == {str(e.order_id): DUPLICATE for e in entries}
+    assert len(db_orders(services, voucher)) == 2 and db_stock(services, voucher) == 48
+
+
+def test_a_batch_larger_than_the_settle_batch_claims_until_its_own_are_settled(
+    services, voucher, settings
+):
+    small = Services(settings.with_(order_settle_batch=4))
+    try:
+        older = _reserve(small, voucher, range(1830, 1836))  # another message's, not sent
+        mine = _reserve(small, voucher, range(1840, 1850))
+        outcomes = run_batch_task(small, [e.to_payload() for e in mine])
+        assert outcomes == {str(e.order_id): CREATED for e in mine}
+        # the older entries came first in the claims: settled on the way, in batches of 4
+        assert order_count(small) == 16 and _stream_empty(small, settings)
+        assert run_batch_task(small, [e.to_payload() for e in older]) == {
+            str(e.order_id): DUPLICATE for e in older
+        }
+    finally:
+        small.close()
+
+
+def test_a_batch_whose_entries_a_dead_worker_claimed_settles_them_itself(
+    services, voucher, settings
+):
+    entries = _reserve(services, voucher, range(1860, 1866))
+    present, claimed = order_stream.claim_new(services.redis, settings, 100)
+    assert len(claimed) == 6  # ... and the claimer dies: its batch stays in the PEL
+    outcomes = run_batch_task(services, [e.to_payload() for e in entries[:4]])
+    assert outcomes == {str(e.order_id): CREATED for e in entries[:4]}
+    assert order_count(services) == 4
+    report = _recover_now(settings)  # the two nobody's message carried: recovery
+    assert report["settled"] == {CREATED: 2} and _stream_empty(services, settings)
+
+
+def test_a_malformed_payload_in_a_batch_is_rejected_and_the_rest_settled(
+    services, voucher, settings
+):
+    entries = _reserve(services, voucher, [1870, 1871])
+    payloads = [entries[0].to_payload(), {"orderId": "12", "userId": "x"}, "junk"]
+    payloads.append(entries[1].to_payload())
+    outcomes = run_batch_task(services, payloads)
+    assert outcomes == {
+        str(entries[0].order_id): CREATED,
+        "12": REJECTED,
+        "#2": REJECTED,
+        str(entries[1].order_id): CREATED,
+    }
+    assert sorted(u for _, u in db_orders(services, voucher)) == [1870, 1871]
     assert _stream_empty(services, settings)
 
 

@@ -14,6 +14,7 @@ from support.seckill import (
     db_stock,
     iso,
     order_count,
+    queued_orders,
     utc_now,
     voucher_body,
 )
@@ -330,4 +331,4 @@ def test_many_logged_in_users_against_small_stock_through_the_route(
     ]
     assert codes.count(200) == 10 and codes.count(409) == 70
     assert flush_dispatch(client.application)
-    assert services.redis.llen("orders") == 10
+    assert len(queued_orders(services.redis)) == 10

@@ -103,3 +103,13 @@ def test_the_submitters_context_travels_with_the_payload():
         var.reset(token)
     assert d.flush(10)
     assert rec.contexts[0].run(var.get) == "request-42"
+
+
+def test_the_dispatcher_lingers_for_a_micro_batch():
+    """Reservations submitted within the linger after the first one leave in one batch."""
+    rec = Recorder()
+    d = OrderDispatcher(rec.send, rec.on_failure, max_batch=100, linger=0.5)
+    for n in range(5):
+        assert d.submit({"n": n})
+    assert d.flush(10)
+    assert [[p["n"] for p in b] for b in rec.batches] == [[0, 1, 2, 3, 4]]

@@ -12,8 +12,13 @@ entry. Hence:
   the request's context variables travel with the payload, so the publish
   (in the dispatcher thread) still carries the request id to the task's logs;
 * one daemon thread per process (a greenlet under gevent) drains the queue and
-  publishes up to ``max_batch`` tasks through ONE long-lived kombu producer,
-  in one Redis pipeline when kombu supports ``Producer.batch()``;
+  publishes ONE task message per micro-batch of up to ``max_batch``
+  reservations (``HMDP_ORDER_DISPATCH_BATCH``) through one long-lived kombu
+  producer: after the first reservation it waits ``linger`` seconds
+  (``HMDP_ORDER_DISPATCH_LINGER_MS``) for more, so that under load a message
+  carries tens of orders. A Celery message costs more CPU (to publish, fetch,
+  ack) than an order's database work, and the worker settles a message's
+  reservations with group commit anyway (tasks/orders.py);
 * a failed publish counts every message of the batch in
   ORDER_DISPATCH_FAILURES and opens a breaker (1 s doubling to 30 s) during
   which new messages are dropped and counted at once instead of queueing
@@ -37,6 +42,8 @@ from collections.abc import Callable
 
 from celery import Celery
 
+from metrics import ORDER_TASK_MESSAGES, ORDERS_DISPATCHED
+
 log = logging.getLogger(__name__)
 
 Payload = dict[str, object]
@@ -46,15 +53,22 @@ OnFailure = Callable[[int, BaseException | str], None]
 
 
 class CelerySender:
-    """Publishes one batch of task payloads over a producer kept open between batches.
+    """Publishes a batch of task payloads as messages of up to ``per_message`` payloads each.
 
-    Used by exactly one thread (the dispatcher's), so the producer needs no lock.
-    Kombu's connect retries are turned off: the dispatcher has its own breaker.
+    The task's one argument is the list of the payloads (tasks/orders.py
+    settles them together); the message is published in the context of its
+    first payload's submitter, so its request id header is that request's
+    (the args carry every order's ids, which is what Flower and the logs
+    find a reservation's task by). The producer stays open between batches.
+    Used by exactly one thread (the dispatcher's), so the producer needs no
+    lock. Kombu's connect retries are turned off: the dispatcher has its own
+    breaker.
     """
 
-    def __init__(self, app: Celery, task_name: str):
+    def __init__(self, app: Celery, task_name: str, per_message: int = 100):
         self.app = app
         self.task_name = task_name
+        self.per_message = max(1, per_message)
         self._producer = None
         self._declared = False
 
@@ -76,29 +90,34 @@ class CelerySender:
     def __call__(self, items: list[Item]) -> None:
         producer = self._producer or self._connect()
         batch = getattr(producer, "batch", None)  # kombu >= 5.7: one pipeline
+        step = self.per_message
+        chunks = [items[i : i + step] for i in range(0, len(items), step)]
         try:
-            with batch(max_size=4 * len(items) + 4) if batch else contextlib.nullcontext():
-                for context, payload in items:
-                    context.run(
+            with batch(max_size=4 * len(chunks) + 4) if batch else contextlib.nullcontext():
+                for chunk in chunks:
+                    args = [[payload for _, payload in chunk]]
+                    chunk[0][0].run(
                         self.app.send_task,
                         self.task_name,
-                        args=[payload],
+                        args=args,
                         producer=producer,
                         retry=False,
                         # What Celery would compute per message, given: the queue is
                         # declared once per connection (kombu caches it per channel
                         # anyway, but binds the entity again each time), and the args'
-                        # repr (logs, Flower) is a plain repr of a small dict (not
+                        # repr (logs, Flower) is a plain repr of small dicts (not
                         # saferepr's generic walk). Their cost: BENCHMARKS.md, "Seckill
                         # gate and the seed's 30,000-request run".
                         declare=None if not self._declared else [],
-                        argsrepr=repr([payload]),
+                        argsrepr=repr(args),
                         kwargsrepr="{}",
                     )
                     self._declared = True
         except BaseException:
             self.close()
             raise
+        ORDER_TASK_MESSAGES.inc(len(chunks))
+        ORDERS_DISPATCHED.inc(len(items))
         # Let request greenlets in after each batch (threads get the GIL back every
         # switch interval anyway). Not after each message: under load every
         # sleep(0) is a trip through the scheduler, which throttled the dispatch
@@ -116,6 +135,7 @@ class OrderDispatcher:
         *,
         max_queue: int = 100_000,
         max_batch: int = 32,
+        linger: float = 0.0,
         idle_exit: float = 5.0,
         backoff: tuple[float, float] = (1.0, 30.0),
     ):
@@ -123,6 +143,7 @@ class OrderDispatcher:
         self.on_failure = on_failure
         self.max_queue = max_queue
         self.max_batch = max_batch
+        self.linger = linger
         self.idle_exit = idle_exit
         self.backoff = backoff
         self._lock = threading.Lock()
@@ -196,16 +217,25 @@ class OrderDispatcher:
                         return
                 continue
             batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
+            self._take(q, batch)
+            if self.linger > 0 and len(batch) < self.max_batch:
+                # One sleep per batch, not a timed get per item: under load the
+                # queue fills meanwhile and is then taken in one go.
+                time.sleep(self.linger)
+                self._take(q, batch)
             try:
                 self._deliver(batch)
             finally:
                 for _ in batch:
                     q.task_done()
+
+    def _take(self, q: queue.Queue[Item], batch: list[Item]) -> None:
+        """Move what is queued into ``batch``, up to ``max_batch``."""
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(q.get_nowait())
+            except queue.Empty:
+                return
 
     def _deliver(self, batch: list[Item]) -> None:
         if time.monotonic() < self._open_until:

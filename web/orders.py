@@ -99,8 +99,12 @@ class SeckillState:
         self.gate = SeckillGate(svc.redis, svc.settings)
         self.missing = MissingVouchers()
         self.reconciler = Reconciler(svc.redis, svc.settings, svc.db)
+        batch = svc.settings.order_dispatch_batch
         self.dispatcher = OrderDispatcher(
-            CelerySender(celery_app, ORDER_TASK), _count_dispatch_failures
+            CelerySender(celery_app, ORDER_TASK, per_message=batch),
+            _count_dispatch_failures,
+            max_batch=batch,
+            linger=svc.settings.order_dispatch_linger_ms / 1000,
         )
 
 

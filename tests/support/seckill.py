@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -9,6 +11,20 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 
 from models.entities import SeckillVoucher, Shop, ShopType, VoucherOrder
+
+
+def queued_orders(broker, queue: str = "orders") -> list[dict]:
+    """The order payloads carried by the task messages waiting in a Redis broker's queue.
+
+    The web sends one message per micro-batch: its one argument is the list of the
+    batch's payloads (a message of one order, as tests and old senders publish it,
+    is a payload alone).
+    """
+    payloads: list[dict] = []
+    for raw in broker.lrange(queue, 0, -1):
+        args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        payloads += args[0] if isinstance(args[0], list) else [args[0]]
+    return payloads
 
 
 def utc_now() -> datetime:
