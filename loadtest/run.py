@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from loadtest import wrk  # noqa: E402
+from loadtest import cpu, wrk  # noqa: E402
 from loadtest.report import number  # noqa: E402
 from loadtest.scenarios import SCENARIOS, Scenario  # noqa: E402
 from loadtest.stack import SeedInfo, Stack  # noqa: E402
@@ -70,6 +70,8 @@ GOALS = {
     "seckill-peak": "gate incl. dispatch >= 3,000 req/s, p99 <= 50 ms at 64 connections",
     "drain": "drain into MariaDB >= 1,000 orders/s",
 }
+
+MESSAGES_PER_ORDER_GOAL = 0.05  # issue 18, point 3: one Celery message per micro-batch
 
 BeforeVerify = Callable[[Stack, SeedInfo], None]
 
@@ -233,6 +235,20 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _start_py_spy(stack: Stack, out_dir: Path, seconds: float) -> cpu.PySpy | None:
+    """py-spy on the web server and the Celery worker (all their processes), if installed."""
+    binary = cpu.py_spy()
+    if binary is None:
+        _log("py-spy not installed (pip install py-spy): CPU per process only")
+        return None
+    spy = cpu.PySpy(binary, out_dir)
+    for name in ("web", "worker"):
+        pid = stack.supervisor.pid(name)
+        if pid is not None:
+            spy.start(name, pid, seconds)
+    return spy
+
+
 def run_scenario(
     scenario: Scenario,
     args: argparse.Namespace,
@@ -363,6 +379,16 @@ def run_scenario(
                 spawn_rate,
             )
 
+        meter = spy = None
+        samples: dict[str, cpu.CpuSample] = {}
+        if args.profile:
+            meter = cpu.CpuMeter(
+                {"web": stack.supervisor.pid("web"), "worker": stack.supervisor.pid("worker")},
+                stack.services.redis,
+                database=stack.backend == "mysql",
+            )
+            spy = _start_py_spy(stack, out_dir, (duration or 30) + 5)
+            samples["load start"] = meter.sample()
         _log(f"running {scenario.name} ({scenario.generator}, {scenario.users} users)")
         started = time.monotonic()
         if scenario.kind == "shop-peak":
@@ -396,15 +422,22 @@ def run_scenario(
             result["successes"] = result.get("outcomes", {}).get("ok", 0)
         load_seconds = time.monotonic() - started
         summary["result"] = result
+        if meter is not None:
+            samples["load end"] = meter.sample()
+
+        def dispatched() -> float | None:
+            return stack.web_counter(port, "hmdp_orders_dispatched_total")
 
         if scenario.needs_orders and args.worker_after_load:
             # Nothing consumes yet: the broker holds exactly the tasks dispatched so far.
-            published = stack.queued_task_messages()
+            messages = stack.queued_task_messages()
+            published = int(dispatched() or 0)
             reserved = stack.backlog()
-            rest = stack.wait_dispatched(reserved)
+            rest = stack.wait_dispatched(reserved, dispatched)
             summary["dispatch"] = {
                 "reserved_at_end_of_load": reserved,
                 "published_at_end_of_load": published,
+                "messages_at_end_of_load": messages,
                 "all_published_after_s": rest,
             }
         if scenario.needs_orders:
@@ -416,6 +449,14 @@ def run_scenario(
             else:
                 drain = stack.wait_drained(stall=args.drain_stall)
             tasks_done = stack.wait_tasks_done()
+            if meter is not None:
+                meter.groups["worker"] = stack.supervisor.pid("worker")
+                samples["tasks done"] = meter.sample()
+            summary["messages"] = {
+                "published": stack.web_counter(port, "hmdp_order_task_messages_total"),
+                "orders_carried": dispatched(),
+                "task_runs": stack.order_task_runs(),
+            }
             summary["drain"] = {
                 "tasks_done_after_s": None if tasks_done is None else drain.seconds + tasks_done,
                 "backlog_at_end_of_load": drain.backlog_at_start,
@@ -436,6 +477,13 @@ def run_scenario(
                 unobserved_allowance=scenario.users if scenario.generator == "wrk" else 0,
             )
             rows = verdict.rows
+            messages = summary["messages"]
+            messages["orders"] = rows
+            messages["per_order"] = (messages["published"] or 0) / rows if rows else None
+            if meter is not None:
+                summary["profile"] = cpu.per_order(samples, rows)
+                if spy is not None:
+                    summary["profile"]["py_spy"] = spy.finish()
             summary["drain"]["orders_per_second_overall"] = (
                 rows / (load_seconds + drain.seconds) if load_seconds + drain.seconds else None
             )
@@ -515,9 +563,19 @@ def table(summary: dict[str, Any]) -> str:
             rest = dispatch["all_published_after_s"]
             lines.append(
                 f"dispatch: {dispatch['published_at_end_of_load']:,} of "
-                f"{dispatch['reserved_at_end_of_load']:,} order tasks published when the load "
-                "ended; "
+                f"{dispatch['reserved_at_end_of_load']:,} reservations published when the load "
+                f"ended (in {dispatch.get('messages_at_end_of_load', 0):,} order task messages); "
                 + (f"the rest {rest:.1f} s later" if rest is not None else "the rest NEVER")
+            )
+        messages = summary.get("messages")
+        if messages:
+            per_order = messages.get("per_order")
+            lines.append(
+                f"celery: {number(messages['published'])} order task messages published "
+                f"(carrying {number(messages['orders_carried'])} reservations), "
+                f"{number(messages['task_runs'])} task runs, {messages['orders']:,} orders: "
+                + (f"{per_order:.4f} messages/order" if per_order is not None else "-")
+                + f" (goal <= {MESSAGES_PER_ORDER_GOAL})"
             )
         drain = summary["drain"]
         rate = drain["rate_after_load"]
@@ -534,6 +592,8 @@ def table(summary: dict[str, Any]) -> str:
                 f"        last order task message done {drain['tasks_done_after_s']:.1f} s "
                 "after the drain began (tasks of orders already settled by a batch return at once)"
             )
+    if summary.get("profile"):
+        lines += cpu.lines(summary["profile"])
     if summary["scenario"] in GOALS or summary["kind"] in GOALS:
         lines.append(f"goal: {GOALS.get(summary['kind'], '')}")
     if verdict and summary["backend"] == "mysql":
@@ -603,6 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the app's rate limits on (off by default: every generator request comes "
         "from 127.0.0.1; per-user limits, e.g. the seckill one, still apply per user)",
+    )
+    stack.add_argument(
+        "--profile",
+        action="store_true",
+        help="CPU time per order of the web server, Redis, the worker, the database and the "
+        "generator over the load and the drain (loadtest/cpu.py; py-spy too if installed)",
     )
     stack.add_argument("--drain-stall", type=float, default=60, help="give up draining after s")
     stack.add_argument("--results-dir", type=Path, default=RESULTS)

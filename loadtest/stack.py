@@ -404,20 +404,59 @@ class Stack:
             return int(broker.llen("orders"))
 
     def wait_dispatched(
-        self, expected: int, timeout: float = 120.0, poll: float = 0.1
+        self,
+        expected: int,
+        dispatched: Callable[[], float | None],
+        timeout: float = 120.0,
+        poll: float = 0.1,
     ) -> float | None:
-        """Seconds until ``expected`` order task messages are queued (no worker running; None: timeout).
+        """Seconds until ``dispatched()`` reservations reached the broker (None: timeout).
 
-        The web tier publishes order tasks off the request path (web/order_dispatch.py):
-        with the worker started after the load, what the broker holds when the load
-        ends is what was dispatched during it, and this is how long the rest took.
+        The web tier publishes order tasks off the request path (web/order_dispatch.py),
+        one message per micro-batch; ``dispatched`` counts the reservations those
+        messages carry (the web's hmdp_orders_dispatched_total): what was published when
+        the load ended, and this is how long the rest took.
         """
         started = time.monotonic()
-        while self.queued_task_messages() < expected:
+        while (dispatched() or 0) < expected:
             if time.monotonic() - started > timeout:
                 return None
             time.sleep(poll)
         return time.monotonic() - started
+
+    def web_counter(self, port: int, name: str) -> float | None:
+        """A counter summed over the web instance's workers (its ``/metrics``; None: no answer)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        )
+
+    def order_task_runs(self) -> int | None:
+        """Order task runs the stack's Celery worker did since it started (None: no answer).
+
+        Celery's own count (``inspect stats``: tasks received per name), retries included.
+        """
+        from tasks.app import create_celery
+        from tasks.orders import TASK_NAME
+
+        app = create_celery(self.settings, self.services)
+        try:
+            stats = app.control.inspect(timeout=2.0).stats()
+        finally:
+            app.close()
+        if not stats:
+            return None
+        return sum(int(s.get("total", {}).get(TASK_NAME, 0)) for s in stats.values())
 
     def wait_tasks_done(self, timeout: float = 600.0, poll: float = 0.2) -> float | None:
         """Seconds until no order task message is queued or unacknowledged (None: timeout).
