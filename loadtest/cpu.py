@@ -160,11 +160,12 @@ def lines(report: dict) -> list[str]:
             for c in report["redis_commands"]
         )
     )
-    for name, functions in report.get("py_spy", {}).items():
-        out.append(
-            f"        py-spy {name}: "
-            + "; ".join(f"{share:.0%} {function}" for function, share in functions)
-        )
+    for name, views in report.get("py_spy", {}).items():
+        for view, functions in views.items():
+            out.append(
+                f"        py-spy {name} ({view}): "
+                + "; ".join(f"{share:.0%} {function}" for function, share in functions)
+            )
     return out
 
 
@@ -191,6 +192,7 @@ class PySpy:
             self.binary,
             "record",
             "--nonblocking",
+            "--subprocesses",
             "--format",
             "raw",
             "--rate",
@@ -205,7 +207,7 @@ class PySpy:
         log = open(self.out_dir / f"py-spy-{name}.log", "wb")  # noqa: SIM115 (closed by the child's end)
         self.runs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), out)
 
-    def finish(self, timeout: float = 30.0) -> dict[str, list[tuple[str, float]]]:
+    def finish(self, timeout: float = 30.0) -> dict[str, dict[str, list[tuple[str, float]]]]:
         """Wait for every recording; the top functions of each (by own samples)."""
         result = {}
         for name, (proc, out) in self.runs.items():
@@ -219,13 +221,36 @@ class PySpy:
         return result
 
 
-def top_functions(raw: Path, top: int = 6) -> list[tuple[str, float]]:
-    """The functions most samples were in (the innermost frame), with their share."""
-    own: Counter[str] = Counter()
+_FRAME = re.compile(r"(.*?) \((.*?)(?::\d+)?\)$")
+# Our code in py-spy's frames (paths relative to the working directory or sys.path).
+OURS = re.compile(
+    r"^(web|cache|tasks|models|beat|deploy|loadtest)/|^(settings|services|metrics|logsetup"
+    r"|timestamps|celeryconfig)\.py$"
+)
+
+
+def top_functions(raw: Path, top: int = 6) -> dict[str, list[tuple[str, float]]]:
+    """Where the samples were: the innermost frame (``leaf``) and the innermost frame of
+    our own code (``ours``: what of ours the time is spent under), each with its share.
+    """
+    leaf: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            leaf = re.match(r"(.*?) \((.*?)(?::\d+)?\)$", stack.split(";")[-1])
-            own[f"{leaf[1]} ({Path(leaf[2]).name})" if leaf else stack.split(";")[-1]] += int(count)
-    total = sum(own.values())
-    return [(name, n / total) for name, n in own.most_common(top)] if total else []
+        if not stack or not count.isdigit():
+            continue
+        frames = [_FRAME.match(f) for f in stack.split(";")]
+        named = [(m[1], m[2]) for m in frames if m]
+        if not named:
+            continue
+        function, file = named[-1]
+        leaf[f"{function} ({Path(file).name})"] += int(count)
+        mine = [(f, p) for f, p in named if OURS.search(p)]
+        ours[f"{mine[-1][0]} ({mine[-1][1]})" if mine else "(not our code)"] += int(count)
+    total = sum(leaf.values())
+    if not total:
+        return {}
+    return {
+        "leaf": [(name, n / total) for name, n in leaf.most_common(top)],
+        "ours": [(name, n / total) for name, n in ours.most_common(top)],
+    }
