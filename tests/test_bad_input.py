@@ -18,12 +18,14 @@ from dataclasses import dataclass, field, replace
 import pytest
 import redis
 from sqlalchemy import select
+from support.procs import http, web_server
 from support.seckill import voucher_body
 from support.senders import MemoryCodeSender
 from support.social import make_shop, make_users
 
 from models.entities import Base
 from web.request_json import MAX_DEPTH
+from web.request_limits import MAX_HEADER_BYTES, MAX_HEADERS_BYTES, MAX_TARGET_BYTES
 from web.shop_cache import shop_region_holder
 from web.sms import EXTENSION
 
@@ -357,3 +359,39 @@ def test_routes_without_a_body_ignore_one(client, world, heads, no_unexpected_er
         )
         assert response.status_code < 500, (path, response.data[:200])
         assert response.mimetype == "application/json"
+
+
+def test_over_long_numbers_in_query_parameters(client, world, no_unexpected_errors):
+    refused(client.get("/blog/hot?current=" + "9" * 5000), 400, "'current'")
+    refused(client.get("/blog/of/user?id=" + "9" * 25), 400, "'id'")
+
+
+def test_over_long_urls_and_headers_are_414_and_431(
+    client, world, heads, state, no_unexpected_errors
+):
+    before = state()
+    long_query = "/shop/of/name?name=" + "a" * MAX_TARGET_BYTES
+    refused(client.get(long_query), 414, "URL too long")
+    refused(client.get("/blog/" + "1" * MAX_TARGET_BYTES), 414, "URL too long")
+    big = "a" * MAX_HEADER_BYTES
+    refused(client.get("/blog/hot", headers={"X-Big": big}), 431, "X-Big")
+    refused(client.get("/user/me", headers={"authorization": big}), 431, "Authorization")
+    many = {f"X-H{i}": "a" * (MAX_HEADER_BYTES // 2) for i in range(MAX_HEADERS_BYTES // 4096 + 1)}
+    refused(client.get("/blog/hot", headers=many), 431, "headers too large")
+    publish = {**heads["user"], "X-Big": big}
+    body = {"shopId": 1, "title": "t", "content": "c"}
+    refused(client.post("/blog", json=body, headers=publish), 431, "X-Big")
+    assert state() == before
+    # Within the limits all is as usual; the fast path reads only bounded headers.
+    assert client.get("/blog/hot", headers={"X-Big": "a" * 4000}).status_code == 200
+    assert client.get("/shop/999", headers={"X-Big": big}).status_code < 500
+
+
+@pytest.mark.process
+def test_granian_hands_long_urls_and_headers_to_the_app(settings, tmp_path):
+    """Granian takes URLs and headers far longer than ours: the client gets our envelopes."""
+    with web_server(settings, tmp_path / "web.log") as (base, _):
+        status, headers, data = http(f"{base}/shop/of/name?name={'a' * 20_000}")
+        assert status == 414 and json.loads(data)["errorMsg"].startswith("URL too long")
+        status, headers, data = http(f"{base}/blog/hot", headers={"X-Big": "a" * 20_000})
+        assert status == 431 and "X-Big" in json.loads(data)["errorMsg"]

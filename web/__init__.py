@@ -26,6 +26,7 @@ from .ids import IdConverter
 from .metrics import register_metrics
 from .ratelimit import register_ratelimit
 from .request_json import ApiJSONProvider, JsonRequest
+from .request_limits import register_request_limits
 
 # One module per concern, each exposing ``bp`` (a Blueprint) and optionally
 # ``post_seed(services)``, run by ``flask seed`` after the demo rows are in.
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # the first hook: the request id; its after_request runs last: the final answer
     register_request_layer(app, http_metrics, settings.access_log, settings.compat_errors)
     register_error_handlers(app)
+    register_request_limits(app)  # 414/431 before auth and the limiter read headers
     register_auth(app)
     register_ratelimit(app, settings)  # after auth: per-user limits need the user
     register_cli(app)
