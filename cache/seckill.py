@@ -34,10 +34,12 @@ from .login import TOKEN_KEY
 from .ratelimit import Decision, TokenBucket, bucket_args
 from .scripts import load_composed, load_script
 
-STOCK_KEY = "seckill:stock:{voucher_id}"
-WINDOW_KEY = "seckill:window:{voucher_id}"
-ORDER_SET_KEY = "seckill:order:{voucher_id}"
-ORDER_ID_KEY = "seckill:orderid:{voucher_id}"
+# A voucher's keys share its id as their hash tag (seckill:stock:{42}): the gate and
+# the repair touch them together, so on a Redis Cluster a voucher lives on one slot.
+STOCK_KEY = "seckill:stock:{{{voucher_id}}}"
+WINDOW_KEY = "seckill:window:{{{voucher_id}}}"
+ORDER_SET_KEY = "seckill:order:{{{voucher_id}}}"
+ORDER_ID_KEY = "seckill:orderid:{{{voucher_id}}}"
 ID_PREFIX = "order"
 
 OK = "ok"

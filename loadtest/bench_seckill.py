@@ -405,7 +405,7 @@ def stock_deducted(services, vouchers: list[int], initial: dict[int, int]) -> tu
             initial[v] - session.get(SeckillVoucher, v).stock
             for v in vouchers  # type: ignore[union-attr]
         )
-    redis_values = services.redis.mget([f"seckill:stock:{v}" for v in vouchers])
+    redis_values = services.redis.mget([f"seckill:stock:{{{v}}}" for v in vouchers])
     rd = sum(initial[v] - int(s) for v, s in zip(vouchers, redis_values, strict=True))
     return db, rd
 
@@ -427,7 +427,7 @@ def phase_gate_and_drain(args, app, env, port, workdir: Path, phases: set[str]) 
         ]
         result = run_requests(port, jobs, args.client_procs, args.connections // args.client_procs)
         result["non_2xx"] = result["requests"] - result["status"].get(200, 0)
-    buyers = sum(services.redis.scard(f"seckill:order:{v}") for v in vouchers)
+    buyers = sum(services.redis.scard(f"seckill:order:{{{v}}}") for v in vouchers)
     print(f"client : {result['cmd']}")
     print(
         f"  gate incl. dispatch: {result['rps']:.0f} req/s  p50 {result['p50']:.2f} ms  "

@@ -181,7 +181,7 @@ def _compat_limits(run: Run) -> None:
 
 
 def _forget_voucher(redis, voucher_id: int) -> None:  # type: ignore[no-untyped-def]
-    redis.delete(f"seckill:stock:{voucher_id}", f"seckill:window:{voucher_id}")
+    redis.delete(f"seckill:stock:{{{voucher_id}}}", f"seckill:window:{{{voucher_id}}}")
 
 
 CASES = [
@@ -470,8 +470,8 @@ def _play(case: Case, app, voucher_id: int, access_lines) -> Run:  # type: ignor
     buffer = uv_buffer(app)
     buffer.flush()
     run.state["uv"] = uv.count(redis, case.shop, svc.clock().date())
-    run.state["stock"] = redis.get(f"seckill:stock:{voucher_id}")
-    run.state["buyers"] = redis.smembers(f"seckill:order:{voucher_id}")
+    run.state["stock"] = redis.get(f"seckill:stock:{{{voucher_id}}}")
+    run.state["buyers"] = redis.smembers(f"seckill:order:{{{voucher_id}}}")
     entries = [fields for _, fields in redis.xrange(svc.settings.order_stream)]
     run.state["stream"] = sorted(
         (e["userId"], e["voucherId"] == str(voucher_id), e["orderId"] in run.order_ids)

@@ -79,5 +79,5 @@ def test_lua_refuses_when_the_daily_counter_is_exhausted(redis_client, settings)
     now = _ts(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"))
     redis_client.set(day_key("order", now), (1 << 32) - 1)
     assert gate.reserve(1, 9, now=now).outcome == EXHAUSTED
-    assert redis_client.get("seckill:stock:1") == "5"  # nothing reserved
+    assert redis_client.get("seckill:stock:{1}") == "5"  # nothing reserved
     assert redis_client.xlen(settings.order_stream) == 0

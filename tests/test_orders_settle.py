@@ -808,7 +808,7 @@ def test_verify_catches_loss_phantoms_and_stock_drift(services, voucher, app, se
     assert audit.vouchers[0].phantom == 1
     assert any("initial stock differs" in p for p in audit.vouchers[0].problems)
     # pending entries alone are not a failure, unless --drained is asked for
-    services.redis.delete(f"seckill:order:{voucher}", f"seckill:stock:{voucher}")
+    services.redis.delete(f"seckill:order:{{{voucher}}}", f"seckill:stock:{{{voucher}}}")
     with services.db.session() as session:
         session.query(VoucherOrder).delete()
     fresh = create_seckill(app.test_client(), _admin(services), stock=3)

@@ -76,8 +76,8 @@ def test_a_buyer_redis_forgot_orders_again_and_the_audit_names_the_id_that_will_
     first = _order(client, login_as, voucher_id, 7).json["data"]
     _settle_all(services)
     # Redis loses the buyer (and the id issued to them): they can order again
-    services.redis.srem(f"seckill:order:{voucher_id}", "7")
-    services.redis.hdel(f"seckill:orderid:{voucher_id}", "7")
+    services.redis.srem(f"seckill:order:{{{voucher_id}}}", "7")
+    services.redis.hdel(f"seckill:orderid:{{{voucher_id}}}", "7")
     again = _order(client, login_as, voucher_id, 7)
     assert again.status_code == 200 and again.json["data"] != first
     second = again.json["data"]
@@ -115,7 +115,7 @@ def test_drift_through_the_one_order_path_is_recorded_once_however_often_deliver
     voucher_id = create_seckill(client, admin, stock=10)
     ids = _reserve(services, voucher_id, [3])
     _settle_all(services)
-    services.redis.srem(f"seckill:order:{voucher_id}", "3")
+    services.redis.srem(f"seckill:order:{{{voucher_id}}}", "3")
     twin = _reserve(services, voucher_id, [3])[3]
     (entry,) = _entries(services)
     assert settle_order(services, entry) == DRIFT
@@ -131,10 +131,10 @@ def test_the_audit_checks_row_ids_against_the_ids_the_gate_issued(client, admin,
     _settle_all(services)
     assert verify_orders(services, voucher_id).ok
     # Redis says user 4 was issued another id than their row has
-    services.redis.hset(f"seckill:orderid:{voucher_id}", "4", str(ids[4] + 99))
+    services.redis.hset(f"seckill:orderid:{{{voucher_id}}}", "4", str(ids[4] + 99))
     audit = verify_orders(services, voucher_id).vouchers[0]
     assert audit.unissued == 1 and not audit.ok
-    services.redis.hset(f"seckill:orderid:{voucher_id}", "4", str(ids[4]))
+    services.redis.hset(f"seckill:orderid:{{{voucher_id}}}", "4", str(ids[4]))
     # a reservation whose entry vanished without a row: its id is listed as lost
     lost = _reserve(services, voucher_id, [8])[8]
     (entry,) = _entries(services)
@@ -158,9 +158,9 @@ def test_reconcile_rebuilds_buyers_ids_stock_and_the_id_counter(
     # Redis loses the voucher's gate state and the day's id counter
     counter = [k for k in services.redis.keys("icr:order:*")]
     services.redis.delete(
-        f"seckill:order:{voucher_id}",
-        f"seckill:orderid:{voucher_id}",
-        f"seckill:stock:{voucher_id}",
+        f"seckill:order:{{{voucher_id}}}",
+        f"seckill:orderid:{{{voucher_id}}}",
+        f"seckill:stock:{{{voucher_id}}}",
         *counter,
     )
     result = app.test_cli_runner().invoke(args=["orders", "reconcile"])
@@ -168,7 +168,7 @@ def test_reconcile_rebuilds_buyers_ids_stock_and_the_id_counter(
     assert f"voucher {voucher_id}: stock None -> 10, buyers added 10, ids fixed 10" in result.output
     assert "id counter icr:order:" in result.output and "-> 10" in result.output
     assert found_drift(services.redis)[voucher_id] == 21  # 10 buyers + 10 ids + 1 stock lost
-    assert services.redis.get(f"seckill:stock:{voucher_id}") == "10"  # 20 - 6 rows - 4 waiting
+    assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "10"  # 20 - 6 rows - 4 waiting
     # the same users are refused as already ordered, with their ids
     for user, order_id in answered.items():
         again = _order(client, login_as, voucher_id, user)
@@ -195,8 +195,8 @@ def test_reconcile_lowers_a_stock_redis_restored_too_high(client, admin, login_a
         _order(client, login_as, voucher_id, user)
     _settle_all(services)
     # an older copy of Redis: 3 units were sold since, Redis does not know
-    services.redis.set(f"seckill:stock:{voucher_id}", 5)
-    services.redis.delete(f"seckill:order:{voucher_id}", f"seckill:orderid:{voucher_id}")
+    services.redis.set(f"seckill:stock:{{{voucher_id}}}", 5)
+    services.redis.delete(f"seckill:order:{{{voucher_id}}}", f"seckill:orderid:{{{voucher_id}}}")
     (repair,) = Reconciler(services.redis, services.settings, services.db).run().vouchers
     assert (repair.stock_before, repair.stock_after) == (5, 2)
     codes = [_order(client, login_as, voucher_id, u).status_code for u in range(1, 8)]
@@ -268,7 +268,7 @@ def test_reconcile_while_sales_and_settlements_run_never_sells_a_unit_twice(
     _settle_all(services)
     # quiet now: one more run gives back any unit the busy runs held back, which then sells
     reconciler.run()
-    left = int(services.redis.get(f"seckill:stock:{voucher_id}"))
+    left = int(services.redis.get(f"seckill:stock:{{{voucher_id}}}"))
     assert left == stock - len(answered)
     more = {u: gate.reserve(voucher_id, u) for u in range(5000, 5000 + left + 5)}
     assert sum(r.outcome == OK for r in more.values()) == left
@@ -310,8 +310,8 @@ def test_redis_restarted_from_an_older_aof_is_reconciled(
         server = EmbeddedRedis(tmp_path / "redis", port=port).start()
         services.close()  # fresh connections to the restarted server
         # the old copy: stock 10, buyers 1..10, the counter at 10, the 6 then-unsettled entries
-        assert services.redis.get(f"seckill:stock:{voucher_id}") == "10"
-        assert services.redis.scard(f"seckill:order:{voucher_id}") == 10
+        assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "10"
+        assert services.redis.scard(f"seckill:order:{{{voucher_id}}}") == 10
         report = Reconciler(services.redis, services.settings, services.db).run()
         (repair,) = report.vouchers
         assert (repair.stock_before, repair.stock_after, repair.buyers_added) == (10, 5, 5)
@@ -371,10 +371,10 @@ def test_a_missing_stock_is_loaded_minus_the_reservations_not_settled_yet(
     for user in range(1, 5):
         assert _order(client, login_as, voucher_id, user).status_code == 200
     settle_order(services, _entries(services)[0])  # 1 row, 3 reservations unsettled
-    services.redis.delete(f"seckill:stock:{voucher_id}")
+    services.redis.delete(f"seckill:stock:{{{voucher_id}}}")
     # the next order loads it: 10 - 1 (row, in the database stock) - 3 waiting = 6, minus its own
     assert _order(client, login_as, voucher_id, 5).status_code == 200
-    assert services.redis.get(f"seckill:stock:{voucher_id}") == "5"
+    assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "5"
     codes = [_order(client, login_as, voucher_id, u).status_code for u in range(6, 16)]
     assert codes.count(200) == 5
     _settle_all(services)
@@ -394,10 +394,10 @@ def test_seeding_again_loads_lost_stock_minus_pending_and_keeps_present_stock(
     _order(client, login_as, kept, 2)
     for user in (3, 4):
         _order(client, login_as, lost, user)
-    services.redis.delete(f"seckill:stock:{lost}", f"seckill:window:{lost}")
+    services.redis.delete(f"seckill:stock:{{{lost}}}", f"seckill:window:{{{lost}}}")
     post_seed(services)
-    assert services.redis.get(f"seckill:stock:{kept}") == "4"
-    assert services.redis.get(f"seckill:stock:{lost}") == "7"  # 9 - 2 unsettled
+    assert services.redis.get(f"seckill:stock:{{{kept}}}") == "4"
+    assert services.redis.get(f"seckill:stock:{{{lost}}}") == "7"  # 9 - 2 unsettled
     report = Reconciler(services.redis, services.settings, services.db).run(
         [kept, lost], mode=MISSING
     )
@@ -426,9 +426,9 @@ def test_beat_reconciles_and_the_drift_found_is_a_gauge_with_alerts(
     voucher_id = create_seckill(client, admin, stock=3)
     _reserve(services, voucher_id, [5])
     assert run_reconcile(services)["drift"] == 0
-    services.redis.delete(f"seckill:order:{voucher_id}")
+    services.redis.delete(f"seckill:order:{{{voucher_id}}}")
     assert run_reconcile(services)["drift"] == 1  # the buyer put back
-    assert services.redis.smembers(f"seckill:order:{voucher_id}") == {"5"}
+    assert services.redis.smembers(f"seckill:order:{{{voucher_id}}}") == {"5"}
     text = client.get("/metrics").get_data(as_text=True)
     assert f'hmdp_seckill_drift{{voucher="{voucher_id}"}} 1.0' in text
     rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())

@@ -134,7 +134,7 @@ def test_2000_users_5_attempts_each_against_stock_100(app, services, settings, a
         )
     rows = db_orders(services, voucher_id)
     assert sorted(rows) == sorted((int(oid), u) for u, oid in wins)
-    assert services.redis.get(f"seckill:stock:{voucher_id}") == "0"
+    assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "0"
     assert db_stock(services, voucher_id) == 0
     _audit_drained(services, voucher_id)
 

@@ -60,8 +60,8 @@ def test_admin_creates_a_seckill_voucher_loaded_into_redis(client, admin, servic
             end.replace(microsecond=0),
         )
     r = services.redis
-    assert r.get(f"seckill:stock:{voucher_id}") == "7"
-    assert set(r.hgetall(f"seckill:window:{voucher_id}")) == {"begin", "end"}
+    assert r.get(f"seckill:stock:{{{voucher_id}}}") == "7"
+    assert set(r.hgetall(f"seckill:window:{{{voucher_id}}}")) == {"begin", "end"}
     groups = r.xinfo_groups(settings.order_stream)
     assert [g["name"] for g in groups] == [settings.order_group]
 
@@ -81,7 +81,7 @@ def test_ordinary_voucher_and_the_shop_list(client, admin, services):
     plain = client.post("/voucher", json=body, headers=admin)
     assert plain.status_code == 200
     seckill_id = create_seckill(client, admin, stock=5)
-    assert services.redis.exists(f"seckill:stock:{plain.json['data']}") == 0
+    assert services.redis.exists(f"seckill:stock:{{{plain.json['data']}}}") == 0
     client.post(f"/voucher-order/seckill/{seckill_id}", headers=client_login(services, 9))
     listed = client.get("/voucher/list/1")
     assert listed.status_code == 200
@@ -171,11 +171,11 @@ def test_post_seed_loads_missing_stock_only_and_creates_the_group(
     client.post(f"/voucher-order/seckill/{voucher_id}", headers=login_as(3))
     services.redis.delete(settings.order_stream)  # no group, and a voucher Redis forgot:
     other = create_seckill(client, admin, stock=9)
-    services.redis.delete(f"seckill:stock:{other}", f"seckill:window:{other}")
+    services.redis.delete(f"seckill:stock:{{{other}}}", f"seckill:window:{{{other}}}")
     post_seed(services)
     post_seed(services)
-    assert services.redis.get(f"seckill:stock:{voucher_id}") == "4"  # sold stock kept
-    assert services.redis.get(f"seckill:stock:{other}") == "9"
+    assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "4"  # sold stock kept
+    assert services.redis.get(f"seckill:stock:{{{other}}}") == "9"
     assert services.redis.xinfo_groups(settings.order_stream)[0]["name"] == settings.order_group
 
 
@@ -225,7 +225,7 @@ def test_order_refusals(client, admin, services, login_as):
     )
     ended = client.post(f"/voucher-order/seckill/{past}", headers=login_as(5))
     assert (ended.status_code, ended.json["errorMsg"]) == (409, "ended")
-    assert services.redis.get(f"seckill:stock:{later}") == "100"
+    assert services.redis.get(f"seckill:stock:{{{later}}}") == "100"
 
 
 def test_a_refused_buyer_whose_id_redis_lost_is_told_the_id_of_their_row(
@@ -241,7 +241,7 @@ def test_a_refused_buyer_whose_id_redis_lost_is_told_the_id_of_their_row(
         if fields["orderId"] == first
     ]
     assert settle_order(services, entry) == "created"
-    services.redis.delete(f"seckill:orderid:{voucher_id}")  # Redis lost the ids, not the buyers
+    services.redis.delete(f"seckill:orderid:{{{voucher_id}}}")  # Redis lost the ids, not the buyers
     again = client.post(path, headers=login_as(5))
     assert (again.status_code, again.json["data"]) == (409, first)  # from the database row
     # no row yet (the reservation is still in the Stream): the 409 has no id
@@ -268,16 +268,16 @@ def test_order_bad_input(client, admin, services, login_as):
         response = client.post(f"/voucher-order/seckill/{bad}", headers=user)
         assert response.status_code == 404 and response.json["success"] is False
     assert client.get(f"/voucher-order/seckill/{voucher_id}", headers=user).status_code == 405
-    assert services.redis.get(f"seckill:stock:{voucher_id}") == "100"
+    assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "100"
     assert services.redis.xlen("stream.orders") == 0
 
 
 def test_voucher_missing_in_redis_is_loaded_from_the_database(client, admin, services, login_as):
     voucher_id = create_seckill(client, admin, stock=3)
-    services.redis.delete(f"seckill:stock:{voucher_id}", f"seckill:window:{voucher_id}")
+    services.redis.delete(f"seckill:stock:{{{voucher_id}}}", f"seckill:window:{{{voucher_id}}}")
     response = client.post(f"/voucher-order/seckill/{voucher_id}", headers=login_as(5))
     assert response.status_code == 200
-    assert services.redis.get(f"seckill:stock:{voucher_id}") == "2"
+    assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "2"
 
 
 def _dispatch_failures() -> float:

@@ -46,9 +46,9 @@ def test_success_reserves_everything_in_one_step(gate, redis_client, settings):
     _load(redis_client, stock=3)
     result = gate.reserve(1, 42)
     assert result.outcome == OK and result.order_id and result.stream_id
-    assert redis_client.get("seckill:stock:1") == "2"
-    assert redis_client.smembers("seckill:order:1") == {"42"}
-    assert redis_client.hgetall("seckill:orderid:1") == {"42": str(result.order_id)}
+    assert redis_client.get("seckill:stock:{1}") == "2"
+    assert redis_client.smembers("seckill:order:{1}") == {"42"}
+    assert redis_client.hgetall("seckill:orderid:{1}") == {"42": str(result.order_id)}
     entries = redis_client.xrange(settings.order_stream)
     assert entries == [
         (result.stream_id, {"orderId": str(result.order_id), "userId": "42", "voucherId": "1"})
@@ -65,8 +65,8 @@ def test_refusals_change_nothing(gate, redis_client, settings):
     again = gate.reserve(1, 1)
     assert (again.outcome, again.order_id) == (DUPLICATE, first.order_id)
     assert gate.reserve(1, 2).outcome == SOLD_OUT
-    assert redis_client.get("seckill:stock:1") == "0"
-    assert redis_client.smembers("seckill:order:1") == {"1"}
+    assert redis_client.get("seckill:stock:{1}") == "0"
+    assert redis_client.smembers("seckill:order:{1}") == {"1"}
     assert redis_client.xlen(settings.order_stream) == before
 
 
@@ -77,14 +77,14 @@ def test_window_is_checked_against_now(gate, redis_client):
     assert gate.reserve(1, 1, now=epoch_ms(begin) / 1000).outcome == OK
     assert gate.reserve(1, 2, now=epoch_ms(end) / 1000).outcome == ENDED
     assert gate.reserve(1, 2, now=epoch_ms(end) / 1000 - 0.001).outcome == OK
-    assert redis_client.get("seckill:stock:1") == "3"
+    assert redis_client.get("seckill:stock:{1}") == "3"
 
 
 def test_unknown_voucher_and_missing_window(gate, redis_client):
     assert gate.reserve(99, 1).outcome == UNKNOWN
-    redis_client.set("seckill:stock:98", 10)  # stock without a window: not usable
+    redis_client.set("seckill:stock:{98}", 10)  # stock without a window: not usable
     assert gate.reserve(98, 1).outcome == UNKNOWN
-    assert redis_client.get("seckill:stock:98") == "10"
+    assert redis_client.get("seckill:stock:{98}") == "10"
 
 
 def test_loading_never_resets_sold_stock(gate, redis_client):
@@ -92,8 +92,8 @@ def test_loading_never_resets_sold_stock(gate, redis_client):
     gate.reserve(1, 1)
     new_end = _now() + timedelta(days=3)
     assert not load_voucher(redis_client, 1, 3, _now() - timedelta(hours=1), new_end)
-    assert redis_client.get("seckill:stock:1") == "2"
-    assert int(redis_client.hget("seckill:window:1", "end")) == epoch_ms(new_end)
+    assert redis_client.get("seckill:stock:{1}") == "2"
+    assert int(redis_client.hget("seckill:window:{1}", "end")) == epoch_ms(new_end)
 
 
 def test_concurrent_gate_sells_exactly_the_stock_once_per_user(gate, redis_client, settings):
@@ -149,7 +149,7 @@ def test_reserve_for_session_reads_the_user_from_the_session(
     result = session_gate.reserve_for_session(1, token, 900)
     assert result.outcome == OK and result.user_id == 42 and result.order_id
     assert 5 < services.redis.ttl(key) <= 900
-    assert services.redis.sismember("seckill:order:1", "42")
+    assert services.redis.sismember("seckill:order:{1}", "42")
     fields = services.redis.xrange(settings.order_stream)[-1][1]
     assert fields["userId"] == "42"
     again = session_gate.reserve_for_session(1, token, 900)
@@ -163,7 +163,7 @@ def test_reserve_for_session_without_a_session_reserves_nothing(session_gate, se
     services.redis.hset(TOKEN_KEY.format(token="odd"), mapping={"id": "1.5"})
     assert session_gate.reserve_for_session(1, "odd", 900).outcome == ODD_SESSION
     assert not services.redis.exists(TOKEN_KEY.format(token="nobody"))
-    assert services.redis.get("seckill:stock:1") == "3"
+    assert services.redis.get("seckill:stock:{1}") == "3"
     assert services.redis.xlen(settings.order_stream) == 0
 
 
@@ -176,6 +176,6 @@ def test_reserve_charged_reserves_only_what_the_bucket_admits(session_gate, serv
     assert [d.remaining for d, _ in decisions] == [1, 0, 0]
     assert decisions[2][1] is None and decisions[2][0].retry_after > 0
     assert [r.outcome for _, r in decisions[:2]] == [OK, OK]  # type: ignore[union-attr]
-    assert services.redis.smembers("seckill:order:1") == {"5", "6"}
-    assert services.redis.get("seckill:stock:1") == "1"
+    assert services.redis.smembers("seckill:order:{1}") == {"5", "6"}
+    assert services.redis.get("seckill:stock:{1}") == "1"
     assert services.redis.xlen(settings.order_stream) == 2
