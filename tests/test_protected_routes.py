@@ -44,6 +44,9 @@ PUBLIC_ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/blog/of/user"): "blogs",
     ("GET", "/imgs/{}"): "uploads",  # the images root (uploads and the front end's images)
     ("GET", "/metrics"): None,  # Prometheus scrape endpoint, if mounted
+    ("GET", "/openapi.json"): "openapi",  # the API's document (web/openapi.py)
+    ("GET", "/docs"): "openapi",  # the document in a browser
+    ("GET", "/docs/static/{}"): "openapi",  # the docs page's files
 }
 
 # Contract routes that need a session (hmdp-api.md), with the access they need.

@@ -41,6 +41,7 @@ BLUEPRINT_MODULES = (
     "web.signs",
     "web.stats",
     "web.uploads",
+    "web.openapi",  # the document of every route above, and its docs page
 )
 
 

@@ -52,6 +52,7 @@ class Contract:
     form: type[BaseModel] | None = None  # multipart, read by the view itself
     content: Mapping[str, Any] | None = None  # a success that is not an envelope (files)
     accepted: bool = False  # a 202 success too: done in part, the rest by a task
+    offline: bool = False  # needs neither Redis nor the database: never a 503
     validate: bool = True
     summary: str = ""
     description: str = ""
@@ -69,6 +70,7 @@ def contract(
     form: type[BaseModel] | None = None,
     content: Mapping[str, Any] | None = None,
     accepted: bool = False,
+    offline: bool = False,
     validate: bool = True,
 ) -> Callable[[F], F]:
     """Declare a route: ``body_optional`` a body it may go without (None then); ``data`` is the type of a success's data; ``errors`` the statuses
@@ -90,6 +92,7 @@ def contract(
             form=form,
             content=content,
             accepted=accepted,
+            offline=offline,
             validate=validate,
             summary=summary.strip(),
             description=description.strip(),

@@ -101,7 +101,7 @@ def integer(low: int, high: int, *, strict: bool = True) -> Any:
     """An integer in ``low``..``high``; not strict: a float with an integral value counts too."""
     if strict:
         return Annotated[int, Strict(), Field(ge=low, le=high)]
-    return Annotated[int, BeforeValidator(_no_text_or_bool), Field(ge=low, le=high)]
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_no_text_or_bool)]
 
 
 def number(low: float, high: float) -> Any:
