@@ -6,7 +6,7 @@ import random
 from datetime import UTC
 
 import pytest
-from test_cache_region import CountingLoader, add_shops
+from support.shops import CountingLoader, add_shops
 
 from cache.bloom import BloomFilter, bloom_size
 from cache.region import CacheRegion

@@ -14,7 +14,7 @@ import time
 import pytest
 import redis
 from support.redis_faults import all_keys, kill_clients
-from test_cache_region import CountingLoader, add_shops, make_region
+from support.shops import CountingLoader, add_shops, make_region
 
 from cache.near import NearCache
 from cache.scripts import load_script

@@ -14,7 +14,7 @@ import pytest
 from redis.cluster import RedisCluster
 from support.backends import CLUSTER
 from support.env import ROOT, process_env
-from test_cache_region import add_shops
+from support.shops import add_shops
 
 from cache.region import decode_logical
 from cache.shops import shop_region

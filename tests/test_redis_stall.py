@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import contextlib
 import json
 import os
 import signal
@@ -20,12 +19,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import redis
+from support.redis_server import own_redis
 from support.seckill import add_shop, create_seckill, db_orders, wait_for
 from support.sessions import set_role
 from support.workers import celery_worker, log_tail
@@ -46,19 +44,6 @@ STALL_S = 10.0
 # between the two, far from both: this asserts "does not hang", not a speed.
 ANSWER_BOUND = STALL_S / 2
 REDIS_DOWN = "service temporarily unavailable (cache)"
-
-
-@contextlib.contextmanager
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A redis-server of this test only (it gets stopped), always continued and stopped after."""
-    server = EmbeddedRedis(tmp_path / "stalled-redis").start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
 
 
 def stop(server: EmbeddedRedis) -> None:

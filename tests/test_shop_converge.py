@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import event
+from support.redis_server import own_redis
 from support.seckill import wait_for
 from support.sessions import session_for
+from support.shops import add_shops
 from support.workers import celery_worker, log_tail
-from test_cache_region import add_shops
-from test_redis_stall import own_redis
 
 from cache import geo
 from cache.near import NearCache
