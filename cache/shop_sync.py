@@ -15,10 +15,10 @@ idempotent and each tried even when an earlier one failed:
 It reports what did not finish (a Redis error, or a near-cache that had not
 acknowledged within the request's wait). Then:
 
-1. ``PUT /shop`` answers 202 (committed, caches converging) and sends the task
-   ``tasks.cache.converge_shop``, which runs the steps again (waiting out the
-   near-cache TTL when an acknowledgement is missing) and retries with backoff
-   until they all finish;
+1. ``PUT /shop`` and ``POST /shop`` answer 202 (committed, caches converging)
+   and send the task ``tasks.cache.converge_shop``, which runs the steps again
+   (waiting out the near-cache TTL when an acknowledgement is missing) and
+   retries with backoff until they all finish;
 2. when even that task could not be sent (the broker on the same unreachable
    Redis) or ran out of retries, beat's ``converge_updated_shops``
    (:func:`converge_updated`) runs the steps for every shop whose row changed

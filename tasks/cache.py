@@ -5,9 +5,10 @@
   The refresh reads the shop's version before its database read and stores by
   compare-and-set, so a redelivered or late refresh never overwrites a newer
   update (idempotent).
-* ``tasks.cache.converge_shop``: the cache steps of a shop update that did not
-  finish after its commit (cache/shop_sync.py), run again, idempotently, with
-  backoff until they all finish; beat's sweep covers what it never finishes.
+* ``tasks.cache.converge_shop``: the cache steps of a shop write (an update or
+  a create) that did not finish after its commit (cache/shop_sync.py), run
+  again, idempotently, with backoff until they all finish; beat's sweep covers
+  what it never finishes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def refresh_shop(self, shop_id: int) -> bool:  # type: ignore[no-untyped-def]
     bind=True, name="tasks.cache.converge_shop", ignore_result=True, max_retries=CONVERGE_RETRIES
 )
 def converge_shop(self, shop_id: int) -> bool:  # type: ignore[no-untyped-def]
-    """Finish an updated shop's cache steps; retried until every one is done."""
+    """Finish a written shop's cache steps; retried until every one is done."""
     services = self.app.services
     region = shop_region(services.redis, services.db, services.settings)
     # A worker may wait out the near-cache TTL for a missing acknowledgement.

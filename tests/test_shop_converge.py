@@ -1,4 +1,4 @@
-"""PUT /shop after its commit: never a 503, and every cache and the GEO index converge.
+"""PUT and POST /shop after their commit: never a 503; every cache and the GEO index converge.
 
 The fault is real: from the moment the shop's row commits (an SQLAlchemy commit
 event) the test's own redis-server is paused (``CLIENT PAUSE``) for longer than the
@@ -12,8 +12,10 @@ cached shop, every near-cache and the GEO index to the new row (cache/shop_sync.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from cache import geo
 from cache.near import NearCache
 from cache.region import CacheRegion
 from cache.shop_sync import SWEEP_MARK_KEY, converge_shop, converge_updated
-from cache.shops import SHOP_PREFIX, shop_near_cache, shop_region
+from cache.shops import SHOP_PREFIX, shop_bloom, shop_near_cache, shop_region
 from metrics import CACHE_INVALIDATIONS
 from services import Services
 from settings import Settings
@@ -40,6 +42,10 @@ SOCKET_TIMEOUT = 0.5
 # (cache/connection.py), so every step of the request fails while Redis is paused.
 PAUSE_MS = 2500
 NEW = {"id": 1, "name": "renamed", "typeId": 2, "x": 121.5, "y": 31.25}
+# POST /shop's shop: the next id after _build's shops 1 and 2.
+CREATED = {"name": "created", "typeId": 2, "x": 121.5, "y": 31.25}
+CREATED_ID = 3
+CREATED_PHYSICAL = f"{SHOP_PREFIX}:{CREATED_ID}"
 PHYSICAL, LOGICAL, VERSION = (
     f"{SHOP_PREFIX}:1",
     f"{SHOP_PREFIX}:logical:1",
@@ -115,6 +121,11 @@ def _writer_near(app, client) -> NearCache:  # type: ignore[no-untyped-def]
 
 def _put_into_a_pause(app, svc: Services, client, admin: dict) -> object:  # type: ignore[no-untyped-def]
     """PUT /shop with the server paused from the row's COMMIT on; returns the response."""
+    return _write_into_a_pause(svc, lambda: client.put("/shop", json=NEW, headers=admin))
+
+
+def _write_into_a_pause(svc: Services, write: Callable[[], object]) -> object:
+    """``write()`` with the server paused from the row's COMMIT on; returns its response."""
     pauser = redis.Redis.from_url(svc.redis_url)
     paused: list[bool] = []
 
@@ -124,7 +135,7 @@ def _put_into_a_pause(app, svc: Services, client, admin: dict) -> object:  # typ
 
     event.listen(svc.db.engine, "commit", pause)
     try:
-        response = client.put("/shop", json=NEW, headers=admin)
+        response = write()
     finally:
         event.remove(svc.db.engine, "commit", pause)
     assert paused, "the write never committed"
@@ -159,6 +170,29 @@ def _converged(client: redis.Redis) -> bool:
         and abs(position[1] - NEW["y"]) < 1e-4
         and old_type is None
     )
+
+
+def _created_converged(client: redis.Redis) -> bool:
+    """The created shop's null marker is gone and the shop is at its place in the index."""
+    position = client.geopos(geo.geo_key(2), str(CREATED_ID))[0]
+    return (
+        client.get(CREATED_PHYSICAL) != ""
+        and position is not None
+        and abs(position[0] - CREATED["x"]) < 1e-4
+        and abs(position[1] - CREATED["y"]) < 1e-4
+    )
+
+
+@contextlib.contextmanager
+def _worker_converges(
+    local: Settings, broker_url: str, tmp_path: Path, converged: Callable[[], bool]
+) -> Iterator[None]:
+    """A real Celery worker (broker at ``broker_url``) running until ``converged()``."""
+    env = {"HMDP_REDIS_SOCKET_TIMEOUT": str(SOCKET_TIMEOUT), "CELERY_BROKER_URL": broker_url}
+    log = tmp_path / "worker.log"
+    with celery_worker(local, log, **env):
+        wait_for(converged, 90, what=f"the converge task to finish\n{log_tail(log)}")
+        yield
 
 
 def _assert_everyone_sees_the_new_row(check: redis.Redis, nears: list[NearCache], client) -> None:  # type: ignore[no-untyped-def]
@@ -197,17 +231,7 @@ def test_a_write_committed_into_a_redis_pause_is_answered_and_its_task_converges
                 wait_for(reader.near.serving, 30, what="a reader's listener to resubscribe")
                 reader.region.get(1)
 
-            env = {
-                "HMDP_REDIS_SOCKET_TIMEOUT": str(SOCKET_TIMEOUT),
-                "CELERY_BROKER_URL": broker.url,
-            }
-            log = tmp_path / "worker.log"
-            with celery_worker(local, log, **env):
-                wait_for(
-                    lambda: _converged(check),
-                    90,
-                    what=f"the converge task to finish\n{log_tail(log)}",
-                )
+            with _worker_converges(local, broker.url, tmp_path, lambda: _converged(check)):
                 # the task's invalidation came before its hot refresh: all acknowledged
                 _assert_everyone_sees_the_new_row(check, nears, client)
             for reader in readers:
@@ -215,6 +239,52 @@ def test_a_write_committed_into_a_redis_pause_is_answered_and_its_task_converges
         finally:
             for reader in readers:
                 reader.close()
+            check.close()
+            svc.close()
+
+
+@pytest.mark.process
+def test_a_create_committed_into_a_redis_pause_is_answered_with_its_id_and_converges(
+    settings, tmp_path
+):
+    """POST /shop: the same pause from the COMMIT on; the new shop's id is a Bloom false
+    positive that a lookup cached as a null marker, so until the caches converge the
+    committed shop is "not found" and missing from nearby search."""
+    with own_redis(tmp_path / "cache") as server, own_redis(tmp_path / "broker") as broker:
+        local, app, svc, admin = _build(
+            settings, tmp_path, redis_url=server.url, celery_broker_url=broker.url
+        )
+        reader = Reader.start(local)
+        check = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            client = app.test_client()
+            shop_bloom(check, local).add(CREATED_ID)  # a false positive: no such row yet
+            assert client.get(f"/shop/{CREATED_ID}").status_code == 404
+            assert reader.region.get(CREATED_ID) is None
+            assert check.get(CREATED_PHYSICAL) == ""  # the null marker both would serve
+
+            response = _write_into_a_pause(
+                svc, lambda: client.post("/shop", json=CREATED, headers=admin)
+            )
+            assert response.status_code == 202, response.json  # committed, never a 503
+            assert response.json["success"] is True and response.json["data"] == CREATED_ID
+            # The fault bit: the null marker outlived the commit, the index lacks the shop.
+            assert check.get(CREATED_PHYSICAL) == ""
+            assert not _created_converged(check)
+            wait_for(reader.near.serving, 30, what="the reader's listener to resubscribe")
+            assert reader.region.get(CREATED_ID) is None  # stale: the committed shop unseen
+
+            with _worker_converges(local, broker.url, tmp_path, lambda: _created_converged(check)):
+                answer = client.get(f"/shop/{CREATED_ID}").json
+                assert answer["data"]["name"] == "created" and answer["data"]["typeId"] == 2
+                assert _name(reader.region.get(CREATED_ID)) == "created"
+                near = client.get(
+                    "/shop/of/type",
+                    query_string={"typeId": 2, "x": CREATED["x"], "y": CREATED["y"]},
+                ).json["data"]
+                assert [s["id"] for s in near][:1] == [CREATED_ID]  # nearby search finds it
+        finally:
+            reader.close()
             check.close()
             svc.close()
 

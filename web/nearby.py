@@ -6,7 +6,6 @@ Not a blueprint: web/shops.py owns the shop routes and calls in here:
   (latitude, -85.05..85.05) of a query: both or neither;
 * :func:`shops_near` answers one page sorted by distance, each shop with
   ``distance`` in meters (GEOSEARCH within settings.geo_radius_m);
-* :func:`index_shop` indexes a shop after its row was created.
 
 :func:`load_all` (after ``flask seed``, from the shops blueprint) loads every
 shop into ``shop:{geo}:{typeId}`` (pipelined GEOADD), and a type whose key is
@@ -15,24 +14,19 @@ missing is rebuilt from the database on first search.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-import redis
 from pydantic import Field, model_validator
 from sqlalchemy import select
 
-from cache import geo, shop_sync
-from models.entities import Shop, ShopType
+from cache import geo
+from models.entities import Shop
 from models.session import Database
 from services import Services
 
 from .runtime import services, settings
 from .schemas import Query, whole
-
-log = logging.getLogger(__name__)
 
 MAX_LATITUDE = 85.05  # the documented bound (Redis itself stops at 85.05112878)
 
@@ -103,22 +97,3 @@ def shops_near(
             if shop is not None:
                 page.append({**to_json(shop), "distance": round(distance, 2)})
         return page
-
-
-def index_shop(shop_id: int) -> None:
-    """Put a created shop at its position and type (after the commit; ``POST /shop``).
-
-    The shop write has already succeeded, so a Redis failure here is logged,
-    not raised: the index then lags until the type is reloaded
-    (:func:`cache.geo.forget` is tried so the next search reloads it from the
-    database). An update goes through :func:`cache.shop_sync.converge_shop`.
-    """
-    svc = services()
-    try:
-        shop_sync.index_shop(svc.redis, svc.db, shop_id)
-    except redis.RedisError:
-        log.exception("shop %s not re-indexed for nearby search", shop_id)
-        with svc.db.sessions() as session:
-            type_ids = list(session.scalars(select(ShopType.id)))
-        with contextlib.suppress(redis.RedisError):
-            geo.forget(svc.redis, type_ids)

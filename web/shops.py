@@ -42,7 +42,7 @@ from .auth import admin_required
 from .contract import contract
 from .envelope import ApiError, BadRequest, NotFound, envelope_around, json_response, ok
 from .exchange import current_exchange
-from .nearby import PositionQuery, index_shop, load_all, shops_near
+from .nearby import PositionQuery, load_all, shops_near
 from .runtime import services
 from .schemas import (
     Id,
@@ -263,9 +263,15 @@ def _check_type(session: Any, values: dict[str, object]) -> None:
 
 @bp.post("/shop")
 @admin_required
-@contract(body=NewShopBody, data=int)
+@contract(body=NewShopBody, data=int, accepted=True)
 def create_shop(body: _ShopBody) -> Response:
-    """Create a shop; data = its id. It is readable through the cache at once."""
+    """Create a shop; data = its id.
+
+    200: readable through every cache and found by nearby search at once. 202:
+    the row is committed and a cache step after it did not finish (as for
+    ``PUT /shop``); a task finishes it. Either way the client has its id and
+    must not repeat the create.
+    """
     values = body.columns()
     svc = services()
     region = shop_cache()
@@ -279,10 +285,13 @@ def create_shop(body: _ShopBody) -> Response:
         # Into the Bloom filter BEFORE the commit: if Redis fails, the insert is
         # rolled back; if the commit fails, one extra bit is a harmless false positive.
         bloom.add(shop_id)
-    # A null marker cached for this id (an earlier lookup) must go.
-    region.invalidate(shop_id)
-    index_shop(shop_id)  # GEO index (web/nearby.py)
-    return ok(shop_id)
+    # Committed: as for an update, nothing may fail the request from here on. The
+    # convergence drops a null marker cached for this id (a Bloom false positive
+    # looked up earlier) and puts the shop into the GEO index.
+    if converge_shop(region, svc.db, shop_id).done:
+        return ok(shop_id)
+    send_converge(current_app, shop_id)
+    return ok(shop_id, status=202)  # committed; the caches converge (tasks.cache.converge_shop)
 
 
 @bp.put("/shop")
