@@ -286,12 +286,18 @@ class Cluster:
         if self.settings.redis_url:
             self.redis_url = self.settings.redis_url
         else:
-            from cache.server import start_shared_server
+            from cache.server import NoEmbeddedRedis, start_shared_server
 
-            # Recorded like manage.py up's: operator commands without REDIS_URL use it.
-            server = start_shared_server(
-                self.settings.var_dir, self.settings.redis_appendfsync, self.settings.redis_server
-            )
+            try:
+                # Recorded like manage.py up's: operator commands without REDIS_URL use it.
+                server = start_shared_server(
+                    self.settings.var_dir,
+                    self.settings.redis_appendfsync,
+                    self.settings.redis_server,
+                )
+            except NoEmbeddedRedis as exc:  # its message says what to do
+                log(f"cannot start the cluster: {exc.message}")
+                return 1
             self.redis_url = server.url
             log(
                 f"embedded redis-server at {server.url} (data in {server.data_dir}, "

@@ -13,7 +13,14 @@ import pytest
 import redis
 from support.env import ROOT
 
-from cache.server import DataDirInUse, EmbeddedRedis, shared_server_url, start_shared_server
+from cache.server import (
+    DataDirInUse,
+    EmbeddedRedis,
+    free_port,
+    shared_server_url,
+    start_shared_server,
+)
+from deploy.cluster import find_nginx
 from settings import Settings
 
 
@@ -190,6 +197,46 @@ def test_an_unrecorded_server_on_the_data_is_never_joined_by_a_second(launched):
     assert "Traceback" not in warm.stderr
     assert _servers_on(server.data_dir) == [server.process.pid]
     assert _starts_logged(server.data_dir) == 1
+
+
+def _cluster(var: Path) -> subprocess.CompletedProcess[str]:
+    """``manage.py cluster`` as an operator runs it: no REDIS_URL, this installation's var."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HMDP_", "REDIS_URL"))}
+    env.pop("DATABASE_URL", None)
+    env.update(HMDP_VAR_DIR=str(var), PYTHONPATH=str(ROOT))
+    args = ["--port", str(free_port()), "--web-ports", str(free_port()), "--no-flower"]
+    return subprocess.run(
+        [sys.executable, "manage.py", "cluster", *args, "--no-seed", "--no-beat"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("state", ["running", "stalled"])
+def test_a_cluster_beside_a_recorded_server_refuses_with_what_to_do(launched, state):
+    """The installation's recorded server runs (another launcher's), or runs and does not
+    answer (SIGSTOPped): ``manage.py cluster`` says so and what to do, exit 1, no traceback."""
+    if find_nginx() is None:
+        pytest.skip("nginx not installed (manage.py test installs it when run as root)")
+    var, server = launched
+    if state == "stalled":
+        os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        result = _cluster(var)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "cannot start the cluster: " in output
+    expected = "already runs at" if state == "running" else "does not answer"
+    assert expected in output and "REDIS_URL" in output
+    assert "Traceback" not in output
+    assert _servers_on(server.data_dir) == [server.process.pid]  # nothing else started
+    assert not (var / "cluster" / "state.json").exists()  # no child was started
 
 
 def test_a_second_launcher_or_server_on_the_same_data_is_refused(launched):
