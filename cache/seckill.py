@@ -32,7 +32,7 @@ from settings import Settings
 from .ids import ID_KEY_TTL, day_key, id_parts
 from .login import TOKEN_KEY
 from .ratelimit import Decision, TokenBucket, bucket_args
-from .scripts import load_composed, load_script
+from .scripts import load_composed
 
 # A voucher's keys share its id as their hash tag (seckill:stock:{42}): the gate and
 # the repair touch them together, so on a Redis Cluster a voucher lives on one slot.
@@ -118,7 +118,7 @@ class SeckillGate:
     def __init__(self, client: redis.Redis, settings: Settings):
         self.client = client
         self.stream = settings.order_stream
-        self.script = load_script(client, "seckill")
+        self.script = load_composed(client, "seckill", ("session_user",))
         self._charged: Script | None = None
 
     def _keys_args(
@@ -187,26 +187,37 @@ class SeckillGate:
     def reserve_charged(
         self,
         voucher_id: int,
-        user_id: int,
-        bucket_key: str,
+        token: str,
+        session_ttl: int,
+        bucket_prefix: str,
         bucket: TokenBucket,
         now: float | None = None,
-    ) -> tuple[Decision, GateResult | None]:
-        """Charge ``bucket_key`` one token and, only if admitted, reserve: ONE call.
+    ) -> tuple[Decision | None, GateResult | None]:
+        """:meth:`reserve_for_session` behind the user's token bucket: still ONE call.
 
-        What the web's per-user rate limit and :meth:`reserve` do in two calls
-        (``lua/seckill_charged.lua``); the gate result is None when the bucket
-        refused (nothing reserved, nothing charged).
+        What the web's auth hook, its per-user rate limit and :meth:`reserve` do
+        in three calls (``lua/seckill_charged.lua``): the session is read first
+        (NO_SESSION / ODD_SESSION as :meth:`reserve_for_session`, with no
+        decision: nothing charged), then the user's bucket, ``bucket_prefix``
+        followed by the user id, is charged one token, and only if it admits the
+        request the gate runs (the gate result is None when the bucket refused:
+        nothing reserved, nothing charged).
         """
         now = time.time() if now is None else now
         if self._charged is None:
             self._charged = load_composed(
-                self.client, "seckill_charged", ("token_bucket", "seckill")
+                self.client, "seckill_charged", ("session_user", "token_bucket", "seckill")
             )
-        keys, args = self._keys_args(voucher_id, user_id, now)
-        reply = self._charged(keys=[bucket_key, *keys], args=["", 1, *bucket_args(bucket), *args])
-        decision = Decision.from_reply(reply, bucket.limit)
-        return decision, (self._result(reply[4:]) if decision.allowed else None)
+        keys, args = self._keys_args(voucher_id, "", now)
+        reply = self._charged(
+            keys=[TOKEN_KEY.format(token=token), *keys],
+            args=[session_ttl, bucket_prefix, "", 1, *bucket_args(bucket), *args[1:]],
+        )
+        code = int(reply[0])
+        if code:
+            return None, GateResult(_CODES[code])
+        decision = Decision.from_reply(reply[2:6], bucket.limit)
+        return decision, (self._result(reply[6:]) if decision.allowed else None)
 
     def reserve_many(
         self, voucher_id: int, user_ids: list[int], now: float | None = None

@@ -7,9 +7,8 @@
 -- already ordered is told that id (so a retried order learns it; '' if Redis has
 -- lost it: the caller may look for the row).
 -- The buyer is ARGV[1], or, when ARGV[1] is '', the user of the login session at
--- KEYS[7] (the web fast path: session lookup and gate in ONE round trip). The session
--- is read as the auth hook reads it: its TTL pushed back to ARGV[7] first (sliding
--- session; EXPIRE on a missing key creates nothing), then its 'id'.
+-- KEYS[7] (the web fast path: session lookup and gate in ONE round trip), read by
+-- lua/session_user.lua (composed before this script: cache/scripts.py load_composed).
 -- KEYS: 1 seckill:stock:{v}  2 seckill:window:{v} (hash begin/end, epoch ms)
 --       3 seckill:order:{v} (set of user ids)  4 stream.orders  5 icr:order:{yyyy:MM:dd}
 --       6 seckill:orderid:{v} (hash user id -> the order id issued to them)
@@ -26,16 +25,11 @@
 --        plain positive decimal (the caller lets the full auth code judge it).
 local user = ARGV[1]
 if user == '' then
-  if redis.call('expire', KEYS[7], ARGV[7]) == 0 then
-    return {7, ''}
+  local session = session_user({KEYS[7]}, {ARGV[7]})
+  if session[1] ~= 0 then
+    return session
   end
-  user = redis.call('hget', KEYS[7], 'id')
-  if not user then
-    return {7, ''}
-  end
-  if not string.match(user, '^[1-9]%d*$') then
-    return {8, ''}
-  end
+  user = session[2]
 end
 local stock = tonumber(redis.call('get', KEYS[1]))
 if stock == nil then

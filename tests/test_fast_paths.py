@@ -184,6 +184,16 @@ def _forget_voucher(redis, voucher_id: int) -> None:  # type: ignore[no-untyped-
     redis.delete(f"seckill:stock:{{{voucher_id}}}", f"seckill:window:{{{voucher_id}}}")
 
 
+# A seckill case with rate limits as the test settings have them, and behind the
+# per-user token bucket: the fast path reads the session in the gate's call either way.
+BUCKET_OR_NOT: list[tuple[str, dict[str, Any]]] = [
+    ("", {}),
+    (
+        ", behind the per-user bucket",
+        {"rate_limit_enabled": True, "rate_limit_seckill": "5,0.001/s"},
+    ),
+]
+
 CASES = [
     Case(
         "shop hits, visits by address",
@@ -241,23 +251,29 @@ CASES = [
         prepare=_forget_voucher,
         check=_loaded_from_the_database,
     ),
-    Case(
-        "no session, and a session that slides",
-        (
-            Req("POST", "/voucher-order/seckill/{v}", 401),
-            Req("POST", "/voucher-order/seckill/{v}", 401, user="raw:no-such-token"),
-            Req("POST", "/voucher-order/seckill/{v}", 401, user="raw:" + "x" * 129),
-            Req("POST", "/voucher-order/seckill/{v}", 401, user="raw:   "),
-            Req("POST", "/voucher-order/seckill/{v}", 200, user=5),
-        ),
-        check=_sessions,
+    *(
+        Case(
+            f"no session, and a session that slides{where}",
+            (
+                Req("POST", "/voucher-order/seckill/{v}", 401),
+                Req("POST", "/voucher-order/seckill/{v}", 401, user="raw:no-such-token"),
+                Req("POST", "/voucher-order/seckill/{v}", 401, user="raw:" + "x" * 129),
+                Req("POST", "/voucher-order/seckill/{v}", 401, user="raw:   "),
+                Req("POST", "/voucher-order/seckill/{v}", 200, user=5),
+            ),
+            settings=limits,
+            check=_sessions,
+        )
+        for where, limits in BUCKET_OR_NOT
     ),
     *(
         Case(
-            f"a session id the gate does not judge: {odd!r}",
+            f"a session id the gate does not judge{where}: {odd!r}",
             (Req("POST", "/voucher-order/seckill/{v}", status, fast=False, user=f"odd:{odd}"),),
+            settings=limits,
         )
         for odd, status in [("abc", 401), ("0", 200), ("-3", 200), ("007", 200), ("", 401)]
+        for where, limits in BUCKET_OR_NOT
     ),
     Case(
         "requests the seckill fast path hands on",

@@ -36,7 +36,7 @@ def test_a_client_registers_each_script_once(settings):
         assert unlock.registered_client is first
         other = load_script(second, "unlock")
         assert other is not unlock and other.registered_client is second
-        parts = ("token_bucket", "seckill")
+        parts = ("session_user", "token_bucket", "seckill")
         charged = load_composed(first, "seckill_charged", parts)
         assert load_composed(first, "seckill_charged", parts) is charged
         assert load_composed(second, "seckill_charged", parts) is not charged

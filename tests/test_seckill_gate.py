@@ -167,15 +167,39 @@ def test_reserve_for_session_without_a_session_reserves_nothing(session_gate, se
     assert services.redis.xlen(settings.order_stream) == 0
 
 
-def test_reserve_charged_reserves_only_what_the_bucket_admits(session_gate, services, settings):
-    bucket = TokenBucket(capacity=2, rate=0.001)
+def test_reserve_charged_reserves_only_what_the_bucket_admits(
+    session_gate, login_as, services, settings
+):
+    tokens = {user: login_as(user)["authorization"] for user in (5, 6)}
+    tight = TokenBucket(capacity=1, rate=0.001)  # one order per user, then refused
     decisions = [
-        session_gate.reserve_charged(1, user, "ratelimit:t:user:1", bucket) for user in (5, 6, 7)
+        session_gate.reserve_charged(1, tokens[user], 900, "ratelimit:t:user:", tight)
+        for user in (5, 6, 5)
     ]
-    assert [d.allowed for d, _ in decisions] == [True, True, False]
-    assert [d.remaining for d, _ in decisions] == [1, 0, 0]
-    assert decisions[2][1] is None and decisions[2][0].retry_after > 0
-    assert [r.outcome for _, r in decisions[:2]] == [OK, OK]  # type: ignore[union-attr]
+    assert [d.allowed for d, _ in decisions] == [True, True, False]  # type: ignore[union-attr]
+    assert decisions[2][1] is None and decisions[2][0].retry_after > 0  # type: ignore[union-attr]
+    assert [(r.outcome, r.user_id) for _, r in decisions[:2]] == [(OK, 5), (OK, 6)]  # type: ignore[union-attr]
+    # the bucket is the session's user's, the key limit_key names
+    assert services.redis.exists("ratelimit:t:user:5", "ratelimit:t:user:6") == 2
     assert services.redis.smembers("seckill:order:{1}") == {"5", "6"}
     assert services.redis.get("seckill:stock:{1}") == "1"
     assert services.redis.xlen(settings.order_stream) == 2
+    # a roomier bucket lets user 5 through to the gate, which refuses the second order
+    roomy = TokenBucket(capacity=2, rate=0.001)
+    decision, again = session_gate.reserve_charged(1, tokens[5], 900, "ratelimit:u:user:", roomy)
+    assert decision is not None and decision.allowed and decision.remaining == 1
+    assert again is not None and again.outcome == DUPLICATE and again.user_id == 5
+
+
+def test_reserve_charged_without_a_session_charges_and_reserves_nothing(
+    session_gate, services, settings
+):
+    bucket = TokenBucket(capacity=2, rate=0.001)
+    services.redis.hset(TOKEN_KEY.format(token="odd"), mapping={"id": "0x5"})
+    for token, outcome in (("nobody", NO_SESSION), ("odd", ODD_SESSION)):
+        decision, result = session_gate.reserve_charged(1, token, 900, "ratelimit:t:user:", bucket)
+        assert decision is None and result is not None and result.outcome == outcome
+    assert services.redis.keys("ratelimit:*") == []
+    assert not services.redis.exists(TOKEN_KEY.format(token="nobody"))
+    assert services.redis.get("seckill:stock:{1}") == "3"
+    assert services.redis.xlen(settings.order_stream) == 0

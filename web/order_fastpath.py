@@ -11,11 +11,13 @@ request layer of the route's hooks (web/exchange.py, web/fastroute.py):
   session's TTL pushed back. Without a rate limit on the route it is read
   INSIDE the gate script (:meth:`cache.seckill.SeckillGate.reserve_for_session`):
   ONE Redis round trip per order instead of two;
-* the per-user rate limit of the route when one is set: the session is loaded
-  first, as the auth hook does (:func:`web.auth.load_user`), and the user
-  charged to the hook's bucket (``X-RateLimit-*`` headers, 429); a token
-  bucket (the default rule) is charged in the same script call as the gate
-  (``lua/seckill_charged.lua``): two round trips per order instead of three;
+* the per-user rate limit of the route when one is set, in the hooks' order:
+  the session, then the user charged to the hook's bucket (``X-RateLimit-*``
+  headers, 429), then the gate. A token bucket (the default rule) is charged in
+  the same script call that reads the session and runs the gate
+  (``lua/seckill_charged.lua``): ONE round trip per order instead of three;
+  another rule loads the session as the auth hook does
+  (:func:`web.auth.load_user`) and charges it separately;
 * the request id (echoed, carried by the dispatched order task), the HTTP
   metrics with the route's labels and the access line (the finish step), and
   the seckill outcome metric (in ``complete_order``).
@@ -92,27 +94,34 @@ class SeckillFastPath(FastPath):
             return _not_logged_in(exchange, headers)
         state = seckill_state(self.app)
         limiter: RouteLimiter = self.app.extensions[RATELIMIT_EXTENSION]
+        ttl = self.settings.login_token_ttl
         first: GateResult | None = None
         if self.settings.rate_limit_enabled and limiter.limits(self.endpoint):
             # The hooks' order: the session, then the user's bucket, then the view.
-            user = load_user(exchange, self.services)
-            if user is None:
-                return _not_logged_in(exchange, headers)
-            bucket = limiter.token_bucket(exchange, self.endpoint)
-            if bucket is not None:  # bucket and gate in one call
-                decision, first = state.gate.reserve_charged(voucher_id, user.id, *bucket)
+            bucket = limiter.user_bucket(exchange, self.endpoint)
+            if bucket is not None:  # session, bucket and gate in one call
+                decision, first = state.gate.reserve_charged(voucher_id, token, ttl, *bucket)
+                if decision is None:  # no session, or one the auth code must judge
+                    assert first is not None
+                    return (
+                        _not_logged_in(exchange, headers) if first.outcome == NO_SESSION else None
+                    )
                 limiter.charged(exchange, self.endpoint, decision)
-            else:  # Redis down or stalled: 503 at once, the gate needs the same Redis
+            else:
+                user = load_user(exchange, self.services)
+                if user is None:
+                    return _not_logged_in(exchange, headers)
+                # Redis down or stalled: 503 at once, the gate needs the same Redis
                 client = self.services.redis
                 decision = limiter.charge(exchange, self.endpoint, client, raising=REDIS_ERRORS)
+                if decision is None or decision.allowed:
+                    first = state.gate.reserve(voucher_id, user.id)
             if decision is not None:
                 headers.extend(decision.headers().items())
                 if not decision.allowed:
                     return 429, headers, TOO_MANY
-            if first is None:
-                first = state.gate.reserve(voucher_id, user.id)
+            assert first is not None
         else:
-            ttl = self.settings.login_token_ttl
             first = state.gate.reserve_for_session(voucher_id, token, ttl)
             if first.outcome == NO_SESSION:
                 return _not_logged_in(exchange, headers)

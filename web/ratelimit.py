@@ -156,20 +156,20 @@ class RouteLimiter:
         exchange.rate_limit, exchange.charged = decision, True
         return decision
 
-    def token_bucket(self, exchange: Exchange, endpoint: str) -> tuple[str, TokenBucket] | None:
-        """The one token bucket :meth:`charge` would charge, for a caller that charges it itself.
+    def user_bucket(self, exchange: Exchange, endpoint: str) -> tuple[str, TokenBucket] | None:
+        """The per-user token bucket :meth:`charge` would charge, for a caller that charges it.
 
-        For a fast path that charges the bucket inside its own script, in the
-        same call as its work (web/order_fastpath.py with cache.seckill's
-        reserve_charged), and then hands the decision to :meth:`charged`. None
-        when :meth:`charge` must do it: no limit, another strategy, or several
-        buckets.
+        For a fast path that reads the session and charges the bucket inside its
+        own script, in the same call as its work (web/order_fastpath.py with
+        cache.seckill's reserve_charged), and then hands the decision to
+        :meth:`charged`: the bucket's key without the user id (the script appends
+        the session's) and its rule. None when :meth:`charge` must do it: no
+        limit, another strategy, or other subjects than the user.
         """
         found = None if exchange.charged else self._rule(endpoint)
-        if found is None or not isinstance(found[1], TokenBucket):
+        if found is None or not isinstance(found[1], TokenBucket) or found[0].per != ("user",):
             return None
-        keys = self._keys(exchange, found[0])
-        return (keys[0], found[1]) if len(keys) == 1 else None
+        return limit_key(found[0].group, "user", ""), found[1]
 
     def charged(self, exchange: Exchange, endpoint: str, decision: Decision) -> None:
         """Keep (and count) a decision of :meth:`token_bucket`'s bucket made by its caller."""
