@@ -130,6 +130,7 @@ def test_unknown_shop_fields_are_named(client, world, login_as):
     [
         ("/blog/hot?current=0", "query parameter 'current' must be between 1 and 10000"),
         ("/blog/hot?current=x", "query parameter 'current' must be an integer"),
+        ("/blog/hot?current=1&current=2", "query parameter 'current' is given more than once"),
         ("/shop/of/type?typeId=1&x=1", "query parameter"),
         ("/shop/of/type?typeId=1&x=nan&y=1", "query parameter 'x' must be a finite number"),
         ("/shop/of/name?name=a%00b", "query parameter 'name' must not contain NUL"),

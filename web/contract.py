@@ -112,9 +112,7 @@ def contract(
             else:
                 kwargs.update(view_args)
             if query is not None:
-                args = request.args
-                given = {n: args[n] for n in query_names if args.get(n, "") != ""}
-                kwargs["query"] = _validated(query, given, "query")
+                kwargs["query"] = _validated(query, _query_values(query_names), "query")
             if body is not None:
                 given = not body_optional or request.content_length or request.data
                 kwargs["body"] = _validated(body, json_body(), "body") if given else None
@@ -124,6 +122,18 @@ def contract(
         return checked  # type: ignore[return-value]
 
     return decorate
+
+
+def _query_values(names: tuple[str, ...]) -> dict[str, str]:
+    """The declared parameters of the query string; "" is not given, twice is a 400."""
+    given = {}
+    for name in names:
+        values = request.args.getlist(name)
+        if len(values) > 1:
+            raise BadRequest(f"query parameter '{name}' is given more than once")
+        if values and values[0] != "":
+            given[name] = values[0]
+    return given
 
 
 def contract_of(view: Callable[..., Any]) -> Contract | None:

@@ -5,7 +5,7 @@ gives its parameters, body and data; the envelope around each route's data, the
 failure envelope, the ``authorization`` header and the statuses every route
 shares (bad input, login, rate limit, backends down) are added here from what the
 app itself declares (the access markers of web/auth.py, the rate-limit table of
-web/ratelimit.py). pydantic writes the JSON Schemas (2020-12, the dialect of
+web/ratelimit.py, the URL and header limits of web/request_limits.py). pydantic writes the JSON Schemas (2020-12, the dialect of
 OpenAPI 3.1). The document is built once per app, on first request.
 
 ``GET /docs`` is Swagger UI reading it, from the assets the ``swagger-ui-py``
@@ -46,8 +46,10 @@ _SHARED = {
     403: "admin only",
     404: "no such resource",
     413: "request body too large",
+    414: "URL too long",
     415: "not `application/json`",
     429: "rate limited (`Retry-After`, `X-RateLimit-*`)",
+    431: "request headers too large",
     503: f"Redis or the database unavailable or stalled (`Retry-After`): {REDIS_DOWN!r}, ...",
 }
 
@@ -130,7 +132,7 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _statuses(spec: Contract, endpoint: str, access: str | None) -> dict[int, str]:
     """Every failure status of a route: its own and those it shares with others."""
-    statuses: dict[int, str] = {}
+    statuses: dict[int, str] = {414: _SHARED[414], 431: _SHARED[431]}  # web/request_limits.py
     if spec.path or spec.query or spec.body or spec.form:
         statuses[400] = _SHARED[400]
     if spec.path:
