@@ -24,6 +24,8 @@ from settings import Settings
 from support.env import ROOT, process_env
 from tasks.app import worker_argv
 
+START_TIMEOUT_S = 60  # a web server's start, workers' imports included, on a busy box
+
 
 def http(
     url: str,
@@ -75,9 +77,9 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
         time.sleep(0.1)
 
 
-def answers(url: str) -> bool:
+def answers(url: str, timeout: float = 2) -> bool:
     try:
-        return http(url, timeout=2)[0] == 200
+        return http(url, timeout=timeout)[0] == 200
     except OSError:
         return False
 
@@ -132,8 +134,18 @@ def web_server(
     child_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the launcher picks one per instance
     proc = start([sys.executable, *web_argv(f"127.0.0.1:{port}")], child_env, log)
     base = f"http://127.0.0.1:{port}"
+    # Each probe waits for its answer as long as the whole start may take: a probe given
+    # up on once a worker has accepted it is still answered, and counted in the metrics,
+    # after the caller's first look at them (a refused connection sends nothing).
+    deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        wait_for(lambda: answers(f"{base}/healthz"), 60, f"{server} /healthz", proc, log)
+        wait_for(
+            lambda: answers(f"{base}/healthz", timeout=max(1.0, deadline - time.monotonic())),
+            START_TIMEOUT_S,
+            f"{server} /healthz",
+            proc,
+            log,
+        )
         yield base, proc
     finally:
         if proc.poll() is None:
