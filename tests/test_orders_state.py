@@ -228,16 +228,30 @@ def test_reconcile_while_sales_and_settlements_run_never_sells_a_unit_twice(
 
         return threading.Thread(target=run)
 
+    runs: list = []
+
+    def await_a_reconciliation() -> None:
+        # The sale waits for the reconciler now and then, so that reconciliations
+        # run while it sells however slow the box is.
+        seen = len(runs)
+        deadline = time.monotonic() + 60
+        while len(runs) == seen and not stop.is_set() and time.monotonic() < deadline:
+            time.sleep(0.001)
+
     def sell(first: int) -> None:
+        sold = 0
         for user in range(first, first + 2000, 2):
             if stop.is_set():
                 return
             result = gate.reserve(voucher_id, user)
             if result.outcome == OK:
                 answered[user] = result.order_id
+                sold += 1
+                if sold % 15 == 0:
+                    await_a_reconciliation()
             elif result.outcome == SOLD_OUT:
                 return
-            time.sleep(0.003)  # a sale long enough for many reconciliations
+            time.sleep(0.003)
 
     def settle() -> None:
         while not stop.is_set():
@@ -246,8 +260,6 @@ def test_reconcile_while_sales_and_settlements_run_never_sells_a_unit_twice(
                 run_order_task(services, entries[0].to_payload())
             else:
                 time.sleep(0.005)
-
-    runs = []
 
     def reconcile() -> None:
         while not stop.is_set():
