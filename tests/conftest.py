@@ -189,6 +189,40 @@ def login_as(services):
     return _login
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def _no_unexpected_500(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A request that reached the unexpected-error handler (a 500) fails its test.
+
+    Bad input must never get there (web/errors.py answers it with a bare 500
+    envelope); only a test marked ``answers_500``, which provokes a bug in a
+    route on purpose, may.
+    """
+    records = _Records()
+    logger = logging.getLogger("web.errors")
+    logger.addHandler(records)
+    try:
+        yield
+    finally:
+        logger.removeHandler(records)
+    if request.node.get_closest_marker("answers_500") is None:
+        unexpected = [r for r in records.records if r.getMessage() == "unhandled error"]
+        if unexpected:
+            pytest.fail(
+                f"{len(unexpected)} request(s) answered 500 (unhandled error):\n"
+                + logging.Formatter().formatException(unexpected[0].exc_info or (None, None, None)),
+                pytrace=False,
+            )
+
+
 @pytest.fixture
 def children():
     """lock_worker.py children a test starts (support.lock_child.Child), SIGKILLed after it."""

@@ -147,7 +147,11 @@ def user(compat_app, login_as) -> Callable[[], dict[str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("real", "message", "provoke"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS]
+    ("real", "message", "provoke"),
+    [
+        pytest.param(*e[1:], id=e[0], marks=[pytest.mark.answers_500] if e[1] == 500 else [])
+        for e in ERRORS
+    ],
 )
 def test_each_error_is_shown_as_200_with_its_real_status_in_a_header_and_the_metrics(
     compat_app, user, real, message, provoke

@@ -95,6 +95,7 @@ def test_business_conflict_is_409(probe_app):
     assert body["errorMsg"] == "sold out"
 
 
+@pytest.mark.answers_500
 def test_unexpected_error_is_500_json_without_trace(probe_app):
     response = probe_app.test_client().get("/probe/boom")
     body = _assert_envelope(response, 500)

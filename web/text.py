@@ -6,13 +6,11 @@ produce) cannot be encoded at all and the driver fails on it, and a NUL is
 cut off or refused depending on the layer. So a string with either is refused
 at the request boundary, as a 400 naming the field, before anything is
 written: by the JSON body parser for every string of a body
-(web/request_json.py) and by the validators for each field they read (query
-parameters too). Request schemas reuse :func:`text_problem`.
+(web/request_json.py) and by the request schemas for each field they declare,
+query parameters too (web/schemas.py).
 """
 
 from __future__ import annotations
-
-from .envelope import BadRequest
 
 
 def text_problem(value: str) -> str | None:
@@ -27,11 +25,3 @@ def text_problem(value: str) -> str | None:
         code = ord(value[exc.start])
         return f"must not contain a lone surrogate (U+{code:04X}): it cannot be stored"
     return None
-
-
-def storable(name: str, value: str) -> str:
-    """``value`` unchanged if it can be stored, else a 400 naming ``name``."""
-    problem = text_problem(value)
-    if problem is not None:
-        raise BadRequest(f"'{name}' {problem}")
-    return value
