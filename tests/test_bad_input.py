@@ -327,6 +327,7 @@ def test_the_rate_limit_hook_meets_bad_bodies_first(app_with, world, state, no_u
             (nested(100_000).encode(), 400),
             (with_literal({"phone": PHONE}, "phone", r'"\ud800"'), 400),
             (b'{"phone": NaN}', 400),
+            (b'{"phone": "' + b"1" * (2 << 20) + b'"}', 413),  # before any charge
         ]:
             response = client.post(path, data=data, content_type=JSON)
             refused(response, status, "")
