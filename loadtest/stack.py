@@ -89,7 +89,7 @@ class SeedInfo:
 
     hot_ids: list[int]
     shop_count: int
-    user_ids: list[int]  # demo users (not the admin)
+    user_ids: list[int]  # demo users (not user 1, the admin phone)
     seckill_stock: dict[int, int]  # voucher id -> stock before any sale
     seconds: float = 0.0
 
@@ -240,7 +240,7 @@ class Stack:
         info = SeedInfo(
             hot_ids=top_shop_ids(svc.db, plan.hot),
             shop_count=plan.shops,
-            user_ids=list(range(2, plan.users + 2)),  # models.demo: id 1 is the admin
+            user_ids=list(range(2, plan.users + 2)),  # models.demo: id 1 has the admin phone
             seckill_stock={int(k): int(v) for k, v in sorted(stock.items())},
             seconds=time.perf_counter() - started,
         )
