@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -390,9 +392,23 @@ def test_over_long_urls_and_headers_are_414_and_431(
 
 @pytest.mark.process
 def test_granian_hands_long_urls_and_headers_to_the_app(settings, tmp_path):
-    """Granian takes URLs and headers far longer than ours: the client gets our envelopes."""
-    with web_server(settings, tmp_path / "web.log") as (base, _):
+    """Granian takes URLs and headers far longer than ours: the client gets our envelopes.
+
+    The rate limits are on, as deployed: the login route's hook reads the body first."""
+    deployed = settings.with_(rate_limit_enabled=True)
+    with web_server(deployed, tmp_path / "web.log") as (base, _):
         status, headers, data = http(f"{base}/shop/of/name?name={'a' * 20_000}")
         assert status == 414 and json.loads(data)["errorMsg"].startswith("URL too long")
         status, headers, data = http(f"{base}/blog/hot", headers={"X-Big": "a" * 20_000})
         assert status == 431 and "X-Big" in json.loads(data)["errorMsg"]
+        # and a 200 KB nested body, decoded in one of granian's threads
+        request = urllib.request.Request(
+            f"{base}/user/login",
+            data=nested(100_000).encode(),
+            headers={"Content-Type": JSON},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused_there:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused_there.value.code == 400
+        assert "nested deeper" in json.loads(refused_there.value.read())["errorMsg"]
