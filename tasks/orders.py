@@ -463,9 +463,9 @@ def run_batch_task(services: Services, payloads: list) -> dict[str, str]:
     usually among them), repeat while some own entries are still unclaimed, and
     an own entry gone from the Stream was settled before (DUPLICATE, no
     database). What is left at the end (present, but claimed by another task or
-    recovery meanwhile) is settled here as well, through the same functions:
-    the user locks make that wait for the other settler, and then it is a
-    DUPLICATE or, if that settler died, the row.
+    recovery meanwhile) is settled here as well (:func:`_settle_claimed_elsewhere`):
+    after waiting for the other settler's lock it is usually gone (a DUPLICATE
+    without a query), or, if that settler died, the row.
     """
     outcomes: dict[str, str] = {}
     entries: list[OrderEntry] = []
@@ -501,13 +501,47 @@ def run_batch_task(services: Services, payloads: list) -> dict[str, str]:
         last = order_stream.stream_id_key(claimed[-1][0])
         if all(order_stream.stream_id_key(sid) <= last for sid in waiting):
             break
-    if waiting:
-        present = order_stream.still_present(services.redis, services.settings, [*waiting])
-        rest = [e for sid, e in waiting.items() if sid in present]
-        settled.update((e, DUPLICATE) for sid, e in waiting.items() if sid not in present)
-        for start in range(0, len(rest), size):
-            settled.update(settle_orders(services, rest[start : start + size]))
+    settled.update(_settle_claimed_elsewhere(services, waiting, size))
     outcomes.update((str(entry.order_id), outcome) for entry, outcome in settled.items())
+    return outcomes
+
+
+def _settle_claimed_elsewhere(
+    services: Services, waiting: dict[str, OrderEntry], size: int
+) -> dict[OrderEntry, str]:
+    """Settle own entries another settler claimed: usually it is settling them right now.
+
+    Those whose user lock is free are settled here (group commit); for the
+    others, wait for one of their locks (the other settler holds its whole
+    batch's locks until its commit, then releases them together), and look
+    again: by then its entries are gone from the Stream, DUPLICATEs without a
+    database query each. If that settler died, its locks expire and the
+    entries are settled here. After a few rounds, the blocking one-order path.
+    """
+    settings, client = services.settings, services.redis
+    outcomes: dict[OrderEntry, str] = {}
+    for _ in range(5):
+        if not waiting:
+            return outcomes
+        present = order_stream.still_present(client, settings, [*waiting])
+        for stream_id in [sid for sid in waiting if sid not in present]:
+            outcomes[waiting.pop(stream_id)] = DUPLICATE
+        rest = list(waiting.values())
+        for start in range(0, len(rest), size):
+            for entry, outcome in settle_free(services, rest[start : start + size]).items():
+                outcomes[entry] = outcome
+                waiting.pop(entry.stream_id, None)  # type: ignore[arg-type]
+        if waiting:
+            busy = next(iter(waiting.values()))
+            lock = RLock(
+                client, LOCK_KEY.format(user_id=busy.user_id), settings.order_lock_lease_ms
+            )
+            if not lock.acquire(blocking=True, wait_timeout=LOCK_WAIT_SECONDS):
+                raise LockError(f"order lock of user {busy.user_id} busy for {LOCK_WAIT_SECONDS}s")
+            _release([lock])
+    rest = list(waiting.values())
+    for start in range(0, len(rest), size):
+        outcomes.update(settle_orders(services, rest[start : start + size]))
     return outcomes
 
 

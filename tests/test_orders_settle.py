@@ -387,6 +387,55 @@ def test_a_batch_whose_entries_a_dead_worker_claimed_settles_them_itself(
     assert report["settled"] == {CREATED: 2} and _stream_empty(services, settings)
 
 
+def test_a_batch_waits_for_the_settler_holding_its_entry_then_finds_it_settled(
+    services, voucher, settings
+):
+    """Own entries another settler claimed and is settling: no second write, no retry storm."""
+    entries = _reserve(services, voucher, range(1880, 1885))
+    present, claimed = order_stream.claim_new(services.redis, settings, 100)
+    assert len(claimed) == 5  # the other settler's batch ...
+    other = entries[2]
+    lock = RLock(services.redis, f"lock:order:{other.user_id}")
+    held, go = threading.Event(), threading.Event()
+
+    def other_settler() -> None:  # ... which holds one user's lock until it has settled it
+        lock.acquire()
+        held.set()
+        go.wait(20)
+        assert persist_order(services.db, other) == CREATED
+        order_stream.acknowledge_many(services.redis, settings, [other.stream_id])
+        lock.release()
+
+    holder = threading.Thread(target=other_settler)
+    holder.start()
+    assert held.wait(10)
+    late: list[str] = []  # statements of the batch task after the other settler went on
+    batch_thread: list[int] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if go.is_set() and threading.get_ident() in batch_thread:
+            late.append(statement)
+
+    def batch() -> dict[str, str]:
+        batch_thread.append(threading.get_ident())
+        return run_batch_task(services, [e.to_payload() for e in entries])
+
+    event.listen(services.db.engine, "before_cursor_execute", count)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            outcome = pool.submit(batch)
+            wait_for(lambda: order_count(services) == 4, 10, 0.01, "the free entries settled")
+            go.set()
+            outcomes = outcome.result(timeout=30)
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", count)
+    holder.join(10)
+    assert late == []  # it waited for the lock and found the entry gone: no query of its own
+    assert outcomes == {str(e.order_id): DUPLICATE if e is other else CREATED for e in entries}
+    assert sorted(db_orders(services, voucher)) == sorted((e.order_id, e.user_id) for e in entries)
+    assert db_stock(services, voucher) == 45 and _stream_empty(services, settings)
+
+
 def test_a_malformed_payload_in_a_batch_is_rejected_and_the_rest_settled(
     services, voucher, settings
 ):
