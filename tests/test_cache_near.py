@@ -260,6 +260,7 @@ def _hammer(settings: Settings, shop_id: int, ready, stop, out) -> None:  # type
     services.close()
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_no_process_returns_the_old_value_after_an_update_returns(settings, login_as):
     from web import create_app
@@ -324,6 +325,7 @@ def test_listener_thread_ends_when_its_cache_is_dropped(services):
     assert not thread.is_alive()
 
 
+@pytest.mark.process
 def test_fork_child_starts_with_an_empty_non_serving_l1(services):
     near = started(near_for(services))
     near.put("1", "x", near.generation, time.monotonic())

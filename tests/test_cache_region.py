@@ -98,6 +98,7 @@ def _process_reader(settings: Settings, shop_id: int, threads: int, out) -> None
     services.close()
 
 
+@pytest.mark.process
 def test_mutex_readers_in_several_processes_one_database_load(services, settings):
     add_shops(services.db, 3)
     ctx = multiprocessing.get_context("spawn")

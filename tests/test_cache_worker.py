@@ -50,6 +50,7 @@ def test_stale_reads_send_exactly_one_refresh_task_by_name(client, seeded, redis
     assert "tasks.cache.refresh_shop" in redis_client.lindex("cache", 0)
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_a_real_worker_refreshes_the_expired_hot_shop(client, seeded, services, settings):
     redis_client = services.redis

@@ -36,7 +36,7 @@ from cache.server import free_port
 from deploy.cluster import find_nginx
 from models.entities import VoucherOrder
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 GET_THREADS = 6
 GETS_PER_THREAD = 150

@@ -459,6 +459,7 @@ def test_nginx_template_renders_completely_for_compose_and_cluster(tmp_path):
         cluster.render_nginx({"LB_LISTEN": "80"})
 
 
+@pytest.mark.process
 def test_nginx_accepts_the_generated_config(tmp_path):
     binary = cluster.find_nginx()
     if binary is None:

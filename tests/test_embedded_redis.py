@@ -23,6 +23,9 @@ from cache.server import (
 from deploy.cluster import find_nginx
 from settings import Settings
 
+# Every test here starts processes of its own.
+pytestmark = pytest.mark.process
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -146,7 +149,6 @@ def launched(tmp_path: Path):
         server.stop()
 
 
-@pytest.mark.process
 def test_an_operator_command_beside_up_uses_its_running_server(launched):
     var, server = launched
     data = server.data_dir
@@ -164,7 +166,6 @@ def test_an_operator_command_beside_up_uses_its_running_server(launched):
     client.close()
 
 
-@pytest.mark.process
 def test_a_command_refuses_while_the_running_server_does_not_answer(launched):
     var, server = launched
     assert _flask(var, "db", "upgrade").returncode == 0
@@ -184,7 +185,6 @@ def test_a_command_refuses_while_the_running_server_does_not_answer(launched):
     client.close()
 
 
-@pytest.mark.process
 def test_an_unrecorded_server_on_the_data_is_never_joined_by_a_second(launched):
     """A server running on the data without a record (an older launcher, a deleted
     server.json): the command refuses rather than start another on its AOF."""

@@ -26,6 +26,10 @@ from cache.server import EmbeddedRedis
 from deploy.web_server import SERVERS
 from models.entities import VoucherOrder
 
+# Every test here starts processes of its own.
+pytestmark = pytest.mark.process
+
+
 ORDER_TASK = "tasks.orders.create_voucher_order"
 # What each server's master logs when a SIGTERM starts its graceful stop.
 STOPPING = {"granian": "Shutting down granian", "gunicorn": "Handling signal: term"}

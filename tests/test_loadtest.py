@@ -31,6 +31,7 @@ def _summary(results: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.process
 def test_seckill_smoke_run_verifies_every_order(settings: Settings, tmp_path: Path) -> None:
     """On each backend, through given URLs (an empty Redis; MariaDB: a database of its own)."""
     argv = ["seckill-500", "--users", "20", "--loops", "3", "--rate", "0"]
@@ -65,6 +66,7 @@ def test_seckill_smoke_run_verifies_every_order(settings: Settings, tmp_path: Pa
     assert redis.Redis.from_url(settings.redis_url or "").dbsize() == 0  # flushed after the run
 
 
+@pytest.mark.process
 def test_lost_or_oversold_orders_fail_the_run(tmp_path: Path) -> None:
     """Stock 1 per voucher, two buyers each: then one row deleted, one order added."""
     seen: dict[str, int] = {}
@@ -108,6 +110,7 @@ def test_lost_or_oversold_orders_fail_the_run(tmp_path: Path) -> None:
     assert "**FAILED**" in table
 
 
+@pytest.mark.process
 def test_cache_smoke_run_reads_hot_and_cold_shops(tmp_path: Path) -> None:
     """On the runner's own embedded Redis, fsyncing its AOF on every write (--appendfsync)."""
     argv = ["cache-baseline", "--users", "5", "--duration", "3", "--rate", "100", "--shops", "500"]
@@ -140,6 +143,7 @@ def test_appendfsync_is_refused_for_a_given_redis(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.process
 def test_rate_limits_kept_and_dispatch_counted_with_the_worker_after_load(
     settings: Settings, tmp_path: Path
 ) -> None:

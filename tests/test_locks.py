@@ -108,6 +108,7 @@ def _total(shape: tuple[int, int]) -> int:
     return PROCESSES * shape[0] * shape[1]
 
 
+@pytest.mark.process
 def test_read_modify_write_is_exact_under_the_locks_and_lossy_without(
     settings, redis_client, children
 ):
@@ -120,6 +121,7 @@ def test_read_modify_write_is_exact_under_the_locks_and_lossy_without(
     assert not redis_client.exists("lock:counter")
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_5000_read_modify_writes_are_exact_under_the_locks(settings, redis_client, children):
     counts = _count_with(settings, redis_client, ["rlock", "simple"], children, FULL)
@@ -166,6 +168,7 @@ def test_another_thread_cannot_release_or_share_the_hold(redis_client):
     lock.release()
 
 
+@pytest.mark.process
 def test_another_process_cannot_release(settings, redis_client, children):
     lock = RLock(redis_client, "lock:order:9")
     assert lock.acquire()
@@ -176,6 +179,7 @@ def test_another_process_cannot_release(settings, redis_client, children):
     lock.release()
 
 
+@pytest.mark.process
 def test_a_forked_child_is_another_owner(redis_client):
     lock = RLock(redis_client, "lock:order:10")
     assert lock.acquire()
@@ -242,6 +246,7 @@ def _pttl_samples_until_gone(client: redis.Redis, name: str, limit: float) -> li
     pytest.fail(f"{name} still there after {limit}s: PTTL samples {samples[-5:]}")
 
 
+@pytest.mark.process
 def test_sigkilled_holder_leaves_nothing_renewing(settings, redis_client, children):
     lease_ms = 500
     child = Child(settings, "hold", "lock:order:11", str(lease_ms))
@@ -571,6 +576,7 @@ def test_contention_and_wait_are_recorded(redis_client):
     assert waits() == before_w + 2
 
 
+@pytest.mark.process
 @pytest.mark.redis_cluster(single="the benchmark script's output, not the locks")
 def test_benchmark_script_runs_tiny(settings, redis_client):
     result = subprocess.run(

@@ -122,6 +122,7 @@ def test_tasks_sent_during_a_request_carry_its_id_in_a_message_header(app, redis
 # --- end to end: web server -> broker -> Celery worker -------------------------------------
 
 
+@pytest.mark.process
 def test_request_id_reaches_the_order_task_logs(app, seeded, settings, login_as, tmp_path):
     if not any(r.rule.startswith("/voucher-order/seckill/") for r in app.url_map.iter_rules()):
         pytest.skip("route POST /voucher-order/seckill/<id> not registered")

@@ -182,6 +182,7 @@ def two_workers(request, settings, tmp_path):
         yield base, log, proc
 
 
+@pytest.mark.process
 @pytest.mark.redis_cluster(single="web servers' metrics processes, not Redis (30 s of shutdown)")
 def test_two_workers_metrics_count_all_traffic(two_workers, settings):
     base, log, proc = two_workers

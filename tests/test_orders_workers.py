@@ -33,6 +33,10 @@ from web.orders import ORDER_TASK, flush_dispatch, verify_orders
 
 # Locks of a killed worker expire fast; recovery by the worker treats 1 s as stuck.
 # Batches of 20 (group commit): small enough that a kill or an outage lands mid-drain.
+# Every test here starts processes of its own.
+pytestmark = pytest.mark.process
+
+
 WORKER_ENV = {
     "HMDP_ORDER_LOCK_LEASE_MS": "3000",
     "HMDP_ORDER_CLAIM_IDLE_MS": "1000",

@@ -219,6 +219,7 @@ def test_a_limiter_refuses_the_other_strategys_rule(bare_redis):
 # --- exactness across processes --------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("strategy", ["token_bucket", "sliding_window"])
 def test_exactly_the_limit_is_admitted_across_8_processes(redis_server, bare_redis, strategy):
     """8 processes, 1,000 requests at one key, limit 100: exactly 100 admitted."""

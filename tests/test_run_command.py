@@ -38,6 +38,7 @@ def _get(url: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_up_serves_ready_system_with_demo_data_and_stops_everything(tmp_path: Path):
     var = tmp_path / "var"
