@@ -4,6 +4,7 @@
     python3 manage.py up       # install, migrate, load demo data, run web+worker+beat+Flower
     python3 manage.py cluster  # the same behind nginx: 3 web instances (deploy/cluster.py)
     python3 manage.py test     # install (with test tools) and run the whole suite
+    python3 manage.py test --fast  # the fast tier: no test that starts processes of its own
     python3 manage.py bench SCENARIO  # one load test on a fresh stack (loadtest/run.py)
 
 The first part of this file uses the standard library only: it creates
@@ -192,12 +193,31 @@ def ensure_nginx() -> None:
     _log(f"could not install nginx ({last}); the cluster tests will be skipped")
 
 
+# The fast tier: no test that starts processes of its own, nor the long ones, on one
+# backend. The run's shared backends (one redis-server per backend, started once by the
+# session fixtures of tests/conftest.py) are not "of its own": every tier needs a real
+# Redis. The full suite (CI) runs every backend.
+FAST_MARKERS = "not process and not slow"
+FAST_BACKENDS = "sqlite"
+
+
 def command_test(args: argparse.Namespace) -> int:
-    """Run the suite; pytest's 'no tests' (5) is a failure here, not a pass."""
-    ensure_nginx()
-    cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
-    _log(" ".join(cmd))
-    return subprocess.call(cmd, cwd=ROOT)
+    """Run the suite; pytest's 'no tests' (5) is a failure here, not a pass.
+
+    ``--fast`` runs ``-m FAST_MARKERS`` first, so a later ``-m`` of the caller's
+    replaces it (pytest keeps the last one), on ``FAST_BACKENDS`` unless
+    ``HMDP_TEST_BACKENDS`` names others.
+    """
+    env = dict(os.environ)
+    if args.fast:
+        env.setdefault("HMDP_TEST_BACKENDS", FAST_BACKENDS)
+        cmd = [sys.executable, "-m", "pytest", "-m", FAST_MARKERS, *args.pytest_args]
+        _log(f"HMDP_TEST_BACKENDS={env['HMDP_TEST_BACKENDS']} {' '.join(cmd)}")
+    else:
+        ensure_nginx()  # only the cluster tests (process tests) need it
+        cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
+        _log(" ".join(cmd))
+    return subprocess.call(cmd, cwd=ROOT, env=env)
 
 
 # --- bench: one load-test scenario ------------------------------------------------
@@ -210,7 +230,8 @@ def command_bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``sys.argv[1:]`` by default); exits with usage on an error."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -230,13 +251,35 @@ def main() -> int:
     from deploy.cluster import build_parser as cluster_options  # stdlib only, like this file
 
     cluster_options(cluster)
-    test = sub.add_parser("test", help="run the test suite")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    test = sub.add_parser(
+        "test",
+        help="run the test suite; every argument but --fast goes to pytest",
+        description="Run the test suite (pytest). Every argument but --fast goes to pytest, "
+        "in any order: test -x -q tests/test_shops.py, test --fast -k seckill.",
+        allow_abbrev=False,  # a pytest option must never be taken for a prefix of ours
+    )
+    test.add_argument(
+        "--fast",
+        action="store_true",
+        help=f"only the fast tier: pytest -m '{FAST_MARKERS}' on the {FAST_BACKENDS} backend",
+    )
     bench = sub.add_parser(
         "bench", help="run a load-test scenario (bench list; bench SCENARIO --help)", add_help=False
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
+    # The test command hands pytest whatever it does not know, wherever it stands
+    # (``test -x -q tests/x.py``, ``test --fast -k seckill``); any other command
+    # refuses what it does not know.
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "test":
+        args.pytest_args = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     # One environment for both commands: the run command also gets the load-test tools.
     reexec_in_venv("dev")
     sys.path.insert(0, str(ROOT))
