@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from .entities import (
@@ -286,13 +286,14 @@ def _insert_follows(session: Session, users: int, progress: Progress) -> int:
     for row in rows:
         followee[row["user_id"]] = followee.get(row["user_id"], 0) + 1
         fans[row["follow_user_id"]] = fans.get(row["follow_user_id"], 0) + 1
+    info = UserInfo.__table__
     for column, deltas in (("followee", followee), ("fans", fans)):
-        for user_id, delta in deltas.items():
-            counter = getattr(UserInfo, column)
+        if deltas:  # one statement, executed for every user (an executemany)
             session.execute(
-                update(UserInfo)
-                .where(UserInfo.user_id == user_id)
-                .values({column: counter + delta})
+                update(info)
+                .where(info.c.user_id == bindparam("who"))
+                .values({column: info.c[column] + bindparam("delta")}),
+                [{"who": user_id, "delta": delta} for user_id, delta in deltas.items()],
             )
     session.commit()
     return done
