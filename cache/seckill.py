@@ -32,7 +32,7 @@ from settings import Settings
 from .ids import ID_KEY_TTL, day_key, id_parts
 from .login import TOKEN_KEY
 from .ratelimit import Decision, TokenBucket, bucket_args
-from .scripts import load_composed
+from .scripts import call, load_composed
 
 # A voucher's keys share its id as their hash tag (seckill:stock:{42}): the gate and
 # the repair touch them together, so on a Redis Cluster a voucher lives on one slot.
@@ -152,6 +152,8 @@ class SeckillGate:
         session: tuple[str, int] | None = None,
     ):
         keys, args = self._keys_args(voucher_id, user_id, now, session)
+        if client is None:
+            return call(self.script, keys, args)
         return self.script(keys=keys, args=args, client=client)
 
     @staticmethod
@@ -209,9 +211,10 @@ class SeckillGate:
                 self.client, "seckill_charged", ("session_user", "token_bucket", "seckill")
             )
         keys, args = self._keys_args(voucher_id, "", now)
-        reply = self._charged(
-            keys=[TOKEN_KEY.format(token=token), *keys],
-            args=[session_ttl, bucket_prefix, "", 1, *bucket_args(bucket), *args[1:]],
+        reply = call(
+            self._charged,
+            [TOKEN_KEY.format(token=token), *keys],
+            [session_ttl, bucket_prefix, "", 1, *bucket_args(bucket), *args[1:]],
         )
         code = int(reply[0])
         if code:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ import redis
 from support.backends import redis_for
 from support.env import ROOT
 
-from cache.scripts import LUA_DIR, load_composed, load_script, lua_source
+from cache.connection import connect
+from cache.scripts import LUA_DIR, call, load_composed, load_script, lua_source
 
 NAMES = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
 
@@ -102,3 +104,39 @@ def test_an_installed_wheel_loads_every_script(redis_servers, tmp_root: Path, tm
         text=True,
     )
     assert loaded.stdout.split() == NAMES
+
+
+def test_call_answers_as_the_script_does_and_reloads_a_flushed_one(redis_client):
+    script = load_script(redis_client, "unlock")
+    redis_client.set("lock:call", "me")
+    assert call(script, ["lock:call"], ["someone else", "unlock:call"]) == script(
+        keys=["lock:call"], args=["someone else", "unlock:call"]
+    )
+    redis_client.script_flush()  # as after a restart: the server knows no script
+    assert call(script, ["lock:call"], ["me", "unlock:call"]) == 1
+    assert not redis_client.exists("lock:call")
+    assert redis_client.script_exists(script.sha) == [True]
+
+
+def test_call_hands_a_failed_connection_back_disconnected(settings):
+    client = connect(settings.redis_url, replace(settings, redis_socket_timeout=0.2))
+    admin = redis.Redis.from_url(settings.redis_url)
+    try:
+        script = load_script(client, "unlock")
+        assert call(script, ["lock:x"], ["me"]) == 0
+        pool = client.connection_pool
+        connection = pool.get_connection()
+        pool.release(connection)  # the pool is LIFO: the next call takes this connection
+        with pytest.raises(redis.ResponseError):  # an error reply (no key): still connected
+            call(script, [], [])
+        assert connection._sock is not None
+        admin.client_pause(5_000, all=True)  # no reply within the socket timeout
+        try:
+            with pytest.raises(redis.TimeoutError):
+                call(script, ["lock:x"], ["me"])
+        finally:
+            admin.client_unpause()
+        assert connection._sock is None  # never handed out again with a reply unread
+    finally:
+        client.close()
+        admin.close()
