@@ -118,18 +118,18 @@ def settings(
 
 @pytest.fixture
 def app(settings: Settings):
-    from web import create_app
+    from web import close_app, create_app
 
     app = create_app(settings)
     app.config["TESTING"] = True
     yield app
-    app.extensions["hmdp"].close()
+    close_app(app)
 
 
 @pytest.fixture
 def app_with(settings: Settings):
     """Build more apps on this test's backends with changed settings (closed after the test)."""
-    from web import create_app
+    from web import close_app, create_app
 
     apps = []
 
@@ -141,7 +141,7 @@ def app_with(settings: Settings):
 
     yield _build
     for built in apps:
-        built.extensions["hmdp"].close()
+        close_app(built)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ imports task code, and workers never import this package.
 
 from __future__ import annotations
 
+import contextlib
 from importlib import import_module
 
 from flask import Flask
@@ -98,3 +99,19 @@ def create_app(settings: Settings | None = None) -> Flask:
             app.extensions["hmdp_post_seed"].append(module.post_seed)
     install_fast_path(app)  # last: the enabled fast paths need the routes and extensions above
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Stop what the app runs in the background, then release its pools.
+
+    The shop near-cache's listener deregisters, so writers stop waiting for this
+    process's acknowledgements at once (instead of for its last heartbeat to age
+    out), and the UV buffer sends what it holds; both matter between tests as at
+    shutdown.
+    """
+    region = shop_cache.shop_region_holder(app).region
+    if region is not None and region.near is not None:
+        region.near.stop()
+    with contextlib.suppress(Exception):  # a Redis already gone keeps its last visits
+        visits.uv_buffer(app).close()
+    app.extensions["hmdp"].close()
