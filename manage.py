@@ -78,6 +78,9 @@ def command_up(args: argparse.Namespace) -> int:
     from tasks.app import worker_argv
 
     settings = Settings.from_env()
+    args.host = settings.up_host if args.host is None else args.host
+    args.port = settings.up_port if args.port is None else args.port
+    args.flower_port = settings.up_flower_port if args.flower_port is None else args.flower_port
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(ROOT))
     # The development command: login codes are written to the log (web/sms.py), and the
@@ -237,11 +240,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run web, worker, beat and Flower with demo data")
-    up.add_argument("--host", default=os.environ.get("HMDP_HOST", "127.0.0.1"))
-    up.add_argument("--port", type=int, default=int(os.environ.get("HMDP_PORT", "8080")))
-    up.add_argument(
-        "--flower-port", type=int, default=int(os.environ.get("HMDP_FLOWER_PORT", "5555"))
-    )
+    # Unset: HMDP_HOST, HMDP_PORT, HMDP_FLOWER_PORT (Settings.up_*).
+    up.add_argument("--host")
+    up.add_argument("--port", type=int)
+    up.add_argument("--flower-port", type=int)
     up.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
     up.add_argument("--size", choices=["small", "full"], default="small")
     up.add_argument("--no-seed", action="store_true")

@@ -1,7 +1,9 @@
 """All configuration of hmdp-py, read from the environment in one place.
 
 Every process (web, worker, beat, CLI, tests) builds a :class:`Settings` with
-:meth:`Settings.from_env` and hands it down; nothing else reads ``os.environ``.
+:meth:`Settings.from_env` and hands it down; nothing else reads ``os.environ``
+(but ``HMDP_VENV``, where manage.py keeps the virtualenv: it is read before the
+project is installed).
 An unset ``REDIS_URL`` means "embedded": the process finds or starts a real
 ``redis-server`` (see :mod:`cache.server`); an unset ``DATABASE_URL`` means a
 SQLite file under ``VAR_DIR``.
@@ -344,6 +346,11 @@ class Settings:
     # Scrape-time Redis reads give up after this.
     metrics_redis_timeout: float = setting("HMDP_METRICS_REDIS_TIMEOUT", 1.0)
 
+    # --- manage.py up: where web and Flower listen (its --host/--port/--flower-port win) ---
+    up_host: str = setting("HMDP_HOST", "127.0.0.1")
+    up_port: int = setting("HMDP_PORT", 8080)
+    up_flower_port: int = setting("HMDP_FLOWER_PORT", 5555)
+
     # --- web server (deploy/web_server.py builds the command from these) ---
     # granian (deployed, BENCHMARKS.md) | gunicorn (to compare)
     web_server: str = setting("HMDP_WEB_SERVER", "granian", choices=("granian", "gunicorn"))
@@ -364,6 +371,16 @@ class Settings:
     web_graceful_timeout: int = setting(
         "HMDP_WEB_GRACEFUL_TIMEOUT", 30, check=(lambda v: 1 <= v <= 1800, "must be 1..1800")
     )
+    # gunicorn only (HMDP_WEB_SERVER=gunicorn, deploy/gunicorn.conf.py): its worker class
+    # (gthread, or gevent with worker_connections each), worker timeout, restarts after
+    # max_requests (+ jitter; 0 = never), and its own access log (None: none; the app
+    # writes hmdp.access lines).
+    gunicorn_worker_class: str = setting("GUNICORN_WORKER_CLASS", "gthread")
+    gunicorn_worker_connections: int = setting("GUNICORN_WORKER_CONNECTIONS", 1000)
+    gunicorn_timeout: int = setting("GUNICORN_TIMEOUT", 30)
+    gunicorn_max_requests: int = setting("GUNICORN_MAX_REQUESTS", 0)
+    gunicorn_max_requests_jitter: int = setting("GUNICORN_MAX_REQUESTS_JITTER", 0)
+    gunicorn_accesslog: str | None = setting("GUNICORN_ACCESSLOG", None)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

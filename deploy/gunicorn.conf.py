@@ -5,9 +5,9 @@ as the comparison the benchmarks can run (``bench --server gunicorn``). Start it
 the same way as granian: ``python -m deploy.web_server --bind HOST:PORT``
 (deploy/web_server.py), which execs ``gunicorn -c deploy/gunicorn.conf.py``.
 
-The common tuning comes from Settings (``HMDP_WEB_WORKERS``, ``HMDP_WEB_THREADS``,
-``HMDP_WEB_BACKLOG``, ``HMDP_WEB_KEEPALIVE``, ``HMDP_WEB_GRACEFUL_TIMEOUT``);
-gunicorn-only knobs stay GUNICORN_* here.
+All tuning comes from Settings: the common ``HMDP_WEB_WORKERS``,
+``HMDP_WEB_THREADS``, ``HMDP_WEB_BACKLOG``, ``HMDP_WEB_KEEPALIVE``,
+``HMDP_WEB_GRACEFUL_TIMEOUT``, and the gunicorn-only ``GUNICORN_*`` knobs.
 
 Also wired here, because only the gunicorn master can do it:
 
@@ -35,17 +35,17 @@ _settings = Settings.from_env()
 
 bind = "127.0.0.1:8080"  # --bind on the command line (deploy/web_server.py)
 workers = _settings.web_workers or os.cpu_count() or 1
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+worker_class = _settings.gunicorn_worker_class
 threads = _settings.web_threads or DEFAULT_THREADS["gunicorn"]
-worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # gevent
+worker_connections = _settings.gunicorn_worker_connections  # gevent
 backlog = _settings.web_backlog
 keepalive = _settings.web_keepalive  # > nginx's upstream idle time
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+timeout = _settings.gunicorn_timeout
 # SIGTERM: in-flight requests get this long to finish (compose's stop_grace_period is longer).
 graceful_timeout = _settings.web_graceful_timeout
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
-max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
-accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None  # the app logs hmdp.access lines
+max_requests = _settings.gunicorn_max_requests
+max_requests_jitter = _settings.gunicorn_max_requests_jitter
+accesslog = _settings.gunicorn_accesslog  # the app logs hmdp.access lines
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 logconfig_dict = logsetup.logging_config(_settings.log_format, _settings.log_level)
@@ -58,6 +58,7 @@ def on_starting(server) -> None:
     # Workers inherit the environment: prometheus_client reads it at import,
     # Settings.from_env reads it in create_app.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    server.hmdp_metrics_dir = str(path)  # for child_exit, which runs in this process too
     server.log.info("prometheus multiprocess dir %s", path)
 
 
@@ -65,7 +66,7 @@ def child_exit(server, worker) -> None:
     """Master: a worker died or was stopped; its live gauges must not linger."""
     from prometheus_client import multiprocess
 
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = getattr(server, "hmdp_metrics_dir", None)
     if path:
         multiprocess.mark_process_dead(worker.pid, path)
 

@@ -89,14 +89,6 @@ def settings_env_names() -> set[str]:
     return read
 
 
-def gunicorn_env_names() -> set[str]:
-    return set(
-        re.findall(
-            r'os\.environ\.get\("(GUNICORN_[A-Z_]+)"', (DEPLOY / "gunicorn.conf.py").read_text()
-        )
-    )
-
-
 def module_defines(module: str, attr: str) -> bool:
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin, f"{module} is not importable"
@@ -240,7 +232,7 @@ def test_mounted_files_exist():
 
 
 def test_app_environment_is_read_by_settings_or_a_known_tool():
-    allowed = settings_env_names() | gunicorn_env_names()
+    allowed = settings_env_names()
     assert "REDIS_URL" in allowed and "PROMETHEUS_MULTIPROC_DIR" in allowed
     for name, service in app_services():
         unknown = set(env_of(service)) - allowed

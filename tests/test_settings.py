@@ -144,3 +144,52 @@ def test_the_redis_server_setting_is_the_binary_the_embedded_redis_runs(tmp_path
     assert settings.redis_server == str(missing)
     with pytest.raises(FileNotFoundError, match="no-redis-server"):
         resolve_redis_url(settings)
+
+
+def _environment_reads(path: Path) -> list[str]:
+    """``os.environ.get(...)``, ``os.getenv(...)``, ``os.environ[...]`` and ``... in os.environ``."""
+    import ast
+
+    def is_os(node: ast.AST, attr: str) -> bool:
+        return (
+            isinstance(node, ast.Attribute)
+            and node.attr == attr
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+        )
+
+    def is_environ(node: ast.AST) -> bool:
+        return is_os(node, "environ")
+
+    reads = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        func = node.func if isinstance(node, ast.Call) else None
+        if (
+            (isinstance(func, ast.Attribute) and func.attr == "get" and is_environ(func.value))
+            or (func is not None and is_os(func, "getenv"))
+            or (
+                isinstance(node, ast.Subscript)
+                and is_environ(node.value)
+                and isinstance(node.ctx, ast.Load)
+            )
+            or (isinstance(node, ast.Compare) and any(is_environ(c) for c in node.comparators))
+        ):
+            reads.append(ast.get_source_segment(path.read_text(), node) or "")
+    return reads
+
+
+def test_nothing_but_settings_reads_the_environment():
+    """Configuration comes from Settings; copying the environment for a child is no read."""
+    from support.env import ROOT
+
+    skip = {"tests", ".venv", "var", "build"}
+    found = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        relative = path.relative_to(ROOT)
+        if relative.parts[0] in skip or relative == Path("settings.py"):
+            continue
+        reads = _environment_reads(path)
+        if reads:
+            found[str(relative)] = reads
+    # The one exception: where the virtualenv lives, read before anything is installed.
+    assert found == {"manage.py": ['os.environ.get("HMDP_VENV", ROOT / ".venv")']}
