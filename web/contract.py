@@ -79,7 +79,7 @@ def contract(
     not null (the 409 of an order carries the order id)."""
 
     def decorate(view: F) -> F:
-        doc = (view.__doc__ or "").strip()
+        doc = (view.__doc__ or "").strip().replace("``", "`")  # reST literals as Markdown
         summary, _, description = doc.partition("\n")
         spec = Contract(
             path=path,
