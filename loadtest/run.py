@@ -71,7 +71,7 @@ GOALS = {
     "drain": "drain into MariaDB >= 1,000 orders/s",
 }
 
-MESSAGES_PER_ORDER_GOAL = 0.05  # issue 18, point 3: one Celery message per micro-batch
+MESSAGES_PER_ORDER_GOAL = 0.05  # one Celery message per micro-batch of orders
 
 BeforeVerify = Callable[[Stack, SeedInfo], None]
 

@@ -93,7 +93,7 @@ def test_shared_server_is_found_by_a_second_process_and_stopped_by_its_owner(tmp
     assert not (var / "redis" / "server.json").exists()
 
 
-# --- operator commands beside a running launcher (issue 14, point 10) ------------------
+# --- operator commands beside a running launcher ------------------------------------
 
 
 def _servers_on(data_dir: Path) -> list[int]:

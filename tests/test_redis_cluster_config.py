@@ -1,4 +1,4 @@
-"""A Redis Cluster as configuration (issue 19, points 1 and 3), on real servers.
+"""A Redis Cluster as configuration, on real servers.
 
 The ``cluster`` backend (conftest): a 3-master EmbeddedCluster, and RabbitMQ on a
 vhost of this run's own as Celery's broker.

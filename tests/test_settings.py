@@ -85,7 +85,7 @@ CLUSTER = "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"
     ],
 )
 def test_a_redis_cluster_needs_a_broker_of_its_own(env, message):
-    """Issue 19, point 3: refused at start, not at the first task."""
+    """Refused at start, not at the first task."""
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env)
 
