@@ -28,7 +28,7 @@ from support.sessions import session_for
 
 from web.sms import EXTENSION
 
-EXAMPLES = 8  # per operation, role and mode: enough to reach each route's refusals
+EXAMPLES = 20  # per operation, role and mode: enough to reach each route's refusals
 ROLES = {"anonymous": None, "user": ("user", 2), "admin": ("admin", 1)}
 
 

@@ -99,6 +99,8 @@ class _Schemas:
                 "required": where == "path" or name in required,
                 "schema": prop,
             }
+            if where == "query" and not parameter["required"]:
+                parameter["allowEmptyValue"] = True  # "?name=": not given (web/contract.py)
             if description:
                 parameter["description"] = description
             found.append(parameter)
