@@ -5,8 +5,8 @@ set by what the others take, so the question "what is the next bottleneck"
 is answered by where the CPU seconds go per order. Read from the kernel, not
 estimated:
 
-* ``web`` and ``worker``: every process of the supervisor child's process group
-  (granian's master and workers; Celery's main process and pool children),
+* ``web``, ``worker`` and ``beat``: every process of the supervisor child's process
+  group (granian's master and workers; Celery's main process and pool children),
   user + system time from ``/proc/<pid>/stat``, plus what their reaped
   children used;
 * ``redis``: ``INFO cpu`` of the stack's Redis (the app's keys and the Celery
@@ -139,13 +139,13 @@ def per_order(samples: dict[str, CpuSample], orders: int, top: int = 8) -> dict:
 def lines(report: dict) -> list[str]:
     """The profile as text lines (the runner's table)."""
     us = report["us_per_order"]
-    order = ["web", "redis", "worker", "database", "generator", "runner"]
+    order = ["web", "redis", "worker", "beat", "database", "generator", "runner"]
     parts = [f"{k} {us[k]:,.0f}" for k in order if k in us]
     out = [
         f"cpu per order (µs, {report['orders']:,} orders, {report['wall_s']:.1f} s from the "
         f"start of the load to the last task done): " + ", ".join(parts),
-        f"        system under test (web + redis + worker + database): "
-        f"{sum(us.get(k, 0.0) for k in order[:4]):,.0f} µs/order",
+        f"        system under test (web + redis + worker + beat + database): "
+        f"{sum(us.get(k, 0.0) for k in order[:5]):,.0f} µs/order",
     ]
     for phase, values in report["phases"].items():
         cpu = values["cpu_s"]

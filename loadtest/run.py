@@ -303,6 +303,7 @@ def run_scenario(
         ) as stack,
     ):
         summary["rate_limits"] = args.rate_limits
+        summary["beat"] = args.beat
         stack.start_backends()
         summary["backend"] = stack.backend
         summary["redis_durability"] = stack.redis_durability()
@@ -319,6 +320,8 @@ def run_scenario(
         base_url = f"http://127.0.0.1:{port}"
         if scenario.needs_orders and not args.worker_after_load:
             stack.start_worker(args.worker_concurrency, args.worker_pool)
+        if scenario.needs_orders and args.beat:
+            stack.start_beat()
         hot_paths = [f"/shop/{i}" for i in info.hot_ids]
         _warm(base_url, hot_paths)
         summary["commands"] = dict(stack.commands)
@@ -383,7 +386,7 @@ def run_scenario(
         samples: dict[str, cpu.CpuSample] = {}
         if args.profile:
             meter = cpu.CpuMeter(
-                {"web": stack.supervisor.pid("web"), "worker": stack.supervisor.pid("worker")},
+                {name: stack.supervisor.pid(name) for name in ("web", "worker", "beat")},
                 stack.services.redis,
                 database=stack.backend == "mysql",
             )
@@ -663,6 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the app's rate limits on (off by default: every generator request comes "
         "from 127.0.0.1; per-user limits, e.g. the seckill one, still apply per user)",
+    )
+    stack.add_argument(
+        "--beat",
+        action="store_true",
+        help="run Celery beat too (the production arrangement: order recovery every 15 s, "
+        "reconciliation every 30 s)",
     )
     stack.add_argument(
         "--profile",

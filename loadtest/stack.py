@@ -347,6 +347,15 @@ class Stack:
         finally:
             app.close()
 
+    def start_beat(self) -> None:
+        """Celery beat, as deployed: order recovery every 15 s, reconciliation every 30 s..."""
+        celery = str(Path(sys.executable).parent / "celery")
+        schedule = self.workdir / "var" / "celerybeat-schedule"
+        cmd = [celery, "-A", "tasks.worker", "beat", "--loglevel", "WARNING"]
+        cmd += ["--schedule", str(schedule)]
+        self.supervisor.start("beat", cmd, self.env(), stdout=self.log_dir / "beat.log")
+        self.commands["beat"] = " ".join(cmd)
+
     # --- the orders backlog -------------------------------------------------------------------
 
     def backlog(self) -> int:

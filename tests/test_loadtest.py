@@ -160,3 +160,31 @@ def test_rate_limits_kept_and_dispatch_counted_with_the_worker_after_load(
     assert dispatch["reserved_at_end_of_load"] == 20  # 10 users x 2 calls, none settled yet
     assert dispatch["all_published_after_s"] is not None  # every order task reached the broker
     assert summary["verdict"]["rows"] == 20
+
+
+def test_seckill_run_counts_messages_per_order_and_profiles_with_beat(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Messages published, reservations carried, task runs; --profile's CPU per order; --beat."""
+    argv = ["seckill-500", "--users", "10", "--loops", "3", "--rate", "0", "--beat", "--profile"]
+    argv += ["--redis-url", settings.redis_url or "", "--database-url", settings.database_url or ""]
+    code = main([*argv, *QUIET, "--results-dir", str(tmp_path / "results")])
+
+    summary = _summary(tmp_path / "results")
+    assert code == 0, summary["verdict"]
+    rows = summary["verdict"]["rows"]
+    assert rows == 30
+    messages = summary["messages"]
+    assert messages["orders"] == messages["orders_carried"] == rows  # each order in one message
+    assert 1 <= messages["published"] <= rows and messages["task_runs"] >= messages["published"]
+    assert messages["per_order"] == messages["published"] / rows
+    assert summary["beat"] is True and "beat" in summary["commands"]
+    profile = summary["profile"]
+    assert profile["orders"] == rows
+    assert profile["cpu_s"]["web"] > 0 and profile["cpu_s"]["redis"] > 0
+    assert profile["redis_commands"] and list(profile["phases"]) == [
+        "load start->load end",
+        "load end->tasks done",
+    ]
+    table = (Path(summary["results_dir"]) / "table.txt").read_text()
+    assert "messages/order" in table and "cpu per order" in table
