@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import rabbitmq
+from support import process_guard, rabbitmq
 from support.backends import (
     CLUSTER,
     backends,
@@ -33,6 +33,23 @@ from support.backends import (
 import logsetup
 from cache.server import EmbeddedRedis
 from settings import Settings, is_cluster_url
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if "not process" in (config.getoption("markexpr") or ""):  # the fast tier
+        process_guard.install()
+
+
+@pytest.fixture(autouse=True)
+def _no_unmarked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that starts processes of its own must say so (support/process_guard.py)."""
+    if not process_guard.installed() or request.node.get_closest_marker("process"):
+        yield
+        return
+    with process_guard.watch() as starts:
+        yield
+    if starts:
+        pytest.fail(f"starts processes of its own, so mark it @pytest.mark.process: {starts}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -102,7 +119,8 @@ def settings(
     backend: str, broker_url, redis_servers, databases, tmp_root: Path, tmp_path: Path
 ) -> Settings:
     """Settings pointing at this backend's own Redis and database, both emptied."""
-    server = redis_for(backend, redis_servers, tmp_root)
+    with process_guard.shared():  # the run's redis-server, started by the first test here
+        server = redis_for(backend, redis_servers, tmp_root)
     url = database_for(backend, databases, tmp_root)
     flush_redis(server.url)
     wipe_database(url)

@@ -162,6 +162,7 @@ def test_rate_limits_kept_and_dispatch_counted_with_the_worker_after_load(
     assert summary["verdict"]["rows"] == 20
 
 
+@pytest.mark.process
 def test_seckill_run_counts_messages_per_order_and_profiles_with_beat(
     settings: Settings, tmp_path: Path
 ) -> None:

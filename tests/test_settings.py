@@ -136,6 +136,7 @@ def test_every_variable_is_read_through_its_declared_parser(tmp_path: Path):
         Settings.from_env({"HMDP_TIMEZONE": "Mars/Olympus"})
 
 
+@pytest.mark.process  # forks a child whose exec of the missing binary fails
 def test_the_redis_server_setting_is_the_binary_the_embedded_redis_runs(tmp_path: Path):
     """HMDP_REDIS_SERVER reaches the embedded server through Settings (nothing else reads it)."""
     missing = tmp_path / "no-redis-server"
