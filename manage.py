@@ -204,6 +204,14 @@ FAST_MARKERS = "not process and not slow"
 FAST_BACKENDS = "sqlite"
 
 
+def _names_workers(pytest_args: list[str]) -> bool:
+    """Whether the caller's pytest arguments choose xdist's workers themselves."""
+    return any(
+        a in ("-n", "--numprocesses") or a.startswith(("-n", "--numprocesses="))
+        for a in pytest_args
+    )
+
+
 def command_test(args: argparse.Namespace) -> int:
     """Run the suite; pytest's 'no tests' (5) is a failure here, not a pass.
 
@@ -214,7 +222,10 @@ def command_test(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.fast:
         env.setdefault("HMDP_TEST_BACKENDS", FAST_BACKENDS)
-        cmd = [sys.executable, "-m", "pytest", "-m", FAST_MARKERS, *args.pytest_args]
+        # Its tests share no process but the session's Redis: spread them over the cores
+        # (pytest-xdist) unless the caller chose a number of workers.
+        spread = [] if _names_workers(args.pytest_args) else ["-n", "auto"]
+        cmd = [sys.executable, "-m", "pytest", "-m", FAST_MARKERS, *spread, *args.pytest_args]
         _log(f"HMDP_TEST_BACKENDS={env['HMDP_TEST_BACKENDS']} {' '.join(cmd)}")
     else:
         ensure_nginx()  # only the cluster tests (process tests) need it

@@ -42,3 +42,18 @@ def test_other_commands_refuse_what_they_do_not_know(capsys):
         manage.parse_args(["up", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
     assert manage.parse_args(["bench", "list"]).bench_args == ["list"]
+
+
+@pytest.mark.parametrize(
+    "pytest_args, chosen",
+    [
+        ([], False),
+        (["-k", "seckill"], False),
+        (["-n", "0"], True),
+        (["-n4"], True),
+        (["--numprocesses=2"], True),
+        (["--numprocesses", "2"], True),
+    ],
+)
+def test_the_fast_tier_spreads_over_the_cores_unless_told_how_many_workers(pytest_args, chosen):
+    assert manage._names_workers(pytest_args) is chosen
