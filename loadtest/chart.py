@@ -2,11 +2,16 @@
 
     .venv/bin/python loadtest/chart.py loadtest/results/*/summary.json \\
         --out loadtest/bench-matrix.png
+    .venv/bin/python loadtest/chart.py loadtest/results/seed-matrix-*/summary.json \\
+        --out loadtest/seed-matrix.png
 
 Reads the runner's ``summary.json`` files (the newest run of each scenario
 wins), plots the cache scenarios (50/500/1,000/2,000 users) and the seckill
 ones (500/1,000/2,000 users) with the seed document's figures as dashed lines,
-and the offered load as a dotted one. Needs matplotlib (a dev dependency).
+and the offered load as a dotted one. A ``bench seed-matrix`` summary (every
+row of one run, wrk) is charted by :func:`plot_seed_matrix`: req/s, p50 and
+p99 per row next to the seed's, with the same-run empty route. Needs
+matplotlib (a dev dependency).
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from pathlib import Path
 # The seed document's reported figures: users -> (QPS, p99 ms or None).
 SEED_CACHE = {50: (1_002, 1.0), 500: (4_986, 1.0), 1_000: (9_955, 3.0), 2_000: (12_012, 516.0)}
 SEED_SECKILL = {500: (999, 4.0), 1_000: (999, 4.0), 2_000: (1_006, 4.0)}
+# Its average latencies (ms); it gives no median.
+SEED_AVG_MS = {
+    "cache": {50: 1.0, 500: 1.0, 1_000: 2.0, 2_000: 71.0},
+    "seckill": {500: 2.0, 1_000: 1.0, 2_000: 0.82},
+}
 CACHE = ["cache-baseline", "cache-medium", "cache-high", "cache-stress"]
 SECKILL = ["seckill-500", "seckill-1k", "seckill-2k"]
 
@@ -48,13 +58,102 @@ def _series(
     return users, rps, p99, offered
 
 
-def plot(found: dict[str, dict], out: Path) -> None:
-    """Write the PNG: throughput (left) and p99 (right, log scale) against users."""
+def seed_figures(kind: str, clients: int) -> dict[str, float] | None:
+    """The seed's QPS, average and p99 (ms) at ``clients`` threads of one kind (None: no row)."""
+    figures = (SEED_CACHE if kind == "cache" else SEED_SECKILL).get(clients)
+    if figures is None:
+        return None
+    return {"qps": figures[0], "avg_ms": SEED_AVG_MS[kind][clients], "p99_ms": figures[1]}
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_seed_matrix(summary: dict, out: Path) -> None:
+    """Write the PNG of one ``bench seed-matrix`` run: req/s (left), p50 and p99 (right)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for kind, label, color in (
+        ("cache", "GET /shop/{id}", "tab:blue"),
+        ("seckill", "seckill POST", "tab:red"),
+    ):
+        rows = [r for r in summary["rows"] if r["kind"] == kind]
+        clients = [r["connections"] for r in rows]
+        if rows:
+            left.plot(
+                clients,
+                [r["result"]["rps"] for r in rows],
+                "o-",
+                color=color,
+                label=f"{label}: hmdp-py",
+            )
+            empty = [(r["connections"], r["empty"]["rps"]) for r in rows if r.get("empty")]
+            if empty:
+                left.plot(
+                    *zip(*empty, strict=True),
+                    ":",
+                    color=color,
+                    alpha=0.6,
+                    label=f"{label}: empty route, same run",
+                )
+            right.plot(
+                clients,
+                [r["result"]["p99"] for r in rows],
+                "o-",
+                color=color,
+                label=f"{label}: hmdp-py p99",
+            )
+            right.plot(
+                clients,
+                [r["result"]["p50"] for r in rows],
+                "^-.",
+                color=color,
+                alpha=0.7,
+                label=f"{label}: hmdp-py p50",
+            )
+        seed = SEED_CACHE if kind == "cache" else SEED_SECKILL
+        seed_clients = sorted(seed)
+        for ax, index, what in ((left, 0, "seed (Java, JMeter)"), (right, 1, "seed p99")):
+            ax.plot(
+                seed_clients,
+                [seed[c][index] for c in seed_clients],
+                "s--",
+                color=color,
+                alpha=0.5,
+                label=f"{label}: {what}",
+            )
+    left.set(
+        xlabel="concurrent clients (wrk connections; seed: JMeter threads)",
+        ylabel="requests / s",
+        title="Throughput (closed loop)",
+    )
+    right.set(xlabel="concurrent clients", ylabel="latency (ms, log)", title="p50 and p99")
+    right.set_yscale("log")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    machine = summary["machine"]
+    fig.suptitle(
+        f"hmdp-py, the seed's matrix with wrk, {machine['cpus']} CPUs ({machine['cpu_model']}), "
+        f"generator and server on the same machine, {summary['date'][:10]}, "
+        f"commit {machine.get('commit', '?')}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def plot(found: dict[str, dict], out: Path) -> None:
+    """Write the PNG: throughput (left) and p99 (right, log scale) against users."""
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for names, seed, label, color in (
         (CACHE, SEED_CACHE, "GET /shop/{id}", "tab:blue"),
@@ -108,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "bench-matrix.png")
     args = parser.parse_args(argv)
     found = latest(args.summaries)
+    if "seed-matrix" in found:
+        plot_seed_matrix(found.pop("seed-matrix"), args.out)
+        if found:
+            print(f"one chart per command: left out {', '.join(sorted(found))}")
+            found = {}
+        print(f"{args.out}: seed-matrix")
+        return 0
     plot(found, args.out)
     print(f"{args.out}: {', '.join(sorted(found))}")
     return 0

@@ -6,7 +6,9 @@ One row per scenario (the newest run of each, as in ``chart.py``), in the
 seed's order, with the same-run baselines and the seed document's figure next
 to ours, so the table and the chart always come from the same files. Rows
 with orders carry the verifier's verdict: any oversell, lost or duplicate
-order shows as FAILED.
+order shows as FAILED. A ``bench seed-matrix`` summary has a table of its own
+(:func:`seed_matrix_markdown`, also its ``matrix.md``): per row our req/s,
+p50 and p99 beside the seed's, the same-run empty route and what wrk cost.
 """
 
 from __future__ import annotations
@@ -105,11 +107,97 @@ def markdown(found: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+SEED_MATRIX_HEADER = (
+    "| row | connections | requests | req/s | p50 / p95 / p99 ms | errors "
+    "| empty route req/s (same run) | ratio | wrk CPU: cores, share of the busy CPU "
+    "| box busy | orders: ok / rows / oversell, lost, dup | seed QPS | seed avg / p99 ms |"
+)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _seed_matrix_row(row: dict[str, Any]) -> str:
+    result, empty, seed = row["result"], row.get("empty") or {}, row.get("seed") or {}
+    cost = result["cpu"]
+    ratio = result["rps"] / empty["rps"] if empty.get("rps") else None
+    cores = "-" if cost["wrk_cores"] is None else f"{cost['wrk_cores']:.2f}"
+    cells = [
+        row["name"],
+        number(row["connections"]),
+        number(result["requests"]),
+        number(result["rps"]),
+        " / ".join(number(result.get(k), 1) for k in ("p50", "p95", "p99")),
+        number(result["failures"]),
+        number(empty.get("rps")),
+        "-" if ratio is None else f"{ratio:.2f}",
+        f"{cores}, {_percent(cost['wrk_share_of_busy'])}",
+        _percent(cost["box_busy_share"]),
+        _orders(row),
+        number(seed.get("qps")),
+        f"{number(seed.get('avg_ms'), 2)} / {number(seed.get('p99_ms'))}" if seed else "-",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def seed_matrix_markdown(summary: dict[str, Any]) -> str:
+    """The seed matrix run as Markdown: the table, the seckill rows' drain, the commands."""
+    machine = summary["machine"]
+    lines = [
+        f"`bench seed-matrix`, {summary['date']}, {summary['backend']}, commit "
+        f"{machine.get('commit', '?')}, {machine['cpus']} CPUs, load "
+        f"{machine['load_average'][0]:.2f} before / {summary['load_after'][0]:.2f} after, "
+        f"{summary['duration']:g} s per row, wall {summary['wall_s'] / 60:.1f} min",
+        "",
+        SEED_MATRIX_HEADER,
+        "|" + "---|" * SEED_MATRIX_HEADER.count(" | ") + "---|",
+    ]
+    lines += [_seed_matrix_row(row) for row in summary["rows"]]
+    lines.append("")
+    for row in summary["rows"]:
+        extra = row["result"]["extra"]
+        if row["kind"] == "cache":
+            lines.append(
+                f"- `{row['name']}`: {number(extra.get('ok'))} shops, "
+                f"{number(extra.get('missing'))} 404 for unknown ids "
+                f"({number(extra.get('unknown_sent'))} sent), {number(extra.get('other'))} "
+                f"other answers, {number(row['result']['socket_errors'])} socket errors"
+            )
+            continue
+        drain, messages = row["drain"], row["messages"]
+        per_order = messages["per_order"]
+        lines.append(
+            f"- `{row['name']}`: {number(extra.get('ok'))} ok, {number(extra.get('refused'))} "
+            f"refused (409), {number(extra.get('other'))} other; "
+            f"{number(drain['backlog_at_end_of_load'])} unsettled at the end of the load, "
+            f"{number(drain['left'])} after {drain['seconds']:.1f} s; "
+            f"{number(messages['published'])} task messages"
+            + (f" ({per_order:.4f} per order)" if per_order is not None else "")
+        )
+    argv = summary["argv"]
+    argv = argv[1:] if argv[0].endswith("manage.py") else ["bench", "seed-matrix", *argv[1:]]
+    env = " ".join(f"{k}={v}" for k, v in sorted((summary.get("env") or {}).items()))
+    lines += ["", "Commands:", ""]
+    lines.append(f"- runner: `{' '.join([*([env] if env else []), 'python3 manage.py', *argv])}`")
+    lines += [f"- {key}: `{cmd}`" for key, cmd in summary["commands"].items()]
+    for row in summary["rows"]:
+        lines.append(f"- {row['name']}: `{row['result']['cmd']}`")
+        if row.get("empty"):
+            lines.append(f"  - empty route: `{row['empty']['cmd']}`")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("summaries", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    print(markdown(latest(args.summaries)))
+    found = latest(args.summaries)
+    matrix = found.pop("seed-matrix", None)
+    if found:
+        print(markdown(found))
+    if matrix is not None:
+        print(seed_matrix_markdown(matrix))
     return 0
 
 

@@ -157,6 +157,8 @@ def _wrk_summary(result: wrk.WrkResult) -> dict[str, Any]:
         "extra": result.extra,
         "cmd": result.cmd,
         "generator": "wrk",
+        "generator_cpu_s": result.cpu_seconds,
+        "generator_cores": result.cores,
     }
 
 
@@ -543,6 +545,11 @@ def table(summary: dict[str, Any]) -> str:
         lines.append(
             f"ratio {summary['scenario']} / empty route: {result['rps'] / empty['rps']:.2f}"
         )
+    if result.get("generator_cores") is not None:
+        lines.append(
+            f"generator: wrk used {result['generator_cpu_s']:.1f} CPU s, "
+            f"{result['generator_cores']:.2f} of {summary['machine']['cpus']} cores"
+        )
     if result.get("cpu_warning") or (empty or {}).get("cpu_warning"):
         lines.append("NOTE: locust warned that its CPU was saturated (the generator was a limit)")
     verdict = summary.get("verdict")
@@ -622,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--stock", type=int, help="stock of every seckill voucher")
     size.add_argument("--shops", type=int, help="demo shops (cache scenarios: 50,000)")
     size.add_argument("--hot", type=int, help="hot shops (the 80%% share of the reads)")
+    size.add_argument("--buyers", type=int, help="demo users with a session (seckill-peak: 20,000)")
     size.add_argument("--spawn-rate", type=float, help="locust users started per second")
     size.add_argument("--wrk-threads", type=int, default=2)
     size.add_argument(
@@ -684,10 +692,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands of their own, each with its own options (``bench COMMAND --help``):
+# name -> (module, its entry point, what it does).
+COMMANDS = {
+    "seed-matrix": ("loadtest.matrix", "main", "the seed's matrix with wrk on one stack, audited"),
+    "headlines": ("loadtest.headlines", "main", "every headline and goal row, with its command"),
+    "seed-full": ("loadtest.headlines", "seed_full_main", "times `flask seed --full`"),
+}
+
+
+def _command(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module, function, _ = COMMANDS[name]
+    return getattr(importlib.import_module(module), function)(argv)
+
+
 def main(argv: list[str] | None = None, before_verify: BeforeVerify | None = None) -> int:
     """The command line; ``before_verify`` lets tests corrupt real state before the verdict."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return _command(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     if args.scenario == "list":
+        for name, (_, _, note) in COMMANDS.items():
+            print(f"{name:<15} {'':<7} {'':>6}        {'':<14} {'':<20} {note}")
         for s in SCENARIOS.values():
             load = f"{s.loops} calls each" if s.loops else f"{s.duration:g} s"
             rate = f"{s.rate:,.0f} req/s offered" if s.rate else "closed loop"
@@ -710,6 +739,7 @@ def main(argv: list[str] | None = None, before_verify: BeforeVerify | None = Non
         seckill_stock=base.data.seckill_stock if args.stock is None else args.stock,
         shops=args.shops or base.data.shops,
         hot=base.data.hot if args.hot is None else args.hot,
+        users=args.buyers or base.data.users,
     )
     scenario = base.scaled(
         users=args.users, duration=args.duration, loops=args.loops, rate=args.rate, data=data

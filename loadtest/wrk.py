@@ -12,6 +12,8 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,10 +61,21 @@ class WrkResult:
     socket_errors: int
     cmd: str
     extra: dict[str, int] = field(default_factory=dict)  # "HMDP k=v" lines from done()
+    # wrk's own CPU (user + system, from the kernel when it was reaped) and its wall time:
+    # what the generator cost, to show it was not the bottleneck.
+    cpu_seconds: float | None = None
+    wall_seconds: float | None = None
 
     @property
     def errors(self) -> int:
         return self.non_2xx + self.socket_errors
+
+    @property
+    def cores(self) -> float | None:
+        """Cores wrk kept busy on average over its run (CPU seconds / wall seconds)."""
+        if self.cpu_seconds is None or not self.wall_seconds:
+            return None
+        return self.cpu_seconds / self.wall_seconds
 
 
 def parse(output: str, cmd: str) -> WrkResult:
@@ -123,10 +136,48 @@ def run(
         "--",
         *script_args,
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
+    done = _run_measured(cmd, timeout=duration + 120)
     if log_file is not None:
         with log_file.open("a") as out:
             out.write(f"$ {shlex.join(cmd)}\n{done.stdout}{done.stderr}\n")
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    return parse(done.stdout, shlex.join(cmd))
+    result = parse(done.stdout, shlex.join(cmd))
+    result.cpu_seconds, result.wall_seconds = done.cpu_seconds, done.wall_seconds
+    return result
+
+
+@dataclass
+class _Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+    cpu_seconds: float
+    wall_seconds: float
+
+
+def _run_measured(cmd: list[str], timeout: float, poll: float = 0.05) -> _Finished:
+    """Run ``cmd`` and reap it with ``os.wait4``: its exit code, output and its own CPU time.
+
+    ``subprocess.run`` reaps the child without its resource usage; ``wait4`` returns
+    the child's user + system time exactly (no sampling, nobody else's children).
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - started > timeout:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(poll)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0)
+        err.seek(0)
+        return _Finished(
+            proc.returncode, out.read(), err.read(), usage.ru_utime + usage.ru_stime, wall
+        )
