@@ -66,7 +66,11 @@ class Run:
 
     name: str
     argv: tuple[str, ...]
-    estimate_s: float  # wall time at full size on this 2-core box, setup included
+    # Wall time at full size on this 2-core box, setup included: the load and the empty route
+    # (a wrk run's lasts as long as the load) plus the setup timed in short runs of these
+    # commands on 2026-12-02 (seeding, sessions, processes up: 15 s for shop-peak, 21 s for
+    # seckill-peak on MariaDB) and the drain.
+    estimate_s: float
     quick: tuple[str, ...] | None = ()  # extra arguments in --quick; None: left out
     quick_estimate_s: float | None = None
     smoke: tuple[str, ...] = ()  # tiny sizes: the command runs, its figures mean nothing
@@ -78,36 +82,36 @@ RUNS = [
     Run(
         "shop-peak",
         ("shop-peak",),
-        100,
+        85,
         quick=("--duration", "15"),
-        quick_estimate_s=70,
+        quick_estimate_s=55,
         smoke=("--duration", "1", "--shops", "500", "--no-redis-benchmark"),
     ),
     Run(
         "production",
         ("seckill-peak", "--rate-limits", "--beat", "--duration", "60"),
-        180,
+        155,
         smoke=_SECKILL_SMOKE,
     ),
     Run(
         "gate",
         ("seckill-peak", "--rate-limits", "--worker-after-load"),
-        120,
+        95,
         quick=("--duration", "10"),
-        quick_estimate_s=90,
+        quick_estimate_s=65,
         smoke=_SECKILL_SMOKE,
     ),
     Run(
         "gate-rate-limits-off",
         ("seckill-peak", "--worker-after-load"),
-        120,
+        95,
         quick=None,
         smoke=_SECKILL_SMOKE,
     ),
     Run(
         "appendfsync-always",
         ("seckill-peak", "--rate-limits", "--worker-after-load", "--appendfsync", "always"),
-        120,
+        100,
         quick=None,
         smoke=_SECKILL_SMOKE,
     ),
@@ -123,7 +127,6 @@ RUNS = [
         ("seed-matrix",),
         0,  # matrix.estimate_seconds
         quick=("--duration", "10", "--baseline-duration", "5"),
-        quick_estimate_s=210,
         smoke=(
             "--cache",
             "4",

@@ -141,7 +141,7 @@ def rows_of(args: argparse.Namespace) -> list[Row]:
 
 def estimate_seconds(args: argparse.Namespace) -> float:
     """A rough wall time of the run (setup, then each row's baseline, load and drain)."""
-    setup = 20 + args.shops / 2_500 + args.buyers / 1_500
+    setup = 15 + args.shops / 5_000 + args.buyers / 2_000  # seed, sessions, processes up
     per_row = args.duration + args.baseline_duration + 4
     return setup + len(rows_of(args)) * per_row + 10 * len(args.seckill)
 

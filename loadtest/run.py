@@ -6,6 +6,8 @@
     python3 manage.py bench shop-peak --server gunicorn --worker-class gevent
     python3 manage.py bench seckill-30k --database-url mysql+pymysql://root@127.0.0.1:3306/
     python3 manage.py bench seckill-peak --appendfsync always   # the AOF fsynced per write
+    python3 manage.py bench seed-matrix    # the seed's matrix with wrk (loadtest/matrix.py)
+    python3 manage.py bench headlines      # every headline row (loadtest/headlines.py)
 
 Each run, on a fresh stack (``loadtest/stack.py``: embedded Redis + SQLite by
 default; REDIS_URL / DATABASE_URL or the options for others, MariaDB getting a
