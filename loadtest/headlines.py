@@ -9,8 +9,8 @@
 The rows of README.md's headline table and BENCHMARKS.md's goals table, each
 one ``manage.py bench`` command run in a subprocess exactly as shown beside its
 figure (``HMDP_ACCESS_LOG=0``, the given database URL: every run creates and
-drops a database of its own), one after the other, under the bench lock
-(``/tmp/hmdp-bench.lock``, so two benchmarks never share the box). Each bench
+drops a database of its own), one after the other (run it under ``flock -x
+/tmp/hmdp-bench.lock`` so that no other benchmark shares the box). Each bench
 run measures its own empty Flask route in the same run; ``seed-full`` and the
 drain have none. Two rows are read from one run: the gate alone and the drain
 alone are the two phases of ``seckill-peak --worker-after-load``.
@@ -23,8 +23,6 @@ the command, load and wall time of each run) under
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import shlex
@@ -32,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -47,7 +45,6 @@ from loadtest.report import number  # noqa: E402
 from loadtest.run import RESULTS, _log, _machine  # noqa: E402
 from settings import Settings  # noqa: E402
 
-BENCH_LOCK = Path("/tmp/hmdp-bench.lock")
 START_S = 10  # a bench subprocess's own start: the interpreter, the app's imports
 BENCH_ENV = {"HMDP_ACCESS_LOG": "0"}  # behind nginx the proxy writes the access log
 
@@ -74,7 +71,6 @@ class Run:
     quick: tuple[str, ...] | None = ()  # extra arguments in --quick; None: left out
     quick_estimate_s: float | None = None
     smoke: tuple[str, ...] = ()  # tiny sizes: the command runs, its figures mean nothing
-    database: bool = True  # takes --database-url
 
 
 _SECKILL_SMOKE = ("--duration", "2", "--users", "4", "--buyers", "200", "--no-redis-benchmark")
@@ -338,21 +334,6 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Figure]]] = [
 # --- the run -------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def bench_lock(path: Path | None) -> Iterator[None]:
-    """Hold the bench lock (other benchmarks wait for it, and we for them)."""
-    if path is None:
-        yield
-        return
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _log(f"waiting for {path} (another benchmark holds it)")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def run_one(argv: list[str], database_url: str | None, out_dir: Path) -> dict[str, Any]:
     """One bench command in a subprocess; its summary plus exit code, wall time and load."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -433,7 +414,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true", help="print the commands and estimates")
     parser.add_argument("--only", help=f"comma-separated runs of: {', '.join(RUN_NAMES)}")
     parser.add_argument("--database-url", help="default: DATABASE_URL, else SQLite")
-    parser.add_argument("--no-lock", action="store_true", help=f"do not take {BENCH_LOCK}")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     return parser
 
@@ -454,8 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         if bench_argv is None:
             print(f"  {run.name:<22} not run in --{mode}")
         else:
-            url = database_url if run.database else None
-            print(f"  {run.name:<22} ~{seconds / 60:4.1f} min  {shown(bench_argv, url)}")
+            print(f"  {run.name:<22} ~{seconds / 60:4.1f} min  {shown(bench_argv, database_url)}")
     print(f"  estimated wall time: {estimate / 60:.1f} min (this 2-core box, quiet)")
     if args.plan:
         return 0
@@ -470,21 +449,15 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {},
     }
     started = time.monotonic()
-    lock = None if args.no_lock or mode == "smoke" else BENCH_LOCK
-    with bench_lock(lock):
-        for run, bench_argv, seconds in plan:
-            if bench_argv is None:
-                report["runs"][run.name] = {
-                    "skipped": f"--{mode}",
-                    "command": shown([*run.argv], database_url if run.database else None),
-                }
-                continue
-            url = database_url if run.database else None
-            _log(f"{run.name} (~{seconds / 60:.1f} min): {shown(bench_argv, url)}")
-            done = run_one(bench_argv, url, out_dir / run.name)
-            done["command"] = shown(bench_argv, url)
-            report["runs"][run.name] = done
-            _log(f"{run.name}: exit {done['exit_code']} after {done['wall_s']:.0f} s")
+    for run, bench_argv, seconds in plan:
+        command = shown(bench_argv or [*run.argv], database_url)
+        if bench_argv is None:
+            report["runs"][run.name] = {"skipped": f"--{mode}", "command": command}
+            continue
+        _log(f"{run.name} (~{seconds / 60:.1f} min): {command}")
+        done = run_one(bench_argv, database_url, out_dir / run.name)
+        report["runs"][run.name] = done | {"command": command}
+        _log(f"{run.name}: exit {done['exit_code']} after {done['wall_s']:.0f} s")
     report["wall_s"] = time.monotonic() - started
     (out_dir / "headlines.json").write_text(json.dumps(report, indent=1, default=str))
     text = markdown(report)
