@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import headlines, matrix, wrk
+from loadtest import chart, headlines, matrix, wrk
 
 TINY_MATRIX = ["--cache", "8,50", "--seckill", "8", "--duration", "1", "--baseline-duration", "1"]
 TINY_MATRIX += ["--shops", "500", "--buyers", "60", "--stock", "3", "--no-redis-benchmark"]
@@ -192,3 +192,21 @@ def test_the_fd_limit_covers_the_connections() -> None:
         == limits["soft"]
         >= max(soft, limits["needed"])
     )
+
+
+def test_the_matrix_and_report_tools_read_a_results_directory_with_every_command(
+    tmp_path: Path,
+) -> None:
+    """``report.py``/``chart.py loadtest/results/*/summary.json`` meet these commands' summaries."""
+    for name, kind, date in [
+        ("seed-full", "seed-full", "2026-12-02T20:00"),
+        ("seed-matrix", "seed-matrix", "2026-12-02T20:05"),
+        ("seed-matrix", "seed-matrix", "2026-12-02T20:01"),
+    ]:
+        run = tmp_path / f"{name}-{date}"
+        run.mkdir()
+        (run / "summary.json").write_text(
+            json.dumps({"scenario": name, "kind": kind, "date": date})
+        )
+    found = chart.latest(sorted(tmp_path.glob("*/summary.json")))
+    assert list(found) == ["seed-matrix"] and found["seed-matrix"]["date"] == "2026-12-02T20:05"
