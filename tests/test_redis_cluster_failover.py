@@ -45,8 +45,10 @@ def _wait_in_thread(client, name: str) -> tuple[threading.Thread, dict]:  # type
     out: dict = {}
 
     def body() -> None:
+        # When the dead node was also the lock's master, the attempt the listener's
+        # failure woke up raises: a caller (the order task) retries it, as here.
         started = time.monotonic()
-        out["got"] = RLock(client, name).acquire(wait_timeout=LEASE_S + 10)
+        out["got"] = _retry(lambda: RLock(client, name).acquire(wait_timeout=LEASE_S + 10))
         out["elapsed"] = time.monotonic() - started
 
     thread = threading.Thread(target=body, daemon=True)
