@@ -135,6 +135,19 @@ class SweepReport:
     unfinished: list[int]  # shops still unfinished (retried by the next run)
 
 
+def mark_converged(client: redis.Redis, at: float) -> bool:
+    """Start the sweep at ``at`` on a system that has no mark yet (returns whether it did).
+
+    ``flask seed`` writes every shop's row, then caches and indexes them all
+    itself: without a mark, the first sweep would run every step again for each
+    shop it just loaded (an hour's lookback), on the order worker, during the
+    first sale. An existing mark is left alone: its window may hold a write whose
+    steps failed, which only the sweep retries.
+    """
+    # The sweep reaches back CLOCK_MARGIN_S before its mark: its first window starts at ``at``.
+    return bool(client.set(SWEEP_MARK_KEY, repr(at + CLOCK_MARGIN_S), nx=True))
+
+
 def converge_updated(
     region: CacheRegion, db: Database, clock: Callable[[], float] = time.time
 ) -> SweepReport:
@@ -154,5 +167,6 @@ def converge_updated(
         if not converge_shop(region, db, shop_id, region.config.near_ttl).done
     ]
     if not unfinished:
-        region.client.set(SWEEP_MARK_KEY, repr(started))
+        # Never back: a mark ahead of this run's start is the seed's (mark_converged).
+        region.client.set(SWEEP_MARK_KEY, repr(max(started, float(mark) if mark else started)))
     return SweepReport(since, len(ids), unfinished)

@@ -14,6 +14,7 @@ filter and warms the shop types and the hot shops, like ``flask seed`` does.
 
 from __future__ import annotations
 
+import time
 from datetime import tzinfo
 from functools import partial
 from typing import Annotated, Any, Optional
@@ -25,7 +26,7 @@ from sqlalchemy import select
 
 from cache.region import RebuildTimeout
 from cache.shop_source import SHOP_COLUMNS, SHOP_TIMES, shop_json
-from cache.shop_sync import converge_shop
+from cache.shop_sync import converge_shop, mark_converged
 from cache.shops import (
     rebuild_shop_bloom,
     shop_bloom,
@@ -338,8 +339,10 @@ def warm(svc: Services, top: int | None = None) -> dict[str, int]:
 
 def post_seed(svc: Services) -> None:
     """After ``flask seed``: Bloom filter, shop types, hot shops and GEO ready before traffic."""
+    started = time.time()  # every row read from here on is one the steps below cover
     warm(svc)
     load_all(svc)
+    mark_converged(svc.redis, started)
 
 
 @bp.cli.command("warm")
