@@ -8,8 +8,10 @@ the connection URLs from Settings. Each worker process gets its own
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 import celeryconfig
 from cache.connection import client_options
@@ -48,6 +50,12 @@ def create_celery(settings: Settings | None = None, services: Services | None = 
     app.conf.task_ignore_result = settings.celery_result_backend is None
     app.services = services
     install_celery_logging(settings)
+
+    @worker_init.connect(weak=False)
+    def _lower_priority(**_: object) -> None:
+        # Absolute and only upwards: idempotent, and a worker started niced stays so.
+        if settings.worker_nice > os.getpriority(os.PRIO_PROCESS, 0):
+            os.setpriority(os.PRIO_PROCESS, 0, settings.worker_nice)
 
     @worker_process_init.connect(weak=False)
     def _fresh_connections_after_fork(**_: object) -> None:
