@@ -147,6 +147,7 @@ def _seckill_summary(**changes: object) -> dict:
         ({"messages__per_order": 0.13}, False),
         ({"result__seconds": 20.0, "result__successes": 62_000}, False),  # not 60 s
         ({"verdict__ok": False}, False),
+        ({"result__extra": {"ok": 186_000, "refused": 60_533}}, False),  # sold out
     ],
 )
 def test_the_production_row_meets_its_goal_only_when_every_part_does(
