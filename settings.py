@@ -304,6 +304,18 @@ class Settings:
     order_dispatch_linger_ms: int = setting(
         "HMDP_ORDER_DISPATCH_LINGER_MS", 50, check=(lambda v: 0 <= v <= 1000, "must be 0..1000")
     )
+    # A reservation is answered 200 only once this many replicas have it (WAIT after the
+    # gate, cache/replication.py), so a failover to a replica loses no acknowledged order;
+    # 0 = do not wait. Waited for at most the timeout, then 503 "not confirmed" (the
+    # reservation may exist: the client's retry learns it, 409 with its id).
+    seckill_wait_replicas: int = setting(
+        "HMDP_SECKILL_WAIT_REPLICAS", 0, check=(lambda v: 0 <= v <= 16, "must be 0..16")
+    )
+    seckill_wait_timeout_ms: int = setting(
+        "HMDP_SECKILL_WAIT_TIMEOUT_MS",
+        250,
+        check=(lambda v: 1 <= v <= 60_000, "must be 1..60000"),
+    )
 
     # --- rate limiting ----------------------------------------------------
     rate_limit_enabled: bool = setting("HMDP_RATE_LIMIT_ENABLED", True)

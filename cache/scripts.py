@@ -76,33 +76,47 @@ def load_composed(client: redis.Redis, name: str, parts: tuple[str, ...]) -> Scr
     return _registered(client, (name, parts), lambda: composed_source(name, parts))
 
 
-_NO_REPLY = object()
-
-
 def call(script: Script, keys: list, args: list) -> Any:
     """``script(keys=keys, args=args)`` on its client, for a hot path: one EVALSHA, less CPU.
 
     redis-py's client layer around a command (its retry wrapper, argument
     filters, observability hooks, the lookup of a reply callback EVALSHA does
     not have) costs a quarter of a script call's client CPU; this sends the
-    EVALSHA on a connection of the client's own pool instead, so the pool's
-    checkout (the stall breaker, cache/connection.py), the connection's
-    timeouts and its reply parsing are the same. As redis-py does, a
-    connection whose command failed other than by an error reply is
-    disconnected before it goes back to the pool. NOSCRIPT (a restarted or
-    flushed Redis) goes through ``Script``, which loads the script again; a
-    cluster client (no one pool) always does.
+    EVALSHA on a connection of the client's own pool instead (:func:`run_on`).
+    A cluster client (no one pool) goes through ``Script``.
     """
     pool = getattr(script.registered_client, "connection_pool", None)
     if pool is None:
         return script(keys=keys, args=args)
-    reply: Any = _NO_REPLY
+    return run_on(pool, script, keys, args)
+
+
+Then = Callable[[Any, Any], Any]  # (connection, the script's reply) -> the answer
+
+
+def run_on(
+    pool: redis.ConnectionPool, script: Script, keys: list, args: list, then: Then | None = None
+) -> Any:
+    """``script`` on one connection of ``pool``; ``then(connection, reply)`` on the same one.
+
+    ``then`` sends what must follow the script on its connection (``WAIT``
+    counts the writes of its own connection: cache/replication.py); its return
+    is the answer. The pool's checkout (the stall breaker, cache/connection.py),
+    the connection's timeouts and its reply parsing are the pool's. As redis-py
+    does, a connection whose command failed other than by an error reply is
+    disconnected before it goes back to the pool. A Redis that does not know the
+    script (restarted, flushed, a new master: NOSCRIPT) gets its text by EVAL on
+    the same connection, which caches it there again.
+    """
     connection = pool.get_connection()
     try:
-        connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        reply = connection.read_response()
-    except redis.exceptions.NoScriptError:
-        pass
+        try:
+            connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = connection.read_response()
+        except redis.exceptions.NoScriptError:
+            connection.send_command("EVAL", script.script, len(keys), *keys, *args)
+            reply = connection.read_response()
+        return reply if then is None else then(connection, reply)
     except redis.ResponseError:
         raise
     except BaseException:
@@ -112,7 +126,6 @@ def call(script: Script, keys: list, args: list) -> Any:
         if connection.should_reconnect():
             connection.disconnect()
         pool.release(connection)
-    return script(keys=keys, args=args) if reply is _NO_REPLY else reply
 
 
 def run_each(

@@ -51,6 +51,8 @@ def test_reads_every_documented_variable(tmp_path: Path):
         ({"HMDP_NULL_TTL": "-1"}, "must not be negative"),
         ({"HMDP_ORDER_SETTLE_BATCH": "0"}, "HMDP_ORDER_SETTLE_BATCH must be 1..1000"),
         ({"HMDP_REDIS_APPENDFSYNC": "no"}, "HMDP_REDIS_APPENDFSYNC must be everysec or always"),
+        ({"HMDP_SECKILL_WAIT_REPLICAS": "17"}, "HMDP_SECKILL_WAIT_REPLICAS must be 0..16"),
+        ({"HMDP_SECKILL_WAIT_TIMEOUT_MS": "0"}, "HMDP_SECKILL_WAIT_TIMEOUT_MS must be 1..60000"),
     ],
 )
 def test_bad_values_fail_at_start_with_the_variable_named(env, message):
@@ -194,3 +196,12 @@ def test_nothing_but_settings_reads_the_environment():
             found[str(relative)] = reads
     # The one exception: where the virtualenv lives, read before anything is installed.
     assert found == {"manage.py": ['os.environ.get("HMDP_VENV", ROOT / ".venv")']}
+
+
+def test_the_gate_waits_for_replicas_only_when_asked():
+    from cache.replication import ReplicaWait
+
+    assert ReplicaWait.of(Settings()) is None  # 0 replicas: off
+    env = {"HMDP_SECKILL_WAIT_REPLICAS": "1", "HMDP_SECKILL_WAIT_TIMEOUT_MS": "80"}
+    assert ReplicaWait.of(Settings.from_env(env)) == ReplicaWait(1, 80)
+    assert ReplicaWait.of(Settings(seckill_wait_replicas=2)) == ReplicaWait(2, 250)
