@@ -153,13 +153,14 @@ def converge_updated(
 ) -> SweepReport:
     """Converge every shop changed since the last complete run (beat, the safety net).
 
-    The mark moves to this run's start only when every shop finished, so a
-    Redis outage of any length is swept once it is over. Waits out the
+    The mark moves to this run's start (never back) only when every shop
+    finished, so a Redis outage of any length is swept once it is over. Waits out the
     near-cache TTL where an acknowledgement is missing (a worker may wait).
     """
     started = clock()
-    mark = region.client.get(SWEEP_MARK_KEY)
-    since = (float(mark) if mark else started - FIRST_LOOKBACK_S) - CLOCK_MARGIN_S
+    raw = region.client.get(SWEEP_MARK_KEY)
+    mark = float(raw) if raw else None
+    since = (started - FIRST_LOOKBACK_S if mark is None else mark) - CLOCK_MARGIN_S
     ids = updated_shop_ids(db, since)
     unfinished = [
         shop_id
@@ -168,5 +169,5 @@ def converge_updated(
     ]
     if not unfinished:
         # Never back: a mark ahead of this run's start is the seed's (mark_converged).
-        region.client.set(SWEEP_MARK_KEY, repr(max(started, float(mark) if mark else started)))
+        region.client.set(SWEEP_MARK_KEY, repr(started if mark is None else max(started, mark)))
     return SweepReport(since, len(ids), unfinished)

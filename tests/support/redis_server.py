@@ -26,10 +26,15 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     try:
         yield server
     finally:
-        if server.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
+        _continue_and_stop(server)
+
+
+def _continue_and_stop(server: EmbeddedRedis) -> None:
+    """SIGCONT first: a test may have left the server stopped, which would not shut down."""
+    if server.process is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.process.pid, signal.SIGCONT)
+    server.stop()
 
 
 def replication_ready(master: EmbeddedRedis, replicas: int = 1) -> bool:
@@ -65,8 +70,4 @@ def replicated_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, EmbeddedRe
         yield master, replica
     finally:
         for server in (replica, master):
-            if server.process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(server.process.pid, signal.SIGCONT)
-        replica.stop()
-        master.stop()
+            _continue_and_stop(server)
