@@ -175,6 +175,13 @@ class Settings:
     redis_connect_timeout: float = setting(
         "HMDP_REDIS_CONNECT_TIMEOUT", 1.0, check=(lambda v: 0.1 <= v <= 300, "must be 0.1..300")
     )
+    # On a Redis Cluster: how many times a command that met CLUSTERDOWN, an uncovered
+    # slot or a dead node is retried after a topology refresh (cache/connection.py).
+    # redis-py's default of 10 makes one request of a failed cluster cost seconds
+    # (each CLUSTERDOWN sleeps 0.25 s); one retry rides a finished failover.
+    redis_cluster_retries: int = setting(
+        "HMDP_REDIS_CLUSTER_RETRIES", 1, check=(lambda v: 0 <= v <= 10, "must be 0..10")
+    )
     # The AOF fsync policy of the Redis we run (the embedded one, the local cluster's,
     # compose's): everysec can lose the last ~1 s of acknowledged writes to a host crash,
     # always none short of the disk (README, "Durability"). A Redis given by REDIS_URL

@@ -36,6 +36,16 @@ connection class and one fail-fast breaker per node pool (:class:`ClusterNodePoo
 Pub/sub subscribers take a pool of their own (:func:`subscriber_pool`); on a
 cluster its connection goes to any live node (classic PUBLISH is broadcast to
 every node) and moves on when that node dies.
+
+**Redis unavailable** is one fact, :data:`UNAVAILABLE`: the web answers it 503
+(web/errors.py, the fast paths), the order task and the Stream's recovery retry
+it. On a cluster it is more than a refused or silent connection: CLUSTERDOWN
+(no quorum, a slot without a master), TRYAGAIN (a slot moving), a slot the
+client's table lacks, and a topology that cannot be read at all
+(:class:`ClusterUnavailable`). The cluster client retries such a command
+``HMDP_REDIS_CLUSTER_RETRIES`` times after refreshing its slot table (redis-py's
+10 would make each request of a failed cluster wait seconds: every CLUSTERDOWN
+costs a 0.25 s sleep and a refresh before the retry).
 """
 
 from __future__ import annotations
@@ -46,8 +56,16 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.cluster import ClusterNode, RedisCluster
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.connection import SENTINEL, AbstractConnection
+from redis.exceptions import (
+    ClusterError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.retry import Retry
 
 from settings import Settings, cluster_nodes, is_cluster_url
 
@@ -75,6 +93,22 @@ _BLOCKING: dict[str, tuple[int | str, float]] = {
 
 # What every client of ours is: a single Redis or a cluster, one API for both.
 Client = redis.Redis | RedisCluster
+
+
+class ClusterUnavailable(redis.ConnectionError):
+    """The cluster's topology cannot be read: no node answers, or the slots are not all
+    served (redis-py raises a bare RedisClusterException, the class of its usage errors
+    too, so :class:`_Topology` gives these their own)."""
+
+
+# Redis unavailable (module doc): answered 503 by the web, retried by tasks.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,  # refused, reset, the breaker's fail-fast, ClusterUnavailable
+    redis.TimeoutError,  # no reply within HMDP_REDIS_SOCKET_TIMEOUT
+    ClusterError,  # CLUSTERDOWN (ClusterDownError, MasterDownError), redirections exhausted
+    TryAgainError,  # TRYAGAIN: the keys' slot is being moved
+    SlotNotCoveredError,  # the client's slot table has no master for the key
+)
 
 
 def resolve_redis_url(settings: Settings) -> str:
@@ -273,19 +307,47 @@ def connect_cluster(
     from ``connection_pool_class``) and the others as startup nodes; its own
     retries follow a failover (MOVED, topology refresh).
     """
+    settings = settings or Settings()
     auth, nodes = cluster_nodes(url)
     (host, port), others = nodes[0], nodes[1:]
-    return RedisCluster(
-        url=f"redis://{auth}{host}:{port}/0",
-        startup_nodes=[ClusterNode(h, p) for h, p in others],
-        connection_pool_class=ClusterNodePool,
-        connection_class=StallAwareConnection,
-        max_connections=max_connections,
-        timeout=5,
-        decode_responses=True,
-        socket_keepalive=True,
-        **client_options(settings or Settings()),
-    )
+    try:
+        client = RedisCluster(
+            url=f"redis://{auth}{host}:{port}/0",
+            startup_nodes=[ClusterNode(h, p) for h, p in others],
+            connection_pool_class=ClusterNodePool,
+            connection_class=StallAwareConnection,
+            max_connections=max_connections,
+            timeout=5,
+            decode_responses=True,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), settings.redis_cluster_retries),
+            **client_options(settings),
+        )
+    except RedisClusterException as exc:  # the first topology read failed
+        if isinstance(exc, ClusterUnavailable):
+            raise
+        raise ClusterUnavailable(f"Redis Cluster {url}: {exc}") from exc
+    client.nodes_manager.__class__ = _Topology
+    return client
+
+
+class _Topology(NodesManager):
+    """redis-py's slot table, whose failures to read the topology are ClusterUnavailable.
+
+    A refresh runs inside the client's error handling (after a refused
+    connection, CLUSTERDOWN, MOVED ...); when no node answers or the slots are
+    not all served, redis-py raises a bare RedisClusterException from there,
+    which would reach the web as a 500. The client's manager is given this class
+    once built (redis-py offers no hook to choose it).
+    """
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().initialize(*args, **kwargs)
+        except ClusterUnavailable:
+            raise
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
 
 
 class FollowingConnection(StallAwareConnection):

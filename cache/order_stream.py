@@ -75,6 +75,7 @@ from metrics import ORDERS_DEAD_LETTERED, ORDERS_RECOVERED
 from models.entities import MAX_ID
 from settings import Settings
 
+from .connection import UNAVAILABLE
 from .locks import LockError
 from .scripts import load_script
 
@@ -331,7 +332,7 @@ SettleMany = Callable[[list[OrderEntry]], dict[OrderEntry, str]]
 
 # Failures whose cause is outside the entry when no ``transient`` is given:
 # Redis and network errors. The beat job passes tasks.orders.RETRYABLE.
-TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
+TRANSIENT: tuple[type[BaseException], ...] = (*UNAVAILABLE, OSError)
 
 
 @dataclass

@@ -65,6 +65,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from cache import order_stream
+from cache.connection import UNAVAILABLE
 from cache.locks import LockError, RLock, acquire_all, release_all
 from cache.order_stream import MalformedEntry, OrderEntry
 from cache.reconcile import record_drift
@@ -97,8 +98,7 @@ DRIFT = "drift"  # the buyer already has a row under another id (Redis lost stat
 RETRYABLE: tuple[type[BaseException], ...] = (
     OperationalError,
     PoolTimeout,
-    redis.ConnectionError,
-    redis.TimeoutError,
+    *UNAVAILABLE,
     LockError,
 )
 MAX_RETRIES = 8

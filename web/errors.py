@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from flask import Flask, Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
+
+from cache.connection import UNAVAILABLE
 
 from .envelope import ApiError, NotLoggedIn, fail
 from .exchange import current_exchange
@@ -25,10 +26,11 @@ _HTTP_MESSAGES = {
     429: "too many requests",
 }
 
-# Redis down or stalled (no answer within HMDP_REDIS_SOCKET_TIMEOUT): what a client is told.
+# Redis down, stalled (no answer within HMDP_REDIS_SOCKET_TIMEOUT) or, on a cluster,
+# without a master for the key's slot (cache.connection.UNAVAILABLE): what a client is told.
 REDIS_DOWN = "service temporarily unavailable (cache)"
 REDIS_DOWN_HEADERS = {"Retry-After": 1}
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+REDIS_ERRORS = UNAVAILABLE
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -51,11 +53,12 @@ def register_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response
 
-    @app.errorhandler(redis.ConnectionError)
-    @app.errorhandler(redis.TimeoutError)
     def _redis_down(error: Exception) -> Response:
-        log.error("redis unavailable: %s", error)
+        log.error("redis unavailable: %s: %s", type(error).__name__, error)
         return fail(REDIS_DOWN, 503, REDIS_DOWN_HEADERS)
+
+    for unavailable in REDIS_ERRORS:
+        app.register_error_handler(unavailable, _redis_down)
 
     @app.errorhandler(OperationalError)
     def _db_down(error: DBAPIError) -> Response:
