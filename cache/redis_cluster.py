@@ -83,6 +83,7 @@ class EmbeddedCluster:
     replicas: int = 0
     node_timeout_ms: int = 1000
     appendfsync: str = "everysec"
+    binary: str | None = None  # Settings.redis_server; None: find_redis_server's choice
     nodes: list[ClusterNode] = field(default_factory=list)
 
     @property
@@ -101,6 +102,7 @@ class EmbeddedCluster:
                 Path(self.data_dir) / f"node-{index}",
                 node_port(),
                 appendfsync=self.appendfsync,
+                binary=self.binary,
                 extra_args=(
                     "--cluster-enabled",
                     "yes",

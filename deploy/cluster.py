@@ -10,6 +10,14 @@ Web instances and nginx are restarted when they exit, so a rolling restart is
 ``kill -TERM <pid>`` of one instance at a time (pids in ``var/cluster/state.json``):
 the instance drains its in-flight requests, exits, and comes back while nginx
 sends new requests to the other two.
+
+``--redis-cluster N [--redis-replicas R]``: the same topology on a local Redis
+Cluster of N masters (R replicas each) instead of the single embedded Redis
+(cache/redis_cluster.EmbeddedCluster, plain redis-server processes, data under
+``var/redis-cluster/``, formed fresh at each start and stopped with the rest).
+Celery has no Redis Cluster transport, so the broker is RabbitMQ:
+``CELERY_BROKER_URL``, else the local one (:data:`LOCAL_RABBITMQ`); the command
+refuses to start when it does not answer.
 """
 
 from __future__ import annotations
@@ -34,6 +42,12 @@ from deploy.supervisor import Supervisor, log
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
 PLACEHOLDER = re.compile(r"\$\{(LB_[A-Z0-9_]+)\}")
+# The broker of a local Redis Cluster when CELERY_BROKER_URL names none: the machine's
+# RabbitMQ with its default user and vhost.
+LOCAL_RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+# A local cluster's failure detector: a master silent this long is failed over to its
+# replica (tests use 1 s; a busy laptop would fail over spuriously on that).
+REDIS_CLUSTER_NODE_TIMEOUT_MS = 5000
 
 
 # --- nginx configuration ------------------------------------------------------------
@@ -152,6 +166,16 @@ def check_nginx_conf(binary: str, conf: Path, nginx_dir: Path) -> subprocess.Com
 # --- the cluster ------------------------------------------------------------------
 
 
+def _count(low: int):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"at least {low}")
+        return value
+
+    return parse
+
+
 def _ports(text: str) -> list[int]:
     ports = [int(p) for p in text.split(",") if p.strip()]
     if not ports:
@@ -179,6 +203,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--no-seed", action="store_true")
     parser.add_argument("--no-flower", action="store_true")
     parser.add_argument("--no-beat", action="store_true")
+    parser.add_argument(
+        "--redis-cluster",
+        type=_count(1),
+        metavar="N",
+        help="run on a local Redis Cluster of N masters (broker: RabbitMQ, CELERY_BROKER_URL "
+        f"or {LOCAL_RABBITMQ})",
+    )
+    parser.add_argument(
+        "--redis-replicas",
+        type=_count(0),
+        default=0,
+        metavar="R",
+        help="replicas of each master of --redis-cluster (failover)",
+    )
     # Every client of a local cluster is 127.0.0.1: per-IP limits are set high by
     # default so that load tests measure the system, not the limiter.
     parser.add_argument("--lb-rate", default="5000r/s", help="nginx per-IP request rate")
@@ -199,6 +237,23 @@ def _get(url: str, timeout: float = 2.0) -> int:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
+
+
+def broker_problem(url: str, timeout: float = 3.0) -> str | None:
+    """Why the broker at ``url`` cannot be used now (None: it accepted a connection)."""
+    from kombu import Connection  # in the venv only, like the Celery processes
+
+    try:
+        with Connection(url, connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:  # refused, unknown host, bad credentials or vhost ...
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password (for the launcher's output)."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
 def wait_until_up(urls: Sequence[str], supervisor: Supervisor, timeout: float = 90.0) -> None:
@@ -233,6 +288,8 @@ class Cluster:
         self.frontend_root = (args.frontend or settings.var_dir / "frontend").resolve()
         self.ready = False
         self.redis_url = ""
+        self.broker_url: str | None = None
+        self.redis_cluster = None  # cache.redis_cluster.EmbeddedCluster with --redis-cluster
         self.supervisor = Supervisor(on_change=self.write_state)
         self.web_names = [f"web{i + 1}" for i in range(len(args.web_ports))]
 
@@ -247,6 +304,8 @@ class Cluster:
             "launcher_pid": os.getpid(),
             "url": self.url(a.port),
             "redis_url": self.redis_url,
+            "redis_cluster": self._redis_cluster_state(),
+            "broker_url": safe_url(self.broker_url) if self.broker_url else None,
             "database_url": self.settings.effective_database_url,
             "web": {
                 name: {"port": port, "pid": self.supervisor.pid(name), "url": self.url(port)}
@@ -270,6 +329,20 @@ class Cluster:
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
 
+    def _redis_cluster_state(self) -> dict | None:
+        """The local Redis Cluster's shape and nodes (None without --redis-cluster)."""
+        cluster = self.redis_cluster
+        if cluster is None:
+            return None
+        return {
+            "masters": cluster.masters,
+            "replicas": cluster.replicas,
+            "nodes": [
+                {"port": node.port, "pid": node.server.process and node.server.process.pid}
+                for node in cluster.nodes
+            ],
+        }
+
     def run(self) -> int:
         """Start everything, wait for Ctrl-C (or a fatal exit), stop everything."""
         a = self.args
@@ -283,7 +356,15 @@ class Cluster:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         env["HMDP_VAR_DIR"] = str(self.settings.var_dir)
-        if self.settings.redis_url:
+        if a.redis_replicas and not a.redis_cluster:
+            log("--redis-replicas is the replicas of each master of --redis-cluster N: give N")
+            return 2
+        if a.redis_cluster:
+            refused = self._start_redis_cluster()
+            if refused:
+                return refused
+            env["CELERY_BROKER_URL"] = self.broker_url or ""
+        elif self.settings.redis_url:
             self.redis_url = self.settings.redis_url
         else:
             from cache.server import NoEmbeddedRedis, start_shared_server
@@ -335,6 +416,58 @@ class Cluster:
             if server is not None:
                 log("stopping embedded redis-server")
                 server.stop()
+            if self.redis_cluster is not None:
+                log("stopping the Redis Cluster")
+                self.redis_cluster.stop()
+                shutil.rmtree(self.redis_cluster.data_dir, ignore_errors=True)
+
+    def _start_redis_cluster(self) -> int:
+        """Check the broker, start and form the Redis Cluster; an exit code if it cannot (else 0)."""
+        from cache.redis_cluster import EmbeddedCluster
+        from cache.server import NoEmbeddedRedis
+
+        a = self.args
+        if self.settings.redis_url:
+            log(
+                "--redis-cluster starts a Redis Cluster of its own, but REDIS_URL names one "
+                f"({self.settings.redis_url}): unset REDIS_URL, or drop --redis-cluster"
+            )
+            return 2
+        self.broker_url = self.settings.celery_broker_url or LOCAL_RABBITMQ
+        problem = broker_problem(self.broker_url)
+        if problem is not None:
+            log(
+                f"cannot start the cluster: the Celery broker {safe_url(self.broker_url)} does "
+                f"not answer ({problem}). Celery has no Redis Cluster transport, so a Redis "
+                "Cluster needs RabbitMQ: start it (apt-get install rabbitmq-server) or set "
+                "CELERY_BROKER_URL to one that answers"
+            )
+            return 1
+        # One directory per launcher: a crashed run's leftovers never meet a new cluster.
+        data_dir = self.settings.var_dir / "redis-cluster" / f"run-{os.getpid()}"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        cluster = EmbeddedCluster(
+            data_dir,
+            masters=a.redis_cluster,
+            replicas=a.redis_replicas,
+            node_timeout_ms=REDIS_CLUSTER_NODE_TIMEOUT_MS,
+            appendfsync=self.settings.redis_appendfsync,
+            binary=self.settings.redis_server,
+        )
+        self.redis_cluster = cluster
+        try:
+            cluster.start()
+        except (RuntimeError, OSError, NoEmbeddedRedis) as exc:
+            log(f"cannot start the Redis Cluster: {exc}")
+            self.redis_cluster = None
+            shutil.rmtree(data_dir, ignore_errors=True)
+            return 1
+        self.redis_url = cluster.url
+        log(
+            f"Redis Cluster of {a.redis_cluster} masters x {a.redis_replicas} replicas at "
+            f"{cluster.url} (data in {data_dir}); broker {safe_url(self.broker_url)}"
+        )
+        return 0
 
     def _start_web(self, env: dict[str, str], bin_dir: Path) -> None:
         from deploy.web_server import web_argv  # standard library only, like this file
