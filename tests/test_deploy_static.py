@@ -23,7 +23,7 @@ import celeryconfig
 import metrics
 from deploy import cluster
 from deploy.web_server import APP, web_argv
-from settings import Settings
+from settings import Settings, cluster_nodes
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -597,3 +597,124 @@ def test_compose_mounts_the_front_end_into_nginx_and_shares_the_uploads():
         (volume,) = (v for v in SERVICES[name]["volumes"] if v.split(":")[1] == images_dir)
         uploads.add(volume.split(":")[0])
     assert len(uploads) == 1 and uploads <= set(COMPOSE["volumes"])
+
+
+# --- compose profile redis-cluster ------------------------------------------------------
+
+CLUSTER_PROFILE = "redis-cluster"
+CLUSTER_ENV = DEPLOY / "redis-cluster.env"
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """A compose --env-file: KEY=VALUE lines, ${VAR:-default} as its default (no host env)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = resolve(value.strip())
+    return values
+
+
+def profile_services() -> dict[str, dict]:
+    return {n: s for n, s in SERVICES.items() if CLUSTER_PROFILE in (s.get("profiles") or [])}
+
+
+def redis_nodes() -> dict[str, dict]:
+    return {n: s for n, s in profile_services().items() if command_of(s)[:1] == ["redis-server"]}
+
+
+def node_address(service: dict) -> str:
+    return f"{service['networks']['default']['ipv4_address']}:6379"
+
+
+def test_the_redis_cluster_profile_has_six_nodes_a_create_job_and_rabbitmq():
+    assert set(profile_services()) == {
+        *(f"redis-node-{i}" for i in range(1, 7)),
+        "redis-cluster-create",
+        "rabbitmq",
+    }
+    # Nothing of the default stack is in the profile: without it, the stack is as before.
+    assert not [n for n, s in app_services() if s.get("profiles")]
+    addresses = set()
+    subnet = ipaddress.ip_network(COMPOSE["networks"]["default"]["ipam"]["config"][0]["subnet"])
+    nginx_ip = SERVICES["nginx"]["networks"]["default"]["ipv4_address"]
+    for name, node in redis_nodes().items():
+        cmd = command_of(node)
+        assert option(cmd, "--port") == "6379", name
+        assert option(cmd, "--cluster-enabled") == "yes", name
+        assert option(cmd, "--cluster-require-full-coverage") == "yes", name
+        assert option(cmd, "--appendonly") == "yes", name
+        assert option(cmd, "--appendfsync") == Settings().redis_appendfsync, name
+        assert option(cmd, "--cluster-config-file").startswith("/data/"), name
+        (volume,) = node["volumes"]
+        assert volume == f"{name}:/data" and name in COMPOSE["volumes"], name
+        assert node["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"], name
+        ip = node["networks"]["default"]["ipv4_address"]
+        assert ipaddress.ip_address(ip) in subnet and ip != nginx_ip, name
+        addresses.add(node_address(node))
+    assert len(addresses) == 6  # one fixed address each: CLUSTER MEET takes an IP
+
+
+def test_the_create_job_forms_three_masters_with_a_replica_each_from_every_node():
+    job = SERVICES["redis-cluster-create"]
+    assert job["restart"] == "no"  # one shot: the app waits for it to complete
+    assert job["image"] == SERVICES["redis"]["image"]  # the same redis-cli as the servers
+    (script,) = job["command"]
+    create = shlex.split(script.split("||", 1)[1].split(";", 1)[0])
+    assert create[:3] == ["redis-cli", "--cluster", "create"]
+    listed = [arg for arg in create[3:] if not arg.startswith("--") and ":" in arg]
+    nodes = redis_nodes()
+    assert sorted(listed) == sorted(node_address(n) for n in nodes.values())
+    assert option(create, "--cluster-replicas") == "1"
+    assert "--cluster-yes" in create  # no prompt: nobody answers it
+    assert len(listed) // (1 + int(option(create, "--cluster-replicas"))) == 3  # masters
+    # It waits for every node, and ends only when the cluster serves every slot.
+    assert job["depends_on"] == {name: {"condition": "service_healthy"} for name in nodes}
+    wait = script.split(";", 1)[1]
+    assert wait.strip().startswith("until redis-cli") and "cluster_state:ok" in wait, wait
+
+
+def test_the_env_file_points_every_app_service_at_the_cluster_and_rabbitmq():
+    values = env_file(CLUSTER_ENV)
+    assert values["COMPOSE_PROFILES"] == CLUSTER_PROFILE
+    _, nodes = cluster_nodes(values["REDIS_URL"])
+    known = {node_address(s) for s in redis_nodes().values()}
+    assert nodes and {f"{h}:{p}" for h, p in nodes} <= known
+    broker = urlsplit(values["CELERY_BROKER_URL"])
+    rabbit = env_of(SERVICES["rabbitmq"])
+    assert set(rabbit) == {
+        "RABBITMQ_DEFAULT_USER",
+        "RABBITMQ_DEFAULT_PASS",
+        "RABBITMQ_DEFAULT_VHOST",
+    }
+    assert broker.scheme == "amqp" and (broker.hostname, broker.port) == ("rabbitmq", 5672)
+    assert (broker.username, broker.password) == (
+        rabbit["RABBITMQ_DEFAULT_USER"],
+        rabbit["RABBITMQ_DEFAULT_PASS"],
+    )
+    assert broker.path.lstrip("/") == rabbit["RABBITMQ_DEFAULT_VHOST"]
+    assert SERVICES["rabbitmq"]["healthcheck"]["test"][:2] == ["CMD", "rabbitmq-diagnostics"]
+    for name, service in app_services():
+        raw = service["environment"]
+        # The env file reaches the app only through these two interpolations ...
+        assert raw["REDIS_URL"].startswith("${REDIS_URL:-"), name
+        assert raw["CELERY_BROKER_URL"] == "${CELERY_BROKER_URL:-}", name
+        # ... and with it, every app service is a valid cluster configuration.
+        env = {**env_of(service), **{k: values[k] for k in ("REDIS_URL", "CELERY_BROKER_URL")}}
+        settings = Settings.from_env(env)
+        assert settings.redis_url == values["REDIS_URL"], name
+        assert settings.celery_broker_url == values["CELERY_BROKER_URL"], name
+
+
+def test_app_services_wait_for_the_formed_cluster_and_rabbitmq_when_the_profile_runs():
+    for name, service in app_services():
+        depends = service.get("depends_on") or {}
+        if name == "seed":  # it runs after migrate, which waits
+            assert depends["migrate"]["condition"] == "service_completed_successfully"
+            continue
+        assert depends.get("redis-cluster-create") == {
+            "condition": "service_completed_successfully",
+            "required": False,  # without the profile, no such service: ignored
+        }, name
+        assert depends.get("rabbitmq") == {"condition": "service_healthy", "required": False}, name
