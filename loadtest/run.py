@@ -8,6 +8,7 @@
     python3 manage.py bench seckill-peak --appendfsync always   # the AOF fsynced per write
     python3 manage.py bench seed-matrix    # the seed's matrix with wrk (loadtest/matrix.py)
     python3 manage.py bench headlines      # every headline row (loadtest/headlines.py)
+    python3 manage.py bench gate-lua       # the gate script on one shard (loadtest/gate_lua.py)
 
 Each run, on a fresh stack (``loadtest/stack.py``: embedded Redis + SQLite by
 default; REDIS_URL / DATABASE_URL or the options for others, MariaDB getting a
@@ -700,6 +701,7 @@ COMMANDS = {
     "seed-matrix": ("loadtest.matrix", "main", "the seed's matrix with wrk on one stack, audited"),
     "headlines": ("loadtest.headlines", "main", "every headline and goal row, with its command"),
     "seed-full": ("loadtest.headlines", "seed_full_main", "times `flask seed --full`"),
+    "gate-lua": ("loadtest.gate_lua", "main", "the gate script's throughput on one Redis shard"),
 }
 
 

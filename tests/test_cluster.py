@@ -28,11 +28,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
-from support.env import ROOT, process_env
+from support.cluster_launcher import Launcher
+from support.env import ROOT
 from support.procs import answers, json_lines, wait_for
 from support.procs import http as fetch
 
-from cache.server import free_port
 from deploy.cluster import find_nginx
 from models.entities import VoucherOrder
 
@@ -46,50 +46,11 @@ USERS = range(2, 202)  # demo data: 200 users
 ORDER_TASK = "tasks.orders.create_voucher_order"
 
 
-class Cluster:
-    """The launcher process and its state file."""
+class Cluster(Launcher):
+    """The launcher without beat, and its web instances."""
 
     def __init__(self, settings, tmp_path: Path):
-        self.ports = [free_port() for _ in range(3)]
-        self.port = free_port()
-        self.log = tmp_path / "cluster.log"
-        self.state_file = settings.var_dir / "cluster" / "state.json"
-        self.env = process_env(settings)
-        args = [
-            sys.executable,
-            "manage.py",
-            "cluster",
-            "--port",
-            str(self.port),
-            "--web-ports",
-            ",".join(map(str, self.ports)),
-            "--flower-port",
-            str(free_port()),
-            "--worker-metrics-port",
-            str(free_port()),
-            "--web-workers",
-            "1",
-            "--concurrency",
-            "2",
-            "--no-beat",
-        ]
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def state(self) -> dict:
-        try:
-            return json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def wait_ready(self) -> None:
-        wait_for(lambda: self.state().get("ready"), 120, "the cluster", self.proc, self.log)
+        super().__init__(settings, tmp_path / "cluster.log", "--no-beat")
 
     def web_pid(self, name: str) -> int:
         return self.state()["web"][name]["pid"]
@@ -107,16 +68,6 @@ class Cluster:
             self.proc,
             self.log,
         )
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 def _get_loop(base_port: int, count: int, done: list, failures: list) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from support import rabbitmq
-from support.env import ROOT, process_env
+from support.cluster_launcher import Launcher
+from support.env import ROOT
 from support.procs import wait_for
 
 from cache.connection import connect, disconnect
@@ -50,61 +50,8 @@ SECKILL_VOUCHER = 11  # demo data: stock 300
 BUYERS = range(2, 42)
 
 
-class Launcher:
-    """``manage.py cluster --redis-cluster 3 ...`` and its state file."""
-
-    def __init__(self, settings: Settings, log: Path, *extra: str):
-        self.port = free_port()
-        self.log = log
-        self.state_file = settings.var_dir / "cluster" / "state.json"
-        self.env = process_env(settings)
-        args = [
-            sys.executable,
-            "manage.py",
-            "cluster",
-            "--redis-cluster",
-            "3",
-            "--port",
-            str(self.port),
-            "--web-ports",
-            ",".join(str(free_port()) for _ in range(3)),
-            "--flower-port",
-            str(free_port()),
-            "--worker-metrics-port",
-            str(free_port()),
-            "--web-workers",
-            "1",
-            "--concurrency",
-            "2",
-            *extra,
-        ]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def state(self) -> dict:
-        try:
-            return json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+def _launch(settings: Settings, log: Path, *options: str) -> Launcher:
+    return Launcher(settings, log, "--redis-cluster", "3", *options)
 
 
 def _settings(tmp: Path, broker: str) -> Settings:
@@ -127,14 +74,12 @@ def launched(tmp_path_factory, rabbitmq_vhost):
         load_demo_data(db, DemoSize.named("small"))
     finally:
         db.dispose()
-    launcher = Launcher(settings, tmp / "cluster.log", "--no-seed")
+    launcher = _launch(settings, tmp / "cluster.log", "--no-seed")
     try:
-        wait_for(
-            lambda: launcher.state().get("ready"), 180, "the cluster", launcher.proc, launcher.log
-        )
+        launcher.wait_ready(180)
         yield launcher, settings
     finally:
-        code = launcher.stop()
+        code = launcher.stop(90)
         state = launcher.state()
         nodes = (state.get("redis_cluster") or {}).get("nodes") or []
         output = launcher.output()
@@ -271,7 +216,7 @@ def test_a_broker_that_does_not_answer_is_refused_before_anything_starts(tmp_pat
     if find_nginx() is None:
         pytest.skip("nginx not installed: the launcher refuses that first")
     settings = _settings(tmp_path, f"amqp://guest:guest@127.0.0.1:{free_port()}//")
-    launcher = Launcher(settings, tmp_path / "cluster.log")
+    launcher = _launch(settings, tmp_path / "cluster.log")
     started = time.monotonic()
     try:
         launcher.proc.wait(120)
