@@ -56,6 +56,7 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 from redis.crc import key_slot  # noqa: E402
+from redis.exceptions import ClusterCrossSlotError, MovedError  # noqa: E402
 
 from cache.connection import connect, disconnect  # noqa: E402
 from cache.redis_cluster import EmbeddedCluster  # noqa: E402
@@ -217,14 +218,12 @@ def measure(url: str, args: argparse.Namespace, target: str, slots: set[int] | N
     probe = connect(url)
     try:
         SeckillGate(probe, Settings()).reserve(vouchers[0], USERS_PER_CLIENT * (args.clients + 1))
-    except redis.ResponseError as exc:
-        if "CROSSSLOT" in str(exc) or "MOVED" in str(exc):
-            raise SystemExit(
-                f"[gate-lua] the node refuses the gate script: {exc}. The gate's keys must share "
-                "the voucher's slot (issue 19: the stream and the id counter of today's "
-                "lua/seckill.lua are keys of other slots); --cluster-node measures that gate"
-            ) from None
-        raise
+    except (ClusterCrossSlotError, MovedError) as exc:
+        raise SystemExit(
+            f"[gate-lua] the node refuses the gate script (CROSSSLOT: {exc}). The gate's keys "
+            "must share the voucher's slot (issue 19: the stream and the id counter of today's "
+            "lua/seckill.lua are keys of other slots); --cluster-node measures that gate"
+        ) from None
     finally:
         disconnect(probe)
     context = mp.get_context("fork")
