@@ -6,7 +6,8 @@ Real 3-master clusters of our own (the run's shared cluster is never broken):
   ``cluster-require-full-coverage yes`` every node answers CLUSTERDOWN and the
   client's topology refresh finds the slots not all served;
 * a master without a replica is SIGKILLed and the others agree on
-  ``cluster_state:fail``.
+  ``cluster_state:fail``;
+* every node is SIGKILLed: no node to read the topology from.
 
 Shop, login and seckill routes (the WSGI fast paths included) then answer the
 503 envelope with ``Retry-After``; the autouse guard of conftest fails the test
@@ -225,3 +226,13 @@ def test_an_order_task_retries_while_the_cluster_is_down_then_settles(
     # Celery's line for a task that failed (its exception not retried) never appears.
     failed = [e for e in json_lines(log) if "raised unexpected" in str(e.get("msg"))]
     assert not failed, failed[:3]
+
+
+def test_a_cluster_with_no_node_left_answers_503(cluster, cluster_app):
+    """No node to read the topology from: redis-py's bare RedisClusterException is a 503."""
+    services = cluster_app.extensions["hmdp"]
+    token, voucher_id = _prepare(cluster_app, services)
+    assert cluster_app.test_client().get("/shop-type/list").status_code == 200
+    for node in cluster.nodes:
+        cluster.kill(node)
+    _print_times("every node killed", _assert_unavailable(cluster_app, token, voucher_id))
