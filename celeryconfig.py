@@ -13,7 +13,7 @@ Throughput choices (measured in BENCHMARKS.md, "Seckill drain into MariaDB"):
   Safe because nothing depends on the prefetch being small: a killed worker's
   reserved messages are unacknowledged (acks late), so the broker gives them
   back after ``visibility_timeout``; meanwhile beat's Stream recovery settles
-  their reservations from ``stream.orders`` once idle past
+  their reservations from their vouchers' ``stream.orders:{<id>}`` once idle past
   ``HMDP_ORDER_CLAIM_IDLE_MS``; a late redelivery is then a DUPLICATE no-op.
   The cost is latency for other work behind a deep backlog, bounded by
   concurrency x 4 messages.

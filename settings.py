@@ -290,9 +290,22 @@ class Settings:
     )
 
     # --- seckill ----------------------------------------------------------
+    # One orders stream per voucher, named this plus the voucher's tag (stream.orders:{42}:
+    # cache/order_stream.py), its dead letters beside it (stream.orders.dead:{42}). The bare
+    # names are the single streams of earlier versions, drained by recovery while they exist.
     order_stream: str = setting("HMDP_ORDER_STREAM", "stream.orders")
     order_group: str = setting("HMDP_ORDER_GROUP", "g1")
     order_dead_letter_stream: str = setting("HMDP_ORDER_DEAD_LETTER_STREAM", "stream.orders.dead")
+    # Recovery and the stream gauges visit every seckill voucher whose sale ended less than
+    # this long ago; older ones only while a sweep found entries in their stream
+    # (cache/stream_vouchers.py) ...
+    order_stream_horizon_s: int = setting(
+        "HMDP_ORDER_STREAM_HORIZON_S", 86_400, check=(lambda v: v >= 0, "must be >= 0")
+    )
+    # ... and the sweep looks at every seckill voucher's stream this often.
+    order_stream_sweep_s: int = setting(
+        "HMDP_ORDER_STREAM_SWEEP_S", 3_600, check=(lambda v: v >= 1, "must be at least 1")
+    )
     order_max_deliveries: int = setting("HMDP_ORDER_MAX_DELIVERIES", 5)
     order_claim_idle_ms: int = setting("HMDP_ORDER_CLAIM_IDLE_MS", 30_000)
     order_lock_lease_ms: int = setting("HMDP_ORDER_LOCK_LEASE_MS", 30_000)

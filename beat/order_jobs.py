@@ -4,8 +4,10 @@
 beat_schedule) on a worker. It settles, through the task's own code path
 (:func:`tasks.orders.settle_order`; :func:`~tasks.orders.settle_free` for
 what nobody ever read, in batches), every Stream entry whose dispatch was lost
-or whose task died or gave up, and dead-letters what keeps failing. (The
-stream gauges are read from Redis at scrape time by web/metrics.py.) See :mod:`cache.order_stream` for the design.
+or whose task died or gave up, and dead-letters what keeps failing, in the
+stream of every voucher that may hold any (:mod:`cache.stream_vouchers`).
+(The stream gauges are read from Redis at scrape time by web/metrics.py.) See
+:mod:`cache.order_stream` for the design.
 
 ``beat.order_jobs.reconcile_seckill_state`` runs every ~30 s: it makes every
 live voucher's buyers, issued ids and stock, and the order id counter, agree
@@ -21,7 +23,7 @@ import redis
 from celery import shared_task
 from sqlalchemy import text
 
-from cache import order_stream
+from cache import order_stream, stream_vouchers
 from cache.locks import RLock
 from cache.reconcile import Reconciler
 from services import Services
@@ -73,18 +75,25 @@ def run_recovery(services: Services, **options: object) -> dict[str, object]:
 def recover_orders(services: Services, **options: object) -> order_stream.RecoveryReport:
     """One pass of :func:`cache.order_stream.recover` with the tasks' settling code.
 
-    Without the job's lock and database check (:func:`run_recovery` adds them).
-    The database and Redis failures the task retries are the ones that never
-    count against an entry.
+    Over the streams of the vouchers :func:`cache.stream_vouchers.for_recovery`
+    names (recent, lingering, every one when a sweep is due) and the legacy
+    stream. Without the job's lock and database check (:func:`run_recovery`
+    adds them). The database and Redis failures the task retries are the ones
+    that never count against an entry.
     """
-    return order_stream.recover(
-        services.redis,
-        services.settings,
+    client, settings = services.redis, services.settings
+    visit = stream_vouchers.for_recovery(client, services.db, settings)
+    report = order_stream.recover(
+        client,
+        settings,
         lambda entry: settle_order(services, entry, USER_LOCK_WAIT_SECONDS),
+        visit.voucher_ids,
         settle_many=lambda entries: settle_free(services, entries),
         transient=RETRYABLE,
         **options,  # type: ignore[arg-type]
     )
+    stream_vouchers.after_recovery(client, settings, visit, report.behind)
+    return report
 
 
 @shared_task(bind=True, name=JOB_NAME, ignore_result=True)

@@ -3,8 +3,14 @@
 Settlement design (the contract every writer and reader here follows):
 
 * The seckill Lua script XADDs each reservation ``{orderId, userId, voucherId}``
-  to ``stream.orders`` in the same atomic step that takes the stock. The Stream
-  is the durable record of "sold in Redis, not yet a row" (Redis runs with AOF).
+  to its voucher's stream ``stream.orders:{<voucherId>}`` (:func:`stream_key`) in the
+  same atomic step that takes the stock. The Stream is the durable record of "sold
+  in Redis, not yet a row" (Redis runs with AOF). One stream per voucher, in the
+  voucher's slot (its tag), with its consumer group and its dead-letter stream
+  ``stream.orders.dead:{<voucherId>}`` beside it, so everything that touches one
+  entry touches one slot: on a single Redis and on a Redis Cluster alike.
+  "The Stream" below is one voucher's; which vouchers have one is
+  :mod:`cache.stream_vouchers`' job.
 * **An entry present in the Stream is unsettled; settling deletes it.** Whoever
   persists an order (the Celery task, or recovery) calls :func:`acknowledge_many`
   afterwards: ``XACK`` + ``XDEL`` in one MULTI. An entry is only ever deleted
@@ -56,7 +62,17 @@ Settlement design (the contract every writer and reader here follows):
   constraint last), so a task and recovery settling one entry at the same time
   still give one row. Several outside failures in a row (database down) end
   the run early; a busy lock or an entry's own failure does not, so the
-  entries behind it are still tried.
+  entries behind it are still tried. A run visits the streams of the vouchers
+  it is given that hold anything (one pipelined reading of all of them first),
+  a batch of each in turn, so one voucher's backlog does not starve another's.
+* **Upgrade**: versions before one stream per voucher wrote every reservation to
+  the single ``stream.orders`` (:func:`legacy_stream`). While it exists,
+  recovery drains it like a voucher's stream (its entries settle and
+  dead-letter there, into ``stream.orders.dead``) and deletes it once empty
+  (``lua/stream_drop_empty.lua``: only if nothing was added meanwhile, by a
+  web process of the old version during a rolling upgrade). Only a single Redis
+  can hold it (the old gate never ran on a cluster), so a cluster client never
+  looks for it.
 
 This module never imports ``tasks`` or ``web``: the settling is passed in.
 """
@@ -66,10 +82,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import redis
+from redis.cluster import RedisCluster
 
 from metrics import ORDERS_DEAD_LETTERED, ORDERS_RECOVERED
 from models.entities import MAX_ID
@@ -77,7 +94,7 @@ from settings import Settings
 
 from .connection import UNAVAILABLE
 from .locks import LockError
-from .scripts import load_script
+from .scripts import load_script, run_each
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +105,60 @@ _PAGE = 1000
 
 class MalformedEntry(ValueError):
     """A Stream entry or task payload that is not a valid reservation."""
+
+
+# --- which stream ------------------------------------------------------------------------
+
+
+def voucher_key(name: str, voucher_id: int) -> str:
+    """``name`` for one voucher: hmdp's name plus the voucher's hash tag (its slot)."""
+    return f"{name}:{{{voucher_id}}}"
+
+
+def stream_key(settings: Settings, voucher_id: int) -> str:
+    """The orders stream of ``voucher_id``: ``stream.orders:{42}`` (the gate's XADD)."""
+    return voucher_key(settings.order_stream, voucher_id)
+
+
+def dead_letter_key(settings: Settings, voucher_id: int) -> str:
+    """The dead-letter stream of ``voucher_id``, in its slot: ``stream.orders.dead:{42}``."""
+    return voucher_key(settings.order_dead_letter_stream, voucher_id)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One orders stream, its consumer group and its dead-letter stream (one slot)."""
+
+    key: str
+    dead: str
+    group: str
+    voucher_id: int | None = None  # None: the single stream of earlier versions
+
+    @property
+    def legacy(self) -> bool:
+        """True for the single ``stream.orders`` of earlier versions (see the module doc)."""
+        return self.voucher_id is None
+
+
+def voucher_stream(settings: Settings, voucher_id: int) -> Stream:
+    """The stream a voucher's reservations are in."""
+    return Stream(
+        stream_key(settings, voucher_id),
+        dead_letter_key(settings, voucher_id),
+        settings.order_group,
+        voucher_id,
+    )
+
+
+def legacy_stream(settings: Settings) -> Stream:
+    """The single orders stream earlier versions wrote (drained by recovery, then deleted)."""
+    return Stream(settings.order_stream, settings.order_dead_letter_stream, settings.order_group)
+
+
+def legacy_of(client: redis.Redis | RedisCluster, settings: Settings) -> list[Stream]:
+    """The legacy stream where one can exist: a single Redis (the old gate never ran on a
+    cluster, whose client would refuse the legacy key beside a voucher's in one call)."""
+    return [] if isinstance(client, RedisCluster) else [legacy_stream(settings)]
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -110,9 +181,12 @@ class OrderEntry:
     user_id: int
     voucher_id: int
     stream_id: str | None = None
+    legacy: bool = False  # in the single stream of earlier versions, not its voucher's
 
     @classmethod
-    def from_fields(cls, fields: dict | None, stream_id: str | None) -> OrderEntry:
+    def from_fields(
+        cls, fields: dict | None, stream_id: str | None, legacy: bool = False
+    ) -> OrderEntry:
         """Parse a Stream entry's fields; MalformedEntry if they are not a reservation."""
         if not fields:
             raise MalformedEntry("empty entry")
@@ -121,6 +195,7 @@ class OrderEntry:
             user_id=_positive_int(fields.get("userId"), "userId"),
             voucher_id=_positive_int(fields.get("voucherId"), "voucherId"),
             stream_id=stream_id,
+            legacy=legacy,
         )
 
     @classmethod
@@ -146,10 +221,10 @@ class OrderEntry:
 # --- group, acknowledgement, dead letters -------------------------------------------
 
 
-def ensure_group(client: redis.Redis, settings: Settings) -> bool:
+def ensure_group(client: redis.Redis, stream: Stream) -> bool:
     """Create the consumer group (and the Stream) if missing; True if created now."""
     try:
-        client.xgroup_create(settings.order_stream, settings.order_group, id="0", mkstream=True)
+        client.xgroup_create(stream.key, stream.group, id="0", mkstream=True)
         return True
     except redis.ResponseError as exc:
         if "BUSYGROUP" in str(exc):
@@ -157,56 +232,89 @@ def ensure_group(client: redis.Redis, settings: Settings) -> bool:
         raise
 
 
-def acknowledge_many(client: redis.Redis, settings: Settings, stream_ids: list[str]) -> None:
-    """Mark settled entries: one XACK (if recovery held them) and one XDEL, in one MULTI."""
-    if not stream_ids:
+def ensure_groups(client: redis.Redis, streams: list[Stream]) -> None:
+    """:func:`ensure_group` for many streams, in one pipeline (one round trip per node)."""
+    if not streams:
         return
-    pipe = client.pipeline(transaction=True)
-    pipe.xack(settings.order_stream, settings.order_group, *stream_ids)
-    pipe.xdel(settings.order_stream, *stream_ids)
-    pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xgroup_create(stream.key, stream.group, id="0", mkstream=True)
+    for reply in pipe.execute(raise_on_error=False):
+        if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+            raise reply
+
+
+def stream_of(settings: Settings, entry: OrderEntry) -> Stream:
+    """The stream ``entry`` is in: its voucher's (or, read from there, the legacy one)."""
+    return legacy_stream(settings) if entry.legacy else voucher_stream(settings, entry.voucher_id)
+
+
+def acknowledge_many(client: redis.Redis, settings: Settings, entries: list[OrderEntry]) -> None:
+    """Mark settled entries: XACK (if recovery held them) and XDEL together, per stream.
+
+    ``lua/stream_settle.lua`` once per stream the entries are in, all in one
+    pipeline: one round trip on a single Redis, one per node on a cluster.
+    """
+    by_stream: dict[Stream, list[str]] = {}
+    for entry in entries:
+        if entry.stream_id is not None:
+            by_stream.setdefault(stream_of(settings, entry), []).append(entry.stream_id)
+    if not by_stream:
+        return
+    calls = [([stream.key], [stream.group, *ids]) for stream, ids in by_stream.items()]
+    run_each(client, load_script(client, "stream_settle"), calls)
 
 
 def dead_letter(
     client: redis.Redis,
-    settings: Settings,
+    stream: Stream,
     stream_id: str,
     fields: dict | None,
     reason: str,
     deliveries: int | None = None,
 ) -> None:
-    """Move an entry to the dead-letter stream (copy, XACK, XDEL in one MULTI).
+    """Move an entry to its stream's dead-letter stream (copy, XACK, XDEL in one MULTI).
 
     For entries no retry can settle (oversell attempt, malformed, given up);
-    an operator inspects ``stream.orders.dead``. Logged at ERROR and counted.
+    an operator inspects ``stream.orders.dead:{<voucherId>}``. Logged at ERROR
+    and counted. One slot: the dead letters are beside their stream.
     """
     record = {k: v for k, v in (fields or {}).items() if k not in {"reason", "sourceId"}}
     record.update(reason=reason[:500], sourceId=stream_id, at=str(int(time.time() * 1000)))
     if deliveries is not None:
         record["deliveries"] = str(deliveries)
     pipe = client.pipeline(transaction=True)
-    pipe.xadd(settings.order_dead_letter_stream, record)
-    pipe.xack(settings.order_stream, settings.order_group, stream_id)
-    pipe.xdel(settings.order_stream, stream_id)
+    pipe.xadd(stream.dead, record)
+    pipe.xack(stream.key, stream.group, stream_id)
+    pipe.xdel(stream.key, stream_id)
     pipe.execute()
     ORDERS_DEAD_LETTERED.inc()
-    log.error("order entry %s dead-lettered: %s (%s)", stream_id, reason, fields)
+    log.error("order entry %s of %s dead-lettered: %s (%s)", stream_id, stream.key, reason, fields)
 
 
 def replay_dead_letter(
-    client: redis.Redis, settings: Settings, dead_id: str, entry: OrderEntry | None
+    client: redis.Redis,
+    settings: Settings,
+    source: Stream,
+    dead_id: str,
+    entry: OrderEntry | None,
 ) -> str | None:
-    """Move a dead letter back to the orders Stream as ``entry``, or (None) only remove it.
+    """Move a dead letter of ``source`` back to its voucher's Stream as ``entry``, or (None)
+    only remove it.
 
     One script (``lua/dead_letter_replay.lua``): atomic per entry, and at most
     once however many replays run. Returns the entry's new Stream id ('' when
-    only removed), or None if ``dead_id`` is not a dead letter (any more).
+    only removed), or None if ``dead_id`` is not a dead letter (any more). A
+    voucher's dead letters go back to its own stream (one slot); the legacy
+    dead letters (a single Redis) to their voucher's stream too.
     """
     fields: list[object] = []
+    target = source.key
     if entry is not None:
         fields = ["orderId", entry.order_id, "userId", entry.user_id, "voucherId", entry.voucher_id]
+        target = stream_key(settings, entry.voucher_id)
     new_id = load_script(client, "dead_letter_replay")(
-        keys=[settings.order_dead_letter_stream, settings.order_stream], args=[dead_id, *fields]
+        keys=[source.dead, target], args=[dead_id, *fields]
     )
     return None if new_id is None else str(new_id)
 
@@ -226,28 +334,34 @@ def iter_stream(client: redis.Redis, stream: str) -> Iterator[tuple[str, dict]]:
 
 
 def parse_entries(
-    client: redis.Redis, settings: Settings, items: list[tuple[str, dict]]
+    client: redis.Redis, settings: Settings, stream: Stream, items: list[tuple[str, dict]]
 ) -> tuple[list[OrderEntry], int]:
-    """The reservations among Stream ``items``, and how many were malformed.
+    """The reservations among ``stream``'s ``items``, and how many were malformed.
 
     A malformed entry can never be settled: it goes to the dead letters at once
-    (for recovery and for the batches tasks claim alike).
+    (for recovery and for the batches tasks claim alike). So does an entry of
+    another voucher than its stream's: its settling would acknowledge it in
+    the wrong stream.
     """
     entries = []
     malformed = 0
     for stream_id, fields in items:
         try:
-            entries.append(OrderEntry.from_fields(fields, stream_id))
+            entry = OrderEntry.from_fields(fields, stream_id, stream.legacy)
+            if stream.voucher_id is not None and entry.voucher_id != stream.voucher_id:
+                raise MalformedEntry(f"voucherId {entry.voucher_id} in {stream.key}")
+            entries.append(entry)
         except MalformedEntry as exc:
-            dead_letter(client, settings, stream_id, fields, f"malformed: {exc}")
+            dead_letter(client, stream, stream_id, fields, f"malformed: {exc}")
             malformed += 1
     return entries, malformed
 
 
 def claim_new(
-    client: redis.Redis, settings: Settings, count: int, own_id: str | None = None
+    client: redis.Redis, stream: Stream, count: int, own_id: str | None = None
 ) -> tuple[bool, list[tuple[str, dict]]]:
-    """Claim up to ``count`` entries nobody took yet, for a task to settle as a batch.
+    """Claim up to ``count`` entries of ``stream`` nobody took yet, for a task to settle as a
+    batch.
 
     Returns (whether ``own_id`` is still in the Stream, the claimed entries),
     in one round trip. An entry gone from the Stream was settled (the row is
@@ -255,8 +369,9 @@ def claim_new(
     entries are in the PEL under ``tasks``: if the claimer dies, recovery
     takes them over once idle (phase 1 of :func:`recover`).
     """
-    present, claimed = claim_for(client, settings, count, [] if own_id is None else [own_id])
-    return own_id in present, claimed
+    own = [] if own_id is None else [own_id]
+    present, claimed = claim_for(client, {stream: (own, count)})
+    return (stream.key, own_id) in present, claimed.get(stream, [])
 
 
 def stream_id_key(stream_id: str) -> tuple[int, int]:
@@ -265,61 +380,170 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+Ref = tuple[str, str]  # (stream key, entry id): ids are unique within one stream only
+
+
+def ref(settings: Settings, entry: OrderEntry) -> Ref:
+    """Where ``entry`` is: its stream's key and its id there."""
+    return stream_of(settings, entry).key, entry.stream_id or ""
+
+
 def claim_for(
-    client: redis.Redis, settings: Settings, count: int, own_ids: list[str]
-) -> tuple[set[str], list[tuple[str, dict]]]:
-    """:func:`claim_new` for a task carrying many entries: which of ``own_ids`` are still
-    in the Stream (unsettled), and up to ``count`` entries nobody took yet, in one round trip.
+    client: redis.Redis, wanted: dict[Stream, tuple[list[str], int]]
+) -> tuple[set[Ref], dict[Stream, list[tuple[str, dict]]]]:
+    """:func:`claim_new` for a task carrying many entries, of one voucher or several.
+
+    ``wanted`` maps a stream to (its own ids to look for, how many entries nobody
+    took yet to claim). Returns which own ids are still in their stream
+    (unsettled) and the claimed entries per stream, in one pipeline (one round
+    trip on a single Redis, one per node on a cluster). A stream without its
+    group (a voucher Redis forgot) gets it, and is read again.
     """
-    stream, group = settings.order_stream, settings.order_group
 
-    def read() -> list:
+    def read(streams: list[Stream]) -> list:
         pipe = client.pipeline(transaction=False)
-        for own_id in own_ids:
-            pipe.xrange(stream, min=own_id, max=own_id)
-        pipe.xreadgroup(group, TASK_CONSUMER, {stream: ">"}, count=max(1, count))
-        return pipe.execute()
+        for stream in streams:
+            own, count = wanted[stream]
+            for own_id in own:
+                pipe.xrange(stream.key, min=own_id, max=own_id)
+            pipe.xreadgroup(stream.group, TASK_CONSUMER, {stream.key: ">"}, count=max(1, count))
+        return pipe.execute(raise_on_error=False)
 
-    try:
-        replies = read()
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
-        ensure_group(client, settings)
-        replies = read()
-    present = {own_id for own_id, found in zip(own_ids, replies, strict=False) if found}
-    claimed = replies[-1]
-    return present, (claimed[0][1] if claimed else [])
+    present: set[Ref] = set()
+    claimed: dict[Stream, list[tuple[str, dict]]] = {}
+    todo = list(wanted)
+    for _ in range(2):
+        replies = iter(read(todo))
+        missing = []
+        for stream in todo:
+            for own_id in wanted[stream][0]:
+                found = next(replies)
+                if isinstance(found, Exception):
+                    raise found
+                if found:
+                    present.add((stream.key, own_id))
+            reply = next(replies)
+            if isinstance(reply, redis.ResponseError) and "NOGROUP" in str(reply):
+                missing.append(stream)
+            elif isinstance(reply, Exception):
+                raise reply
+            elif reply:
+                claimed[stream] = reply[0][1]
+        if not missing:
+            break
+        ensure_groups(client, missing)
+        todo = missing
+    return present, claimed
 
 
-def still_present(client: redis.Redis, settings: Settings, stream_ids: list[str]) -> set[str]:
-    """Which of ``stream_ids`` are still in the Stream (not settled yet), in one round trip."""
+def still_present(client: redis.Redis, refs: list[Ref]) -> set[Ref]:
+    """Which of ``refs`` are still in their Stream (not settled yet), in one pipeline."""
     pipe = client.pipeline(transaction=False)
-    for stream_id in stream_ids:
-        pipe.xrange(settings.order_stream, min=stream_id, max=stream_id)
-    return {sid for sid, found in zip(stream_ids, pipe.execute(), strict=True) if found}
+    for key, stream_id in refs:
+        pipe.xrange(key, min=stream_id, max=stream_id)
+    return {r for r, found in zip(refs, pipe.execute(), strict=True) if found}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One stream's figures: entries, held by the group, not yet delivered, dead letters."""
+
+    exists: bool
+    length: int
+    pending: int
+    lag: int
+    dead_letters: int
+    has_group: bool
+
+    @property
+    def backlog(self) -> bool:
+        """Anything for recovery to do (an entry, or a PEL id of a deleted entry)."""
+        return self.length > 0 or self.pending > 0
+
+    @property
+    def anything(self) -> bool:
+        """Anything to settle or to replay: the stream is worth reading again."""
+        return self.backlog or self.dead_letters > 0
+
+
+def read_streams(client: redis.Redis, streams: list[Stream]) -> list[Reading]:
+    """XLEN, the dead letters' XLEN and XINFO GROUPS of each stream, in one pipeline.
+
+    One round trip on a single Redis, one per node on a cluster, however many
+    streams. The lag is the group's (Redis >= 7) unless deletions make it
+    unknowable; then, and on Redis 6.2, it is XLEN - pending: exact here,
+    because a settled entry is acknowledged AND deleted, so a stream holds only
+    pending and undelivered entries. A stream without a group: all of it is lag.
+    """
+    if not streams:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xlen(stream.key)
+        pipe.xlen(stream.dead)
+        pipe.xinfo_groups(stream.key)
+    replies = pipe.execute(raise_on_error=False)
+    readings = []
+    for n, stream in enumerate(streams):
+        length, dead, groups = replies[3 * n : 3 * n + 3]
+        for reply in (length, dead):
+            if isinstance(reply, Exception):
+                raise reply
+        exists = True
+        if isinstance(groups, redis.ResponseError):  # no such stream
+            groups, exists = [], False
+        elif isinstance(groups, Exception):
+            raise groups
+        group = next((g for g in groups if g.get("name") == stream.group), None)
+        length = int(length)
+        if group is None:
+            readings.append(Reading(exists, length, 0, length, int(dead), False))
+            continue
+        pending = int(group.get("pending") or 0)
+        lag = group.get("lag")
+        lag = max(length - pending, 0) if lag is None else int(lag)
+        readings.append(Reading(exists, length, pending, lag, int(dead), True))
+    return readings
 
 
 @dataclass(frozen=True)
 class StreamStats:
-    """Backlog figures: unsettled entries, held by recovery, dead letters."""
+    """Backlog figures summed over streams: unsettled entries, held by a settler, dead letters."""
 
     length: int
     pending: int
     dead_letters: int
+    lag: int = 0
 
 
-def stream_stats(client: redis.Redis, settings: Settings) -> StreamStats:
-    """Read the backlog figures (the gauges are read at scrape time by web/metrics.py)."""
+def stream_stats(client: redis.Redis, streams: list[Stream]) -> StreamStats:
+    """The backlog figures of ``streams``, summed (:func:`read_streams`)."""
+    readings = read_streams(client, streams)
+    return StreamStats(
+        sum(r.length for r in readings),
+        sum(r.pending for r in readings),
+        sum(r.dead_letters for r in readings),
+        sum(r.lag for r in readings),
+    )
+
+
+def backlog(client: redis.Redis, settings: Settings, voucher_ids: Iterable[int]) -> int:
+    """The unsettled reservations of ``voucher_ids`` (and of the legacy stream): their
+    streams' XLEN summed, in one pipeline (for load tests that poll it)."""
+    streams = [voucher_stream(settings, v) for v in voucher_ids] + legacy_of(client, settings)
     pipe = client.pipeline(transaction=False)
-    pipe.xlen(settings.order_stream)
-    pipe.xlen(settings.order_dead_letter_stream)
-    length, dead = pipe.execute()
-    try:
-        pending = int(client.xpending(settings.order_stream, settings.order_group)["pending"])
-    except redis.ResponseError:  # no group yet
-        pending = 0
-    return StreamStats(int(length), pending, int(dead))
+    for stream in streams:
+        pipe.xlen(stream.key)
+    return sum(int(n) for n in pipe.execute())
+
+
+def drop_if_empty(client: redis.Redis, stream: Stream) -> bool:
+    """Delete ``stream`` if it holds no entry (``lua/stream_drop_empty.lua``); True if deleted.
+
+    For the legacy stream once drained: atomic, so an entry an old web process
+    adds meanwhile is never deleted with it.
+    """
+    return bool(load_script(client, "stream_drop_empty")(keys=[stream.key]))
 
 
 # --- recovery ----------------------------------------------------------------------------
@@ -347,6 +571,9 @@ class RecoveryReport:
     failed: int = 0  # entries whose settle raised (busy locks not counted)
     busy: int = 0  # entries whose user lock was held by someone else: left for the next run
     aborted: bool = False
+    streams: int = 0  # streams read (every voucher given, and the legacy stream)
+    behind: list[int] = field(default_factory=list)  # vouchers whose streams held anything
+    legacy_dropped: bool = False  # the drained legacy stream was deleted in this run
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly, for the beat job's result and logs."""
@@ -359,11 +586,14 @@ class RecoveryReport:
             "failed": self.failed,
             "busy": self.busy,
             "aborted": self.aborted,
+            "streams": self.streams,
+            "behind": self.behind,
+            "legacy_dropped": self.legacy_dropped,
         }
 
 
 class _Run:
-    """State of one recovery run (the phases share the failure streak)."""
+    """State of one recovery run (the phases and the streams share the failure streak)."""
 
     def __init__(
         self,
@@ -382,19 +612,19 @@ class _Run:
         self.transient = transient
         self.streak = 0
         self.report = RecoveryReport()
-        self.seen: set[str] = set()  # tried in this run: not again until the next run
+        self.seen: set[Ref] = set()  # tried in this run: not again until the next run
 
-    def handle(self, stream_id: str, fields: dict | None, deliveries: int) -> None:
+    def handle(self, stream: Stream, stream_id: str, fields: dict | None, deliveries: int) -> None:
         """Settle one entry we hold in the PEL, or dead-letter it if it may no longer be tried.
 
         ``deliveries`` is its count now: 1 + the failures of its own so far.
         """
         report = self.report
-        self.seen.add(stream_id)
+        self.seen.add((stream.key, stream_id))
         if deliveries > self.settings.order_max_deliveries:
             dead_letter(
                 self.client,
-                self.settings,
+                stream,
                 stream_id,
                 fields,
                 f"not settled after {deliveries - 1} deliveries",
@@ -402,19 +632,19 @@ class _Run:
             )
             report.dead_lettered += 1
             return
-        entries = self._parse([(stream_id, fields)])
+        entries = self._parse(stream, [(stream_id, fields)])
         if not entries:
             return
         try:
             outcome = self.settle(entries[0])
         except Exception as exc:
             if self._failed(1, stream_id, exc):
-                self._charge(stream_id, deliveries + 1)
+                self._charge(stream, stream_id, deliveries + 1)
             return
         self._settled([outcome])
 
-    def _parse(self, items: list[tuple[str, dict]]) -> list[OrderEntry]:
-        entries, malformed = parse_entries(self.client, self.settings, items)
+    def _parse(self, stream: Stream, items: list[tuple[str, dict]]) -> list[OrderEntry]:
+        entries, malformed = parse_entries(self.client, self.settings, stream, items)
         self.report.dead_lettered += malformed
         return entries
 
@@ -440,12 +670,11 @@ class _Run:
             self.report.aborted = True
         return False
 
-    def _charge(self, stream_id: str, deliveries: int) -> None:
+    def _charge(self, stream: Stream, stream_id: str, deliveries: int) -> None:
         """Count one failure of the entry's own: its delivery count becomes ``deliveries``."""
-        s = self.settings
         self.client.xclaim(
-            s.order_stream,
-            s.order_group,
+            stream.key,
+            stream.group,
             RECOVERY_CONSUMER,
             0,
             [stream_id],
@@ -458,7 +687,7 @@ class _Run:
         self.report.settled.update(outcomes)
         ORDERS_RECOVERED.inc(len(outcomes))
 
-    def handle_first_deliveries(self, items: list[tuple[str, dict]]) -> None:
+    def handle_first_deliveries(self, stream: Stream, items: list[tuple[str, dict]]) -> None:
         """Settle entries read for the first time: together if a batch settler was given.
 
         A batch that fails charges nobody (which entry was it?): its entries
@@ -469,10 +698,10 @@ class _Run:
             for stream_id, fields in items:
                 if self.report.aborted:
                     break  # left in the PEL with one delivery: claimed on a later run
-                self.handle(stream_id, fields, 1)
+                self.handle(stream, stream_id, fields, 1)
             return
-        self.seen.update(stream_id for stream_id, _ in items)
-        entries = self._parse(items)
+        self.seen.update((stream.key, stream_id) for stream_id, _ in items)
+        entries = self._parse(stream, items)
         if not entries:
             return
         try:
@@ -483,24 +712,28 @@ class _Run:
         self.report.busy += len(entries) - len(outcomes)
         self._settled(list(outcomes.values()))
 
-    def stuck(self, batch: int) -> int:
+    def stuck(self, stream: Stream, batch: int) -> int:
         """Phase 1: take over PEL entries idle past the threshold, one at a time; how many seen."""
-        s = self.settings
         pending = self.client.xpending_range(
-            s.order_stream, s.order_group, min="-", max="+", count=batch, idle=s.order_claim_idle_ms
+            stream.key,
+            stream.group,
+            min="-",
+            max="+",
+            count=batch,
+            idle=self.settings.order_claim_idle_ms,
         )
-        ids = [p["message_id"] for p in pending if p["message_id"] not in self.seen]
+        ids = [p["message_id"] for p in pending if (stream.key, p["message_id"]) not in self.seen]
         for sid in ids:
             if self.report.aborted:
                 break
-            self.seen.add(sid)
-            claimed = self._claim(sid)
+            self.seen.add((stream.key, sid))
+            claimed = self._claim(stream, sid)
             if claimed is not None:
                 self.report.claimed += 1
-                self.handle(sid, *claimed)
+                self.handle(stream, sid, *claimed)
         return len(ids)
 
-    def _claim(self, stream_id: str) -> tuple[dict, int] | None:
+    def _claim(self, stream: Stream, stream_id: str) -> tuple[dict, int] | None:
         """Take one idle PEL entry over, keeping its delivery count: (fields, deliveries).
 
         XCLAIM ... JUSTID takes it without counting a delivery (whether the try
@@ -509,38 +742,35 @@ class _Run:
         longer idle), or if it is gone from the Stream (settled: its PEL id is
         cleared).
         """
-        s = self.settings
+        key, group = stream.key, stream.group
         pipe = self.client.pipeline(transaction=False)
         pipe.xclaim(
-            s.order_stream,
-            s.order_group,
+            key,
+            group,
             RECOVERY_CONSUMER,
-            s.order_claim_idle_ms,
+            self.settings.order_claim_idle_ms,
             [stream_id],
             justid=True,
         )
-        pipe.xrange(s.order_stream, min=stream_id, max=stream_id)
-        pipe.xpending_range(s.order_stream, s.order_group, min=stream_id, max=stream_id, count=1)
+        pipe.xrange(key, min=stream_id, max=stream_id)
+        pipe.xpending_range(key, group, min=stream_id, max=stream_id, count=1)
         taken, found, pel = pipe.execute()
         if not found:  # Redis 7's XCLAIM has dropped the id from the PEL, 6.2's has not
-            self.client.xack(s.order_stream, s.order_group, stream_id)
+            self.client.xack(key, group, stream_id)
             self.report.acked_deleted += 1
             return None
         if not taken or not pel:
             return None
         return found[0][1], int(pel[0]["times_delivered"])
 
-    def never_delivered(self, batch: int, now_ms: int) -> int:
+    def never_delivered(self, stream: Stream, batch: int, now_ms: int) -> int:
         """Phase 2: read entries nobody took that are older than the threshold."""
-        s = self.settings
-        cutoff = now_ms - s.order_claim_idle_ms
+        cutoff = now_ms - self.settings.order_claim_idle_ms
         if cutoff <= 0:
             return 0
-        group = next(
-            g for g in self.client.xinfo_groups(s.order_stream) if g["name"] == s.order_group
-        )
+        group = next(g for g in self.client.xinfo_groups(stream.key) if g["name"] == stream.group)
         older = self.client.xrange(
-            s.order_stream, min="(" + group["last-delivered-id"], max=str(cutoff), count=batch
+            stream.key, min="(" + group["last-delivered-id"], max=str(cutoff), count=batch
         )
         if not older:
             return 0
@@ -548,11 +778,11 @@ class _Run:
         # batch took some meanwhile: then newer ones come instead, which is
         # harmless (settling is idempotent), just early.
         replies = self.client.xreadgroup(
-            s.order_group, RECOVERY_CONSUMER, {s.order_stream: ">"}, count=len(older)
+            stream.group, RECOVERY_CONSUMER, {stream.key: ">"}, count=len(older)
         )
         entries = replies[0][1] if replies else []
         self.report.picked_up += len(entries)
-        self.handle_first_deliveries(entries)
+        self.handle_first_deliveries(stream, entries)
         return len(entries)
 
 
@@ -566,6 +796,7 @@ def recover(
     client: redis.Redis,
     settings: Settings,
     settle: Settle,
+    voucher_ids: Iterable[int],
     *,
     now_ms: int | None = None,
     batch: int = 200,
@@ -574,28 +805,51 @@ def recover(
     settle_many: SettleMany | None = None,
     transient: tuple[type[BaseException], ...] = TRANSIENT,
 ) -> RecoveryReport:
-    """Settle every entry no task has settled in time (see the module doc).
+    """Settle every entry no task has settled in time, in the streams of ``voucher_ids``
+    and in the legacy stream (see the module doc).
 
-    Runs phase 1 and 2 in batches until both find nothing, ``budget_s`` is
-    spent (the next beat run continues) or ``max_failures`` settle attempts
-    fail in a row for an outside reason (``transient``: the exceptions that
-    mean the database or Redis failed, not the entry). With ``settle_many``
-    (group commit), phase 2 settles each batch it reads in one call: after a
-    long broker outage the backlog is all phase 2, and settling it one order
-    at a time would take minutes. Phase 1 stays one by one (each entry has its
-    own delivery count). Call it under a lock so that one recovery runs at a
-    time.
+    First one pipelined reading of every stream (:func:`read_streams`); only
+    those holding anything are visited, a batch of each in turn (phase 1, then
+    phase 2), until none finds anything, ``budget_s`` is spent (the next beat
+    run continues) or ``max_failures`` settle attempts fail in a row for an
+    outside reason (``transient``: the exceptions that mean the database or
+    Redis failed, not the entry). With ``settle_many`` (group commit), phase 2
+    settles each batch it reads in one call: after a long broker outage the
+    backlog is all phase 2, and settling it one order at a time would take
+    minutes. Phase 1 stays one by one (each entry has its own delivery count).
+    The legacy stream, drained, is deleted. Call it under a lock so that one
+    recovery runs at a time.
     """
-    ensure_group(client, settings)
+    streams = [voucher_stream(settings, v) for v in dict.fromkeys(voucher_ids)]
+    streams += legacy_of(client, settings)
+    readings = read_streams(client, streams)
     run = _Run(client, settings, settle, max_failures, settle_many, transient)
+    run.report.streams = len(streams)
+    active = [s for s, r in zip(streams, readings, strict=True) if r.backlog]
+    run.report.behind = [
+        s.voucher_id
+        for s, r in zip(streams, readings, strict=True)
+        if r.anything and s.voucher_id is not None
+    ]
+    ensure_groups(
+        client, [s for s, r in zip(streams, readings, strict=True) if r.backlog and not r.has_group]
+    )
     deadline = time.monotonic() + budget_s
-    while not run.report.aborted and time.monotonic() < deadline:
+    while active and not run.report.aborted and time.monotonic() < deadline:
         now = _redis_now_ms(client) if now_ms is None else now_ms
-        found = run.stuck(batch)
-        if not run.report.aborted:
-            found += run.never_delivered(batch, now)
-        if found == 0:
-            break
+        still = []
+        for stream in active:
+            found = run.stuck(stream, batch)
+            if not run.report.aborted:
+                found += run.never_delivered(stream, batch, now)
+            if found:
+                still.append(stream)
+            if run.report.aborted or time.monotonic() >= deadline:
+                break
+        active = still
+    for stream, reading in zip(streams, readings, strict=True):
+        if stream.legacy and reading.exists and not run.report.aborted:
+            run.report.legacy_dropped = drop_if_empty(client, stream)
     if run.report.claimed or run.report.picked_up or run.report.acked_deleted:
         log.info("order recovery: %s", run.report.as_dict())
     return run.report

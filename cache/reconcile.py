@@ -13,9 +13,11 @@ an operator's DEL). What it loses breaks the gate's bookkeeping:
   (their reservations are rejected: the id belongs to another order).
 
 The truth is the database (rows, stock) plus the reservations not settled yet:
-the entries of the orders Stream and of the dead-letter stream (every 200
-answer is one of those three). :func:`reconcile` makes Redis agree with it,
-per voucher, in ONE script call against the live keys (``lua/seckill_repair.lua``):
+the entries of the voucher's orders Stream and of its dead-letter stream (every
+200 answer is one of those three; while the single stream of earlier versions
+exists on a single Redis, its entries and dead letters count too).
+:func:`reconcile` makes Redis agree with it, per voucher, in ONE script call
+against the live keys (``lua/seckill_repair.lua``):
 
 * buyers ⊇ the users of the rows and of the unsettled entries (added, never
   removed: a buyer too many only refuses);
@@ -25,13 +27,13 @@ per voucher, in ONE script call against the live keys (``lua/seckill_repair.lua`
 * the id counter of today's key(s) ≥ the highest count issued that day.
 
 Correct while the gate sells and workers settle, because of the order of reads:
-dead letters, then the Stream in pages, then ONE MULTI (the stocks, the
-Stream's tail since the pages, the counters: "the snapshot"), the dead letters
-again, then ONE database transaction (rows, then stock), then the repair
-script. An entry settled between two reads is either seen as a row (and not
-subtracted: deduplicated by order id) or seen pending while the database
-already took its unit (subtracted twice: the stock errs LOW, never high); an
-entry moved between the Stream and the dead letters is seen at least once
+dead letters, then the Streams in pages, then per voucher ONE MULTI (its stock
+and its Stream's tail since the pages, in its slot; the legacy stream's tail too
+while it exists: "the snapshot"), the dead letters again, then ONE database
+transaction (rows, then stock), then the repair script. An entry settled
+between two reads is either seen as a row (and not subtracted: deduplicated by
+order id) or seen pending while the database already took its unit
+(subtracted twice: the stock errs LOW, never high); an entry moved between the Stream and the dead letters is seen at least once
 (deduplicated by order id); a reservation after the snapshot is counted by
 the live stock's fall (if it also settled before the database read, once more:
 low again). The only stock writers are the gate (DECR), the load of a missing
@@ -66,9 +68,10 @@ from settings import Settings
 
 from .ids import EPOCH, ID_KEY_TTL, MAX_COUNT, day_key
 from .locks import RLock, acquire_all, release_all
-from .order_stream import MalformedEntry, OrderEntry, iter_stream
+from .order_stream import MalformedEntry, OrderEntry, Stream, iter_stream, legacy_of, voucher_stream
 from .scripts import load_script
 from .seckill import ID_PREFIX, epoch_ms, order_id_key, order_set_key, stock_key, window_key
+from .stream_vouchers import recent_vouchers
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +203,7 @@ class _Unsettled:
     def add(self, items: Iterable[tuple[str, dict]], vouchers: set[int]) -> str | None:
         """Take the reservations among Stream ``items``; returns the last Stream id seen."""
         last = None
-        for stream_id, fields in items:
+        for stream_id, fields in items:  # ids are unique per stream; entries go by order id
             last = stream_id
             try:
                 entry = OrderEntry.from_fields(fields, stream_id)
@@ -210,6 +213,11 @@ class _Unsettled:
             if entry.voucher_id in vouchers:
                 self.by_voucher.setdefault(entry.voucher_id, {})[entry.order_id] = entry
         return last
+
+
+def _after(stream_id: str | None) -> str:
+    """XRANGE's start for the entries after ``stream_id`` (all of them for None)."""
+    return "-" if stream_id is None else "(" + stream_id
 
 
 def _id_days(now: float) -> list[str]:
@@ -342,22 +350,26 @@ class Reconciler:
         return [v for v, present in zip(voucher_ids, pipe.execute(), strict=True) if present < 2]
 
     def _reconcile(self, voucher_ids: list[int], mode: str, report: ReconcileReport) -> None:
-        s = self.settings
         wanted = set(voucher_ids)
+        legacy = [s for s in legacy_of(self.client, self.settings) if self.client.exists(s.key)]
+        # The ids of every recent voucher's reservations for the counters, not only these.
+        others = [v for v in recent_vouchers(self.db, self.settings) if v not in wanted]
+        streams = [voucher_stream(self.settings, v) for v in [*voucher_ids, *others]] + legacy
         unsettled = _Unsettled()
-        unsettled.add(iter_stream(self.client, s.order_dead_letter_stream), wanted)
-        last = unsettled.add(iter_stream(self.client, s.order_stream), wanted)
+        self._dead_letters(streams, unsettled, wanted)
+        last = {s.key: unsettled.add(iter_stream(self.client, s.key), wanted) for s in streams}
         day_keys = _id_days(time.time())
-        pipe = self.client.pipeline(transaction=True)  # the snapshot
-        for v in voucher_ids:
+        stocks = {}
+        for v in voucher_ids:  # the snapshot, per voucher: one slot
+            stream = voucher_stream(self.settings, v)
+            pipe = self.client.pipeline(transaction=True)
             pipe.get(stock_key(v))
-        pipe.xrange(s.order_stream, min="-" if last is None else "(" + last, max="+")
-        for key in day_keys:
-            pipe.get(key)
-        replies = pipe.execute()
-        stocks = dict(zip(voucher_ids, replies[: len(voucher_ids)], strict=True))
-        unsettled.add(replies[len(voucher_ids)], wanted)
-        unsettled.add(iter_stream(self.client, s.order_dead_letter_stream), wanted)
+            for s in [stream, *legacy]:
+                pipe.xrange(s.key, min=_after(last[s.key]), max="+")
+            stocks[v], *tails = pipe.execute()
+            for tail in tails:
+                unsettled.add(tail, wanted)
+        self._dead_letters(streams, unsettled, wanted)
         found, db_floors = _read_database(self.db, voucher_ids, day_keys)
         issued: set[int] = set(unsettled.order_ids)
         for v in voucher_ids:
@@ -368,6 +380,10 @@ class Reconciler:
             entries = unsettled.by_voucher.get(v, {})
             report.vouchers.append(self._repair(voucher, entries, stocks[v], mode, issued))
         self._raise_counters(day_keys, db_floors, issued, report)
+
+    def _dead_letters(self, streams: list[Stream], unsettled: _Unsettled, wanted: set[int]) -> None:
+        for stream in streams:
+            unsettled.add(iter_stream(self.client, stream.dead), wanted)
 
     def _repair(
         self,

@@ -31,6 +31,7 @@ from settings import Settings
 
 from .ids import ID_KEY_TTL, day_key, id_parts
 from .login import TOKEN_KEY
+from .order_stream import voucher_key
 from .ratelimit import Decision, TokenBucket, bucket_args
 from .scripts import call, load_composed
 
@@ -133,7 +134,7 @@ class SeckillGate:
             stock_key(voucher_id),
             window_key(voucher_id),
             order_set_key(voucher_id),
-            self.stream,
+            voucher_key(self.stream, voucher_id),
             day_key(ID_PREFIX, now),
             order_id_key(voucher_id),
         ]

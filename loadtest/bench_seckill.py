@@ -360,6 +360,7 @@ def order_rows(services, vouchers: list[int]) -> int:  # type: ignore[no-untyped
 def drain(services, vouchers: list[int], expected: int, timeout: float) -> dict:  # type: ignore[no-untyped-def]
     """Wait for ``expected`` rows; rate from the first new row to the last."""
     from beat.order_jobs import run_recovery
+    from cache import order_stream
 
     start_rows = order_rows(services, vouchers)
     deadline = time.monotonic() + timeout
@@ -376,7 +377,10 @@ def drain(services, vouchers: list[int], expected: int, timeout: float) -> dict:
     recovery_services = type(services)(services.settings.with_(order_claim_idle_ms=0))
     recovered = 0
     try:
-        while services.redis.xlen(services.settings.order_stream) and time.monotonic() < deadline:
+        while (
+            order_stream.backlog(services.redis, services.settings, vouchers)
+            and time.monotonic() < deadline
+        ):
             report = run_recovery(recovery_services)
             recovered += sum(report.get("settled", {}).values()) if "settled" in report else 0
             time.sleep(0.2)

@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
 
+    from cache import order_stream
     from web import create_app
     from web.envelope import envelope, json_response
     from web.orders import flush_dispatch
@@ -209,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
             gc.freeze()  # as web/wsgi.py does once the app is built
 
-            stream = settings.order_stream
-            stream_before = client.xlen(stream)
+            stream_before = order_stream.backlog(client, settings, vouchers)
             profile = cProfile.Profile(time.thread_time) if args.profile else None
             rounds: list[tuple[Figures, Figures]] = []
             for path in paths:
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                     profile=profile,
                 )
                 rounds.append((gate, run_loop("empty", app, empties, client)))
-            reserved = client.xlen(stream) - stream_before
+            reserved = order_stream.backlog(client, settings, vouchers) - stream_before
             app.extensions["hmdp"].close()
 
     print(f"rate limits {'on' if args.rate_limits else 'off'}; access log off")

@@ -111,6 +111,7 @@ class Stack:
     _mysql_server: str | None = None
     _mysql_database: str | None = None
     _services: Services | None = None
+    _voucher_ids: list[int] | None = None  # the seeded seckill vouchers (backlog's streams)
     commands: dict[str, str] = field(default_factory=dict)
 
     # --- backends -------------------------------------------------------------------------
@@ -359,8 +360,13 @@ class Stack:
     # --- the orders backlog -------------------------------------------------------------------
 
     def backlog(self) -> int:
-        """Reservations not yet settled: the orders Stream holds exactly those."""
-        return int(self.services.redis.xlen(self.settings.order_stream))
+        """Reservations not yet settled: the vouchers' orders Streams hold exactly those."""
+        from cache import order_stream
+        from cache.stream_vouchers import all_vouchers
+
+        if self._voucher_ids is None:  # polled often: the seeded vouchers, read once
+            self._voucher_ids = all_vouchers(self.services.db)
+        return order_stream.backlog(self.services.redis, self.settings, self._voucher_ids)
 
     def drain_with_new_worker(
         self, concurrency: int, pool: str, stall: float = 60.0, poll: float = 0.02

@@ -294,7 +294,7 @@ _DEAD_LETTER_REASONS = {
 def _finish(services: Services, outcomes: dict[OrderEntry, str]) -> None:
     """After the database: count and report oversells, settle or dead-letter each entry."""
     settings, client = services.settings, services.redis
-    settled: list[str] = []
+    settled: list[OrderEntry] = []
     for entry, outcome in outcomes.items():
         if outcome == OVERSELL:
             ORDER_OVERSELL_ATTEMPTS.inc()
@@ -311,9 +311,10 @@ def _finish(services: Services, outcomes: dict[OrderEntry, str]) -> None:
         if outcome in _DEAD_LETTER_REASONS:
             fields = {k: str(v) for k, v in entry.to_payload().items() if k != "streamId"}
             reason = _DEAD_LETTER_REASONS[outcome]
-            order_stream.dead_letter(client, settings, entry.stream_id, fields, reason)
+            stream = order_stream.stream_of(settings, entry)
+            order_stream.dead_letter(client, stream, entry.stream_id, fields, reason)
         else:
-            settled.append(entry.stream_id)
+            settled.append(entry)
     order_stream.acknowledge_many(client, settings, settled)
 
 
@@ -431,18 +432,18 @@ def run_order_task(services: Services, payload: object) -> str:
         # entry is intact and recovery settles it from there.
         log.error("malformed order task payload %r: %s", payload, exc)
         return REJECTED
-    batch_size = services.settings.order_settle_batch
+    settings, client = services.settings, services.redis
+    batch_size = settings.order_settle_batch
     if entry.stream_id is None or batch_size <= 1:
         return settle_order(services, entry)
-    present, claimed = order_stream.claim_new(
-        services.redis, services.settings, batch_size, entry.stream_id
-    )
-    batch, _ = order_stream.parse_entries(services.redis, services.settings, claimed)
+    stream = order_stream.stream_of(settings, entry)
+    present, claimed = order_stream.claim_new(client, stream, batch_size, entry.stream_id)
+    batch, _ = order_stream.parse_entries(client, settings, stream, claimed)
     own = None
     if batch:
         outcomes = settle_orders(services, batch)
         for other, outcome in outcomes.items():
-            if other.stream_id == entry.stream_id:
+            if other.stream_id == entry.stream_id:  # one stream: its ids are unique
                 own = outcome
             else:
                 ORDER_BATCH_SETTLED.labels(outcome=outcome).inc()
@@ -462,11 +463,16 @@ def run_batch_task(services: Services, payloads: list) -> dict[str, str]:
     took yet and settle them with group commit (the message's own entries are
     usually among them), repeat while some own entries are still unclaimed, and
     an own entry gone from the Stream was settled before (DUPLICATE, no
-    database). What is left at the end (present, but claimed by another task or
-    recovery meanwhile) is settled here as well (:func:`_settle_claimed_elsewhere`):
-    after waiting for the other settler's lock it is usually gone (a DUPLICATE
-    without a query), or, if that settler died, the row.
+    database). The payloads may be of several vouchers, so of several streams:
+    each round claims from every stream that still has own entries unclaimed,
+    a share of the batch from each, in one pipeline, and settles what it
+    claimed together (one transaction). What is left at the end (present, but
+    claimed by another task or recovery meanwhile) is settled here as well
+    (:func:`_settle_claimed_elsewhere`): after waiting for the other settler's
+    lock it is usually gone (a DUPLICATE without a query), or, if that settler
+    died, the row.
     """
+    settings, client = services.settings, services.redis
     outcomes: dict[str, str] = {}
     entries: list[OrderEntry] = []
     for n, payload in enumerate(payloads):
@@ -476,38 +482,61 @@ def run_batch_task(services: Services, payloads: list) -> dict[str, str]:
             log.error("malformed order task payload %r: %s", payload, exc)
             order_id = payload.get("orderId") if isinstance(payload, dict) else None
             outcomes[str(order_id) if order_id is not None else f"#{n}"] = REJECTED
-    size = services.settings.order_settle_batch
-    waiting = {e.stream_id: e for e in entries if e.stream_id is not None and size > 1}
+    size = settings.order_settle_batch
+    waiting: dict[order_stream.Ref, OrderEntry] = {}
     settled: dict[OrderEntry, str] = {}
     for entry in entries:
-        if entry.stream_id not in waiting:
+        if entry.stream_id is not None and size > 1:
+            waiting[order_stream.ref(settings, entry)] = entry
+        else:
             settled[entry] = settle_order(services, entry)
-    for _ in range(len(waiting) // size + 2):
-        if not waiting:
+    streams = list(dict.fromkeys(order_stream.stream_of(settings, e) for e in waiting.values()))
+    share = max(1, -(-size // max(1, len(streams))))  # each stream's part of one batch
+    for _ in range(len(waiting) // share + 2):
+        own = {s: [sid for key, sid in waiting if key == s.key] for s in streams}
+        streams = [s for s in streams if own[s]]
+        if not streams:
             break
-        present, claimed = order_stream.claim_for(
-            services.redis, services.settings, size, [*waiting]
-        )
-        for stream_id in [sid for sid in waiting if sid not in present]:
-            settled[waiting.pop(stream_id)] = DUPLICATE
-        batch, _ = order_stream.parse_entries(services.redis, services.settings, claimed)
+        present, claimed = order_stream.claim_for(client, {s: (own[s], share) for s in streams})
+        for stream in streams:
+            for sid in own[stream]:
+                if (stream.key, sid) not in present:
+                    settled[waiting.pop((stream.key, sid))] = DUPLICATE
+        batch: list[OrderEntry] = []
+        for stream, items in claimed.items():
+            batch += order_stream.parse_entries(client, settings, stream, items)[0]
         for other, outcome in settle_orders(services, batch).items() if batch else ():
-            if other.stream_id in waiting:
-                settled[waiting.pop(other.stream_id)] = outcome
+            where = order_stream.ref(settings, other)
+            if where in waiting:
+                settled[waiting.pop(where)] = outcome
             else:
                 ORDER_BATCH_SETTLED.labels(outcome=outcome).inc()
-        if len(claimed) < size or not claimed:
-            break  # nothing unclaimed is left: the own entries left are someone else's
-        last = order_stream.stream_id_key(claimed[-1][0])
-        if all(order_stream.stream_id_key(sid) <= last for sid in waiting):
-            break
+        streams = [s for s in streams if _may_claim_more(s, claimed.get(s), waiting, share)]
     settled.update(_settle_claimed_elsewhere(services, waiting, size))
     outcomes.update((str(entry.order_id), outcome) for entry, outcome in settled.items())
     return outcomes
 
 
+def _may_claim_more(
+    stream: order_stream.Stream,
+    claimed: list | None,
+    waiting: dict[order_stream.Ref, OrderEntry],
+    share: int,
+) -> bool:
+    """Whether another claim on ``stream`` can find own entries nobody took yet.
+
+    Not when it gave fewer than asked (nothing unclaimed is left), nor when
+    every own entry left is older than the last one claimed (they are someone
+    else's): the own entries left are then settled as claimed elsewhere.
+    """
+    if not claimed or len(claimed) < share:
+        return False
+    last = order_stream.stream_id_key(claimed[-1][0])
+    return any(key == stream.key and order_stream.stream_id_key(sid) > last for key, sid in waiting)
+
+
 def _settle_claimed_elsewhere(
-    services: Services, waiting: dict[str, OrderEntry], size: int
+    services: Services, waiting: dict[order_stream.Ref, OrderEntry], size: int
 ) -> dict[OrderEntry, str]:
     """Settle own entries another settler claimed: usually it is settling them right now.
 
@@ -523,14 +552,14 @@ def _settle_claimed_elsewhere(
     for _ in range(5):
         if not waiting:
             return outcomes
-        present = order_stream.still_present(client, settings, [*waiting])
-        for stream_id in [sid for sid in waiting if sid not in present]:
-            outcomes[waiting.pop(stream_id)] = DUPLICATE
+        present = order_stream.still_present(client, [*waiting])
+        for r in [r for r in waiting if r not in present]:
+            outcomes[waiting.pop(r)] = DUPLICATE
         rest = list(waiting.values())
         for start in range(0, len(rest), size):
             for entry, outcome in settle_free(services, rest[start : start + size]).items():
                 outcomes[entry] = outcome
-                waiting.pop(entry.stream_id, None)  # type: ignore[arg-type]
+                waiting.pop(order_stream.ref(settings, entry), None)
         if waiting:
             busy = next(iter(waiting.values()))
             lock = RLock(

@@ -25,6 +25,7 @@ from support.seckill import add_shop, create_seckill, queued_orders
 
 from cache import uv
 from cache.login import TOKEN_KEY
+from cache.order_stream import stream_key
 from cache.region import encode_logical
 from web.auth import UserSummary
 from web.fastpath import ShopFastPath
@@ -488,7 +489,7 @@ def _play(case: Case, app, voucher_id: int, access_lines) -> Run:  # type: ignor
     run.state["uv"] = uv.count(redis, case.shop, svc.clock().date())
     run.state["stock"] = redis.get(f"seckill:stock:{{{voucher_id}}}")
     run.state["buyers"] = redis.smembers(f"seckill:order:{{{voucher_id}}}")
-    entries = [fields for _, fields in redis.xrange(svc.settings.order_stream)]
+    entries = [fields for _, fields in redis.xrange(stream_key(svc.settings, voucher_id))]
     run.state["stream"] = sorted(
         (e["userId"], e["voucherId"] == str(voucher_id), e["orderId"] in run.order_ids)
         for e in entries

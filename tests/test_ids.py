@@ -17,6 +17,7 @@ from cache.ids import (
     id_base,
     id_parts,
 )
+from cache.order_stream import stream_key
 from cache.seckill import EXHAUSTED, OK, SeckillGate, load_voucher
 
 
@@ -80,4 +81,4 @@ def test_lua_refuses_when_the_daily_counter_is_exhausted(redis_client, settings)
     redis_client.set(day_key("order", now), (1 << 32) - 1)
     assert gate.reserve(1, 9, now=now).outcome == EXHAUSTED
     assert redis_client.get("seckill:stock:{1}") == "5"  # nothing reserved
-    assert redis_client.xlen(settings.order_stream) == 0
+    assert redis_client.xlen(stream_key(settings, 1)) == 0

@@ -8,12 +8,16 @@ import os
 import signal
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.procs import children, http, json_lines, web_server
+from support.seckill import add_seckill_voucher
 
+from cache import stream_vouchers
+from cache.order_stream import voucher_stream
 from cache.server import free_port
 from deploy.web_server import SERVERS
 
@@ -73,34 +77,100 @@ def test_metrics_need_no_login_and_are_never_rate_limited(settings):
         app.extensions["hmdp"].close()
 
 
-def test_stream_collector_reads_length_pending_lag_and_dead_letters(app, client, redis_client):
-    s = app.extensions["hmdp"].settings
-    for i in range(7):
-        redis_client.xadd(s.order_stream, {"n": str(i)})
-    redis_client.xgroup_create(s.order_stream, s.order_group, id="0")
-    # 3 delivered to a consumer; 1 of them settled (acked and deleted, as the order
-    # task does) -> 2 pending, 4 undelivered.
-    delivered = redis_client.xreadgroup(s.order_group, "c1", {s.order_stream: ">"}, count=3)
+def test_stream_collector_reads_length_pending_lag_and_dead_letters(
+    app, client, services, redis_client
+):
+    """Summed over the vouchers' streams, each in its own slot (on a cluster: their nodes)."""
+    s = services.settings
+    first, second = add_seckill_voucher(services), add_seckill_voucher(services)
+    one, two = voucher_stream(s, first), voucher_stream(s, second)
+    for i in range(4):
+        redis_client.xadd(one.key, {"n": str(i)})
+        redis_client.xadd(two.key, {"n": str(i)})
+    redis_client.xgroup_create(one.key, s.order_group, id="0")
+    redis_client.xgroup_create(two.key, s.order_group, id="0")
+    # 3 of the first stream delivered to a consumer; 1 of them settled (acked and deleted,
+    # as the order task does) -> 2 pending, 1 undelivered; the second's 4 undelivered.
+    delivered = redis_client.xreadgroup(s.order_group, "c1", {one.key: ">"}, count=3)
     first_id = delivered[0][1][0][0]
-    redis_client.xack(s.order_stream, s.order_group, first_id)
-    redis_client.xdel(s.order_stream, first_id)
-    redis_client.xadd(s.order_dead_letter_stream, {"n": "dead"})
+    redis_client.xack(one.key, s.order_group, first_id)
+    redis_client.xdel(one.key, first_id)
+    redis_client.xadd(one.dead, {"n": "dead"})
+    redis_client.xadd(two.dead, {"n": "dead"})
     text = scrape(client)
     assert value(text, "hmdp_redis_up") == 1
-    assert value(text, "hmdp_orders_stream_length") == 6
+    assert value(text, "hmdp_orders_stream_length") == 7
     assert value(text, "hmdp_orders_pending") == 2
-    assert value(text, "hmdp_orders_lag") == 4
-    assert value(text, "hmdp_orders_backlog") == 6
-    assert value(text, "hmdp_orders_dead_letters") == 1
+    assert value(text, "hmdp_orders_lag") == 5
+    assert value(text, "hmdp_orders_backlog") == 7
+    assert value(text, "hmdp_orders_dead_letters") == 2
 
 
-def test_stream_collector_without_group_counts_everything_as_backlog(app, client, redis_client):
-    s = app.extensions["hmdp"].settings
+def test_stream_collector_without_group_counts_everything_as_backlog(
+    app, client, services, redis_client
+):
+    voucher = add_seckill_voucher(services)
     for i in range(3):
-        redis_client.xadd(s.order_stream, {"n": str(i)})
+        redis_client.xadd(voucher_stream(services.settings, voucher).key, {"n": str(i)})
     text = scrape(client)
     assert value(text, "hmdp_orders_pending") == 0
     assert value(text, "hmdp_orders_backlog") == 3
+
+
+def test_stream_collector_reads_recent_and_lingering_vouchers_only(
+    app, client, services, redis_client
+):
+    """A sale ended long ago is read only while recovery keeps it lingering (its dead
+    letters too: the alert must not stop while one is unreplayed)."""
+    s = services.settings
+    recent = add_seckill_voucher(services, ends_in=-timedelta(hours=1))
+    old = add_seckill_voucher(services, ends_in=-timedelta(seconds=s.order_stream_horizon_s + 60))
+    redis_client.xadd(voucher_stream(s, recent).key, {"n": "1"})
+    redis_client.xadd(voucher_stream(s, old).key, {"n": "1"})
+    redis_client.xadd(voucher_stream(s, old).dead, {"n": "dead"})
+    text = scrape(client)
+    assert value(text, "hmdp_orders_stream_length") == 1
+    assert value(text, "hmdp_orders_dead_letters") == 0
+    stream_vouchers.linger(redis_client, s, [old])
+    text = scrape(client)
+    assert value(text, "hmdp_orders_stream_length") == 2
+    assert value(text, "hmdp_orders_dead_letters") == 1
+
+
+@pytest.mark.redis_cluster(single="the legacy single stream exists on a single Redis only")
+def test_stream_collector_counts_the_legacy_stream_while_it_exists(
+    app, client, services, redis_client
+):
+    s = services.settings
+    voucher = add_seckill_voucher(services)
+    redis_client.xadd(voucher_stream(s, voucher).key, {"n": "1"})
+    for i in range(2):
+        redis_client.xadd(s.order_stream, {"n": str(i)})  # written by an older version
+    redis_client.xadd(s.order_dead_letter_stream, {"n": "dead"})
+    text = scrape(client)
+    assert value(text, "hmdp_orders_stream_length") == 3
+    assert value(text, "hmdp_orders_dead_letters") == 1
+
+
+def test_stream_collector_reads_the_vouchers_of_the_last_scrape_with_the_database_down(
+    settings, services, redis_client
+):
+    from web.metrics import StreamCollector
+
+    voucher = add_seckill_voucher(services)
+    redis_client.xadd(voucher_stream(settings, voucher).key, {"n": "1"})
+    answers: list = [[voucher], RuntimeError("database down")]
+
+    def vouchers(client) -> list[int]:  # type: ignore[no-untyped-def]
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    collector = StreamCollector(settings, lambda: settings.redis_url, vouchers)
+    for _ in range(2):
+        readings = {m.name: m.samples[0].value for m in collector.collect() if m.samples}
+        assert readings["hmdp_redis_up"] == 1 and readings["hmdp_orders_stream_length"] == 1
 
 
 def test_redis_down_gives_redis_up_zero_not_a_500(settings):

@@ -16,7 +16,16 @@ import time
 import pytest
 from sqlalchemy import update
 from support.env import ROOT, process_env
-from support.seckill import add_shop, create_seckill, db_orders, db_stock, order_count
+from support.seckill import (
+    add_seckill_voucher,
+    add_shop,
+    create_seckill,
+    db_orders,
+    db_stock,
+    order_count,
+    order_streams,
+    stream_entries,
+)
 
 from beat.order_jobs import run_recovery
 from cache import order_stream
@@ -49,17 +58,17 @@ def _give_up_on(services, entries: list[OrderEntry]) -> None:
     """Dead-letter entries as recovery does after HMDP_ORDER_MAX_DELIVERIES failures."""
     for entry in entries:
         fields = {k: str(v) for k, v in entry.to_payload().items() if k != "streamId"}
-        order_stream.dead_letter(
-            services.redis, services.settings, entry.stream_id, fields, "not settled", 5
-        )
+        stream = order_stream.voucher_stream(services.settings, entry.voucher_id)
+        order_stream.dead_letter(services.redis, stream, entry.stream_id, fields, "not settled", 5)
 
 
 def _dead(services) -> dict[str, dict]:  # type: ignore[no-untyped-def]
-    return dict(services.redis.xrange(services.settings.order_dead_letter_stream))
+    """Every voucher's dead letters by id (one voucher per test: the ids are unique)."""
+    return {sid: f for s in order_streams(services) for sid, f in services.redis.xrange(s.dead)}
 
 
 def _stream_orders(services) -> list[str]:  # type: ignore[no-untyped-def]
-    return [f["orderId"] for _, f in services.redis.xrange(services.settings.order_stream)]
+    return [f["orderId"] for _, f in stream_entries(services)]
 
 
 def _recover_all(settings) -> dict:  # type: ignore[no-untyped-def]
@@ -122,8 +131,9 @@ def test_replay_after_the_cause_is_fixed_settles_each_order_once(
 
 
 def test_replay_keeps_malformed_dead_letters_and_refuses_bad_usage(app, services, settings):
-    order_stream.ensure_group(services.redis, settings)
-    services.redis.xadd(settings.order_stream, {"orderId": "oops", "userId": "1"})
+    stream = order_stream.voucher_stream(settings, add_seckill_voucher(services))
+    order_stream.ensure_group(services.redis, stream)
+    services.redis.xadd(stream.key, {"orderId": "oops", "userId": "1"})
     time.sleep(0.002)
     assert _recover_all(settings)["dead_lettered"] == 1
     (bad,) = _dead(services)
@@ -131,12 +141,12 @@ def test_replay_keeps_malformed_dead_letters_and_refuses_bad_usage(app, services
     result = runner.invoke(args=["orders", "replay", "--all"])
     assert result.exit_code == 1
     assert result.output.splitlines()[0].startswith(f"{bad}: kept: malformed")
-    assert list(_dead(services)) == [bad] and services.redis.xlen(settings.order_stream) == 0
+    assert list(_dead(services)) == [bad] and services.redis.xlen(stream.key) == 0
     result = runner.invoke(args=["orders", "replay", "1-1", "not-an-id"])
     assert result.exit_code == 1
     assert result.output.splitlines()[:2] == [
-        f"1-1: unknown: not in {settings.order_dead_letter_stream}",
-        f"not-an-id: unknown: not in {settings.order_dead_letter_stream}",
+        "1-1: unknown: not a dead letter of any orders stream",
+        "not-an-id: unknown: not a dead letter of any orders stream",
     ]
     for args in ([], ["--all", bad]):
         result = runner.invoke(args=["orders", "replay", *args])
@@ -183,7 +193,7 @@ def test_a_replay_killed_midway_leaves_each_entry_in_exactly_one_place(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    stream, admin_redis = settings.order_stream, services.redis
+    stream, admin_redis = order_stream.stream_key(settings, voucher), services.redis
     try:
         deadline = time.monotonic() + 60
         while admin_redis.xlen(stream) < 5:  # it is replaying: stop it in the middle

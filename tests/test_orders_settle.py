@@ -21,7 +21,7 @@ from support.seckill import add_shop, create_seckill, db_orders, db_stock, order
 from beat.order_jobs import RECOVERY_LOCK, recover_orders, run_recovery
 from cache import order_stream
 from cache.locks import RLock
-from cache.order_stream import OrderEntry, recover
+from cache.order_stream import OrderEntry, dead_letter_key, recover, stream_key, voucher_stream
 from cache.seckill import SeckillGate
 from models.entities import SeckillVoucher, Voucher, VoucherOrder
 from services import Services
@@ -68,7 +68,7 @@ def test_same_task_three_times_gives_one_row(services, voucher, settings):
     assert outcomes == [CREATED, DUPLICATE, DUPLICATE]
     assert db_orders(services, voucher) == [(entry.order_id, 7)]
     assert db_stock(services, voucher) == 49
-    assert services.redis.xlen(settings.order_stream) == 0  # settled: deleted
+    assert services.redis.xlen(stream_key(settings, voucher)) == 0  # settled: deleted
 
 
 def test_celery_task_body_run_directly_three_times(services, voucher, settings):
@@ -132,7 +132,7 @@ def test_order_id_owned_by_another_order_is_dead_lettered(services, voucher, set
     clash = OrderEntry(entry.order_id, 13, voucher, other.stream_id)
     assert settle_order(services, clash) == REJECTED
     assert len(db_orders(services, voucher)) == 1
-    dead = services.redis.xrange(settings.order_dead_letter_stream)
+    dead = services.redis.xrange(dead_letter_key(settings, voucher))
     assert len(dead) == 1 and "another order" in dead[0][1]["reason"]
 
 
@@ -149,10 +149,10 @@ def test_oversell_attempt_writes_nothing_and_is_dead_lettered(services, voucher,
     assert REGISTRY.get_sample_value("hmdp_order_oversell_attempts_total") == before + 1
     assert db_orders(services, voucher) == [(entries[0].order_id, 20)]
     assert db_stock(services, voucher) == 0
-    dead = services.redis.xrange(settings.order_dead_letter_stream)
+    dead = services.redis.xrange(dead_letter_key(settings, voucher))
     assert [f["orderId"] for _, f in dead] == [str(entries[1].order_id)]
     assert dead[0][1]["reason"].startswith("oversell")
-    assert services.redis.xlen(settings.order_stream) == 0
+    assert services.redis.xlen(stream_key(settings, voucher)) == 0
     assert not verify_orders(services, voucher).ok
 
 
@@ -173,9 +173,11 @@ def _batch_settled(outcome: str) -> float:
     return value or 0.0
 
 
-def _stream_empty(services, settings) -> bool:  # type: ignore[no-untyped-def]
-    pending = services.redis.xpending(settings.order_stream, settings.order_group)["pending"]
-    return services.redis.xlen(settings.order_stream) == 0 and pending == 0
+def _stream_empty(services, settings, voucher) -> bool:  # type: ignore[no-untyped-def]
+    pending = services.redis.xpending(stream_key(settings, voucher), settings.order_group)[
+        "pending"
+    ]
+    return services.redis.xlen(stream_key(settings, voucher)) == 0 and pending == 0
 
 
 def test_one_task_settles_the_backlog_and_the_others_return_without_the_database(
@@ -186,7 +188,7 @@ def test_one_task_settles_the_backlog_and_the_others_return_without_the_database
     assert run_order_task(services, entries[5].to_payload()) == CREATED
     assert _batch_settled(CREATED) == before + 29
     assert sorted(db_orders(services, voucher)) == sorted((e.order_id, e.user_id) for e in entries)
-    assert db_stock(services, voucher) == 20 and _stream_empty(services, settings)
+    assert db_stock(services, voucher) == 20 and _stream_empty(services, settings, voucher)
     statements: list[str] = []
 
     def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
@@ -214,7 +216,7 @@ def test_the_batch_size_bounds_what_one_task_claims(services, voucher, settings)
         assert order_count(small) == 9  # 4 claimed + its own, settled alone
         # a task whose own entry is settled still claims and settles what is left:
         assert run_order_task(small, entries[1].to_payload()) == DUPLICATE
-        assert order_count(small) == 10 and _stream_empty(small, settings)
+        assert order_count(small) == 10 and _stream_empty(small, settings, voucher)
         assert run_order_task(small, entries[8].to_payload()) == DUPLICATE
     finally:
         small.close()
@@ -255,7 +257,7 @@ def test_a_busy_user_lock_is_skipped_by_the_batch_then_settled_alone(services, v
     holder.join(10)
     assert 1204 not in seen_while_held
     assert sorted(u for _, u in db_orders(services, voucher)) == list(range(1200, 1210))
-    assert db_stock(services, voucher) == 40 and _stream_empty(services, settings)
+    assert db_stock(services, voucher) == 40 and _stream_empty(services, settings, voucher)
 
 
 def test_a_batch_larger_than_the_database_stock_sells_exactly_what_is_left(
@@ -275,9 +277,9 @@ def test_a_batch_larger_than_the_database_stock_sells_exactly_what_is_left(
         1302,
     ]
     assert REGISTRY.get_sample_value("hmdp_order_oversell_attempts_total") == before + 2
-    dead = services.redis.xrange(settings.order_dead_letter_stream)
+    dead = services.redis.xrange(dead_letter_key(settings, voucher))
     assert sorted(f["userId"] for _, f in dead) == ["1303", "1304"]
-    assert _stream_empty(services, settings)
+    assert _stream_empty(services, settings, voucher)
 
 
 def test_a_batch_with_an_order_already_in_the_database_writes_the_rest_once(
@@ -289,12 +291,14 @@ def test_a_batch_with_an_order_already_in_the_database_writes_the_rest_once(
     assert run_order_task(services, entries[0].to_payload()) == CREATED
     assert _batch_settled(DUPLICATE) == before + 1
     assert sorted(db_orders(services, voucher)) == sorted((e.order_id, e.user_id) for e in entries)
-    assert db_stock(services, voucher) == 46 and _stream_empty(services, settings)
+    assert db_stock(services, voucher) == 46 and _stream_empty(services, settings, voucher)
 
 
 def test_a_batch_claimed_by_a_worker_that_died_is_recovered(services, voucher, settings):
     entries = _reserve(services, voucher, range(1500, 1506))
-    present, claimed = order_stream.claim_new(services.redis, settings, 100, entries[0].stream_id)
+    present, claimed = order_stream.claim_new(
+        services.redis, voucher_stream(settings, voucher), 100, entries[0].stream_id
+    )
     assert present and [sid for sid, _ in claimed] == [e.stream_id for e in entries]
     # ... and the claimer dies. The own task of one entry still settles it (alone):
     assert run_order_task(services, entries[0].to_payload()) == CREATED
@@ -302,15 +306,15 @@ def test_a_batch_claimed_by_a_worker_that_died_is_recovered(services, voucher, s
     report = _recover_now(settings)
     assert report["claimed"] == 5 and report["settled"] == {CREATED: 5}
     assert sorted(u for _, u in db_orders(services, voucher)) == list(range(1500, 1506))
-    assert _stream_empty(services, settings)
+    assert _stream_empty(services, settings, voucher)
 
 
 def test_a_task_creates_the_consumer_group_if_it_is_missing(services, voucher, settings):
     entries = _reserve(services, voucher, [1700, 1701])
-    services.redis.xgroup_destroy(settings.order_stream, settings.order_group)
+    services.redis.xgroup_destroy(stream_key(settings, voucher), settings.order_group)
     assert run_order_task(services, entries[1].to_payload()) == CREATED
-    assert order_count(services) == 2 and _stream_empty(services, settings)
-    assert [g["name"] for g in services.redis.xinfo_groups(settings.order_stream)] == [
+    assert order_count(services) == 2 and _stream_empty(services, settings, voucher)
+    assert [g["name"] for g in services.redis.xinfo_groups(stream_key(settings, voucher))] == [
         settings.order_group
     ]
 
@@ -319,13 +323,13 @@ def test_a_malformed_entry_in_a_batch_is_dead_lettered_and_the_rest_settled(
     services, voucher, settings
 ):
     entries = _reserve(services, voucher, [1600])
-    services.redis.xadd(settings.order_stream, {"orderId": "x", "userId": "1601"})
+    services.redis.xadd(stream_key(settings, voucher), {"orderId": "x", "userId": "1601"})
     entries += _reserve(services, voucher, [1602])
     assert run_order_task(services, entries[1].to_payload()) == CREATED
     assert sorted(u for _, u in db_orders(services, voucher)) == [1600, 1602]
-    dead = services.redis.xrange(settings.order_dead_letter_stream)
+    dead = services.redis.xrange(dead_letter_key(settings, voucher))
     assert len(dead) == 1 and dead[0][1]["reason"].startswith("malformed")
-    assert _stream_empty(services, settings)
+    assert _stream_empty(services, settings, voucher)
 
 
 # --- one task message per micro-batch of reservations -------------------------------------
@@ -342,7 +346,7 @@ def test_a_batch_message_delivered_three_times_gives_one_row_per_order(services,
             ids, DUPLICATE
         )
     assert sorted(db_orders(services, voucher)) == sorted((e.order_id, e.user_id) for e in entries)
-    assert db_stock(services, voucher) == 38 and _stream_empty(services, settings)
+    assert db_stock(services, voucher) == 38 and _stream_empty(services, settings, voucher)
 
 
 def test_the_celery_task_takes_a_list_and_returns_each_orders_outcome(services, voucher, settings):
@@ -366,7 +370,7 @@ def test_a_batch_larger_than_the_settle_batch_claims_until_its_own_are_settled(
         outcomes = run_batch_task(small, [e.to_payload() for e in mine])
         assert outcomes == {str(e.order_id): CREATED for e in mine}
         # the older entries came first in the claims: settled on the way, in batches of 4
-        assert order_count(small) == 16 and _stream_empty(small, settings)
+        assert order_count(small) == 16 and _stream_empty(small, settings, voucher)
         assert run_batch_task(small, [e.to_payload() for e in older]) == {
             str(e.order_id): DUPLICATE for e in older
         }
@@ -378,13 +382,15 @@ def test_a_batch_whose_entries_a_dead_worker_claimed_settles_them_itself(
     services, voucher, settings
 ):
     entries = _reserve(services, voucher, range(1860, 1866))
-    present, claimed = order_stream.claim_new(services.redis, settings, 100)
+    present, claimed = order_stream.claim_new(
+        services.redis, voucher_stream(settings, voucher), 100
+    )
     assert len(claimed) == 6  # ... and the claimer dies: its batch stays in the PEL
     outcomes = run_batch_task(services, [e.to_payload() for e in entries[:4]])
     assert outcomes == {str(e.order_id): CREATED for e in entries[:4]}
     assert order_count(services) == 4
     report = _recover_now(settings)  # the two nobody's message carried: recovery
-    assert report["settled"] == {CREATED: 2} and _stream_empty(services, settings)
+    assert report["settled"] == {CREATED: 2} and _stream_empty(services, settings, voucher)
 
 
 def test_a_batch_waits_for_the_settler_holding_its_entry_then_finds_it_settled(
@@ -392,7 +398,9 @@ def test_a_batch_waits_for_the_settler_holding_its_entry_then_finds_it_settled(
 ):
     """Own entries another settler claimed and is settling: no second write, no retry storm."""
     entries = _reserve(services, voucher, range(1880, 1885))
-    present, claimed = order_stream.claim_new(services.redis, settings, 100)
+    present, claimed = order_stream.claim_new(
+        services.redis, voucher_stream(settings, voucher), 100
+    )
     assert len(claimed) == 5  # the other settler's batch ...
     other = entries[2]
     lock = RLock(services.redis, f"lock:order:{other.user_id}")
@@ -403,7 +411,7 @@ def test_a_batch_waits_for_the_settler_holding_its_entry_then_finds_it_settled(
         held.set()
         go.wait(20)
         assert persist_order(services.db, other) == CREATED
-        order_stream.acknowledge_many(services.redis, settings, [other.stream_id])
+        order_stream.acknowledge_many(services.redis, settings, [other])
         lock.release()
 
     holder = threading.Thread(target=other_settler)
@@ -433,7 +441,7 @@ def test_a_batch_waits_for_the_settler_holding_its_entry_then_finds_it_settled(
     assert late == []  # it waited for the lock and found the entry gone: no query of its own
     assert outcomes == {str(e.order_id): DUPLICATE if e is other else CREATED for e in entries}
     assert sorted(db_orders(services, voucher)) == sorted((e.order_id, e.user_id) for e in entries)
-    assert db_stock(services, voucher) == 45 and _stream_empty(services, settings)
+    assert db_stock(services, voucher) == 45 and _stream_empty(services, settings, voucher)
 
 
 def test_a_malformed_payload_in_a_batch_is_rejected_and_the_rest_settled(
@@ -450,7 +458,7 @@ def test_a_malformed_payload_in_a_batch_is_rejected_and_the_rest_settled(
         str(entries[1].order_id): CREATED,
     }
     assert sorted(u for _, u in db_orders(services, voucher)) == [1870, 1871]
-    assert _stream_empty(services, settings)
+    assert _stream_empty(services, settings, voucher)
 
 
 # --- recovery ---------------------------------------------------------------------------------
@@ -480,6 +488,7 @@ def test_recovery_settles_old_undispatched_entries_and_leaves_young_ones(
         services.redis,
         settings,
         lambda e: settle_order(services, e),
+        [voucher],
         now_ms=first_ms + settings.order_claim_idle_ms - 1,
     )
     assert report.picked_up == 0 and order_count(services) == 0
@@ -487,50 +496,66 @@ def test_recovery_settles_old_undispatched_entries_and_leaves_young_ones(
         services.redis,
         settings,
         lambda e: settle_order(services, e),
+        [voucher],
         now_ms=last_ms + settings.order_claim_idle_ms,
     )
     assert report.picked_up == 10 and report.settled == {CREATED: 10}
-    assert order_count(services) == 10 and services.redis.xlen(settings.order_stream) == 0
-    assert services.redis.xpending(settings.order_stream, settings.order_group)["pending"] == 0
+    assert order_count(services) == 10 and services.redis.xlen(stream_key(settings, voucher)) == 0
+    assert (
+        services.redis.xpending(stream_key(settings, voucher), settings.order_group)["pending"] == 0
+    )
 
 
 def test_recovery_claims_entries_stuck_with_a_dead_consumer(services, voucher, settings):
     entries = _reserve(services, voucher, range(200, 205))
-    order_stream.ensure_group(services.redis, settings)
+    order_stream.ensure_group(services.redis, voucher_stream(settings, voucher))
     # a consumer read them and died before settling
-    services.redis.xreadgroup(settings.order_group, "dead-one", {settings.order_stream: ">"})
+    services.redis.xreadgroup(
+        settings.order_group, "dead-one", {stream_key(settings, voucher): ">"}
+    )
     # ... and a task settled one of them meanwhile (entry deleted, still in the PEL)
     assert settle_order(services, entries[0]) == CREATED
-    assert services.redis.xpending(settings.order_stream, settings.order_group)["pending"] == 4
-    services.redis.xgroup_createconsumer(settings.order_stream, settings.order_group, "x")
+    assert (
+        services.redis.xpending(stream_key(settings, voucher), settings.order_group)["pending"] == 4
+    )
+    services.redis.xgroup_createconsumer(stream_key(settings, voucher), settings.order_group, "x")
     report = _recover_now(settings)
     assert report["claimed"] == 4 and report["settled"] == {CREATED: 4}
     assert sorted(u for _, u in db_orders(services, voucher)) == list(range(200, 205))
-    assert services.redis.xpending(settings.order_stream, settings.order_group)["pending"] == 0
-    assert services.redis.xlen(settings.order_stream) == 0
+    assert (
+        services.redis.xpending(stream_key(settings, voucher), settings.order_group)["pending"] == 0
+    )
+    assert services.redis.xlen(stream_key(settings, voucher)) == 0
 
 
 def test_recovery_clears_pel_ids_of_entries_already_settled(services, voucher, settings):
     """Redis 6.2 answers a deleted entry as nil, 7 leaves it out: both end acked."""
     entries = _reserve(services, voucher, range(300, 303))
-    order_stream.ensure_group(services.redis, settings)
-    services.redis.xreadgroup(settings.order_group, "dead-one", {settings.order_stream: ">"})
+    order_stream.ensure_group(services.redis, voucher_stream(settings, voucher))
+    services.redis.xreadgroup(
+        settings.order_group, "dead-one", {stream_key(settings, voucher): ">"}
+    )
     for entry in entries:
         settle_order(services, entry)  # XACK clears them ... so re-add PEL ids by hand:
     ids = [e.stream_id for e in _reserve(services, voucher, range(310, 312))]
-    services.redis.xreadgroup(settings.order_group, "dead-one", {settings.order_stream: ">"})
-    services.redis.xdel(settings.order_stream, *ids)  # deleted but pending: the odd case
+    services.redis.xreadgroup(
+        settings.order_group, "dead-one", {stream_key(settings, voucher): ">"}
+    )
+    services.redis.xdel(stream_key(settings, voucher), *ids)  # deleted but pending: the odd case
     report = recover(
         services.redis,
         settings,
         lambda e: settle_order(services, e),
+        [voucher],
         now_ms=int(time.time() * 1000),
     )
     # claim_idle_ms is 30 s: nothing idle enough yet
     assert report.acked_deleted == 0
     report = _recover_now(settings)
     assert report["acked_deleted"] == 2 and report["claimed"] == 0
-    assert services.redis.xpending(settings.order_stream, settings.order_group)["pending"] == 0
+    assert (
+        services.redis.xpending(stream_key(settings, voucher), settings.order_group)["pending"] == 0
+    )
 
 
 def test_an_entry_that_keeps_failing_is_dead_lettered_after_max_deliveries(
@@ -545,17 +570,19 @@ def test_an_entry_that_keeps_failing_is_dead_lettered_after_max_deliveries(
         raise RuntimeError("boom")
 
     for run in range(3):
-        report = recover(services.redis, fast, failing, max_failures=10)
+        report = recover(services.redis, fast, failing, [voucher], max_failures=10)
         assert report.failed == 1 and report.dead_lettered == 0, (run, report)
         time.sleep(0.002)
-    report = recover(services.redis, fast, failing, max_failures=10)
+    report = recover(services.redis, fast, failing, [voucher], max_failures=10)
     assert report.dead_lettered == 1 and report.failed == 0
     assert calls == [entry.stream_id] * 3
-    dead = services.redis.xrange(settings.order_dead_letter_stream)
+    dead = services.redis.xrange(dead_letter_key(settings, voucher))
     assert dead[0][1]["orderId"] == str(entry.order_id)
     assert dead[0][1]["deliveries"] == "3" and dead[0][1]["sourceId"] == entry.stream_id
-    assert services.redis.xlen(settings.order_stream) == 0
-    assert services.redis.xpending(settings.order_stream, settings.order_group)["pending"] == 0
+    assert services.redis.xlen(stream_key(settings, voucher)) == 0
+    assert (
+        services.redis.xpending(stream_key(settings, voucher), settings.order_group)["pending"] == 0
+    )
 
 
 @pytest.mark.process
@@ -574,15 +601,17 @@ def test_entries_behind_three_busy_ones_are_settled_and_none_is_dead_lettered(
     child = Child(settings, "hold", locks, "1000")
     children.append(child)
     child.expect("held")
-    order_stream.claim_new(services.redis, settings, 100)  # ... and the worker dies
+    order_stream.claim_new(
+        services.redis, voucher_stream(settings, voucher), 100
+    )  # ... and the worker dies
     for _ in range(10):
         _recover_now(settings)
     assert sorted(u for _, u in db_orders(services, voucher)) == list(range(960, 967))
-    assert services.redis.xlen(settings.order_dead_letter_stream) == 0
-    assert _deliveries(services, settings) == {e.stream_id: 1 for e in busy}  # none spent
+    assert services.redis.xlen(dead_letter_key(settings, voucher)) == 0
+    assert _deliveries(services, settings, voucher) == {e.stream_id: 1 for e in busy}  # none spent
     child.kill()  # its locks expire after their lease (1 s)
     wait_for(lambda: _recover_now(settings)["settled"], 10, 0.5, "the busy entries settled")
-    assert order_count(services) == 10 and _stream_empty(services, settings)
+    assert order_count(services) == 10 and _stream_empty(services, settings, voucher)
     audit = verify_orders(services, voucher)
     assert audit.ok and audit.unsettled == 0, audit.lines()
 
@@ -607,22 +636,28 @@ def test_three_failing_entries_ahead_of_20_healthy_ones_over_10_recovery_runs(
         session.execute(delete(SeckillVoucher).where(SeckillVoucher.voucher_id == gone))
         session.execute(delete(Voucher).where(Voucher.id == gone))
     clash = {"orderId": str(taken.order_id), "userId": "1102", "voucherId": str(voucher)}
-    services.redis.xadd(settings.order_stream, clash)  # an order id issued twice
+    services.redis.xadd(stream_key(settings, voucher), clash)  # an order id issued twice
     healthy = range(1110, 1130)
     _reserve(services, voucher, healthy)
     child = Child(settings, "hold", f"lock:order:{busy.user_id}", "1000")
     children.append(child)
     child.expect("held")
-    order_stream.claim_new(services.redis, settings, 100)  # ... and the worker dies
+    order_stream.claim_new(
+        services.redis, voucher_stream(settings, voucher), 100
+    )  # ... and the worker dies
     for _ in range(10):
         _recover_now(settings)
     assert sorted(u for _, u in db_orders(services, voucher)) == [1099, *healthy]
-    dead = services.redis.xrange(settings.order_dead_letter_stream)
-    assert sorted((f["userId"], f["reason"].split(":")[0]) for _, f in dead) == [
-        ("1101", "unknown voucher"),
-        ("1102", "order id belongs to another order"),
+    dead = [
+        (v, f["userId"], f["reason"].split(":")[0])
+        for v in (voucher, gone)
+        for _, f in services.redis.xrange(dead_letter_key(settings, v))
     ]
-    assert _deliveries(services, settings) == {busy.stream_id: 1}  # waiting, uncharged
+    assert sorted(dead) == [  # each beside its voucher's stream (the deleted one's too)
+        (voucher, "1102", "order id belongs to another order"),
+        (gone, "1101", "unknown voucher"),
+    ]
+    assert _deliveries(services, settings, voucher) == {busy.stream_id: 1}  # waiting, uncharged
     (audit,) = verify_orders(services, voucher).vouchers
     assert (audit.lost, audit.phantom, audit.duplicates, audit.unsettled) == (0, 0, 0, 1)
     assert audit.dead_letters == 1 and all("dead-letter" in p for p in audit.problems)
@@ -630,7 +665,7 @@ def test_three_failing_entries_ahead_of_20_healthy_ones_over_10_recovery_runs(
     wait_for(lambda: _recover_now(settings)["settled"], 10, 0.5, "the busy entry settled")
     (audit,) = verify_orders(services, voucher).vouchers
     assert audit.unsettled == 0 and all("dead-letter" in p for p in audit.problems)
-    assert order_count(services) == 22 and services.redis.xlen(settings.order_stream) == 0
+    assert order_count(services) == 22 and services.redis.xlen(stream_key(settings, voucher)) == 0
 
 
 def test_database_errors_during_recovery_never_spend_an_entry_s_deliveries(
@@ -638,7 +673,9 @@ def test_database_errors_during_recovery_never_spend_an_entry_s_deliveries(
 ):
     """The database goes away after the job's check: recovery fails, charges nobody, stops."""
     entries = _reserve(services, voucher, range(1200, 1205))
-    order_stream.claim_new(services.redis, settings, 100)  # ... and the worker dies
+    order_stream.claim_new(
+        services.redis, voucher_stream(settings, voucher), 100
+    )  # ... and the worker dies
     down = _recovery_services(
         settings,
         order_claim_idle_ms=0,
@@ -650,28 +687,28 @@ def test_database_errors_during_recovery_never_spend_an_entry_s_deliveries(
             assert report.aborted and report.failed == 3 and report.dead_lettered == 0
     finally:
         down.close()
-    assert _deliveries(services, settings) == {e.stream_id: 1 for e in entries}
+    assert _deliveries(services, settings, voucher) == {e.stream_id: 1 for e in entries}
     assert _recover_now(settings)["settled"] == {CREATED: 5}
     audit = verify_orders(services, voucher)
     assert audit.ok and audit.unsettled == 0, audit.lines()
 
 
-def _deliveries(services, settings) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _deliveries(services, settings, voucher: int) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Stream id -> delivery count of every entry in the PEL."""
     pending = services.redis.xpending_range(
-        settings.order_stream, settings.order_group, min="-", max="+", count=1000
+        stream_key(settings, voucher), settings.order_group, min="-", max="+", count=1000
     )
     return {p["message_id"]: int(p["times_delivered"]) for p in pending}
 
 
 def test_malformed_stream_entries_go_to_the_dead_letter_stream(services, voucher, settings):
-    order_stream.ensure_group(services.redis, settings)
-    bad = services.redis.xadd(settings.order_stream, {"orderId": "oops", "userId": "1"})
+    order_stream.ensure_group(services.redis, voucher_stream(settings, voucher))
+    bad = services.redis.xadd(stream_key(settings, voucher), {"orderId": "oops", "userId": "1"})
     fast = settings.with_(order_claim_idle_ms=0)
     time.sleep(0.002)
-    report = recover(services.redis, fast, lambda e: settle_order(services, e))
+    report = recover(services.redis, fast, lambda e: settle_order(services, e), [voucher])
     assert report.dead_lettered == 1
-    dead = services.redis.xrange(settings.order_dead_letter_stream)
+    dead = services.redis.xrange(dead_letter_key(settings, voucher))
     assert dead[0][1]["sourceId"] == bad and dead[0][1]["reason"].startswith("malformed")
 
 
@@ -683,10 +720,10 @@ def test_repeated_failures_abort_the_run_without_touching_the_rest(services, vou
     def failing(e: OrderEntry) -> str:
         raise ConnectionError("database down")
 
-    report = recover(services.redis, fast, failing, max_failures=3)
+    report = recover(services.redis, fast, failing, [voucher], max_failures=3)
     assert report.aborted and report.failed == 3
     # the untried ones were delivered once (read) but not counted as attempts beyond that
-    report = recover(services.redis, fast, lambda e: settle_order(services, e))
+    report = recover(services.redis, fast, lambda e: settle_order(services, e), [voucher])
     assert report.settled == {CREATED: 10} and order_count(services) == 10
 
 
@@ -708,7 +745,7 @@ def test_recovery_settles_a_never_dispatched_backlog_in_batches(services, vouche
     assert report["picked_up"] == 40 and report["settled"] == {CREATED: 40}
     assert len(commits) <= 2  # one transaction for the batch (one read on SQLite)
     assert sorted(u for _, u in db_orders(services, voucher)) == list(users)
-    assert db_stock(services, voucher) == 10 and _stream_empty(services, settings)
+    assert db_stock(services, voucher) == 10 and _stream_empty(services, settings, voucher)
 
 
 def test_a_failing_batch_counts_once_toward_the_abort_and_stays_pending(
@@ -725,16 +762,19 @@ def test_a_failing_batch_counts_once_toward_the_abort_and_stays_pending(
         services.redis,
         fast,
         lambda e: settle_order(services, e),
+        [voucher],
         max_failures=2,
         settle_many=failing_many,
     )
     assert report.failed == 5 and report.picked_up == 5 and not report.aborted
     assert order_count(services) == 0
-    pending = services.redis.xpending(settings.order_stream, settings.order_group)["pending"]
+    pending = services.redis.xpending(stream_key(settings, voucher), settings.order_group)[
+        "pending"
+    ]
     assert pending == 5  # read once, in the PEL: a later run claims them as stuck
-    report = recover(services.redis, fast, lambda e: settle_order(services, e))
+    report = recover(services.redis, fast, lambda e: settle_order(services, e), [voucher])
     assert report.claimed == 5 and report.settled == {CREATED: 5}
-    assert order_count(services) == 5 and _stream_empty(services, settings)
+    assert order_count(services) == 5 and _stream_empty(services, settings, voucher)
 
 
 def test_recovery_is_skipped_while_the_database_is_down(services, voucher, settings):
@@ -748,8 +788,8 @@ def test_recovery_is_skipped_while_the_database_is_down(services, voucher, setti
         assert run_recovery(down) == {"skipped": "database unavailable"}
     finally:
         down.close()
-    assert services.redis.xlen(settings.order_stream) == 1
-    group = services.redis.xinfo_groups(settings.order_stream)[0]
+    assert services.redis.xlen(stream_key(settings, voucher)) == 1
+    group = services.redis.xinfo_groups(stream_key(settings, voucher))[0]
     assert group["pending"] == 0  # no delivery spent
 
 
@@ -784,7 +824,7 @@ def test_redis_failing_a_recovery_after_its_commit_leaves_no_lock_alive(
     assert report["failed"] == 1 and report["settled"] == {}, report
     assert reset.killed >= 3  # the lock release, the acknowledgement, the recovery lock
     assert all(services.redis.exists(name) for name in locks)  # not released: must expire
-    assert order_count(services) == 1 and services.redis.xlen(settings.order_stream) == 1
+    assert order_count(services) == 1 and services.redis.xlen(stream_key(settings, voucher)) == 1
     services.redis.rpush("go:locks", "1")
     line = child.lines.get(timeout=30)
     assert line.startswith("acquired "), line
@@ -844,7 +884,7 @@ def test_verify_catches_loss_phantoms_and_stock_drift(services, voucher, app, se
     entries = _reserve(services, voucher, range(900, 903))
     settle_order(services, entries[0])
     # a reservation vanishes from the Stream without a row: lost
-    services.redis.xdel(settings.order_stream, entries[1].stream_id)
+    services.redis.xdel(stream_key(settings, voucher), entries[1].stream_id)
     audit = verify_orders(services, voucher)
     assert not audit.ok and audit.vouchers[0].lost == 1
     runner = app.test_cli_runner()

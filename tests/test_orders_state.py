@@ -16,10 +16,18 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from support.seckill import add_shop, create_seckill, db_orders, db_stock
+from support.seckill import (
+    add_shop,
+    create_seckill,
+    db_orders,
+    db_stock,
+    dead_letter_count,
+    stream_entries,
+    stream_length,
+)
 
 from cache.ids import decode
-from cache.order_stream import OrderEntry
+from cache.order_stream import OrderEntry, stream_key
 from cache.reconcile import FOUND_KEY, MISSING, Reconciler, drift_records, parse_found
 from cache.seckill import OK, SOLD_OUT, SeckillGate
 from cache.server import EmbeddedRedis
@@ -43,8 +51,7 @@ def _order(client, login_as, voucher_id: int, user: int):  # type: ignore[no-unt
 
 
 def _entries(services) -> list[OrderEntry]:  # type: ignore[no-untyped-def]
-    stream = services.redis.xrange(services.settings.order_stream)
-    return [OrderEntry.from_fields(fields, sid) for sid, fields in stream]
+    return [OrderEntry.from_fields(fields, sid) for sid, fields in stream_entries(services)]
 
 
 def _settle_all(services) -> None:  # type: ignore[no-untyped-def]
@@ -90,7 +97,7 @@ def test_a_buyer_redis_forgot_orders_again_and_the_audit_names_the_id_that_will_
     (entry,) = _entries(services)
     assert run_order_task(services, entry.to_payload()) == DRIFT  # the batch path
     assert _drift_events() == events + 1
-    assert services.redis.xlen(services.settings.order_stream) == 0  # acknowledged
+    assert stream_length(services) == 0  # acknowledged
     assert db_orders(services, voucher_id) == [(int(first), 7)]  # no second row
     (record,) = drift_records(services.redis, voucher_id)
     assert (record.issued_id, record.user_id, record.row_id) == (int(second), 7, int(first))
@@ -138,7 +145,7 @@ def test_the_audit_checks_row_ids_against_the_ids_the_gate_issued(client, admin,
     # a reservation whose entry vanished without a row: its id is listed as lost
     lost = _reserve(services, voucher_id, [8])[8]
     (entry,) = _entries(services)
-    services.redis.xdel(services.settings.order_stream, entry.stream_id)
+    services.redis.xdel(stream_key(services.settings, voucher_id), entry.stream_id)
     audit = verify_orders(services, voucher_id).vouchers[0]
     assert audit.lost == 1
     assert [(n.order_id, n.user_id, n.row_id) for n in audit.never_rows] == [(lost, 8, None)]
@@ -203,7 +210,7 @@ def test_reconcile_lowers_a_stock_redis_restored_too_high(client, admin, login_a
     assert codes == [409, 409, 409, 200, 200, 409, 409]
     _settle_all(services)
     assert verify_orders(services, voucher_id).ok
-    assert services.redis.xlen(services.settings.order_dead_letter_stream) == 0  # no oversell
+    assert dead_letter_count(services) == 0  # no oversell
 
 
 def test_reconcile_while_sales_and_settlements_run_never_sells_a_unit_twice(
@@ -289,7 +296,7 @@ def test_reconcile_while_sales_and_settlements_run_never_sells_a_unit_twice(
     rows = dict((user, oid) for oid, user in db_orders(services, voucher_id))
     assert len(rows) == stock and db_stock(services, voucher_id) == 0
     assert all(rows[user] == oid for user, oid in answered.items())  # every 200 is its row
-    assert services.redis.xlen(settings.order_dead_letter_stream) == 0  # no oversell
+    assert dead_letter_count(services) == 0  # no oversell
     audit = verify_orders(services, voucher_id)
     assert audit.ok and audit.unsettled == 0, audit.lines()
 
@@ -338,9 +345,9 @@ def test_redis_restarted_from_an_older_aof_is_reconciled(
         sold = [r.json["data"] for r in fresh.values() if r.status_code == 200]
         assert len(sold) == 5 and not set(sold) & set(answered.values())
         _settle_all(services)  # the 6 entries the copy brought back are duplicates: acked
-        assert services.redis.xlen(services.settings.order_stream) == 0
+        assert stream_length(services) == 0
         assert len(db_orders(services, voucher_id)) == 20 and db_stock(services, voucher_id) == 0
-        assert services.redis.xlen(services.settings.order_dead_letter_stream) == 0
+        assert dead_letter_count(services) == 0
         audit = verify_orders(services, voucher_id)
         assert audit.ok and audit.unsettled == 0, audit.lines()
     finally:
@@ -391,7 +398,7 @@ def test_a_missing_stock_is_loaded_minus_the_reservations_not_settled_yet(
     assert codes.count(200) == 5
     _settle_all(services)
     assert len(db_orders(services, voucher_id)) == 10 and db_stock(services, voucher_id) == 0
-    assert services.redis.xlen(services.settings.order_dead_letter_stream) == 0  # no oversell
+    assert dead_letter_count(services) == 0  # no oversell
     audit = verify_orders(services, voucher_id)
     assert audit.ok and audit.unsettled == 0, audit.lines()
 

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from support.seckill import add_shop, create_seckill, db_orders, db_stock, order_count, wait_for
+from support.seckill import (
+    add_shop,
+    create_seckill,
+    db_orders,
+    db_stock,
+    order_count,
+    stream_length,
+    wait_for,
+)
 from support.tcp_proxy import TcpProxy
 from support.workers import celery_worker, kill_group, log_tail, start_worker
 
@@ -77,7 +85,7 @@ def _recover_until_drained(settings, services, timeout: float, log: Path) -> Non
 
         def drained() -> bool:
             run_recovery(recovery)
-            return services.redis.xlen(settings.order_stream) == 0
+            return stream_length(services) == 0
 
         wait_for(drained, timeout, interval=1.0, what=f"stream drained\n{log_tail(log)}")
     finally:
@@ -132,7 +140,7 @@ def test_2000_users_5_attempts_each_against_stock_100(app, services, settings, a
         assert {status for _, status, _ in results} == {200, 409}
         assert len(wins) == 100 and len({u for u, _ in wins}) == 100
         wait_for(
-            lambda: order_count(services) == 100 and services.redis.xlen("stream.orders") == 0,
+            lambda: order_count(services) == 100 and stream_length(services) == 0,
             60,
             what=f"100 rows\n{log_tail(log)}",
         )

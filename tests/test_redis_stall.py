@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 from support.redis_server import own_redis
-from support.seckill import add_shop, create_seckill, db_orders, wait_for
+from support.seckill import add_shop, create_seckill, db_orders, stream_length, wait_for
 from support.sessions import set_role
 from support.workers import celery_worker, log_tail
 
@@ -442,7 +442,7 @@ def _recover_until_drained(settings, services: Services) -> None:
 
         def drained() -> bool:
             run_recovery(recovery)
-            return services.redis.xlen(settings.order_stream) == 0
+            return stream_length(services) == 0
 
         wait_for(drained, 90, interval=1.0, what="the order stream to drain")
     finally:

@@ -15,13 +15,14 @@ from support.seckill import (
     iso,
     order_count,
     queued_orders,
+    stream_length,
     utc_now,
     voucher_body,
 )
 from support.social import make_users
 
 from beat.order_jobs import run_recovery
-from cache.order_stream import OrderEntry
+from cache.order_stream import OrderEntry, stream_key
 from cache.server import free_port
 from models.entities import SeckillVoucher, Voucher
 from services import Services
@@ -62,7 +63,7 @@ def test_admin_creates_a_seckill_voucher_loaded_into_redis(client, admin, servic
     r = services.redis
     assert r.get(f"seckill:stock:{{{voucher_id}}}") == "7"
     assert set(r.hgetall(f"seckill:window:{{{voucher_id}}}")) == {"begin", "end"}
-    groups = r.xinfo_groups(settings.order_stream)
+    groups = r.xinfo_groups(stream_key(settings, voucher_id))  # its own stream, in its slot
     assert [g["name"] for g in groups] == [settings.order_group]
 
 
@@ -169,14 +170,16 @@ def test_post_seed_loads_missing_stock_only_and_creates_the_group(
 ):
     voucher_id = create_seckill(client, admin, stock=5)
     client.post(f"/voucher-order/seckill/{voucher_id}", headers=login_as(3))
-    services.redis.delete(settings.order_stream)  # no group, and a voucher Redis forgot:
+    services.redis.delete(stream_key(settings, voucher_id))  # no group, and a voucher Redis forgot:
     other = create_seckill(client, admin, stock=9)
     services.redis.delete(f"seckill:stock:{{{other}}}", f"seckill:window:{{{other}}}")
     post_seed(services)
     post_seed(services)
     assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "4"  # sold stock kept
     assert services.redis.get(f"seckill:stock:{{{other}}}") == "9"
-    assert services.redis.xinfo_groups(settings.order_stream)[0]["name"] == settings.order_group
+    for voucher in (voucher_id, other):
+        groups = services.redis.xinfo_groups(stream_key(settings, voucher))
+        assert [g["name"] for g in groups] == [settings.order_group]
 
 
 # --- the order route -------------------------------------------------------------------------
@@ -190,7 +193,7 @@ def test_order_success_answers_the_id_as_a_string_and_dispatches(
     assert response.status_code == 200
     order_id = response.json["data"]
     assert isinstance(order_id, str) and int(order_id) > 2**53
-    entry = services.redis.xrange(settings.order_stream)[0][1]
+    entry = services.redis.xrange(stream_key(settings, voucher_id))[0][1]
     assert entry == {"orderId": order_id, "userId": "5", "voucherId": str(voucher_id)}
     assert flush_dispatch(client.application)
     # the task message sits in the "orders" queue of the broker (the same Redis here)
@@ -237,7 +240,7 @@ def test_a_refused_buyer_whose_id_redis_lost_is_told_the_id_of_their_row(
     unsettled = client.post(path, headers=login_as(6)).json["data"]
     (entry,) = [
         OrderEntry.from_fields(fields, sid)
-        for sid, fields in services.redis.xrange(services.settings.order_stream)
+        for sid, fields in services.redis.xrange(stream_key(services.settings, voucher_id))
         if fields["orderId"] == first
     ]
     assert settle_order(services, entry) == "created"
@@ -269,7 +272,7 @@ def test_order_bad_input(client, admin, services, login_as):
         assert response.status_code == 404 and response.json["success"] is False
     assert client.get(f"/voucher-order/seckill/{voucher_id}", headers=user).status_code == 405
     assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "100"
-    assert services.redis.xlen("stream.orders") == 0
+    assert stream_length(services) == 0
 
 
 def test_voucher_missing_in_redis_is_loaded_from_the_database(client, admin, services, login_as):

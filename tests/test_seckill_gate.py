@@ -10,6 +10,7 @@ import pytest
 
 from cache.ids import decode
 from cache.login import TOKEN_KEY
+from cache.order_stream import stream_key
 from cache.ratelimit import TokenBucket
 from cache.seckill import (
     DUPLICATE,
@@ -49,10 +50,11 @@ def test_success_reserves_everything_in_one_step(gate, redis_client, settings):
     assert redis_client.get("seckill:stock:{1}") == "2"
     assert redis_client.smembers("seckill:order:{1}") == {"42"}
     assert redis_client.hgetall("seckill:orderid:{1}") == {"42": str(result.order_id)}
-    entries = redis_client.xrange(settings.order_stream)
+    entries = redis_client.xrange(stream_key(settings, 1))  # the voucher's own stream
     assert entries == [
         (result.stream_id, {"orderId": str(result.order_id), "userId": "42", "voucherId": "1"})
     ]
+    assert stream_key(settings, 1) == "stream.orders:{1}"  # hmdp's name, the voucher's tag
     made_at, count = decode(result.order_id)
     assert abs((made_at.replace(tzinfo=None) - _now()).total_seconds()) < 60 and count == 1
 
@@ -61,13 +63,13 @@ def test_refusals_change_nothing(gate, redis_client, settings):
     _load(redis_client, stock=1)
     first = gate.reserve(1, 1)
     assert first.outcome == OK
-    before = redis_client.xlen(settings.order_stream)
+    before = redis_client.xlen(stream_key(settings, 1))
     again = gate.reserve(1, 1)
     assert (again.outcome, again.order_id) == (DUPLICATE, first.order_id)
     assert gate.reserve(1, 2).outcome == SOLD_OUT
     assert redis_client.get("seckill:stock:{1}") == "0"
     assert redis_client.smembers("seckill:order:{1}") == {"1"}
-    assert redis_client.xlen(settings.order_stream) == before
+    assert redis_client.xlen(stream_key(settings, 1)) == before
 
 
 def test_window_is_checked_against_now(gate, redis_client):
@@ -118,7 +120,7 @@ def test_concurrent_gate_sells_exactly_the_stock_once_per_user(gate, redis_clien
     assert {o for _, o, _ in results} == {OK, DUPLICATE, SOLD_OUT}
     snap = redis_snapshot(redis_client, 1)
     assert snap.stock == 0 and snap.buyers == {u for u, _ in wins}
-    stream = redis_client.xrange(settings.order_stream)
+    stream = redis_client.xrange(stream_key(settings, 1))
     assert sorted(int(f["orderId"]) for _, f in stream) == sorted(oid for _, oid in wins)
 
 
@@ -127,7 +129,7 @@ def test_reserve_many_is_one_attempt_per_user_in_a_pipeline(gate, redis_client, 
     results = gate.reserve_many(1, [1, 2, 2, 3, 4])
     assert [r.outcome for r in results] == [OK, OK, DUPLICATE, OK, SOLD_OUT]
     assert len({r.order_id for r in results if r.ok}) == 3
-    assert redis_client.xlen(settings.order_stream) == 3
+    assert redis_client.xlen(stream_key(settings, 1)) == 3
 
 
 # --- the gate with the session read in the script -------------------------------------------
@@ -150,7 +152,7 @@ def test_reserve_for_session_reads_the_user_from_the_session(
     assert result.outcome == OK and result.user_id == 42 and result.order_id
     assert 5 < services.redis.ttl(key) <= 900
     assert services.redis.sismember("seckill:order:{1}", "42")
-    fields = services.redis.xrange(settings.order_stream)[-1][1]
+    fields = services.redis.xrange(stream_key(settings, 1))[-1][1]
     assert fields["userId"] == "42"
     again = session_gate.reserve_for_session(1, token, 900)
     assert (again.outcome, again.user_id) == ("duplicate", 42)
@@ -164,7 +166,7 @@ def test_reserve_for_session_without_a_session_reserves_nothing(session_gate, se
     assert session_gate.reserve_for_session(1, "odd", 900).outcome == ODD_SESSION
     assert not services.redis.exists(TOKEN_KEY.format(token="nobody"))
     assert services.redis.get("seckill:stock:{1}") == "3"
-    assert services.redis.xlen(settings.order_stream) == 0
+    assert services.redis.xlen(stream_key(settings, 1)) == 0
 
 
 def test_reserve_charged_reserves_only_what_the_bucket_admits(
@@ -183,7 +185,7 @@ def test_reserve_charged_reserves_only_what_the_bucket_admits(
     assert services.redis.exists("ratelimit:t:user:5", "ratelimit:t:user:6") == 2
     assert services.redis.smembers("seckill:order:{1}") == {"5", "6"}
     assert services.redis.get("seckill:stock:{1}") == "1"
-    assert services.redis.xlen(settings.order_stream) == 2
+    assert services.redis.xlen(stream_key(settings, 1)) == 2
     # a roomier bucket lets user 5 through to the gate, which refuses the second order
     roomy = TokenBucket(capacity=2, rate=0.001)
     decision, again = session_gate.reserve_charged(1, tokens[5], 900, "ratelimit:u:user:", roomy)
@@ -202,4 +204,4 @@ def test_reserve_charged_without_a_session_charges_and_reserves_nothing(
     assert services.redis.keys("ratelimit:*") == []
     assert not services.redis.exists(TOKEN_KEY.format(token="nobody"))
     assert services.redis.get("seckill:stock:{1}") == "3"
-    assert services.redis.xlen(settings.order_stream) == 0
+    assert services.redis.xlen(stream_key(settings, 1)) == 0

@@ -12,9 +12,13 @@
   master has no hook for it, gunicorn's ``child_exit`` does it too) and by a
   worker itself when it exits cleanly.
 * Stream length, pending, lag/backlog and dead letters are read from Redis at
-  scrape time (:class:`StreamCollector`): correct whichever process last
-  touched the stream, cheap (one pipeline: XLEN x2, XINFO GROUPS) and failure-tolerant: with
-  Redis down the scrape still answers 200 with ``hmdp_redis_up 0``.
+  scrape time (:class:`StreamCollector`), summed over the orders streams of the
+  vouchers that may hold any (:func:`cache.stream_vouchers.for_readers`: one
+  database query, one SMEMBERS) and the legacy stream: correct whichever process
+  last touched a stream, cheap (one pipeline: XLEN x2 and XINFO GROUPS per
+  stream, one round trip per node) and failure-tolerant: with Redis down the
+  scrape still answers 200 with ``hmdp_redis_up 0``; with the database down it
+  reads the vouchers it read last.
 * Database pool usage comes from pool events (:func:`metrics.track_pool`).
 
 ``/metrics`` needs no login and is in no rate-limit table (web/ratelimit.py).
@@ -37,7 +41,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from cache import reconcile
+from cache import order_stream, reconcile, stream_vouchers
 from cache.connection import Client, connect
 from cache.server import process_alive
 from metrics import track_pool
@@ -50,12 +54,19 @@ from .exchange import HttpMetrics
 log = logging.getLogger(__name__)
 
 
-class StreamCollector(Collector):
-    """Reads the order stream's state from Redis at scrape time."""
+Vouchers = Callable[[Client], list[int]]  # the vouchers whose streams a scrape reads
 
-    def __init__(self, settings: Settings, redis_url: Callable[[], str]):
+
+class StreamCollector(Collector):
+    """Reads the order streams' state from Redis at scrape time."""
+
+    def __init__(
+        self, settings: Settings, redis_url: Callable[[], str], vouchers: Vouchers | None = None
+    ):
         self.settings = settings
         self._redis_url = redis_url
+        self._vouchers = vouchers
+        self._known: list[int] = []  # what ``vouchers`` answered last
         self._client: Client | None = None
 
     def client(self) -> Client:
@@ -87,41 +98,39 @@ class StreamCollector(Collector):
             yield family
         yield drift
 
+    def voucher_ids(self, client: Client) -> list[int]:
+        """The vouchers to read; those read last when the database cannot say."""
+        if self._vouchers is None:
+            return []
+        try:
+            self._known = self._vouchers(client)
+        except (redis.RedisError, OSError):
+            raise
+        except Exception as exc:  # the database: the gauges still read what they can
+            log.warning("metrics: vouchers unknown, reading those of the last scrape: %s", exc)
+        return self._known
+
     def _read(self) -> list[Any]:
         s = self.settings
         client = self.client()
-        pipe = client.pipeline(transaction=False)
-        pipe.xlen(s.order_stream)
-        pipe.xlen(s.order_dead_letter_stream)
-        pipe.xinfo_groups(s.order_stream)
-        pipe.hgetall(reconcile.FOUND_KEY)
-        length, dead, groups, found = pipe.execute(raise_on_error=False)
-        if isinstance(found, Exception):
-            raise found
-        if isinstance(length, Exception):
-            raise length
-        if isinstance(dead, Exception):
-            raise dead
-        if isinstance(groups, redis.ResponseError):  # no such stream yet
-            groups = []
-        elif isinstance(groups, Exception):
-            raise groups
-        group = next((g for g in groups if g.get("name") == s.order_group), None)
-        if group is None:  # nobody consumes yet: everything is undelivered
-            pending, lag = 0, int(length)
-        else:
-            pending = int(group.get("pending") or 0)
-            lag = self._lag(group, int(length), pending)
+        streams = [order_stream.voucher_stream(s, v) for v in self.voucher_ids(client)]
+        streams += order_stream.legacy_of(client, s)
+        found = client.hgetall(reconcile.FOUND_KEY)
+        stats = order_stream.stream_stats(client, streams)
         return [
-            ("hmdp_orders_stream_length", "Entries in the orders stream (XLEN)", length),
-            ("hmdp_orders_pending", "Entries delivered to the group but not acked", pending),
-            ("hmdp_orders_lag", "Entries not yet delivered to the consumer group", lag),
+            ("hmdp_orders_stream_length", "Entries in the orders streams (XLEN)", stats.length),
+            ("hmdp_orders_pending", "Entries delivered to the group but not acked", stats.pending),
+            ("hmdp_orders_lag", "Entries not yet delivered to the consumer group", stats.lag),
             (
                 "hmdp_orders_backlog",
                 "Orders waiting: not yet delivered plus delivered but unacked",
-                pending + lag,
+                stats.pending + stats.lag,
             ),
-            ("hmdp_orders_dead_letters", "Entries in the dead-letter stream (XLEN)", dead),
+            (
+                "hmdp_orders_dead_letters",
+                "Entries in the dead-letter streams (XLEN)",
+                stats.dead_letters,
+            ),
             self._drift(found),
         ]
 
@@ -137,20 +146,6 @@ class StreamCollector(Collector):
         for voucher, drift in sorted(reconcile.parse_found(found).items()):
             family.add_metric([str(voucher)], drift)
         return family
-
-    @staticmethod
-    def _lag(group: dict[str, Any], length: int, pending: int) -> int:
-        """Entries the group has not been given yet.
-
-        Redis >= 7 reports it, unless deletions make it unknowable (None). Then,
-        and on Redis 6.2, it is XLEN - pending: exact here, because a settled
-        order's entry is acknowledged AND deleted (cache/order_stream.py), so the
-        stream holds only pending and undelivered entries. O(1) either way.
-        """
-        lag = group.get("lag")
-        if lag is not None:
-            return int(lag)
-        return max(length - pending, 0)
 
 
 class _Forward(Collector):
@@ -221,7 +216,11 @@ def register_metrics(app: Flask, services: Services) -> HttpMetrics:
     # A registry per app: the HTTP metrics must not collide in the process-wide
     # default registry when a process (a test run) builds several apps.
     http = HttpMetrics(CollectorRegistry())
-    stream = StreamCollector(settings, lambda: services.redis_url)
+    stream = StreamCollector(
+        settings,
+        lambda: services.redis_url,
+        lambda client: stream_vouchers.for_readers(client, services.db, settings),
+    )
     registry = exposition_registry(settings, http.registry, [stream])
     if settings.prometheus_multiproc_dir is not None:
         drop_dead_processes(settings.prometheus_multiproc_dir)

@@ -1,10 +1,11 @@
 """``flask orders replay``: dead letters back into the orders Stream, once.
 
-An entry goes to ``stream.orders.dead`` when it failed too often or its outcome
-could not change (see :mod:`cache.order_stream`). Once an operator fixed the
+An entry goes to its voucher's dead-letter stream ``stream.orders.dead:{<voucherId>}``
+when it failed too often or its outcome could not change (see
+:mod:`cache.order_stream`). Once an operator fixed the
 cause (restored the database stock, re-created the voucher, fixed a bug), the
-reservation still has to become its row: replay moves it back to the Stream as
-a new entry, where the tasks' batches and beat's recovery settle it like any
+reservation still has to become its row: replay moves it back to its voucher's
+Stream as a new entry (the same slot), where the tasks' batches and beat's recovery settle it like any
 other, and sends its order task so that it does not wait for beat.
 
 Per dead letter, atomically (one Lua script, :func:`cache.order_stream.replay_dead_letter`):
@@ -12,7 +13,11 @@ its order already a row (same id, user and voucher) -> the dead letter is only
 removed; else it is removed AND added back to the Stream. The removal decides,
 so two replays never add one entry twice, and a replay killed midway leaves each
 entry either still a dead letter or back in the Stream, never both, never
-neither. Run it again to finish.
+neither. Run it again to finish. The dead letters are read from the stream of
+every seckill voucher of the database, and from the single ``stream.orders.dead``
+of earlier versions while it exists (a single Redis). Before an entry goes back,
+its voucher is marked for recovery (:func:`cache.stream_vouchers.linger`), so
+an entry of a sale ended long ago is read all the same.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from dataclasses import dataclass
 from celery import Celery
 from sqlalchemy import select
 
-from cache import order_stream
-from cache.order_stream import MalformedEntry, OrderEntry
+from cache import order_stream, stream_vouchers
+from cache.order_stream import MalformedEntry, OrderEntry, Stream
 from models.entities import VoucherOrder
 from services import Services
 
@@ -68,45 +73,76 @@ def _rows_of(svc: Services, entries: list[OrderEntry]) -> set[tuple[int, int, in
         return {(int(a), int(b), int(c)) for a, b, c in session.execute(query)}
 
 
+def _dead_letters(svc: Services) -> list[tuple[Stream, str, dict]]:
+    """Every dead letter: (the stream it is of, its id, its fields), oldest stream first."""
+    client, settings = svc.redis, svc.settings
+    streams = [
+        order_stream.voucher_stream(settings, v) for v in stream_vouchers.all_vouchers(svc.db)
+    ]
+    streams = order_stream.legacy_of(client, settings) + streams
+    return [
+        (stream, sid, fields)
+        for stream in streams
+        for sid, fields in order_stream.iter_stream(client, stream.dead)
+    ]
+
+
 def replay_dead_letters(svc: Services, wanted: list[str] | None) -> list[Replay]:
     """Replay the dead letters named in ``wanted`` (None = all of them), in that order.
 
-    A name is a dead letter's id in the dead-letter stream, or the id its entry
-    had in the orders Stream (its ``sourceId``: what the worker log names).
+    A name is a dead letter's id in its dead-letter stream, or the id its entry
+    had in the orders Stream (its ``sourceId``: what the worker log names). Ids
+    are unique per stream only: a name several dead letters answer to names
+    them all.
     """
     client, settings = svc.redis, svc.settings
-    dead = list(order_stream.iter_stream(client, settings.order_dead_letter_stream))
-    by_name = {f["sourceId"]: (sid, f) for sid, f in dead if f.get("sourceId")}
-    by_name.update({sid: (sid, f) for sid, f in dead})
-    names = [sid for sid, _ in dead] if wanted is None else list(dict.fromkeys(wanted))
-    found: list[tuple[str, OrderEntry]] = []
-    results: dict[str, Replay] = {}
-    for name in names:
-        if name not in by_name:
-            results[name] = Replay(name, UNKNOWN, f"not in {settings.order_dead_letter_stream}")
+    dead = _dead_letters(svc)
+    by_name: dict[str, list[tuple[Stream, str, dict]]] = {}
+    for letter in dead:
+        for name in dict.fromkeys([letter[2].get("sourceId") or letter[1], letter[1]]):
+            by_name.setdefault(name, []).append(letter)
+    if wanted is None:
+        names = [sid for _, sid, _ in dead]
+        chosen = {sid: [] for sid in names}
+        for letter in dead:
+            chosen[letter[1]].append(letter)
+    else:
+        names = list(dict.fromkeys(wanted))
+        chosen = {name: by_name.get(name, []) for name in names}
+    found: list[tuple[str, Stream, str, OrderEntry]] = []
+    results: dict[str, list[Replay]] = {}
+    taken: set[tuple[str, str]] = set()  # (dead-letter stream, id): each replayed once
+    for name in dict.fromkeys(names):
+        if not chosen[name]:
+            results[name] = [Replay(name, UNKNOWN, "not a dead letter of any orders stream")]
             continue
-        dead_id, fields = by_name[name]
-        try:
-            found.append((name, OrderEntry.from_fields(fields, None)))
-        except MalformedEntry as exc:
-            results[name] = Replay(dead_id, KEPT, f"malformed ({exc})")
-    rows = _rows_of(svc, [entry for _, entry in found])
-    for name, entry in found:
-        dead_id = by_name[name][0]
+        for stream, dead_id, fields in chosen[name]:
+            if (stream.dead, dead_id) in taken:
+                continue
+            taken.add((stream.dead, dead_id))
+            try:
+                entry = OrderEntry.from_fields(fields, None)
+                if stream.voucher_id not in (None, entry.voucher_id):
+                    raise MalformedEntry(f"voucherId {entry.voucher_id} in {stream.dead}")
+                found.append((name, stream, dead_id, entry))
+            except MalformedEntry as exc:
+                results.setdefault(name, []).append(Replay(dead_id, KEPT, f"malformed ({exc})"))
+    rows = _rows_of(svc, [entry for *_, entry in found])
+    stream_vouchers.linger(client, settings, [e.voucher_id for *_, e in found])
+    for name, stream, dead_id, entry in found:
         is_row = (entry.order_id, entry.user_id, entry.voucher_id) in rows
         new_id = order_stream.replay_dead_letter(
-            client, settings, dead_id, None if is_row else entry
+            client, settings, stream, dead_id, None if is_row else entry
         )
         if new_id is None:
-            results[name] = Replay(dead_id, UNKNOWN, "replayed meanwhile by another replay")
+            result = Replay(dead_id, UNKNOWN, "replayed meanwhile by another replay")
         elif is_row:
-            results[name] = Replay(dead_id, REMOVED, f"{_describe(entry)} is a row already")
+            result = Replay(dead_id, REMOVED, f"{_describe(entry)} is a row already")
         else:
             again = OrderEntry(entry.order_id, entry.user_id, entry.voucher_id, new_id)
-            results[name] = Replay(
-                dead_id, REPLAYED, f"{_describe(entry)} is {new_id} again", again
-            )
-    return [results[name] for name in names]
+            result = Replay(dead_id, REPLAYED, f"{_describe(entry)} is {new_id} again", again)
+        results.setdefault(name, []).append(result)
+    return [result for name in dict.fromkeys(names) for result in results.get(name, [])]
 
 
 def dispatch_replayed(celery_app: Celery, task_name: str, results: list[Replay]) -> str:

@@ -37,7 +37,7 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from cache import order_stream
+from cache import order_stream, stream_vouchers
 from cache.order_stream import MalformedEntry, OrderEntry
 from cache.reconcile import MISSING, DriftRecord, Reconciler, drift_records
 from cache.seckill import (
@@ -54,6 +54,7 @@ from cache.seckill import (
     SeckillGate,
     redis_snapshot,
 )
+from cache.stream_vouchers import all_vouchers
 from metrics import ORDER_DISPATCH_FAILURES, SECKILL_OUTCOMES
 from models.entities import MAX_ID, SeckillVoucher, VoucherOrder
 from services import Services
@@ -143,7 +144,7 @@ def _load_from_database(state: SeckillState, voucher_id: int) -> bool:
     report = state.reconciler.run([voucher_id], mode=MISSING, wait=LOAD_WAIT_SECONDS)
     if any(repair.skipped for repair in report.vouchers):
         raise ApiError("voucher is being loaded, try again", 503, {"Retry-After": 1})
-    order_stream.ensure_group(svc.redis, svc.settings)
+    stream_vouchers.prepare(svc.redis, svc.settings, [voucher_id])
     return True
 
 
@@ -335,16 +336,18 @@ class OrderAudit:
         ]
 
 
-def _entries_by_voucher(client, stream: str) -> tuple[dict[int, list[OrderEntry]], int]:  # type: ignore[no-untyped-def]
+def _entries_by_voucher(client, keys: list[str]) -> tuple[dict[int, list[OrderEntry]], int]:  # type: ignore[no-untyped-def]
+    """The reservations of the streams ``keys`` by voucher, and how many entries were malformed."""
     entries: dict[int, list[OrderEntry]] = defaultdict(list)
     malformed = 0
-    for stream_id, fields in order_stream.iter_stream(client, stream):
-        try:
-            entry = OrderEntry.from_fields(fields, stream_id)
-        except MalformedEntry:
-            malformed += 1
-            continue
-        entries[entry.voucher_id].append(entry)
+    for key in keys:
+        for stream_id, fields in order_stream.iter_stream(client, key):
+            try:
+                entry = OrderEntry.from_fields(fields, stream_id)
+            except MalformedEntry:
+                malformed += 1
+                continue
+            entries[entry.voucher_id].append(entry)
     return entries, malformed
 
 
@@ -425,21 +428,20 @@ def _audit(v: int, seen: _Seen) -> VoucherAudit:
 def verify_orders(svc: Services, voucher_id: int | None = None) -> OrderAudit:
     """Audit seckill orders (one voucher, or all): see the module doc for the rules.
 
-    Safe while orders are still being settled: reads go Redis (buyers, issued
-    ids), then the Stream, then the database, then Redis again, then the drift
-    records, so an entry settled in between is seen either in the Stream or as
+    Every seckill voucher of the database, each with its own Stream and dead
+    letters (and the legacy stream while it exists). Safe while orders are
+    still being settled: reads go Redis (buyers, issued ids), then the Streams,
+    then the database, then Redis again, then the drift records, so an entry settled in between is seen either in the Stream or as
     a row (or as a drift record), never as lost. Rows are checked against the
     ids issued as read AFTER the database (a row's id was issued before it).
     """
     client, settings = svc.redis, svc.settings
-    with svc.db.session() as session:
-        if voucher_id is None:
-            ids = list(session.scalars(select(SeckillVoucher.voucher_id).order_by("voucher_id")))
-        else:
-            ids = [voucher_id]
+    ids = all_vouchers(svc.db) if voucher_id is None else [voucher_id]
+    streams = [order_stream.voucher_stream(settings, v) for v in ids]
+    streams += order_stream.legacy_of(client, settings)
     before = {v: redis_snapshot(client, v) for v in ids}
-    pending, malformed = _entries_by_voucher(client, settings.order_stream)
-    dead, _ = _entries_by_voucher(client, settings.order_dead_letter_stream)
+    pending, malformed = _entries_by_voucher(client, [s.key for s in streams])
+    dead, _ = _entries_by_voucher(client, [s.dead for s in streams])
     db: dict[int, tuple[int | None, list[tuple[int, int]]]] = {}
     with svc.db.session() as session:  # one transaction: one snapshot of stock and rows
         for v in ids:
@@ -451,7 +453,7 @@ def verify_orders(svc: Services, voucher_id: int | None = None) -> OrderAudit:
             ).all()
             db[v] = (stock, [(int(oid), int(user)) for oid, user in rows])
     after = {v: redis_snapshot(client, v) for v in ids}
-    stats = order_stream.stream_stats(client, settings)
+    stats = order_stream.stream_stats(client, streams)
     audits = [
         _audit(
             v,

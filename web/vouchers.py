@@ -20,7 +20,7 @@ from flask import Blueprint, Response
 from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from sqlalchemy import select
 
-from cache import order_stream
+from cache import stream_vouchers
 from cache.reconcile import MISSING, Reconciler
 from cache.seckill import live_stocks, load_voucher
 from models.entities import SeckillVoucher, Shop, Voucher
@@ -140,7 +140,7 @@ def _load_into_redis(svc: Services, voucher_id: int, seckill: dict[str, Any]) ->
         load_voucher(
             svc.redis, voucher_id, seckill["stock"], seckill["begin_time"], seckill["end_time"]
         )
-        order_stream.ensure_group(svc.redis, svc.settings)
+        stream_vouchers.prepare(svc.redis, svc.settings, [voucher_id])
     except (redis.RedisError, OSError) as exc:
         # The voucher is committed; the order route loads it on first use.
         log.warning("seckill voucher %s not loaded into Redis yet: %s", voucher_id, exc)
@@ -222,7 +222,7 @@ def load_all_seckill_vouchers(svc: Services) -> int:
     with svc.db.session() as session:
         ids = list(session.scalars(select(SeckillVoucher.voucher_id)))
     Reconciler(svc.redis, svc.settings, svc.db).run(ids, mode=MISSING)
-    order_stream.ensure_group(svc.redis, svc.settings)
+    stream_vouchers.prepare(svc.redis, svc.settings, ids)
     return len(ids)
 
 

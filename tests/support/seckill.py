@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from models.entities import SeckillVoucher, Shop, ShopType, VoucherOrder
+from cache import order_stream
+from cache.stream_vouchers import all_vouchers
+from models.entities import SeckillVoucher, Shop, ShopType, Voucher, VoucherOrder
 
 
 def queued_orders(broker, queue: str = "orders") -> list[dict]:
@@ -43,6 +45,33 @@ def add_shop(services, shop_id: int = 1) -> int:
             session.flush()
         session.add(Shop(id=shop_id, name=f"shop {shop_id}", type_id=1, x=120.1, y=30.2))
     return shop_id
+
+
+def add_seckill_voucher(
+    services,  # type: ignore[no-untyped-def]
+    stock: int = 10,
+    ends_in: timedelta = timedelta(days=1),
+    shop_id: int = 1,
+) -> int:
+    """A seckill voucher straight into the database (not loaded into Redis); its id.
+
+    Its sale began an hour before it ends (``ends_in`` negative: ended that long ago).
+    """
+    with services.db.session() as session:
+        shop = session.get(Shop, shop_id)
+    if shop is None:
+        add_shop(services, shop_id)
+    with services.db.session() as session:
+        row = Voucher(shop_id=shop_id, title="t", pay_value=1, actual_value=2, type=1)
+        session.add(row)
+        session.flush()
+        end = utc_now().replace(microsecond=0) + ends_in
+        session.add(
+            SeckillVoucher(
+                voucher_id=row.id, stock=stock, begin_time=end - timedelta(hours=1), end_time=end
+            )
+        )
+        return int(row.id)
 
 
 def voucher_body(**overrides: object) -> dict:
@@ -105,3 +134,25 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def order_streams(services) -> list[order_stream.Stream]:  # type: ignore[no-untyped-def]
+    """The orders stream of every seckill voucher of the database (and the legacy one)."""
+    settings = services.settings
+    streams = [order_stream.voucher_stream(settings, v) for v in all_vouchers(services.db)]
+    return streams + order_stream.legacy_of(services.redis, settings)
+
+
+def stream_length(services) -> int:  # type: ignore[no-untyped-def]
+    """Unsettled reservations of every voucher: their streams' entries."""
+    return order_stream.stream_stats(services.redis, order_streams(services)).length
+
+
+def dead_letter_count(services) -> int:  # type: ignore[no-untyped-def]
+    """Dead letters of every voucher."""
+    return order_stream.stream_stats(services.redis, order_streams(services)).dead_letters
+
+
+def stream_entries(services) -> list[tuple[str, dict]]:  # type: ignore[no-untyped-def]
+    """Every entry of every voucher's orders stream (stream id, fields), voucher by voucher."""
+    return [item for s in order_streams(services) for item in services.redis.xrange(s.key)]
