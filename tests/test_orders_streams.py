@@ -22,6 +22,7 @@ from support.seckill import add_seckill_voucher, db_orders, db_stock, order_coun
 from beat.order_jobs import run_recovery
 from cache import order_stream, stream_vouchers
 from cache.order_stream import OrderEntry, Stream, voucher_stream
+from cache.reconcile import Reconciler
 from cache.seckill import load_voucher, order_id_key, order_set_key, stock_key
 from models.entities import SeckillVoucher
 from services import Services
@@ -268,3 +269,22 @@ def test_the_legacy_stream_is_deleted_only_while_empty(services, settings):
     assert _recover_now(settings)["legacy_dropped"] is True
     assert order_stream.drop_if_empty(services.redis, legacy) is False  # gone already
     assert order_count(services) == 1
+
+
+def test_reconciliation_reads_each_voucher_s_stream_in_its_snapshot(services, settings):
+    """Buyers and stock rebuilt from each voucher's own unsettled entries (two slots)."""
+    first, second = (_voucher(services, stock=10) for _ in range(2))
+    waiting = {
+        v: [_add(services, voucher_stream(settings, v), u) for u in range(1, n + 1)]
+        for v, n in ((first, 3), (second, 2))
+    }
+    for v in (first, second):  # an older copy of Redis: none of this voucher's sales
+        services.redis.set(stock_key(v), 10)
+        services.redis.delete(order_set_key(v), order_id_key(v))
+    report = Reconciler(services.redis, settings, services.db).run()
+    repairs = {r.voucher_id: r for r in report.vouchers}
+    assert (repairs[first].stock_after, repairs[first].buyers_added) == (7, 3)
+    assert (repairs[second].stock_after, repairs[second].buyers_added) == (8, 2)
+    for v, entries in waiting.items():
+        issued = services.redis.hgetall(order_id_key(v))
+        assert issued == {str(e.user_id): str(e.order_id) for e in entries}
