@@ -333,6 +333,21 @@ def iter_stream(client: redis.Redis, stream: str) -> Iterator[tuple[str, dict]]:
         start = "(" + page[-1][0]
 
 
+def as_items(reply: list) -> list[tuple[str, dict]]:
+    """An XRANGE reply as (id, fields) pairs, whoever parsed it.
+
+    redis-py's cluster transactions (MULTI in one slot) skip XRANGE's reply
+    parsing and hand back each entry's fields as a flat list; the other clients
+    parse them into a dict.
+    """
+    items = []
+    for stream_id, fields in reply:
+        if isinstance(fields, list):
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        items.append((stream_id, fields))
+    return items
+
+
 def parse_entries(
     client: redis.Redis, settings: Settings, stream: Stream, items: list[tuple[str, dict]]
 ) -> tuple[list[OrderEntry], int]:

@@ -68,7 +68,15 @@ from settings import Settings
 
 from .ids import EPOCH, ID_KEY_TTL, MAX_COUNT, day_key
 from .locks import RLock, acquire_all, release_all
-from .order_stream import MalformedEntry, OrderEntry, Stream, iter_stream, legacy_of, voucher_stream
+from .order_stream import (
+    MalformedEntry,
+    OrderEntry,
+    Stream,
+    as_items,
+    iter_stream,
+    legacy_of,
+    voucher_stream,
+)
 from .scripts import load_script
 from .seckill import ID_PREFIX, epoch_ms, order_id_key, order_set_key, stock_key, window_key
 from .stream_vouchers import recent_vouchers
@@ -220,6 +228,20 @@ def _after(stream_id: str | None) -> str:
     return "-" if stream_id is None else "(" + stream_id
 
 
+def snapshot(
+    client: redis.Redis, voucher_id: int, after: dict[str, str | None]
+) -> tuple[str | None, list[tuple[str, dict]]]:
+    """One voucher's stock and the entries its streams got since ``after`` (key -> the last
+    id read; None: all), in ONE MULTI: the voucher's slot (and the legacy stream's, on a
+    single Redis only)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.get(stock_key(voucher_id))
+    for key, last in after.items():
+        pipe.xrange(key, min=_after(last), max="+")
+    stock, *tails = pipe.execute()
+    return stock, [item for tail in tails for item in as_items(tail)]
+
+
 def _id_days(now: float) -> list[str]:
     """The id counter keys sales may use now: today's, and a neighbour's near midnight."""
     return sorted({day_key(ID_PREFIX, now + d) for d in (-CLOCK_SKEW_S, 0, CLOCK_SKEW_S)})
@@ -360,15 +382,10 @@ class Reconciler:
         last = {s.key: unsettled.add(iter_stream(self.client, s.key), wanted) for s in streams}
         day_keys = _id_days(time.time())
         stocks = {}
-        for v in voucher_ids:  # the snapshot, per voucher: one slot
-            stream = voucher_stream(self.settings, v)
-            pipe = self.client.pipeline(transaction=True)
-            pipe.get(stock_key(v))
-            for s in [stream, *legacy]:
-                pipe.xrange(s.key, min=_after(last[s.key]), max="+")
-            stocks[v], *tails = pipe.execute()
-            for tail in tails:
-                unsettled.add(tail, wanted)
+        for v in voucher_ids:
+            keys = [voucher_stream(self.settings, v).key, *(s.key for s in legacy)]
+            stocks[v], tail = snapshot(self.client, v, {key: last[key] for key in keys})
+            unsettled.add(tail, wanted)
         self._dead_letters(streams, unsettled, wanted)
         found, db_floors = _read_database(self.db, voucher_ids, day_keys)
         issued: set[int] = set(unsettled.order_ids)

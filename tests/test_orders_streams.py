@@ -22,7 +22,7 @@ from support.seckill import add_seckill_voucher, db_orders, db_stock, order_coun
 from beat.order_jobs import run_recovery
 from cache import order_stream, stream_vouchers
 from cache.order_stream import OrderEntry, Stream, voucher_stream
-from cache.reconcile import Reconciler
+from cache.reconcile import Reconciler, snapshot
 from cache.seckill import load_voucher, order_id_key, order_set_key, stock_key
 from models.entities import SeckillVoucher
 from services import Services
@@ -288,3 +288,17 @@ def test_reconciliation_reads_each_voucher_s_stream_in_its_snapshot(services, se
     for v, entries in waiting.items():
         issued = services.redis.hgetall(order_id_key(v))
         assert issued == {str(e.user_id): str(e.order_id) for e in entries}
+
+
+def test_the_reconciliation_snapshot_reads_the_stock_and_the_stream_s_tail_at_once(
+    services, settings
+):
+    """One MULTI in the voucher's slot; the tail's entries parsed on a cluster too."""
+    voucher = _voucher(services, stock=10)
+    stream = voucher_stream(settings, voucher)
+    first, second = (_add(services, stream, u) for u in (1, 2))
+    stock, tail = snapshot(services.redis, voucher, {stream.key: None})
+    assert stock == "8"
+    assert [OrderEntry.from_fields(f, sid) for sid, f in tail] == [first, second]
+    stock, tail = snapshot(services.redis, voucher, {stream.key: first.stream_id})
+    assert [sid for sid, _ in tail] == [second.stream_id]
