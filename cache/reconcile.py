@@ -33,10 +33,10 @@ while it exists: "the snapshot"), the dead letters again, then ONE database
 transaction (rows, then stock), then the repair script. An entry settled
 between two reads is either seen as a row (and not subtracted: deduplicated by
 order id) or seen pending while the database already took its unit
-(subtracted twice: the stock errs LOW, never high); an entry moved between the Stream and the dead letters is seen at least once
-(deduplicated by order id); a reservation after the snapshot is counted by
-the live stock's fall (if it also settled before the database read, once more:
-low again). The only stock writers are the gate (DECR), the load of a missing
+(subtracted twice: the stock errs LOW, never high); an entry moved between the
+Stream and the dead letters is seen at least once (deduplicated by order id); a
+reservation after the snapshot is counted by the live stock's fall (if it also
+settled before the database read, once more: low again). The only stock writers are the gate (DECR), the load of a missing
 stock (:data:`MISSING`, this module too) and this repair, which runs under a
 per-voucher lock. Too low is repaired by the next run, when sales are quiet.
 

@@ -793,6 +793,7 @@ def test_recovery_is_skipped_while_the_database_is_down(services, voucher, setti
     assert group["pending"] == 0  # no delivery spent
 
 
+@pytest.mark.redis_cluster(single="WritesReset kills the clients of one server")
 @pytest.mark.process
 def test_redis_failing_a_recovery_after_its_commit_leaves_no_lock_alive(
     services, voucher, settings, children

@@ -151,6 +151,7 @@ def test_2000_users_5_attempts_each_against_stock_100(app, services, settings, a
     _audit_drained(services, voucher_id)
 
 
+@pytest.mark.redis_cluster(single="waits on a Redis broker's queue and unacked hash")
 def test_three_identical_messages_to_a_worker_give_one_row(
     app, services, settings, admin, tmp_path
 ):
@@ -236,6 +237,9 @@ def test_worker_sigkilled_mid_drain_loses_and_duplicates_nothing(
     _audit_drained(services, voucher_id)
 
 
+@pytest.mark.redis_cluster(
+    single="the outage is made per database backend (sqlite lock, mysql proxy)"
+)
 @pytest.mark.slow
 def test_database_unavailable_for_30s_during_a_drain_loses_nothing(
     app, services, settings, admin, backend, tmp_path

@@ -185,6 +185,7 @@ def test_post_seed_loads_missing_stock_only_and_creates_the_group(
 # --- the order route -------------------------------------------------------------------------
 
 
+@pytest.mark.redis_cluster(single="reads the task message in a Redis broker's queue")
 def test_order_success_answers_the_id_as_a_string_and_dispatches(
     client, admin, services, settings, login_as
 ):
@@ -322,6 +323,7 @@ def test_dispatch_failure_still_sells_and_recovery_persists(settings, login_as, 
     assert audit.ok and audit.unsettled == 0, audit.lines()
 
 
+@pytest.mark.redis_cluster(single="reads the task messages in a Redis broker's queue")
 def test_many_logged_in_users_against_small_stock_through_the_route(
     client, admin, services, login_as
 ):
