@@ -42,7 +42,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 from cache import order_stream, reconcile, stream_vouchers
-from cache.connection import Client, connect
+from cache.connection import UNAVAILABLE, Client, connect
 from cache.server import process_alive
 from metrics import track_pool
 from services import Services
@@ -84,7 +84,7 @@ class StreamCollector(Collector):
         up = GaugeMetricFamily("hmdp_redis_up", "1 if the metrics scrape could read Redis")
         try:
             readings = self._read()
-        except (redis.RedisError, OSError, RuntimeError, ValueError) as exc:
+        except (*UNAVAILABLE, redis.RedisError, OSError, RuntimeError, ValueError) as exc:
             log.warning("metrics: cannot read Redis: %s", exc)
             up.add_metric([], 0)
             yield up
@@ -104,8 +104,8 @@ class StreamCollector(Collector):
             return []
         try:
             self._known = self._vouchers(client)
-        except (redis.RedisError, OSError):
-            raise
+        except (*UNAVAILABLE, redis.RedisError, OSError):
+            raise  # Redis: the scrape says hmdp_redis_up 0
         except Exception as exc:  # the database: the gauges still read what they can
             log.warning("metrics: vouchers unknown, reading those of the last scrape: %s", exc)
         return self._known
