@@ -9,8 +9,9 @@ an operator's DEL). What it loses breaks the gate's bookkeeping:
   it here: :func:`record_drift`);
 * a stock too high sells units the database no longer has (the guard refuses
   them: 200 answers that end as oversell dead letters); too low never sells some;
-* an id counter ``icr:order:{day}`` below what it already issued repeats ids
-  (their reservations are rejected: the id belongs to another order).
+* an id counter ``icr:order:{<slot tag>}:<second>`` below what it already issued
+  repeats ids while hosts still name that second (their reservations are rejected:
+  the id belongs to another order).
 
 The truth is the database (rows, stock) plus the reservations not settled yet:
 the entries of the voucher's orders Stream and of its dead-letter stream (every
@@ -24,7 +25,9 @@ against the live keys (``lua/seckill_repair.lua``):
 * ``seckill:orderid:{v}``: the row's id for a user with a row, else the entry's;
 * stock = database stock - users with an unsettled entry and no row - what the
   gate sold since the snapshot below (the live stock's fall since then);
-* the id counter of today's key(s) ≥ the highest count issued that day.
+* each id counter of the seconds web hosts may still name (now ± the tolerated clock
+  skew, cache/ids.py) ≥ the highest count issued by it (older counters are never
+  INCRed again).
 
 Correct while the gate sells and workers settle, because of the order of reads:
 dead letters, then the Streams in pages, then per voucher ONE MULTI (its stock
@@ -52,7 +55,6 @@ in ``seckill:reconcile`` for :data:`DRIFT_HOLD_MS` and exported as the gauge
 
 from __future__ import annotations
 
-import calendar
 import json
 import logging
 import time
@@ -66,7 +68,7 @@ from models.entities import SeckillVoucher, VoucherOrder, utcnow
 from models.session import Database
 from settings import Settings
 
-from .ids import EPOCH, ID_KEY_TTL, MAX_COUNT, day_key
+from .ids import CLOCK_SKEW_S, COUNT_BITS, ID_KEY_TTL, MAX_COUNT, counter_key, id_base, split
 from .locks import RLock, acquire_all, release_all
 from .order_stream import (
     MalformedEntry,
@@ -89,7 +91,6 @@ LOCK_KEY = "lock:seckill-reconcile:{voucher_id}"
 DRIFT_KEY = "seckill:drift:{{{voucher_id}}}"  # the voucher's tag (cache/seckill.py)
 FOUND_KEY = "seckill:reconcile"
 DRIFT_HOLD_MS = 15 * 60 * 1000  # a repair stays visible in the gauge this long
-CLOCK_SKEW_S = 300  # web hosts may name another day's id counter this close to midnight
 
 
 def drift_key(voucher_id: int) -> str:
@@ -242,25 +243,19 @@ def snapshot(
     return stock, [item for tail in tails for item in as_items(tail)]
 
 
-def _id_days(now: float) -> list[str]:
-    """The id counter keys sales may use now: today's, and a neighbour's near midnight."""
-    return sorted({day_key(ID_PREFIX, now + d) for d in (-CLOCK_SKEW_S, 0, CLOCK_SKEW_S)})
+def _id_seconds(now: float) -> tuple[int, int]:
+    """The first and last epoch second whose id counters web hosts may still INCR."""
+    return int(now) - CLOCK_SKEW_S, int(now) + CLOCK_SKEW_S
 
 
-def _day_range(key: str) -> tuple[int, int]:
-    """The order ids a day's counter key makes: [first, next day's first)."""
-    year, month, day = (int(part) for part in key.rsplit(":", 3)[-3:])
-    start = calendar.timegm((year, month, day, 0, 0, 0)) - EPOCH
-    return max(start, 0) << 32, (start + 86_400) << 32
-
-
-def _count_floors(keys: list[str], ids: Iterable[int]) -> dict[str, int]:
-    """The highest count among ``ids`` per counter key of ``keys``."""
-    floors = dict.fromkeys(keys, 0)
+def _count_floors(ids: Iterable[int], seconds: tuple[int, int]) -> dict[str, int]:
+    """The highest count per counter key among ``ids`` made within ``seconds``."""
+    floors: dict[str, int] = {}
     for order_id in ids:
-        key = day_key(ID_PREFIX, EPOCH + (order_id >> 32))
-        if key in floors:
-            floors[key] = max(floors[key], order_id & MAX_COUNT)
+        second, slot, count = split(order_id)
+        if seconds[0] <= second <= seconds[1]:
+            key = counter_key(ID_PREFIX, second, slot)
+            floors[key] = max(floors.get(key, 0), count)
     return floors
 
 
@@ -276,9 +271,12 @@ class _Voucher:
 
 
 def _read_database(
-    db: Database, voucher_ids: list[int], day_keys: list[str]
+    db: Database, voucher_ids: list[int], seconds: tuple[int, int]
 ) -> tuple[dict[int, _Voucher], dict[str, int]]:
-    """Rows, then stock, of each voucher, and each day's highest issued count: ONE transaction.
+    """Rows, then stock, of each voucher, and the counters' highest counts: ONE transaction.
+
+    The counts: per id counter of ``seconds`` (:func:`_id_seconds`), the
+    highest count among every voucher's rows (vouchers on one slot share it).
 
     Rows before stock: a settle between the two reads (if the snapshot is not
     one) shows its unit taken but not its row: the entry is then subtracted
@@ -300,14 +298,16 @@ def _read_database(
                     epoch_ms(voucher.end_time),
                     {int(user): int(oid) for user, oid in rows},
                 )
-        for key in day_keys:
-            low, high = _day_range(key)
-            top = session.scalar(
-                select(func.max(VoucherOrder.id.op("&")(MAX_COUNT))).where(
-                    VoucherOrder.id >= low, VoucherOrder.id < high
-                )
+        made_by = VoucherOrder.id.op(">>")(COUNT_BITS).label("made_by")  # second and slot
+        tops = session.execute(
+            select(made_by, func.max(VoucherOrder.id.op("&")(MAX_COUNT)))
+            .where(
+                VoucherOrder.id >= id_base(seconds[0], 0),
+                VoucherOrder.id < id_base(seconds[1] + 1, 0),
             )
-            floors[key] = int(top or 0)
+            .group_by(made_by)
+        ).all()
+        floors = _count_floors((int(g) << COUNT_BITS | int(top) for g, top in tops), seconds)
     return found, floors
 
 
@@ -380,14 +380,14 @@ class Reconciler:
         unsettled = _Unsettled()
         self._dead_letters(streams, unsettled, wanted)
         last = {s.key: unsettled.add(iter_stream(self.client, s.key), wanted) for s in streams}
-        day_keys = _id_days(time.time())
+        seconds = _id_seconds(time.time())
         stocks = {}
         for v in voucher_ids:
             keys = [voucher_stream(self.settings, v).key, *(s.key for s in legacy)]
             stocks[v], tail = snapshot(self.client, v, {key: last[key] for key in keys})
             unsettled.add(tail, wanted)
         self._dead_letters(streams, unsettled, wanted)
-        found, db_floors = _read_database(self.db, voucher_ids, day_keys)
+        found, db_floors = _read_database(self.db, voucher_ids, seconds)
         issued: set[int] = set(unsettled.order_ids)
         for v in voucher_ids:
             voucher = found.get(v)
@@ -396,7 +396,7 @@ class Reconciler:
                 continue
             entries = unsettled.by_voucher.get(v, {})
             report.vouchers.append(self._repair(voucher, entries, stocks[v], mode, issued))
-        self._raise_counters(day_keys, db_floors, issued, report)
+        self._raise_counters(seconds, db_floors, issued, report)
 
     def _dead_letters(self, streams: list[Stream], unsettled: _Unsettled, wanted: set[int]) -> None:
         for stream in streams:
@@ -451,16 +451,15 @@ class Reconciler:
 
     def _raise_counters(
         self,
-        day_keys: list[str],
+        seconds: tuple[int, int],
         db_floors: dict[str, int],
         issued: set[int],
         report: ReconcileReport,
     ) -> None:
-        floors = _count_floors(day_keys, issued)
-        for key in day_keys:
-            floor = max(floors[key], db_floors.get(key, 0))
-            if floor == 0:
-                continue
+        floors = _count_floors(issued, seconds)
+        for key, top in db_floors.items():
+            floors[key] = max(floors.get(key, 0), top)
+        for key, floor in sorted(floors.items()):
             was = int(self.floor_script(keys=[key], args=[floor, ID_KEY_TTL]))
             if was >= 0:
                 report.counters_raised[key] = (was, floor)

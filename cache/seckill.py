@@ -23,17 +23,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from settings import Settings
 
-from .ids import ID_KEY_TTL, day_key, id_parts
+from .ids import ID_KEY_TTL, MAX_COUNT, counter_key, hash_slot, id_parts
 from .login import TOKEN_KEY
 from .order_stream import voucher_key
-from .ratelimit import Decision, TokenBucket, bucket_args
-from .scripts import call, load_composed
+from .ratelimit import Decision, TokenBucket, TokenBucketLimiter, bucket_args
+from .scripts import call, load_composed, load_script, run_each
 
 # A voucher's keys share its id as their hash tag (seckill:stock:{42}): the gate and
 # the repair touch them together, so on a Redis Cluster a voucher lives on one slot.
@@ -114,13 +116,25 @@ class GateResult:
 
 
 class SeckillGate:
-    """Runs ``lua/seckill.lua`` for one Redis client (create once per process)."""
+    """Runs ``lua/seckill.lua`` for one Redis client (create once per process).
 
-    def __init__(self, client: redis.Redis, settings: Settings):
+    On a single Redis the fast paths fuse their calls into one script (session +
+    gate; session + bucket + gate). A Redis Cluster cannot: a script's keys must
+    share a slot, and the session, the user's bucket and the voucher live on
+    different ones. There the same methods make the calls they must, in the
+    same order and with the same answers: the session (``lua/session_user.lua``
+    alone), the bucket (:class:`~cache.ratelimit.TokenBucketLimiter`), then the
+    gate. Which one is decided here, once, by the client's type.
+    """
+
+    def __init__(self, client: redis.Redis | RedisCluster, settings: Settings):
         self.client = client
         self.stream = settings.order_stream
         self.script = load_composed(client, "seckill", ("session_user",))
         self._charged: Script | None = None
+        self.fused = not isinstance(client, RedisCluster)
+        self._session: Script | None = None if self.fused else load_script(client, "session_user")
+        self._buckets = None if self.fused else TokenBucketLimiter(client)
 
     def _keys_args(
         self,
@@ -129,33 +143,29 @@ class SeckillGate:
         now: float,
         session: tuple[str, int] | None = None,
     ) -> tuple[list[str], list[object]]:
-        high, low = id_parts(now)
+        slot = voucher_slot(voucher_id)
+        high, low = id_parts(now, slot)
         keys = [
             stock_key(voucher_id),
             window_key(voucher_id),
             order_set_key(voucher_id),
             voucher_key(self.stream, voucher_id),
-            day_key(ID_PREFIX, now),
+            counter_key(ID_PREFIX, now, slot),
             order_id_key(voucher_id),
         ]
-        args: list[object] = [user_id, voucher_id, int(now * 1000), high, low, ID_KEY_TTL]
+        args: list[object] = [
+            user_id,
+            voucher_id,
+            int(now * 1000),
+            high,
+            low,
+            ID_KEY_TTL,
+            MAX_COUNT,
+        ]
         if session is not None:  # user_id is '': the script reads the session
             keys.append(TOKEN_KEY.format(token=session[0]))
             args.append(session[1])
         return keys, args
-
-    def _call(  # type: ignore[no-untyped-def]
-        self,
-        voucher_id: int,
-        user_id: int | str,
-        now: float,
-        client=None,
-        session: tuple[str, int] | None = None,
-    ):
-        keys, args = self._keys_args(voucher_id, user_id, now, session)
-        if client is None:
-            return call(self.script, keys, args)
-        return self.script(keys=keys, args=args, client=client)
 
     @staticmethod
     def _result(reply: list) -> GateResult:
@@ -168,24 +178,47 @@ class SeckillGate:
             return GateResult(outcome, user_id=user_id)
         return GateResult(OK, int(reply[2]), str(reply[3]), user_id)
 
+    def _gate(
+        self,
+        voucher_id: int,
+        user_id: int | str,
+        now: float,
+        session: tuple[str, int] | None = None,
+    ) -> GateResult:
+        keys, args = self._keys_args(voucher_id, user_id, now, session)
+        return self._result(call(self.script, keys, args))
+
     def reserve(self, voucher_id: int, user_id: int, now: float | None = None) -> GateResult:
         """Try to reserve one unit of ``voucher_id`` for ``user_id``: ONE Redis call."""
         now = time.time() if now is None else now
-        return self._result(self._call(voucher_id, user_id, now))
+        return self._gate(voucher_id, user_id, now)
+
+    def _session_user(self, token: str, session_ttl: int) -> int | GateResult:
+        """The split path's session read: the user id, or the NO_SESSION / ODD_SESSION answer."""
+        assert self._session is not None
+        reply = call(self._session, [TOKEN_KEY.format(token=token)], [session_ttl])
+        code = int(reply[0])
+        return int(reply[1]) if code == 0 else GateResult(_CODES[code])
 
     def reserve_for_session(
         self, voucher_id: int, token: str, session_ttl: int, now: float | None = None
     ) -> GateResult:
-        """Like :meth:`reserve` for the user of login session ``token``: still ONE call.
+        """Like :meth:`reserve` for the user of login session ``token``.
 
-        The session is read in the script as the web's auth hook reads it (TTL pushed
-        back to ``session_ttl``, then its id), before anything else: NO_SESSION if the
-        token has none, ODD_SESSION if its id is not a plain positive decimal (the
-        caller's own auth code must judge that one). Saves the web fast path the
-        separate session round trip.
+        The session is read as the web's auth hook reads it (TTL pushed back to
+        ``session_ttl``, then its id), before anything else: NO_SESSION if the
+        token has none, ODD_SESSION if its id is not a plain positive decimal
+        (the caller's own auth code must judge that one). On a single Redis in
+        the gate's script: ONE call, saving the web fast path the separate
+        session round trip; on a cluster the session's call, then the gate's.
         """
         now = time.time() if now is None else now
-        return self._result(self._call(voucher_id, "", now, session=(token, session_ttl)))
+        if self.fused:
+            return self._gate(voucher_id, "", now, session=(token, session_ttl))
+        user = self._session_user(token, session_ttl)
+        if isinstance(user, GateResult):
+            return user
+        return self._gate(voucher_id, user, now)
 
     def reserve_charged(
         self,
@@ -196,17 +229,24 @@ class SeckillGate:
         bucket: TokenBucket,
         now: float | None = None,
     ) -> tuple[Decision | None, GateResult | None]:
-        """:meth:`reserve_for_session` behind the user's token bucket: still ONE call.
+        """:meth:`reserve_for_session` behind the user's token bucket.
 
         What the web's auth hook, its per-user rate limit and :meth:`reserve` do
-        in three calls (``lua/seckill_charged.lua``): the session is read first
-        (NO_SESSION / ODD_SESSION as :meth:`reserve_for_session`, with no
-        decision: nothing charged), then the user's bucket, ``bucket_prefix``
-        followed by the user id, is charged one token, and only if it admits the
-        request the gate runs (the gate result is None when the bucket refused:
-        nothing reserved, nothing charged).
+        in three calls: the session is read first (NO_SESSION / ODD_SESSION as
+        :meth:`reserve_for_session`, with no decision: nothing charged), then
+        the user's bucket, ``bucket_prefix`` followed by the user id, is charged
+        one token, and only if it admits the request the gate runs (the gate
+        result is None when the bucket refused: nothing reserved). On a single
+        Redis ONE call (``lua/seckill_charged.lua``); on a cluster those three.
         """
         now = time.time() if now is None else now
+        if not self.fused:
+            assert self._buckets is not None
+            user = self._session_user(token, session_ttl)
+            if isinstance(user, GateResult):
+                return None, user
+            decision = self._buckets.hit(f"{bucket_prefix}{user}", bucket)
+            return decision, (self._gate(voucher_id, user, now) if decision.allowed else None)
         if self._charged is None:
             self._charged = load_composed(
                 self.client, "seckill_charged", ("session_user", "token_bucket", "seckill")
@@ -228,10 +268,14 @@ class SeckillGate:
     ) -> list[GateResult]:
         """One attempt per user in one pipeline (bulk tools, tests); each stays atomic."""
         now = time.time() if now is None else now
-        pipe = self.client.pipeline(transaction=False)
-        for user_id in user_ids:
-            self._call(voucher_id, user_id, now, client=pipe)
-        return [self._result(reply) for reply in pipe.execute()]
+        calls = [self._keys_args(voucher_id, user_id, now) for user_id in user_ids]
+        return [self._result(reply) for reply in run_each(self.client, self.script, calls)]
+
+
+@lru_cache(maxsize=65_536)
+def voucher_slot(voucher_id: int) -> int:
+    """The hash slot of a voucher's keys (their tag is its id): its order ids carry it."""
+    return hash_slot(str(voucher_id))
 
 
 def load_voucher(

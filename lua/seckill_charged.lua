@@ -7,8 +7,8 @@
 -- token_bucket and seckill(KEYS, ARGV) are those files, each as a function.
 -- The bucket's key is ARGV[2] .. the session's user id (cache/ratelimit.py limit_key's
 -- name for that user): it cannot be known before the session is read, so it is not in
--- KEYS. The gate's keys do not share a slot either: this runs on a single Redis, as
--- the gate does (README key table).
+-- KEYS, and the session and the gate's keys do not share a slot either: this runs on a
+-- single Redis only; on a Redis Cluster cache/seckill.py makes the three calls instead.
 -- KEYS: 1 login:token:{token}, 2.. the gate's KEYS (1..6).
 -- ARGV: 1 the session ttl (s), 2 the bucket key without the user id, 3..6 the bucket's
 -- ARGV (now or "", cost, capacity, rate), 7.. the gate's ARGV from its second (its

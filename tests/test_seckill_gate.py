@@ -1,4 +1,4 @@
-"""The seckill gate (lua/seckill.lua through cache/seckill.py) on a real Redis."""
+"""The seckill gate (lua/seckill.lua through cache/seckill.py) on a real Redis and a real cluster."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
+from support.redis_faults import command_calls, reset_stats
 
 from cache.ids import decode
 from cache.login import TOKEN_KEY
@@ -26,6 +28,8 @@ from cache.seckill import (
     load_voucher,
     redis_snapshot,
 )
+
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
 
 
 def _now() -> datetime:
@@ -55,7 +59,7 @@ def test_success_reserves_everything_in_one_step(gate, redis_client, settings):
         (result.stream_id, {"orderId": str(result.order_id), "userId": "42", "voucherId": "1"})
     ]
     assert stream_key(settings, 1) == "stream.orders:{1}"  # hmdp's name, the voucher's tag
-    made_at, count = decode(result.order_id)
+    made_at, _, count = decode(result.order_id)
     assert abs((made_at.replace(tzinfo=None) - _now()).total_seconds()) < 60 and count == 1
 
 
@@ -205,3 +209,28 @@ def test_reserve_charged_without_a_session_charges_and_reserves_nothing(
     assert not services.redis.exists(TOKEN_KEY.format(token="nobody"))
     assert services.redis.get("seckill:stock:{1}") == "3"
     assert services.redis.xlen(stream_key(settings, 1)) == 0
+
+
+def test_one_call_on_one_redis_and_the_calls_it_must_on_a_cluster(session_gate, login_as, services):
+    """Fused: session + gate, and session + bucket + gate, are one script call each.
+
+    On a cluster the session, the bucket and the voucher are in different slots:
+    the session's call, the bucket's, then the gate's, with the same answers.
+    """
+    single = not isinstance(services.redis, redis.RedisCluster)
+    assert session_gate.fused is single
+    token = login_as(8)["authorization"]
+    bucket = TokenBucket(capacity=5, rate=0.001)
+    # every script known to the nodes of these keys first (NOSCRIPT would add calls)
+    decision, first = session_gate.reserve_charged(1, token, 900, "ratelimit:t:user:", bucket)
+    assert first is not None and (first.outcome, first.user_id) == (OK, 8)
+    reset_stats(services.redis)
+    again = session_gate.reserve_for_session(1, token, 900)
+    assert (again.outcome, again.user_id, again.order_id) == (DUPLICATE, 8, first.order_id)
+    assert command_calls(services.redis, "evalsha") == (1 if single else 2)
+    reset_stats(services.redis)
+    decision, again = session_gate.reserve_charged(1, token, 900, "ratelimit:t:user:", bucket)
+    assert decision is not None and decision.allowed and decision.remaining == 3
+    assert again is not None and (again.outcome, again.user_id) == (DUPLICATE, 8)
+    assert command_calls(services.redis, "evalsha") == (1 if single else 3)
+    assert command_calls(services.redis, "eval") == 0

@@ -195,23 +195,29 @@ def _with_order_of_row(state: SeckillState, voucher_id: int, result: GateResult)
     return result if order_id is None else replace(result, order_id=int(order_id))
 
 
-def answer_of(result: GateResult) -> tuple[int, bytes]:
-    """The HTTP status and envelope of an outcome, for the route and the fast path alike.
+# Every 503 of the gate is worth retrying a second later (the next second has new ids).
+RETRY_SOON: tuple[tuple[str, str], ...] = (("Retry-After", "1"),)
+_NONE: tuple[tuple[str, str], ...] = ()
+_EXHAUSTED = fail_bytes("order ids exhausted for this second, try again")
+
+
+def answer_of(result: GateResult) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+    """The HTTP status, envelope and extra headers of an outcome, for the route and the fast path.
 
     200: data = the order id (a string). 409 "already ordered": data = the id
     issued to the buyer before (null only when neither Redis nor the database
     knows it, see :func:`complete_order`), so a retried order always learns its
-    id. Other refusals: data = null.
+    id. Other refusals: data = null. 503 with ``Retry-After: 1``.
     """
     if result.ok:
-        return 200, ok_bytes(f'"{result.order_id}"')  # decimal digits: a JSON string as is
+        return 200, ok_bytes(f'"{result.order_id}"'), _NONE  # decimal digits: a JSON string
     if result.outcome == DUPLICATE and result.order_id is not None:
-        return 409, envelope(str(result.order_id), _REFUSALS[DUPLICATE]).encode()
+        return 409, envelope(str(result.order_id), _REFUSALS[DUPLICATE]).encode(), _NONE
     if result.outcome in _REFUSALS:
-        return 409, fail_bytes(_REFUSALS[result.outcome])
+        return 409, fail_bytes(_REFUSALS[result.outcome]), _NONE
     if result.outcome == UNKNOWN:
-        return 404, fail_bytes("voucher not found")
-    return 503, fail_bytes("order ids exhausted for today, try again later")
+        return 404, fail_bytes("voucher not found"), _NONE
+    return 503, _EXHAUSTED, RETRY_SOON
 
 
 class VoucherPath(Path):
@@ -229,7 +235,7 @@ OrderId = Annotated[str, Field(pattern="^[0-9]+$", description="the order id, de
     errors={
         404: "voucher not found",
         409: "sold out, already ordered (data: the order id), not started or ended",
-        503: "voucher being loaded, or order ids exhausted for today",
+        503: "voucher being loaded, or order ids exhausted for this second (Retry-After)",
     },
     error_data={409: OrderId | None},
     validate=False,  # the hot path: the URL converter checked the id; there is no body
@@ -243,8 +249,8 @@ def seckill(voucher_id: int) -> Response:
     user = require_user()
     state = seckill_state(current_app)
     result = complete_order(state, voucher_id, state.gate.reserve(voucher_id, user.id))
-    status, body = answer_of(result)
-    return Response(body, status=status, mimetype=MIMETYPE)
+    status, body, headers = answer_of(result)
+    return Response(body, status=status, headers=headers, mimetype=MIMETYPE)
 
 
 # --- audit -------------------------------------------------------------------------------
