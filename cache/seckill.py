@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -35,6 +36,7 @@ from .ids import ID_KEY_TTL, MAX_COUNT, counter_key, hash_slot, id_parts
 from .login import TOKEN_KEY
 from .order_stream import voucher_key
 from .ratelimit import Decision, TokenBucket, TokenBucketLimiter, bucket_args
+from .replication import ReplicaWait, call_and_wait
 from .scripts import call, load_composed, load_script, run_each
 
 # A voucher's keys share its id as their hash tag (seckill:stock:{42}): the gate and
@@ -52,6 +54,11 @@ NOT_STARTED = "not_started"
 ENDED = "ended"
 UNKNOWN = "unknown"
 EXHAUSTED = "id_exhausted"
+# Reserved on the master, but fewer replicas than HMDP_SECKILL_WAIT_REPLICAS acknowledged
+# it within the timeout (cache/replication.py): the reservation exists on the master and
+# settles from its Stream entry; the client is not told 200 (a failover now could lose
+# it) and learns its id by retrying.
+UNCONFIRMED = "unconfirmed"
 # Only from reserve_for_session: no session behind the token, or one whose user id the
 # script does not judge (not a plain positive decimal: the web's auth code decides).
 NO_SESSION = "no_session"
@@ -101,7 +108,7 @@ class GateResult:
     """The gate's answer: an outcome, the buyer, and for ``ok`` the order and Stream ids.
 
     For DUPLICATE, ``order_id`` is the id issued to the buyer earlier (None when
-    Redis does not know it any more).
+    Redis does not know it any more). UNCONFIRMED carries what ``ok`` does.
     """
 
     outcome: str
@@ -111,7 +118,7 @@ class GateResult:
 
     @property
     def ok(self) -> bool:
-        """True when a unit was reserved (and must be dispatched)."""
+        """True when a unit was reserved, as durably as asked (answered 200, dispatched)."""
         return self.outcome == OK
 
 
@@ -125,6 +132,10 @@ class SeckillGate:
     same order and with the same answers: the session (``lua/session_user.lua``
     alone), the bucket (:class:`~cache.ratelimit.TokenBucketLimiter`), then the
     gate. Which one is decided here, once, by the client's type.
+
+    With ``HMDP_SECKILL_WAIT_REPLICAS`` > 0 every script call that can reserve
+    (the gate's, fused or not) runs through :func:`cache.replication.call_and_wait`:
+    a reservation fewer replicas acknowledged within the timeout is UNCONFIRMED.
     """
 
     def __init__(self, client: redis.Redis | RedisCluster, settings: Settings):
@@ -135,6 +146,7 @@ class SeckillGate:
         self.fused = not isinstance(client, RedisCluster)
         self._session: Script | None = None if self.fused else load_script(client, "session_user")
         self._buckets = None if self.fused else TokenBucketLimiter(client)
+        self.wait = ReplicaWait.of(settings)
 
     def _keys_args(
         self,
@@ -186,7 +198,18 @@ class SeckillGate:
         session: tuple[str, int] | None = None,
     ) -> GateResult:
         keys, args = self._keys_args(voucher_id, user_id, now, session)
-        return self._result(call(self.script, keys, args))
+        reply, confirmed = self._run(self.script, keys, args, _gate_reserved)
+        result = self._result(reply)
+        return result if confirmed else replace(result, outcome=UNCONFIRMED)
+
+    def _run(
+        self, script: Script, keys: list, args: list, reserved: Callable[[list], bool]
+    ) -> tuple[list, bool]:
+        """A script call that may reserve: its reply, and whether enough replicas have it."""
+        if self.wait is None:
+            return call(script, keys, args), True
+        waited = call_and_wait(script, keys, args, self.wait, reserved)
+        return waited.reply, waited.confirmed(self.wait)
 
     def reserve(self, voucher_id: int, user_id: int, now: float | None = None) -> GateResult:
         """Try to reserve one unit of ``voucher_id`` for ``user_id``: ONE Redis call."""
@@ -252,24 +275,41 @@ class SeckillGate:
                 self.client, "seckill_charged", ("session_user", "token_bucket", "seckill")
             )
         keys, args = self._keys_args(voucher_id, "", now)
-        reply = call(
+        reply, confirmed = self._run(
             self._charged,
             [TOKEN_KEY.format(token=token), *keys],
             [session_ttl, bucket_prefix, "", 1, *bucket_args(bucket), *args[1:]],
+            _charged_reserved,
         )
         code = int(reply[0])
         if code:
             return None, GateResult(_CODES[code])
         decision = Decision.from_reply(reply[2:6], bucket.limit)
-        return decision, (self._result(reply[6:]) if decision.allowed else None)
+        if not decision.allowed:
+            return decision, None
+        result = self._result(reply[6:])
+        return decision, (result if confirmed else replace(result, outcome=UNCONFIRMED))
 
     def reserve_many(
         self, voucher_id: int, user_ids: list[int], now: float | None = None
     ) -> list[GateResult]:
-        """One attempt per user in one pipeline (bulk tools, tests); each stays atomic."""
+        """One attempt per user in one pipeline (bulk tools, tests); each stays atomic.
+
+        No replica wait: its callers are not clients that must be told the truth.
+        """
         now = time.time() if now is None else now
         calls = [self._keys_args(voucher_id, user_id, now) for user_id in user_ids]
         return [self._result(reply) for reply in run_each(self.client, self.script, calls)]
+
+
+def _gate_reserved(reply: list) -> bool:
+    """Whether a reply of lua/seckill.lua reserved (what must reach a replica)."""
+    return int(reply[0]) == 0
+
+
+def _charged_reserved(reply: list) -> bool:
+    """Whether a reply of lua/seckill_charged.lua got past the bucket and reserved."""
+    return int(reply[0]) == 0 and len(reply) > 6 and int(reply[6]) == 0
 
 
 @lru_cache(maxsize=65_536)

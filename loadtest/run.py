@@ -6,6 +6,7 @@
     python3 manage.py bench shop-peak --server gunicorn --worker-class gevent
     python3 manage.py bench seckill-30k --database-url mysql+pymysql://root@127.0.0.1:3306/
     python3 manage.py bench seckill-peak --appendfsync always   # the AOF fsynced per write
+    python3 manage.py bench seckill-peak --wait-replicas 1      # a replica, WAIT after the gate
     python3 manage.py bench seed-matrix    # the seed's matrix with wrk (loadtest/matrix.py)
     python3 manage.py bench headlines      # every headline row (loadtest/headlines.py)
     python3 manage.py bench gate-lua       # the gate script on one shard (loadtest/gate_lua.py)
@@ -301,6 +302,7 @@ def run_scenario(
             redis_url=redis_url,
             database_url=database_url,
             appendfsync=args.appendfsync,
+            replicas=args.wait_replicas,
             log=_log,
             logs=out_dir / "logs",
             # the app's own rate limits (production default) instead of the stack's "off"
@@ -308,6 +310,7 @@ def run_scenario(
         ) as stack,
     ):
         summary["rate_limits"] = args.rate_limits
+        summary["wait_replicas"] = args.wait_replicas
         summary["beat"] = args.beat
         stack.start_backends()
         summary["backend"] = stack.backend
@@ -651,6 +654,14 @@ def build_parser() -> argparse.ArgumentParser:
         "everysec); always = fsync before every answer",
     )
     stack.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N replicas of the embedded redis-server, and HMDP_SECKILL_WAIT_REPLICAS=N: every "
+        "reservation waits (WAIT) for N of them (timeout HMDP_SECKILL_WAIT_TIMEOUT_MS); default 0",
+    )
+    stack.add_argument(
         "--database-url",
         help="default: DATABASE_URL, else SQLite; MySQL/MariaDB: a fresh database, dropped after",
     )
@@ -736,6 +747,16 @@ def main(argv: list[str] | None = None, before_verify: BeforeVerify | None = Non
             "--appendfsync applies to the embedded redis-server; configure the given Redis itself",
             file=sys.stderr,
         )
+        return 2
+    if args.wait_replicas and (args.redis_url or Settings.from_env().redis_url):
+        print(
+            "--wait-replicas starts replicas of the embedded redis-server; with a given Redis "
+            "set HMDP_SECKILL_WAIT_REPLICAS instead",
+            file=sys.stderr,
+        )
+        return 2
+    if args.wait_replicas < 0:
+        print("--wait-replicas must not be negative", file=sys.stderr)
         return 2
     base = SCENARIOS[args.scenario]
     data = replace(

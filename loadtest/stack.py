@@ -4,8 +4,10 @@ One piece of start-up code for ``loadtest/run.py`` (the scenario runner) and
 ``loadtest/bench_shop.py``:
 
 * Redis: our own embedded ``redis-server`` (AOF on, as in production) in the
-  work directory, or a given ``REDIS_URL`` whose database must be empty (it is
-  flushed afterwards, so nobody else's keys are ever touched);
+  work directory, with ``replicas`` replicas of it when asked (and
+  ``HMDP_SECKILL_WAIT_REPLICAS`` set to that number: the gate's ``WAIT``), or a
+  given ``REDIS_URL`` whose database must be empty (it is flushed afterwards, so
+  nobody else's keys are ever touched);
 * the database: a SQLite file in the work directory, or, for a MySQL/MariaDB
   server URL, a fresh database of our own (``hmdp_bench_<pid>_<hex>``) that is
   dropped afterwards, whatever database the URL names;
@@ -47,6 +49,7 @@ if str(ROOT) not in sys.path:
 
 from cache import login as login_store  # noqa: E402
 from cache.connection import client_options, connect  # noqa: E402
+from cache.replication import online_replicas  # noqa: E402
 from cache.server import EmbeddedRedis, free_port  # noqa: E402
 from cache.shop_source import top_shop_ids  # noqa: E402
 from deploy.supervisor import Supervisor  # noqa: E402
@@ -104,10 +107,13 @@ class Stack:
     env_overrides: dict[str, str] = field(default_factory=dict)
     # The embedded Redis' AOF fsync policy; None: Settings' (HMDP_REDIS_APPENDFSYNC).
     appendfsync: str | None = None
+    # Replicas of the embedded Redis, and the gate waits for that many (WAIT); 0: none.
+    replicas: int = 0
     log: Callable[[str], None] = print
     logs: Path | None = None  # children's log files (default: workdir/logs)
     supervisor: Supervisor = field(default_factory=Supervisor)
     _redis_server: EmbeddedRedis | None = None
+    _replica_servers: list[EmbeddedRedis] = field(default_factory=list)
     _mysql_server: str | None = None
     _mysql_database: str | None = None
     _services: Services | None = None
@@ -128,6 +134,7 @@ class Stack:
                 binary=settings.redis_server,
             ).start()
             self.redis_url = self._redis_server.url
+            self._start_replicas(settings)
         else:
             client = connect(self.redis_url, Settings.from_env())
             try:
@@ -147,6 +154,32 @@ class Stack:
             f"redis {self.redis_url}; database {make_url(self.database_url).render_as_string()}"
         )
 
+    def _start_replicas(self, settings: Settings, timeout: float = 60.0) -> None:
+        """``replicas`` replicas of the embedded Redis, online; the gate told to wait for them."""
+        if not self.replicas:
+            return
+        assert self._redis_server is not None
+        master = self._redis_server
+        for index in range(self.replicas):
+            # No AOF: a replica rewrites it after every full sync, and its copy is the stream.
+            replica = EmbeddedRedis(
+                self.workdir / f"redis-replica-{index}",
+                appendonly=False,
+                extra_args=("--replicaof", "127.0.0.1", str(master.port)),
+                binary=settings.redis_server,
+            )
+            self._replica_servers.append(replica.start())
+        client = redis.Redis(port=master.port, decode_responses=True, socket_timeout=5)
+        try:
+            deadline = time.monotonic() + timeout
+            while online_replicas(client) < self.replicas:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.replicas} replicas not online after {timeout}s")
+                time.sleep(0.1)
+        finally:
+            client.close()
+        self.env_overrides.setdefault("HMDP_SECKILL_WAIT_REPLICAS", str(self.replicas))
+
     def redis_durability(self) -> str:
         """What the stack's Redis does with its writes, as it says (``CONFIG GET``)."""
         assert self.redis_url, "start_backends() first"
@@ -159,9 +192,12 @@ class Stack:
             return f"durability unknown ({exc})"
         finally:
             client.close()
-        if config.get("appendonly") != "yes":
-            return "no AOF"
-        return f"AOF appendfsync {config.get('appendfsync')}"
+        aof = "no AOF"
+        if config.get("appendonly") == "yes":
+            aof = f"AOF appendfsync {config.get('appendfsync')}"
+        if not self.replicas:
+            return aof
+        return f"{aof}, {self.replicas} replicas: the gate WAITs for {self.replicas}"
 
     def _create_mysql_database(self, url: str) -> None:
         # Not .set(database=None): URL.set ignores None, and the named database may not exist.
@@ -525,6 +561,9 @@ class Stack:
                 conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{self._mysql_database}`"))
             engine.dispose()
             self._mysql_database = None
+        for replica in self._replica_servers:
+            replica.stop()
+        self._replica_servers.clear()
         if self._redis_server is not None:
             self._redis_server.stop()
             self._redis_server = None

@@ -143,6 +143,27 @@ def test_appendfsync_is_refused_for_a_given_redis(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
+def test_wait_replicas_is_refused_for_a_given_redis(tmp_path: Path) -> None:
+    """The option starts replicas of the runner's own redis-server, not of one it is given."""
+    argv = ["seckill-peak", "--wait-replicas", "1", "--redis-url", "redis://127.0.0.1:1/0"]
+    assert main([*argv, "--results-dir", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.process
+def test_seckill_run_with_a_replica_waits_for_it(tmp_path: Path) -> None:
+    """--wait-replicas 1: the embedded Redis has a replica online and the gate WAITs for it."""
+    argv = ["seckill-500", "--users", "10", "--loops", "2", "--rate", "0", "--wait-replicas", "1"]
+    code = main([*argv, *QUIET, "--results-dir", str(tmp_path / "results")])
+
+    summary = _summary(tmp_path / "results")
+    assert code == 0, summary["verdict"]
+    assert summary["wait_replicas"] == 1
+    assert summary["redis_durability"].endswith("1 replicas: the gate WAITs for 1")
+    assert summary["result"]["outcomes"] == {"ok": 20}  # every reservation confirmed
+    assert summary["verdict"]["rows"] == 20
+
+
 @pytest.mark.process
 def test_rate_limits_kept_and_dispatch_counted_with_the_worker_after_load(
     settings: Settings, tmp_path: Path

@@ -47,6 +47,7 @@ from cache.seckill import (
     NOT_STARTED,
     OK,
     SOLD_OUT,
+    UNCONFIRMED,
     UNKNOWN,
     GateResult,
     MissingVouchers,
@@ -83,7 +84,7 @@ _REFUSALS = {
 }
 _OUTCOMES = {
     name: SECKILL_OUTCOMES.labels(outcome=name)
-    for name in (OK, SOLD_OUT, DUPLICATE, NOT_STARTED, ENDED, UNKNOWN, EXHAUSTED)
+    for name in (OK, SOLD_OUT, DUPLICATE, NOT_STARTED, ENDED, UNKNOWN, EXHAUSTED, UNCONFIRMED)
 }
 
 
@@ -159,7 +160,11 @@ def complete_order(state: SeckillState, voucher_id: int, result: GateResult) -> 
 
     A voucher Redis does not know is loaded from the database and tried once
     more; the final outcome is counted; a reservation is dispatched (failures
-    are counted, never raised). ``result`` must carry the buyer's id.
+    are counted, never raised). An unconfirmed one is not: it becomes a row
+    only from the Stream entry (beat's recovery, or a task's group commit), so
+    if its master dies before a replica had it, it is lost with the entry and
+    no row of it appears beside the order the client's retry then makes.
+    ``result`` must carry the buyer's id.
     """
     if result.outcome == UNKNOWN and _load_from_database(state, voucher_id):
         assert result.user_id is not None
@@ -199,6 +204,9 @@ def _with_order_of_row(state: SeckillState, voucher_id: int, result: GateResult)
 RETRY_SOON: tuple[tuple[str, str], ...] = (("Retry-After", "1"),)
 _NONE: tuple[tuple[str, str], ...] = ()
 _EXHAUSTED = fail_bytes("order ids exhausted for this second, try again")
+_UNCONFIRMED = fail_bytes(
+    "order not confirmed by a replica yet: try again, the answer will give its order id"
+)
 
 
 def answer_of(result: GateResult) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
@@ -207,7 +215,9 @@ def answer_of(result: GateResult) -> tuple[int, bytes, tuple[tuple[str, str], ..
     200: data = the order id (a string). 409 "already ordered": data = the id
     issued to the buyer before (null only when neither Redis nor the database
     knows it, see :func:`complete_order`), so a retried order always learns its
-    id. Other refusals: data = null. 503 with ``Retry-After: 1``.
+    id. Other refusals: data = null. 503 with ``Retry-After: 1``: ids exhausted
+    for this second, or a reservation fewer replicas acknowledged than required
+    (it stays; the retry is told 409 "already ordered" with its id).
     """
     if result.ok:
         return 200, ok_bytes(f'"{result.order_id}"'), _NONE  # decimal digits: a JSON string
@@ -217,6 +227,8 @@ def answer_of(result: GateResult) -> tuple[int, bytes, tuple[tuple[str, str], ..
         return 409, fail_bytes(_REFUSALS[result.outcome]), _NONE
     if result.outcome == UNKNOWN:
         return 404, fail_bytes("voucher not found"), _NONE
+    if result.outcome == UNCONFIRMED:
+        return 503, _UNCONFIRMED, RETRY_SOON
     return 503, _EXHAUSTED, RETRY_SOON
 
 
@@ -235,7 +247,10 @@ OrderId = Annotated[str, Field(pattern="^[0-9]+$", description="the order id, de
     errors={
         404: "voucher not found",
         409: "sold out, already ordered (data: the order id), not started or ended",
-        503: "voucher being loaded, or order ids exhausted for this second (Retry-After)",
+        503: (
+            "voucher being loaded, order ids exhausted for this second, or the order not "
+            "confirmed by a replica yet (Retry-After; the retry answers 409 with its id)"
+        ),
     },
     error_data={409: OrderId | None},
     validate=False,  # the hot path: the URL converter checked the id; there is no body
