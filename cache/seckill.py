@@ -360,11 +360,19 @@ def redis_snapshot(client: redis.Redis, voucher_id: int) -> RedisSnapshot:
     )
 
 
-def live_stocks(client: redis.Redis, voucher_ids: list[int]) -> dict[int, int]:
-    """Current Redis stock of each loaded voucher (one MGET)."""
+def live_stocks(client: redis.Redis | RedisCluster, voucher_ids: list[int]) -> dict[int, int]:
+    """Current Redis stock of each loaded voucher: one pipeline of GETs (one round trip).
+
+    Not one MGET: vouchers are on different slots, which a cluster (or a client of
+    one of its nodes) refuses in one command; a cluster pipeline is one round trip
+    per node.
+    """
     if not voucher_ids:
         return {}
-    values = client.mget([stock_key(v) for v in voucher_ids])
+    pipe = client.pipeline(transaction=False)
+    for v in voucher_ids:
+        pipe.get(stock_key(v))
+    values = pipe.execute()
     return {v: int(s) for v, s in zip(voucher_ids, values, strict=True) if s is not None}
 
 

@@ -82,6 +82,7 @@ def test_ordinary_voucher_and_the_shop_list(client, admin, services):
     plain = client.post("/voucher", json=body, headers=admin)
     assert plain.status_code == 200
     seckill_id = create_seckill(client, admin, stock=5)
+    other = create_seckill(client, admin, stock=7)  # another slot on a Redis Cluster
     assert services.redis.exists(f"seckill:stock:{{{plain.json['data']}}}") == 0
     client.post(f"/voucher-order/seckill/{seckill_id}", headers=client_login(services, 9))
     listed = client.get("/voucher/list/1")
@@ -90,6 +91,7 @@ def test_ordinary_voucher_and_the_shop_list(client, admin, services):
     assert by_id[plain.json["data"]]["type"] == 0 and "stock" not in by_id[plain.json["data"]]
     item = by_id[seckill_id]
     assert item["type"] == 1 and item["stock"] == 4  # live stock from Redis
+    assert by_id[other]["stock"] == 7
     assert {"beginTime", "endTime", "payValue", "actualValue", "subTitle", "rules"} <= set(item)
 
 
