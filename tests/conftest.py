@@ -32,7 +32,7 @@ from support.backends import (
 
 import logsetup
 from cache.server import EmbeddedRedis
-from settings import Settings, is_cluster_url
+from settings import Settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -181,9 +181,6 @@ def redis_client(services) -> redis.Redis:
 def seeded(app, services):
     """Small demo data loaded, plus every post-seed step (caches, stock ...)."""
     from models.demo import DemoSize, load_demo_data
-
-    if is_cluster_url(services.settings.redis_url):
-        pytest.skip("the seed loads the seckill gate, which is not on a Redis Cluster yet")
 
     load_demo_data(services.db, DemoSize.named("small"))
     for step in app.extensions["hmdp_post_seed"]:

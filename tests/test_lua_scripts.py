@@ -19,6 +19,8 @@ from support.env import ROOT
 from cache.connection import connect
 from cache.scripts import LUA_DIR, call, load_composed, load_script, lua_source
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 NAMES = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
 
 
@@ -29,6 +31,7 @@ def test_every_script_compiles_on_redis(redis_client):
         assert redis_client.script_exists(sha) == [True], name
 
 
+@pytest.mark.redis_cluster(single="clients of one server's URL")
 def test_a_client_registers_each_script_once(settings):
     first = redis.Redis.from_url(settings.redis_url)
     second = redis.Redis.from_url(settings.redis_url)
@@ -48,6 +51,7 @@ def test_a_client_registers_each_script_once(settings):
         second.close()
 
 
+@pytest.mark.redis_cluster(single="clients of one server's URL")
 def test_the_scripts_go_with_their_client(settings):
     client = redis.Redis.from_url(settings.redis_url)
     load_script(client, "unlock")
@@ -118,6 +122,7 @@ def test_call_answers_as_the_script_does_and_reloads_a_flushed_one(redis_client)
     assert redis_client.script_exists(script.sha) == [True]
 
 
+@pytest.mark.redis_cluster(single="one server's connection pool")
 def test_call_hands_a_failed_connection_back_disconnected(settings):
     client = connect(settings.redis_url, replace(settings, redis_socket_timeout=0.2))
     admin = redis.Redis.from_url(settings.redis_url)

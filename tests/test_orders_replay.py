@@ -37,6 +37,8 @@ from tasks.orders import CREATED, persist_order, run_order_task
 from web.order_replay import REPLAYED, UNKNOWN, replay_dead_letters
 from web.orders import verify_orders
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 
 @pytest.fixture
 def admin(services, login_as) -> dict:

@@ -40,6 +40,8 @@ from tasks.orders import (
 )
 from web.orders import ORDER_TASK, verify_orders
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 
 @pytest.fixture
 def voucher(client, services, login_as) -> int:

@@ -34,6 +34,8 @@ from cache.server import EmbeddedRedis
 from tasks.orders import CREATED, DRIFT, run_order_task, settle_order
 from web.orders import verify_orders
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 
 def found_drift(client) -> dict[int, int]:
     """The drift the last reconciliations found per voucher (what the gauge reads)."""

@@ -30,6 +30,8 @@ from tasks.orders import settle_order
 from web.orders import ORDER_TASK, flush_dispatch, verify_orders
 from web.vouchers import post_seed
 
+pytestmark = pytest.mark.redis_cluster  # also on a real Redis Cluster (conftest)
+
 
 @pytest.fixture
 def admin(login_as, services):
