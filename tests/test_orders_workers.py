@@ -114,6 +114,7 @@ def _reserve_and_dispatch(app, services, voucher_id: int, users: range) -> list[
 
 
 @pytest.mark.slow  # 10,000 requests through the app: a small load test
+@pytest.mark.redis_cluster  # the whole sale on a real Redis Cluster too (RabbitMQ broker)
 def test_2000_users_5_attempts_each_against_stock_100(app, services, settings, admin, tmp_path):
     voucher_id = create_seckill(app.test_client(), admin, stock=100)
     headers = _sessions(services, range(2, 2002))
