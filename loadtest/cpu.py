@@ -10,7 +10,8 @@ estimated:
   user + system time from ``/proc/<pid>/stat``, plus what their reaped
   children used;
 * ``redis``: ``INFO cpu`` of the stack's Redis (the app's keys and the Celery
-  broker: one server here), and ``INFO commandstats`` for which commands;
+  broker: one server here; a cluster's masters summed), and ``INFO commandstats``
+  for which commands;
 * ``database``: the MariaDB/MySQL server processes (``mariadbd``/``mysqld``),
   when the stack uses one. That server is shared with whatever else runs on
   the machine, so its figure is an upper bound;
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,9 +78,11 @@ class CpuSample:
 class CpuMeter:
     """Samples the stack's processes: web, worker, Redis, database, generator, runner."""
 
-    def __init__(self, groups: dict[str, int | None], redis_client: redis.Redis, database: bool):
+    def __init__(
+        self, groups: dict[str, int | None], redis_clients: Sequence[redis.Redis], database: bool
+    ):
         self.groups = groups  # component -> process group id (None: not running yet)
-        self.redis = redis_client
+        self.redis = list(redis_clients)  # one per master: a cluster's CPU is their sum
         self.database = database
 
     def sample(self) -> CpuSample:
@@ -89,16 +93,21 @@ class CpuMeter:
                 seconds[by_group[group]] += cpu
             elif self.database and comm in DATABASE_NAMES:
                 seconds["database"] += cpu
-        info = self.redis.info("cpu")
-        seconds["redis"] = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        for client in self.redis:
+            info = client.info("cpu")
+            seconds["redis"] += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds["generator"] = children.ru_utime + children.ru_stime
         own = resource.getrusage(resource.RUSAGE_SELF)
         seconds["runner"] = own.ru_utime + own.ru_stime
-        commands = {
-            name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
-            for name, v in self.redis.info("commandstats").items()
-        }
+        commands: dict[str, tuple[int, int]] = {}
+        for client in self.redis:
+            for name, v in client.info("commandstats").items():
+                calls, usec = commands.get(name.removeprefix("cmdstat_"), (0, 0))
+                commands[name.removeprefix("cmdstat_")] = (
+                    calls + int(v["calls"]),
+                    usec + int(v["usec"]),
+                )
         return CpuSample(time.monotonic(), dict(seconds), commands)
 
 

@@ -336,7 +336,7 @@ def run_matrix(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         )
         meter = cpu.CpuMeter(
             {name: stack.supervisor.pid(name) for name in ("web", "worker", "beat")},
-            stack.services.redis,
+            stack.node_clients(),
             database=stack.backend == "mysql",
         )
         runner = _RowRunner(args, stack, info, binary, base_url, port, meter, out_dir)

@@ -7,13 +7,15 @@
     python3 manage.py bench seckill-30k --database-url mysql+pymysql://root@127.0.0.1:3306/
     python3 manage.py bench seckill-peak --appendfsync always   # the AOF fsynced per write
     python3 manage.py bench seckill-peak --wait-replicas 1      # a replica, WAIT after the gate
+    python3 manage.py bench seckill-peak --redis-cluster 3      # a 3-master Redis Cluster, RabbitMQ
     python3 manage.py bench seed-matrix    # the seed's matrix with wrk (loadtest/matrix.py)
     python3 manage.py bench headlines      # every headline row (loadtest/headlines.py)
     python3 manage.py bench gate-lua       # the gate script on one shard (loadtest/gate_lua.py)
 
 Each run, on a fresh stack (``loadtest/stack.py``: embedded Redis + SQLite by
 default; REDIS_URL / DATABASE_URL or the options for others, MariaDB getting a
-database of its own that is dropped afterwards):
+database of its own that is dropped afterwards; ``--redis-cluster N``: a Redis
+Cluster of N masters of its own, RabbitMQ the broker):
 
 1. seeds the scenario's demo data, writes sessions for its users, starts
    the web server with the deployed command (``deploy/web_server.py``:
@@ -58,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from deploy.cluster import LOCAL_RABBITMQ, safe_url  # noqa: E402
 from loadtest import cpu, wrk  # noqa: E402
 from loadtest.report import number  # noqa: E402
 from loadtest.scenarios import SCENARIOS, Scenario  # noqa: E402
@@ -76,6 +79,12 @@ GOALS = {
 }
 
 MESSAGES_PER_ORDER_GOAL = 0.05  # one Celery message per micro-batch of orders
+# redis-benchmark -t get's key (no -r): on a cluster the run targets the master of its slot.
+REDIS_BENCHMARK_KEY = b"key:__rand_int__"
+# Commands the runner itself sends while it watches the run (backlog XLENs, INFO samples,
+# a Redis broker's queue): left out of the Redis calls per order.
+RUNNER_COMMANDS = frozenset({"xlen", "info", "llen", "hlen", "ping"})
+SCRIPT_COMMANDS = ("evalsha", "eval", "fcall")
 
 BeforeVerify = Callable[[Stack, SeedInfo], None]
 
@@ -303,6 +312,7 @@ def run_scenario(
             database_url=database_url,
             appendfsync=args.appendfsync,
             replicas=args.wait_replicas,
+            redis_cluster=args.redis_cluster,
             log=_log,
             logs=out_dir / "logs",
             # the app's own rate limits (production default) instead of the stack's "off"
@@ -314,10 +324,13 @@ def run_scenario(
         summary["beat"] = args.beat
         stack.start_backends()
         summary["backend"] = stack.backend
+        summary["redis"] = stack.redis_topology()
+        summary["broker"] = safe_url(stack.settings.celery_broker_url or stack.redis_url or "")
         summary["redis_durability"] = stack.redis_durability()
-        _log(f"redis: {summary['redis_durability']}")
+        _log(f"redis: {summary['redis']}, {summary['redis_durability']}")
         info = stack.seed(scenario.data)
         summary["seed_seconds"] = info.seconds
+        summary["redis_masters"] = _voucher_masters(stack, info)
         tokens: list[str] = []
         if scenario.needs_orders:
             count = scenario.data.users if scenario.kind == "seckill-peak" else scenario.users
@@ -339,9 +352,14 @@ def run_scenario(
         }
 
         # Baselines first, while nothing is draining.
-        summary["redis_benchmark"] = (
-            None if args.no_redis_benchmark else redis_benchmark(stack.redis_url or "", out_dir)
-        )
+        summary["redis_benchmark"] = None
+        if not args.no_redis_benchmark:
+            from redis.crc import key_slot
+
+            master = stack.master_of(key_slot(REDIS_BENCHMARK_KEY))
+            summary["redis_benchmark"] = redis_benchmark(stack.node_url(master), out_dir)
+            if summary["redis_benchmark"] and args.redis_cluster:
+                summary["redis_benchmark"]["target"] = f"one master of {args.redis_cluster}"
         plan: dict[str, Any] = {
             "hot_ids": info.hot_ids,
             "shop_count": info.shop_count,
@@ -395,11 +413,12 @@ def run_scenario(
         if args.profile:
             meter = cpu.CpuMeter(
                 {name: stack.supervisor.pid(name) for name in ("web", "worker", "beat")},
-                stack.services.redis,
+                stack.node_clients(),
                 database=stack.backend == "mysql",
             )
             spy = _start_py_spy(stack, out_dir, (duration or 30) + 5)
             samples["load start"] = meter.sample()
+        calls_before = stack.command_calls() if scenario.needs_orders else {}
         _log(f"running {scenario.name} ({scenario.generator}, {scenario.users} users)")
         started = time.monotonic()
         if scenario.kind == "shop-peak":
@@ -463,6 +482,9 @@ def run_scenario(
             if meter is not None:
                 meter.groups["worker"] = stack.supervisor.pid("worker")
                 samples["tasks done"] = meter.sample()
+            summary["redis_calls"] = _redis_calls(
+                calls_before, stack.command_calls(), len(stack.masters)
+            )
             summary["messages"] = {
                 "published": stack.web_counter(port, "hmdp_order_task_messages_total"),
                 "orders_carried": dispatched(),
@@ -491,6 +513,14 @@ def run_scenario(
             messages = summary["messages"]
             messages["orders"] = rows
             messages["per_order"] = (messages["published"] or 0) / rows if rows else None
+            calls = summary["redis_calls"]
+            calls["per_order"] = calls["commands"] / rows if rows else None
+            calls["per_request"] = (
+                calls["commands"] / result["requests"] if result["requests"] else None
+            )
+            calls["scripts_per_request"] = (
+                calls["scripts"] / result["requests"] if result["requests"] else None
+            )
             if meter is not None:
                 summary["profile"] = cpu.per_order(samples, rows)
                 if spy is not None:
@@ -512,6 +542,34 @@ def run_scenario(
     return summary
 
 
+def _voucher_masters(stack: Stack, info: SeedInfo) -> list[dict[str, Any]]:
+    """Each master's port and the seckill vouchers whose slot it serves (one entry on one Redis)."""
+    from cache.seckill import voucher_slot
+
+    masters: list[dict[str, Any]] = [{"port": p, "vouchers": []} for p in stack.masters]
+    for voucher_id in sorted(info.seckill_stock):
+        masters[stack.master_of(voucher_slot(voucher_id))]["vouchers"].append(voucher_id)
+    return masters
+
+
+def _redis_calls(before: dict[str, int], after: dict[str, int], masters: int) -> dict[str, Any]:
+    """Redis commands from the start of the load to the last task done, summed over the masters.
+
+    ``INFO commandstats`` counts the commands a script runs as well as its EVALSHA,
+    so ``scripts`` (EVALSHA/EVAL/FCALL) is the round trips the gate and the workers
+    made with scripts; the runner's own polling (:data:`RUNNER_COMMANDS`) is left out.
+    """
+    delta = {name: after[name] - before.get(name, 0) for name in after}
+    counted = {n: c for n, c in delta.items() if c > 0 and n not in RUNNER_COMMANDS}
+    top = dict(sorted(counted.items(), key=lambda item: -item[1])[:8])
+    return {
+        "masters": masters,
+        "commands": sum(counted.values()),
+        "scripts": sum(counted.get(name, 0) for name in SCRIPT_COMMANDS),
+        "top": top,
+    }
+
+
 # --- the report --------------------------------------------------------------------------------
 
 
@@ -522,6 +580,7 @@ def table(summary: dict[str, Any]) -> str:
         f"{summary.get('redis_durability', 'durability unknown')} -- {summary['date']} -- "
         f"{summary['machine']['cpus']} CPUs, load {summary['machine']['load_average'][0]:.2f} "
         f"before the run, {summary.get('load_after', [0])[0]:.2f} after",
+        _redis_line(summary),
         "",
         f"{'':<26}{'generator':<16}{'users':>6}{'requests':>10}{'req/s':>10}{'p50 ms':>9}"
         f"{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}",
@@ -530,7 +589,11 @@ def table(summary: dict[str, Any]) -> str:
         (summary["scenario"], summary["result"]),
         ("empty route (same run)", summary.get("empty")),
     ]
-    rows.append(("redis-benchmark -t get", summary.get("redis_benchmark")))
+    bench = summary.get("redis_benchmark")
+    label = (
+        "redis-benchmark, 1 master" if bench and bench.get("target") else "redis-benchmark -t get"
+    )
+    rows.append((label, bench))
     for name, r in rows:
         if not r:
             continue
@@ -593,6 +656,16 @@ def table(summary: dict[str, Any]) -> str:
                 + (f"{per_order:.4f} messages/order" if per_order is not None else "-")
                 + f" (goal <= {MESSAGES_PER_ORDER_GOAL})"
             )
+        calls = summary.get("redis_calls")
+        if calls and calls.get("per_order") is not None:
+            lines.append(
+                f"redis calls: {calls['per_order']:.2f} commands/order, "
+                f"{calls['per_request']:.2f} per seckill request, of which "
+                f"{calls['scripts_per_request']:.2f} script calls (EVALSHA) per request "
+                f"(INFO commandstats over {calls['masters']} master(s), commands inside "
+                "scripts included, the runner's polling left out); top: "
+                + ", ".join(f"{name} {n:,}" for name, n in calls["top"].items())
+            )
         drain = summary["drain"]
         rate = drain["rate_after_load"]
         lines.append(
@@ -618,6 +691,18 @@ def table(summary: dict[str, Any]) -> str:
     lines.append("commands:")
     lines += [f"  {k}: {v}" for k, v in summary["commands"].items()]
     return "\n".join(lines)
+
+
+def _redis_line(summary: dict[str, Any]) -> str:
+    """``redis: cluster of N masters`` (or single Redis) and which master holds which voucher."""
+    line = f"redis: {summary.get('redis', 'single Redis')}"
+    masters = summary.get("redis_masters") or []
+    if len(masters) > 1:
+        line += "; voucher slots: " + "; ".join(
+            f"master {i} (:{m['port']}) vouchers {', '.join(map(str, m['vouchers'])) or '-'}"
+            for i, m in enumerate(masters)
+        )
+    return line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -660,6 +745,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="N replicas of the embedded redis-server, and HMDP_SECKILL_WAIT_REPLICAS=N: every "
         "reservation waits (WAIT) for N of them (timeout HMDP_SECKILL_WAIT_TIMEOUT_MS); default 0",
+    )
+    stack.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a real Redis Cluster of N masters of the run's own instead of the embedded "
+        "redis-server (AOF as it, --appendfsync and --wait-replicas apply per master), with "
+        "RabbitMQ as the broker: CELERY_BROKER_URL, else a vhost of the run's own on "
+        f"{LOCAL_RABBITMQ.split('@')[1].rstrip('/')} (created and deleted); default 0: none",
     )
     stack.add_argument(
         "--database-url",
@@ -723,6 +818,30 @@ def _command(name: str, argv: list[str]) -> int:
     return getattr(importlib.import_module(module), function)(argv)
 
 
+def _cluster_refusal(args: argparse.Namespace) -> int:
+    """Why ``--redis-cluster`` cannot run here, said on stderr: an exit code (0: it can)."""
+    from deploy.cluster import broker_problem
+
+    settings = Settings.from_env()
+    if args.redis_url or settings.redis_url:
+        print(
+            "--redis-cluster starts a Redis Cluster of its own: give no --redis-url / REDIS_URL",
+            file=sys.stderr,
+        )
+        return 2
+    broker = settings.celery_broker_url or LOCAL_RABBITMQ
+    problem = broker_problem(broker)
+    if problem is not None:
+        print(
+            f"--redis-cluster needs RabbitMQ as the Celery broker (Celery has no Redis Cluster "
+            f"transport), and {safe_url(broker)} does not answer ({problem}): start RabbitMQ "
+            "or set CELERY_BROKER_URL to one that answers",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None, before_verify: BeforeVerify | None = None) -> int:
     """The command line; ``before_verify`` lets tests corrupt real state before the verdict."""
     argv = sys.argv[1:] if argv is None else argv
@@ -755,9 +874,13 @@ def main(argv: list[str] | None = None, before_verify: BeforeVerify | None = Non
             file=sys.stderr,
         )
         return 2
-    if args.wait_replicas < 0:
-        print("--wait-replicas must not be negative", file=sys.stderr)
+    if args.wait_replicas < 0 or args.redis_cluster < 0:
+        print("--wait-replicas and --redis-cluster must not be negative", file=sys.stderr)
         return 2
+    if args.redis_cluster:
+        code = _cluster_refusal(args)
+        if code:
+            return code
     base = SCENARIOS[args.scenario]
     data = replace(
         base.data,

@@ -7,7 +7,11 @@ One piece of start-up code for ``loadtest/run.py`` (the scenario runner) and
   work directory, with ``replicas`` replicas of it when asked (and
   ``HMDP_SECKILL_WAIT_REPLICAS`` set to that number: the gate's ``WAIT``), or a
   given ``REDIS_URL`` whose database must be empty (it is flushed afterwards, so
-  nobody else's keys are ever touched);
+  nobody else's keys are ever touched); or, with ``redis_cluster`` N, a real
+  Redis Cluster of N masters of its own (``cache.redis_cluster.EmbeddedCluster``,
+  AOF as above, ``replicas`` replicas per master when asked) with RabbitMQ as the
+  Celery broker (Celery has no Redis Cluster transport): ``CELERY_BROKER_URL``,
+  else a vhost of the run's own on this machine's RabbitMQ, deleted afterwards;
 * the database: a SQLite file in the work directory, or, for a MySQL/MariaDB
   server URL, a fresh database of our own (``hmdp_bench_<pid>_<hex>``) that is
   dropped afterwards, whatever database the URL names;
@@ -49,9 +53,12 @@ if str(ROOT) not in sys.path:
 
 from cache import login as login_store  # noqa: E402
 from cache.connection import client_options, connect  # noqa: E402
+from cache.redis_cluster import EmbeddedCluster  # noqa: E402
 from cache.replication import online_replicas  # noqa: E402
 from cache.server import EmbeddedRedis, free_port  # noqa: E402
 from cache.shop_source import top_shop_ids  # noqa: E402
+from deploy import rabbitmq  # noqa: E402
+from deploy.cluster import REDIS_CLUSTER_NODE_TIMEOUT_MS  # noqa: E402
 from deploy.supervisor import Supervisor  # noqa: E402
 from deploy.web_server import log_config_path, server_argv, web_argv  # noqa: E402
 from models.demo import DemoSize, load_demo_data  # noqa: E402
@@ -109,11 +116,17 @@ class Stack:
     appendfsync: str | None = None
     # Replicas of the embedded Redis, and the gate waits for that many (WAIT); 0: none.
     replicas: int = 0
+    # Masters of a Redis Cluster of the stack's own instead of the single Redis; 0: none.
+    redis_cluster: int = 0
     log: Callable[[str], None] = print
     logs: Path | None = None  # children's log files (default: workdir/logs)
     supervisor: Supervisor = field(default_factory=Supervisor)
     _redis_server: EmbeddedRedis | None = None
     _replica_servers: list[EmbeddedRedis] = field(default_factory=list)
+    _cluster: EmbeddedCluster | None = None
+    _node_clients: list[redis.Redis] = field(default_factory=list)
+    _vhost: str | None = None  # our RabbitMQ vhost (deleted on close)
+    broker_url: str | None = None  # CELERY_BROKER_URL of the children (None: Settings')
     _mysql_server: str | None = None
     _mysql_database: str | None = None
     _services: Services | None = None
@@ -126,7 +139,9 @@ class Stack:
         """Redis and an empty migrated database, both ours (see the module doc)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "var").mkdir(exist_ok=True)
-        if self.redis_url is None:
+        if self.redis_cluster:
+            self._start_cluster(Settings.from_env())
+        elif self.redis_url is None:
             settings = Settings.from_env()
             self._redis_server = EmbeddedRedis(
                 self.workdir / "redis",
@@ -153,6 +168,82 @@ class Stack:
         self.log(
             f"redis {self.redis_url}; database {make_url(self.database_url).render_as_string()}"
         )
+
+    def _start_cluster(self, settings: Settings) -> None:
+        """RabbitMQ as the broker (a vhost of ours unless CELERY_BROKER_URL), then the cluster."""
+        if self.redis_url is not None:
+            raise RuntimeError("redis_cluster starts a cluster of its own: give no redis_url")
+        self.broker_url = settings.celery_broker_url
+        if self.broker_url is None:
+            self._vhost = rabbitmq.create_vhost("hmdp-bench")
+            self.broker_url = rabbitmq.broker_url(self._vhost)
+        self._cluster = EmbeddedCluster(
+            self.workdir / "redis-cluster",
+            masters=self.redis_cluster,
+            replicas=self.replicas,
+            # A busy bench box must not fail a master over (with replicas) on a slow ping.
+            node_timeout_ms=REDIS_CLUSTER_NODE_TIMEOUT_MS,
+            appendfsync=self.appendfsync or settings.redis_appendfsync,
+            binary=settings.redis_server,
+        ).start(timeout=60)
+        self.redis_url = self._cluster.url
+        if self.replicas:
+            self.env_overrides.setdefault("HMDP_SECKILL_WAIT_REPLICAS", str(self.replicas))
+
+    @property
+    def masters(self) -> list[int]:
+        """The ports of the stack's Redis masters: the cluster's (in slot order), or the one."""
+        if self._cluster is not None:
+            return [node.port for node in self._cluster.nodes[: self._cluster.masters]]
+        assert self.redis_url, "start_backends() first"
+        from redis.connection import parse_url
+
+        return [int(parse_url(self.redis_url).get("port", 6379))]
+
+    def node_clients(self) -> list[redis.Redis]:
+        """A plain client of each master (INFO, CONFIG, commandstats), kept until close()."""
+        if not self._node_clients:
+            if self._cluster is None:
+                assert self.redis_url, "start_backends() first"
+                options = client_options(Settings.from_env())
+                client = redis.Redis.from_url(self.redis_url, decode_responses=True, **options)
+                self._node_clients = [client]
+            else:
+                masters = self._cluster.nodes[: self._cluster.masters]
+                self._node_clients = [node.client(timeout=5) for node in masters]
+        return self._node_clients
+
+    def node_url(self, index: int = 0) -> str:
+        """A plain redis:// URL of one master (redis-benchmark's target)."""
+        if self._cluster is None:
+            assert self.redis_url, "start_backends() first"
+            return self.redis_url
+        return f"redis://127.0.0.1:{self.masters[index]}/0"
+
+    def master_of(self, slot: int) -> int:
+        """The index (in :attr:`masters`) of the master serving hash ``slot``; 0 on one Redis."""
+        if self._cluster is None:
+            return 0
+        return self.masters.index(self._cluster.master_of_slot(slot).port)
+
+    def redis_topology(self) -> str:
+        """ "single Redis" or "cluster of N masters" (the table's and summary.json's words)."""
+        if self._cluster is None:
+            return "single Redis"
+        replicas = f", {self.replicas} replicas each" if self.replicas else ""
+        return f"cluster of {self._cluster.masters} masters{replicas}"
+
+    def command_calls(self) -> dict[str, int]:
+        """``INFO commandstats`` calls per command, summed over the masters.
+
+        Commands a script runs (``redis.call``) are counted too, beside its EVALSHA.
+        """
+        calls: dict[str, int] = {}
+        for client in self.node_clients():
+            for name, value in client.info("commandstats").items():
+                command = name.removeprefix("cmdstat_")
+                calls[command] = calls.get(command, 0) + int(value["calls"])
+        return calls
 
     def _start_replicas(self, settings: Settings, timeout: float = 60.0) -> None:
         """``replicas`` replicas of the embedded Redis, online; the gate told to wait for them."""
@@ -183,15 +274,13 @@ class Stack:
     def redis_durability(self) -> str:
         """What the stack's Redis does with its writes, as it says (``CONFIG GET``)."""
         assert self.redis_url, "start_backends() first"
-        client = redis.Redis.from_url(
-            self.redis_url, decode_responses=True, **client_options(Settings.from_env())
-        )
         try:
-            config = client.config_get("append*")
+            configs = [client.config_get("append*") for client in self.node_clients()]
         except redis.RedisError as exc:  # e.g. a managed Redis without CONFIG
             return f"durability unknown ({exc})"
-        finally:
-            client.close()
+        config = configs[0]
+        if any(c != config for c in configs):
+            return f"durability differs between the masters ({configs})"
         aof = "no AOF"
         if config.get("appendonly") == "yes":
             aof = f"AOF appendfsync {config.get('appendfsync')}"
@@ -230,6 +319,7 @@ class Stack:
         env = dict(os.environ)
         env.update(
             REDIS_URL=self.redis_url,
+            **({"CELERY_BROKER_URL": self.broker_url} if self.broker_url else {}),
             DATABASE_URL=self.database_url,
             HMDP_VAR_DIR=str(self.workdir / "var"),
             HMDP_RATE_LIMIT_ENABLED="0",
@@ -449,10 +539,34 @@ class Stack:
         finally:
             broker.close()
 
-    def queued_task_messages(self) -> int:
-        """Order task messages waiting in the broker (kombu's Redis transport: the ``orders`` list)."""
+    def _amqp_vhost(self) -> str | None:
+        """The vhost of an ``amqp://`` broker (None: the broker is a Redis)."""
+        url = self.settings.celery_broker_url or ""
+        if not url.startswith(("amqp://", "pyamqp://")):
+            return None
+        from kombu import Connection
+
+        return str(Connection(url).virtual_host)
+
+    def _order_queue(self) -> tuple[int, int]:
+        """The ``orders`` queue's messages: (waiting, delivered to a worker and not acked).
+
+        kombu's Redis transport: the ``orders`` list and the ``unacked`` hash; RabbitMQ
+        (this machine's, through rabbitmqctl): the queue's ready and unacknowledged.
+        """
+        vhost = self._amqp_vhost()
+        if vhost is not None:
+            return rabbitmq.queue_depth(vhost, "orders")
         with self._broker() as broker:
-            return int(broker.llen("orders"))
+            pipe = broker.pipeline(transaction=False)
+            pipe.llen("orders")
+            pipe.hlen("unacked")
+            ready, unacked = pipe.execute()
+        return int(ready), int(unacked)
+
+    def queued_task_messages(self) -> int:
+        """Order task messages waiting in the broker (Redis or RabbitMQ: see _order_queue)."""
+        return self._order_queue()[0]
 
     def wait_dispatched(
         self,
@@ -515,18 +629,13 @@ class Stack:
         With group commit the rows are in long before the last task message is
         done: most of those tasks find their order settled and return at once,
         but each still costs a broker round trip, so this is reported next to
-        the drain rate. Reads kombu's Redis transport: the ``orders`` list and
-        the ``unacked`` hash (messages delivered to a worker, not yet acked).
+        the drain rate (the broker's queue read as :meth:`_order_queue` says).
         """
         started = time.monotonic()
-        with self._broker() as broker:
-            while time.monotonic() - started < timeout:
-                pipe = broker.pipeline(transaction=False)
-                pipe.llen("orders")
-                pipe.hlen("unacked")
-                if sum(pipe.execute()) == 0:
-                    return time.monotonic() - started
-                time.sleep(poll)
+        while time.monotonic() - started < timeout:
+            if sum(self._order_queue()) == 0:
+                return time.monotonic() - started
+            time.sleep(poll)
         return None
 
     def wait_drained(self, stall: float = 60.0, poll: float = 0.2) -> DrainResult:
@@ -549,9 +658,12 @@ class Stack:
     def close(self) -> None:
         """Stop our processes, drop our database, stop or flush our Redis."""
         self.supervisor.stop()
+        for client in self._node_clients:
+            client.close()
+        self._node_clients.clear()
         if self._services is not None:
             with contextlib.suppress(Exception):
-                if self._redis_server is None and self.redis_url:
+                if self._redis_server is None and self._cluster is None and self.redis_url:
                     self._services.redis.flushdb()
             self._services.close()
             self._services = None
@@ -567,6 +679,12 @@ class Stack:
         if self._redis_server is not None:
             self._redis_server.stop()
             self._redis_server = None
+        if self._cluster is not None:
+            self._cluster.stop()
+            self._cluster = None
+        if self._vhost is not None:
+            rabbitmq.delete_vhost(self._vhost)
+            self._vhost = None
 
     def __enter__(self) -> Stack:
         return self

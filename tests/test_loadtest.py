@@ -11,6 +11,7 @@ deleted order row, an order nobody reserved) between the drain and the verdict.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,66 @@ def test_seckill_run_counts_messages_per_order_and_profiles_with_beat(
     ]
     table = (Path(summary["results_dir"]) / "table.txt").read_text()
     assert "messages/order" in table and "cpu per order" in table
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_seckill_peak_on_a_redis_cluster_audits_every_order(tmp_path: Path) -> None:
+    """--redis-cluster 3: the run's own 3-master cluster, RabbitMQ (a vhost of its own), wrk.
+
+    10 vouchers of stock 4, 40 buyers: the sale sells out, and the audit over every
+    voucher's stream and the rows is exact. The vouchers' slots lie on several masters,
+    redis-benchmark ran against one of them, and the gate on a cluster makes more than
+    one script call per request (the session's, then the gate's).
+    """
+    from deploy import rabbitmq
+
+    argv = ["seckill-peak", "--redis-cluster", "3", "--users", "8", "--duration", "3"]
+    argv += ["--buyers", "40", "--stock", "4", "--baseline-duration", "0"]
+    code = main([*argv, "--results-dir", str(tmp_path / "results")])
+
+    summary = _summary(tmp_path / "results")
+    verdict = summary["verdict"]
+    assert code == 0, verdict
+    assert summary["redis"] == "cluster of 3 masters"
+    assert summary["redis_durability"] == "AOF appendfsync everysec"
+    assert verdict["ok"] is True
+    assert verdict["reservations"] == verdict["rows"] == verdict["db_deducted"] == 40
+    assert verdict["successes"] <= 40
+    assert (verdict["oversell"], verdict["lost"], verdict["duplicates"]) == (0, 0, 0)
+    assert summary["drain"]["left"] == 0 and summary["drain"]["tasks_done_after_s"] is not None
+    masters = summary["redis_masters"]
+    assert len(masters) == 3
+    placed = [v for m in masters for v in m["vouchers"]]
+    assert len(placed) == len(set(placed)) == 10  # every voucher on exactly one master
+    assert sum(1 for m in masters if m["vouchers"]) >= 2
+    assert summary["redis_benchmark"]["target"] == "one master of 3"
+    assert summary["redis_benchmark"]["rps"] > 0
+    assert summary["messages"]["orders"] == 40
+    calls = summary["redis_calls"]
+    assert calls["masters"] == 3 and calls["scripts_per_request"] > 1.5
+    table = (Path(summary["results_dir"]) / "table.txt").read_text()
+    assert "redis: cluster of 3 masters; voucher slots: master 0" in table
+    assert "redis-benchmark, 1 master" in table and "script calls (EVALSHA)" in table
+    assert "oversell 0  lost 0  duplicates 0  -> OK" in table
+    prefix = "amqp://guest:***@127.0.0.1:5672/"
+    assert summary["broker"].startswith(f"{prefix}hmdp-bench-{os.getpid()}-")
+    assert summary["broker"].removeprefix(prefix) not in rabbitmq.vhosts()  # deleted after
+
+
+def test_redis_cluster_is_refused_for_a_given_redis(tmp_path: Path) -> None:
+    """The option starts a cluster of the runner's own, not one it is given."""
+    argv = ["seckill-peak", "--redis-cluster", "3", "--redis-url", "redis://127.0.0.1:1/0"]
+    assert main([*argv, "--results-dir", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_redis_cluster_is_refused_without_rabbitmq(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broker that does not answer: exit 1 with the reason, before anything starts."""
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:1//")
+    argv = ["seckill-peak", "--redis-cluster", "3", "--results-dir", str(tmp_path)]
+    assert main(argv) == 1
+    assert "needs RabbitMQ as the Celery broker" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
