@@ -22,6 +22,15 @@ stalled, partitioned or gone) is still the master's truth: the reservation
 exists and settles as a row as long as the master lives. The caller decides
 what the client is told (the gate's ``unconfirmed``: 503, retry to learn).
 
+The settler's side is :func:`fence`: a worker may read a reservation from the
+master's Stream before any replica has it (its client got ``unconfirmed``, or
+its 200 still waits); written as a row and then lost by a failover, the
+buyer's retry would be sold a second reservation under a new id that never
+becomes a row. Replication is one ordered stream per master, so a write made
+*after* the entries were read and acknowledged by ``WAIT`` on its connection
+proves that the entries are on the replicas too: nothing is written to the
+database for them before that.
+
 On a cluster a ``MOVED`` reply (a failover moved the slot to another master)
 refreshes redis-py's slot table and the call is tried once more on the new
 master; a refused connection or a timeout refreshes it too and is raised (the
@@ -52,7 +61,9 @@ from redis.exceptions import (
 
 from settings import Settings
 
-from .scripts import run_on
+from .scripts import load_script, run_on
+
+FENCE_TTL_MS = 10_000  # the fence key is only ever written, never read: it just expires
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,29 @@ def call_and_wait(
             _refresh(client, failed=node.name)
             raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class NotReplicated(redis.ConnectionError):
+    """A fence no replica acknowledged in time: an outside failure, like Redis unavailable.
+
+    A ``redis.ConnectionError`` (so in ``cache.connection.UNAVAILABLE``): the order
+    task retries it and the Stream's recovery counts nothing against the entries.
+    """
+
+
+def fence(client: redis.Redis | RedisCluster, key: str, wait: ReplicaWait | None) -> bool:
+    """Whether the replicas have every write the master of ``key``'s slot made so far.
+
+    A ``SET key PX`` (``lua/replica_fence.lua``) and ``WAIT`` on its connection
+    (:func:`call_and_wait`): called after reading Stream entries of that slot and
+    before writing them to the database, a True proves that a failover now keeps
+    them. ``wait`` None (``HMDP_SECKILL_WAIT_REPLICAS=0``): True, nothing sent.
+    Raises like :func:`call_and_wait` when the master is unavailable.
+    """
+    if wait is None:
+        return True
+    script = load_script(client, "replica_fence")
+    return call_and_wait(script, [key], [FENCE_TTL_MS], wait, lambda _: True).confirmed(wait)
 
 
 def _failing_over(exc: BaseException) -> redis.ConnectionError:

@@ -45,6 +45,7 @@ STOCK_KEY = "seckill:stock:{{{voucher_id}}}"
 WINDOW_KEY = "seckill:window:{{{voucher_id}}}"
 ORDER_SET_KEY = "seckill:order:{{{voucher_id}}}"
 ORDER_ID_KEY = "seckill:orderid:{{{voucher_id}}}"
+FENCE_KEY = "seckill:fence:{{{voucher_id}}}"
 ID_PREFIX = "order"
 
 OK = "ok"
@@ -94,6 +95,11 @@ def order_set_key(voucher_id: int) -> str:
 def order_id_key(voucher_id: int) -> str:
     """Buyer -> issued order id: what a retried order is told, what audits check rows against."""
     return ORDER_ID_KEY.format(voucher_id=voucher_id)
+
+
+def fence_key(voucher_id: int) -> str:
+    """The settler's replication fence in the voucher's slot (cache.replication.fence)."""
+    return FENCE_KEY.format(voucher_id=voucher_id)
 
 
 def epoch_ms(moment: datetime) -> int:

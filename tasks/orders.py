@@ -23,6 +23,16 @@ is one row. Defences, outermost first:
    row itself is gone, deleted after its sale began, the entry is
    dead-lettered as an unknown voucher instead, not counted as an oversell.)
 
+Before any of it, the replication fence (``HMDP_SECKILL_WAIT_REPLICAS`` > 0):
+an entry read from a master that no replica has yet could be lost by a
+failover, and its buyer's retry sold again under a new id; so nothing is
+written for an entry until a fence write in its voucher's slot, made after the
+entry was read, is acknowledged by the replicas (:func:`cache.replication.fence`,
+one per voucher of a batch). A fence not acknowledged in time is an outside
+failure (:class:`cache.replication.NotReplicated`, a Redis-unavailable error):
+nothing is written for that voucher's entries, nothing is counted against them,
+and they stay in the Stream for the task's retry or recovery.
+
 After the commit the Stream entry is acknowledged (XACK + XDEL, see
 :mod:`cache.order_stream`).
 
@@ -69,6 +79,8 @@ from cache.connection import UNAVAILABLE
 from cache.locks import LockError, RLock, acquire_all, release_all
 from cache.order_stream import MalformedEntry, OrderEntry
 from cache.reconcile import record_drift
+from cache.replication import NotReplicated, ReplicaWait, fence
+from cache.seckill import fence_key
 from metrics import (
     ORDER_BATCH_SETTLED,
     ORDER_DRIFT,
@@ -357,6 +369,32 @@ def _release(locks: list[RLock]) -> None:
         log.warning("order lock %s expired during settle", lock.name)
 
 
+def _fenced(services: Services, entries: list[OrderEntry]) -> list[OrderEntry]:
+    """The entries the replicas have for sure: those of the vouchers whose fence held.
+
+    One fence per voucher (on a cluster each voucher's slot has its own master);
+    with ``HMDP_SECKILL_WAIT_REPLICAS=0`` all of them, nothing sent. A master that
+    is unavailable raises, as any Redis call does.
+    """
+    wait = ReplicaWait.of(services.settings)
+    if wait is None:
+        return entries
+    vouchers = sorted({entry.voucher_id for entry in entries})
+    held = {v for v in vouchers if fence(services.redis, fence_key(v), wait)}
+    if len(held) < len(vouchers):
+        log.warning(
+            "no replica acknowledged the fence of vouchers %s in %d ms: their entries wait",
+            sorted(set(vouchers) - held),
+            wait.timeout_ms,
+        )
+    return [entry for entry in entries if entry.voucher_id in held]
+
+
+def _not_replicated(entries: list[OrderEntry]) -> NotReplicated:
+    vouchers = sorted({entry.voucher_id for entry in entries})
+    return NotReplicated(f"no replica acknowledged the entries of vouchers {vouchers} yet")
+
+
 def settle_orders(services: Services, entries: list[OrderEntry]) -> dict[OrderEntry, str]:
     """Settle a batch of Stream entries: every user's lock, one transaction, one ack.
 
@@ -377,10 +415,13 @@ def settle_free(services: Services, entries: list[OrderEntry]) -> dict[OrderEntr
     """Group commit of the entries whose user locks are free now; the outcomes of those.
 
     The others are left out, untouched (recovery tries them on a later run).
+    Entries of a voucher whose replication fence failed are not written: the
+    others are, then :class:`NotReplicated` is raised (an outside failure).
     """
     settings, client = services.settings, services.redis
+    fenced = _fenced(services, entries)
     locks: dict[int, RLock] = {}
-    for entry in entries:
+    for entry in fenced:
         if entry.user_id not in locks:
             key = LOCK_KEY.format(user_id=entry.user_id)
             locks[entry.user_id] = RLock(client, key, settings.order_lock_lease_ms)
@@ -388,10 +429,12 @@ def settle_free(services: Services, entries: list[OrderEntry]) -> dict[OrderEntr
     taken_ids = {id(lock) for lock in taken}
     held_users = {user for user, lock in locks.items() if id(lock) in taken_ids}
     try:
-        outcomes = persist_orders(services.db, [e for e in entries if e.user_id in held_users])
+        outcomes = persist_orders(services.db, [e for e in fenced if e.user_id in held_users])
     finally:
         _release(taken)
     _finish(services, outcomes)
+    if len(fenced) < len(entries):
+        raise _not_replicated([entry for entry in entries if entry not in fenced])
     return outcomes
 
 
@@ -401,11 +444,14 @@ def settle_order(
     """Persist one reservation exactly once and settle its Stream entry.
 
     The one function the task and recovery share. Raises on outages (the
-    entry stays in the Stream), and LockError if the user's lock stays busy
+    entry stays in the Stream; a replication fence not acknowledged is one:
+    :class:`NotReplicated`), and LockError if the user's lock stays busy
     for ``lock_wait`` s; returns the outcome otherwise.
     """
     settings = services.settings
     client = services.redis
+    if not _fenced(services, [entry]):
+        raise _not_replicated([entry])
     lock = RLock(client, LOCK_KEY.format(user_id=entry.user_id), settings.order_lock_lease_ms)
     if not lock.acquire(blocking=True, wait_timeout=lock_wait):
         raise LockError(f"order lock of user {entry.user_id} busy for {lock_wait}s")
