@@ -36,7 +36,7 @@ from .ids import ID_KEY_TTL, MAX_COUNT, counter_key, hash_slot, id_parts
 from .login import TOKEN_KEY
 from .order_stream import voucher_key
 from .ratelimit import Decision, TokenBucket, TokenBucketLimiter, bucket_args
-from .replication import ReplicaWait, call_and_wait
+from .replication import ReplicaWait, call_and_wait, fence
 from .scripts import call, load_composed, load_script, run_each
 
 # A voucher's keys share its id as their hash tag (seckill:stock:{42}): the gate and
@@ -141,7 +141,8 @@ class SeckillGate:
 
     With ``HMDP_SECKILL_WAIT_REPLICAS`` > 0 every script call that can reserve
     (the gate's, fused or not) runs through :func:`cache.replication.call_and_wait`:
-    a reservation fewer replicas acknowledged within the timeout is UNCONFIRMED.
+    a reservation fewer replicas acknowledged within the timeout is UNCONFIRMED,
+    and so is an "already ordered" whose id a fence could not confirm.
     """
 
     def __init__(self, client: redis.Redis | RedisCluster, settings: Settings):
@@ -205,7 +206,18 @@ class SeckillGate:
     ) -> GateResult:
         keys, args = self._keys_args(voucher_id, user_id, now, session)
         reply, confirmed = self._run(self.script, keys, args, _gate_reserved)
-        result = self._result(reply)
+        return self._confirmed(voucher_id, self._result(reply), confirmed)
+
+    def _confirmed(self, voucher_id: int, result: GateResult, confirmed: bool) -> GateResult:
+        """``result``, or UNCONFIRMED when the replicas may not have what it tells.
+
+        A reservation is confirmed by the ``WAIT`` after its script. A DUPLICATE
+        tells the id issued earlier, maybe by a reservation that was itself
+        unconfirmed: the script wrote nothing now, so the replicas' having it is
+        proven by a fence (:func:`cache.replication.fence`) before the id is told.
+        """
+        if confirmed and result.outcome == DUPLICATE and result.order_id is not None:
+            confirmed = fence(self.client, fence_key(voucher_id), self.wait)
         return result if confirmed else replace(result, outcome=UNCONFIRMED)
 
     def _run(
@@ -293,8 +305,7 @@ class SeckillGate:
         decision = Decision.from_reply(reply[2:6], bucket.limit)
         if not decision.allowed:
             return decision, None
-        result = self._result(reply[6:])
-        return decision, (result if confirmed else replace(result, outcome=UNCONFIRMED))
+        return decision, self._confirmed(voucher_id, self._result(reply[6:]), confirmed)
 
     def reserve_many(
         self, voucher_id: int, user_ids: list[int], now: float | None = None

@@ -5,8 +5,9 @@ fast path with the session read in the gate, the fast path with the user's
 token bucket charged in the same call, the Flask route) runs the gate through
 ``WAIT``. A SIGSTOPped replica acknowledges nothing: the order is answered 503
 with ``Retry-After: 1`` (in the hmdp compat envelope too), the reservation stays
-on the master, the retry is told 409 "already ordered" with its id, and once
-settled it is exactly one row with that id.
+on the master, a retry while the replica is stopped is 503 too (the id it would
+be told is not on a replica), the retry after is told 409 "already ordered"
+with its id, and once settled it is exactly one row with that id.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def test_an_unconfirmed_reservation_is_a_503_and_its_retry_a_409_with_its_id(
     try:
         stalled = client.post(url, headers=buyers[3])
         compat = client.post(url, headers={**buyers[4], "X-Hmdp-Compat": "1"})
+        # the retry is not told the id while no replica can have it (the gate's fence)
+        early = client.post(url, headers=buyers[3])
     finally:
         os.kill(replica.process.pid, signal.SIGCONT)
     assert stalled.status_code == 503 and stalled.headers["Retry-After"] == "1"
@@ -79,6 +82,7 @@ def test_an_unconfirmed_reservation_is_a_503_and_its_retry_a_409_with_its_id(
     assert "not confirmed by a replica" in stalled.json["errorMsg"]
     assert compat.status_code == 200 and compat.headers["X-Hmdp-Status"] == "503"
     assert compat.headers["Retry-After"] == "1" and compat.json["success"] is False
+    assert early.status_code == 503 and early.json["data"] is None, early.json
 
     # the reservations stay on the master; the retries learn their ids
     issued = services.redis.hgetall(order_id_key(voucher_id))
