@@ -155,13 +155,20 @@ class SeckillGate:
         self._buckets = None if self.fused else TokenBucketLimiter(client)
         self.wait = ReplicaWait.of(settings)
 
-    def _keys_args(
+    def keys_args(
         self,
         voucher_id: int,
         user_id: int | str,
         now: float,
         session: tuple[str, int] | None = None,
     ) -> tuple[list[str], list[object]]:
+        """The KEYS and ARGV of one reservation by ``lua/seckill.lua`` (``self.script``).
+
+        Public for whoever runs the script without this class (``bench gate-lua``
+        feeding redis-benchmark): these are exactly what the gate sends. With
+        ``session`` (token, TTL) and an empty ``user_id``, the script reads the
+        user from the login session (the fused single-Redis path).
+        """
         slot = voucher_slot(voucher_id)
         high, low = id_parts(now, slot)
         keys = [
@@ -204,7 +211,7 @@ class SeckillGate:
         now: float,
         session: tuple[str, int] | None = None,
     ) -> GateResult:
-        keys, args = self._keys_args(voucher_id, user_id, now, session)
+        keys, args = self.keys_args(voucher_id, user_id, now, session)
         reply, confirmed = self._run(self.script, keys, args, _gate_reserved)
         return self._confirmed(voucher_id, self._result(reply), confirmed)
 
@@ -292,7 +299,7 @@ class SeckillGate:
             self._charged = load_composed(
                 self.client, "seckill_charged", ("session_user", "token_bucket", "seckill")
             )
-        keys, args = self._keys_args(voucher_id, "", now)
+        keys, args = self.keys_args(voucher_id, "", now)
         reply, confirmed = self._run(
             self._charged,
             [TOKEN_KEY.format(token=token), *keys],
@@ -315,7 +322,7 @@ class SeckillGate:
         No replica wait: its callers are not clients that must be told the truth.
         """
         now = time.time() if now is None else now
-        calls = [self._keys_args(voucher_id, user_id, now) for user_id in user_ids]
+        calls = [self.keys_args(voucher_id, user_id, now) for user_id in user_ids]
         return [self._result(reply) for reply in run_each(self.client, self.script, calls)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -126,6 +127,16 @@ def test_concurrent_gate_sells_exactly_the_stock_once_per_user(gate, redis_clien
     assert snap.stock == 0 and snap.buyers == {u for u, _ in wins}
     stream = redis_client.xrange(stream_key(settings, 1))
     assert sorted(int(f["orderId"]) for _, f in stream) == sorted(oid for _, oid in wins)
+
+
+def test_keys_args_are_what_the_script_reserves_with(gate, redis_client, settings):
+    """Run outside the class (as bench gate-lua feeds redis-benchmark), they reserve."""
+    _load(redis_client, stock=2)
+    keys, args = gate.keys_args(1, 7, time.time())
+    reply = redis_client.eval(gate.script.script, len(keys), *keys, *args)
+    assert int(reply[0]) == 0 and redis_client.smembers("seckill:order:{1}") == {"7"}
+    assert redis_client.get("seckill:stock:{1}") == "1"
+    assert gate.reserve(1, 7).outcome == DUPLICATE
 
 
 def test_reserve_many_is_one_attempt_per_user_in_a_pipeline(gate, redis_client, settings):
