@@ -281,16 +281,18 @@ def connect(url: str, settings: Settings | None = None, max_connections: int = 2
     """
     if is_cluster_url(url):
         return connect_cluster(url, settings, max_connections)
-    options = client_options(settings or Settings())
+    options: dict[str, Any] = dict(client_options(settings or Settings()))
+    connection_class = _CONNECTION_CLASSES.get(url.split(":", 1)[0], StallAwareConnection)
+    if connection_class is not StallAwareUnixConnection:
+        options["socket_keepalive"] = True  # TCP only: a Unix socket has no keepalive
     breaker = StallBreaker(options["socket_connect_timeout"] + options["socket_timeout"])
     pool = StallAwarePool.from_url(
         url,
         max_connections=max_connections,
         timeout=5,
         decode_responses=True,
-        socket_keepalive=True,
         health_check_interval=30,
-        connection_class=_CONNECTION_CLASSES.get(url.split(":", 1)[0], StallAwareConnection),
+        connection_class=connection_class,
         breaker=breaker,
         retry=NO_RETRY,
         **options,
