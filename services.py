@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 from cache.connection import Client, connect, disconnect, resolve_redis_url
@@ -32,6 +33,22 @@ def system_clock(timezone: str, utc_now: Clock | None = None) -> Clock:
         return lambda: datetime.now(zone)
     source = utc_now
     return lambda: source().astimezone(zone)
+
+
+def kombu_url(redis_url: str) -> str:
+    """The broker URL kombu reads for ``redis_url``.
+
+    redis-py spells a Unix socket ``unix:///path?db=N``; kombu has no ``unix``
+    transport and spells the same socket ``redis+socket:///path?virtual_host=N``.
+    Any other URL is the same for both.
+    """
+    parts = urlsplit(redis_url)
+    if parts.scheme != "unix":
+        return redis_url
+    userinfo = parts.netloc.rpartition("@")[0]
+    db = parse_qs(parts.query).get("db", ["0"])[0]
+    credentials = f"{userinfo}@" if userinfo else ""
+    return f"redis+socket://{credentials}{parts.path}?virtual_host={db}"
 
 
 class Services:
@@ -60,7 +77,7 @@ class Services:
     @property
     def broker_url(self) -> str:
         """Celery's broker: CELERY_BROKER_URL, else the app's own Redis."""
-        return self.settings.celery_broker_url or self.redis_url
+        return self.settings.celery_broker_url or kombu_url(self.redis_url)
 
     def close(self) -> None:
         """Release pools (after fork, at shutdown, between tests)."""
