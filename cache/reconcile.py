@@ -24,24 +24,34 @@ against the live keys (``lua/seckill_repair.lua``):
   removed: a buyer too many only refuses);
 * ``seckill:orderid:{v}``: the row's id for a user with a row, else the entry's;
 * stock = database stock - users with an unsettled entry and no row - what the
-  gate sold since the snapshot below (the live stock's fall since then);
+  gate sold since the snapshot below (the live stock's fall since then) + what of
+  that the database already holds (see below);
 * each id counter of the seconds web hosts may still name (now ± the tolerated clock
   skew, cache/ids.py) ≥ the highest count issued by it (older counters are never
   INCRed again).
 
 Correct while the gate sells and workers settle, because of the order of reads:
-dead letters, then the Streams in pages, then per voucher ONE MULTI (its stock
-and its Stream's tail since the pages, in its slot; the legacy stream's tail too
-while it exists: "the snapshot"), the dead letters again, then ONE database
-transaction (rows, then stock), then the repair script. An entry settled
-between two reads is either seen as a row (and not subtracted: deduplicated by
-order id) or seen pending while the database already took its unit
-(subtracted twice: the stock errs LOW, never high); an entry moved between the
-Stream and the dead letters is seen at least once (deduplicated by order id); a
-reservation after the snapshot is counted by the live stock's fall (if it also
-settled before the database read, once more: low again). The only stock writers are the gate (DECR), the load of a missing
-stock (:data:`MISSING`, this module too) and this repair, which runs under a
-per-voucher lock. Too low is repaired by the next run, when sales are quiet.
+dead letters, then the Streams in pages, then per voucher ONE MULTI (its stock,
+buyers, ids and its Stream's tail since the pages, in its slot; the legacy
+stream's tail too while it exists: "the snapshot"), the dead letters again, then
+ONE database transaction (per voucher one statement: stock and rows), then
+the repair script.
+
+* An entry settled after the Stream reads is pending there and a row in the
+  database: deduplicated by order id, it is not subtracted. The database's stock
+  and rows of a voucher are one statement's, so they agree (a settle writes both
+  in one transaction).
+* An entry moved between the Stream and the dead letters is seen at least once
+  (deduplicated by order id).
+* A reservation after the snapshot is in the live stock's fall. If it also
+  settled before the database read, the database stock lacks its unit too: its
+  row's user is not among the snapshot's buyers but is now a buyer with that
+  row's id (the script checks, before it writes), so it is counted once, not
+  twice. A user Redis lost is not a buyer now: never taken for one of these.
+
+The only stock writers are the gate (DECR), the load of a missing stock
+(:data:`MISSING`, this module too) and this repair, which runs under a
+per-voucher lock.
 
 Loading a voucher whose stock key is missing (the order route after the gate
 said "unknown", ``flask seed``) is the same repair in :data:`MISSING` mode:
@@ -229,18 +239,29 @@ def _after(stream_id: str | None) -> str:
     return "-" if stream_id is None else "(" + stream_id
 
 
-def snapshot(
-    client: redis.Redis, voucher_id: int, after: dict[str, str | None]
-) -> tuple[str | None, list[tuple[str, dict]]]:
-    """One voucher's stock and the entries its streams got since ``after`` (key -> the last
-    id read; None: all), in ONE MULTI: the voucher's slot (and the legacy stream's, on a
-    single Redis only)."""
+@dataclass(frozen=True)
+class Snapshot:
+    """One voucher's gate state at one instant (see the module doc)."""
+
+    stock: str | None  # seckill:stock:{v} (None: absent)
+    tail: list[tuple[str, dict]]  # the entries its streams got since the pages
+    buyers: set[str]  # seckill:order:{v}
+    issued: dict[str, str]  # seckill:orderid:{v}: user -> order id
+
+
+def snapshot(client: redis.Redis, voucher_id: int, after: dict[str, str | None]) -> Snapshot:
+    """One voucher's stock, buyers, ids and the entries its streams got since ``after``
+    (key -> the last id read; None: all), in ONE MULTI: the voucher's slot (and the
+    legacy stream's, on a single Redis only)."""
     pipe = client.pipeline(transaction=True)
     pipe.get(stock_key(voucher_id))
+    pipe.smembers(order_set_key(voucher_id))
+    pipe.hgetall(order_id_key(voucher_id))
     for key, last in after.items():
         pipe.xrange(key, min=_after(last), max="+")
-    stock, *tails = pipe.execute()
-    return stock, [item for tail in tails for item in as_items(tail)]
+    stock, buyers, issued, *tails = pipe.execute()
+    tail = [item for tail in tails for item in as_items(tail)]
+    return Snapshot(stock, tail, set(buyers), dict(issued))
 
 
 def _id_seconds(now: float) -> tuple[int, int]:
@@ -273,30 +294,38 @@ class _Voucher:
 def _read_database(
     db: Database, voucher_ids: list[int], seconds: tuple[int, int]
 ) -> tuple[dict[int, _Voucher], dict[str, int]]:
-    """Rows, then stock, of each voucher, and the counters' highest counts: ONE transaction.
+    """Each voucher's stock and rows, and the counters' highest counts: ONE transaction.
 
     The counts: per id counter of ``seconds`` (:func:`_id_seconds`), the
     highest count among every voucher's rows (vouchers on one slot share it).
 
-    Rows before stock: a settle between the two reads (if the snapshot is not
-    one) shows its unit taken but not its row: the entry is then subtracted
-    too, so the stock errs low.
+    A voucher's stock and rows come from ONE statement, so they agree on every
+    backend (a settle writes both in one transaction; SQLite's driver runs each
+    SELECT outside a transaction, where two reads could straddle a settle).
     """
     found: dict[int, _Voucher] = {}
     floors: dict[str, int] = {}
     with db.session() as session:
         for v in voucher_ids:
             rows = session.execute(
-                select(VoucherOrder.user_id, VoucherOrder.id).where(VoucherOrder.voucher_id == v)
+                select(
+                    SeckillVoucher.stock,
+                    SeckillVoucher.begin_time,
+                    SeckillVoucher.end_time,
+                    VoucherOrder.user_id,
+                    VoucherOrder.id,
+                )
+                .outerjoin(VoucherOrder, VoucherOrder.voucher_id == SeckillVoucher.voucher_id)
+                .where(SeckillVoucher.voucher_id == v)
             ).all()
-            voucher = session.get(SeckillVoucher, v)
-            if voucher is not None:
+            if rows:
+                stock, begin, end = rows[0][:3]
                 found[v] = _Voucher(
                     v,
-                    int(voucher.stock),
-                    epoch_ms(voucher.begin_time),
-                    epoch_ms(voucher.end_time),
-                    {int(user): int(oid) for user, oid in rows},
+                    int(stock),
+                    epoch_ms(begin),
+                    epoch_ms(end),
+                    {int(user): int(oid) for *_, user, oid in rows if oid is not None},
                 )
         made_by = VoucherOrder.id.op(">>")(COUNT_BITS).label("made_by")  # second and slot
         tops = session.execute(
@@ -381,11 +410,11 @@ class Reconciler:
         self._dead_letters(streams, unsettled, wanted)
         last = {s.key: unsettled.add(iter_stream(self.client, s.key), wanted) for s in streams}
         seconds = _id_seconds(time.time())
-        stocks = {}
+        snapshots: dict[int, Snapshot] = {}
         for v in voucher_ids:
             keys = [voucher_stream(self.settings, v).key, *(s.key for s in legacy)]
-            stocks[v], tail = snapshot(self.client, v, {key: last[key] for key in keys})
-            unsettled.add(tail, wanted)
+            snapshots[v] = snapshot(self.client, v, {key: last[key] for key in keys})
+            unsettled.add(snapshots[v].tail, wanted)
         self._dead_letters(streams, unsettled, wanted)
         found, db_floors = _read_database(self.db, voucher_ids, seconds)
         issued: set[int] = set(unsettled.order_ids)
@@ -395,7 +424,7 @@ class Reconciler:
                 report.vouchers.append(VoucherRepair(v, skipped="not a seckill voucher"))
                 continue
             entries = unsettled.by_voucher.get(v, {})
-            report.vouchers.append(self._repair(voucher, entries, stocks[v], mode, issued))
+            report.vouchers.append(self._repair(voucher, entries, snapshots[v], mode, issued))
         self._raise_counters(seconds, db_floors, issued, report)
 
     def _dead_letters(self, streams: list[Stream], unsettled: _Unsettled, wanted: set[int]) -> None:
@@ -406,7 +435,7 @@ class Reconciler:
         self,
         voucher: _Voucher,
         entries: dict[int, OrderEntry],
-        snapshot_stock: str | None,
+        snap: Snapshot,
         mode: str,
         issued: set[int],
     ) -> VoucherRepair:
@@ -414,11 +443,11 @@ class Reconciler:
         row_ids = set(rows.values())
         waiting = [e for e in entries.values() if e.order_id not in row_ids]
         takers = {e.user_id for e in waiting if e.user_id not in rows}  # each takes one unit
-        pipe = self.client.pipeline(transaction=False)
-        pipe.smembers(order_set_key(v))
-        pipe.hgetall(order_id_key(v))
-        members, known_ids = pipe.execute()
+        members, known_ids = snap.buyers, snap.issued
         issued.update(int(i) for i in known_ids.values())
+        # Rows of users the gate did not know at the snapshot: sold after it and settled
+        # before the database read, unless Redis lost them (the script tells which).
+        newer = [(u, oid) for u, oid in sorted(rows.items()) if str(u) not in members]
         buyers = set(rows) | {e.user_id for e in entries.values()}
         missing = sorted(u for u in buyers if str(u) not in members)
         forced = [(u, oid) for u, oid in sorted(rows.items()) if known_ids.get(str(u)) != str(oid)]
@@ -428,10 +457,12 @@ class Reconciler:
                 absent.setdefault(e.user_id, e.order_id)
         args: list[object] = [
             mode,
-            "" if snapshot_stock is None else snapshot_stock,
+            "" if snap.stock is None else snap.stock,
             voucher.stock - len(takers),
             voucher.begin_ms,
             voucher.end_ms,
+            len(newer),
+            *(x for pair in newer for x in pair),
             len(missing),
             *missing,
             len(forced),

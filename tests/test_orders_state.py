@@ -26,6 +26,7 @@ from support.seckill import (
     stream_length,
 )
 
+from cache import reconcile as reconcile_module
 from cache.ids import counter_key, split
 from cache.order_stream import OrderEntry, stream_key
 from cache.reconcile import FOUND_KEY, MISSING, Reconciler, drift_records, parse_found
@@ -231,7 +232,7 @@ def test_reconcile_lowers_a_stock_redis_restored_too_high(client, admin, login_a
 def test_reconcile_while_sales_and_settlements_run_never_sells_a_unit_twice(
     app, client, admin, services, settings
 ):
-    """Sellers, a settler and reconciliations at once: the stock may err low, never high."""
+    """Sellers, a settler and reconciliations at once: the stock stays exact throughout."""
     stock = 150
     voucher_id = create_seckill(client, admin, stock=stock)
     gate = SeckillGate(services.redis, settings)
@@ -299,11 +300,12 @@ def test_reconcile_while_sales_and_settlements_run_never_sells_a_unit_twice(
     assert not errors, errors
     assert len(runs) >= 5  # reconciled while selling and settling
     assert len(answered) <= stock  # never more 200s than units
-    _settle_all(services)
-    # quiet now: one more run gives back any unit the busy runs held back, which then sells
-    reconciler.run()
+    # Every busy run left the stock exact: nothing held back, nothing sold twice ...
     left = int(services.redis.get(f"seckill:stock:{{{voucher_id}}}"))
     assert left == stock - len(answered)
+    _settle_all(services)
+    # ... so a run on a quiet sale finds nothing to repair.
+    assert reconciler.run().drift == 0
     more = {u: gate.reserve(voucher_id, u) for u in range(5000, 5000 + left + 5)}
     assert sum(r.outcome == OK for r in more.values()) == left
     assert {r.outcome for r in more.values()} <= {OK, SOLD_OUT}
@@ -314,6 +316,29 @@ def test_reconcile_while_sales_and_settlements_run_never_sells_a_unit_twice(
     assert dead_letter_count(services) == 0  # no oversell
     audit = verify_orders(services, voucher_id)
     assert audit.ok and audit.unsettled == 0, audit.lines()
+
+
+def test_a_sale_settled_between_the_snapshot_and_the_database_read_counts_once(
+    client, admin, services, monkeypatch
+):
+    """A reservation after the snapshot is in the live stock's fall; settled before the
+    database read, it is in the database's stock too: subtracted once, not twice."""
+    voucher_id = create_seckill(client, admin, stock=10)
+    _reserve(services, voucher_id, [1, 2])
+    _settle_all(services)
+    read_database = reconcile_module._read_database
+
+    def sale_then_read(*args, **kwargs):  # type: ignore[no-untyped-def]
+        _reserve(services, voucher_id, [3])  # after the snapshot ...
+        _settle_all(services)  # ... and a row before the database is read
+        return read_database(*args, **kwargs)
+
+    monkeypatch.setattr(reconcile_module, "_read_database", sale_then_read)
+    (repair,) = Reconciler(services.redis, services.settings, services.db).run().vouchers
+    assert (repair.stock_before, repair.stock_after, repair.drift) == (7, 7, 0)
+    assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "7"
+    assert db_stock(services, voucher_id) == 7
+    assert verify_orders(services, voucher_id).ok
 
 
 @pytest.mark.process

@@ -293,12 +293,13 @@ def test_reconciliation_reads_each_voucher_s_stream_in_its_snapshot(services, se
 def test_the_reconciliation_snapshot_reads_the_stock_and_the_stream_s_tail_at_once(
     services, settings
 ):
-    """One MULTI in the voucher's slot; the tail's entries parsed on a cluster too."""
+    """One MULTI in the voucher's slot (stock, buyers, ids, tail); parsed on a cluster too."""
     voucher = _voucher(services, stock=10)
     stream = voucher_stream(settings, voucher)
     first, second = (_add(services, stream, u) for u in (1, 2))
-    stock, tail = snapshot(services.redis, voucher, {stream.key: None})
-    assert stock == "8"
-    assert [OrderEntry.from_fields(f, sid) for sid, f in tail] == [first, second]
-    stock, tail = snapshot(services.redis, voucher, {stream.key: first.stream_id})
-    assert [sid for sid, _ in tail] == [second.stream_id]
+    snap = snapshot(services.redis, voucher, {stream.key: None})
+    assert snap.stock == "8" and snap.buyers == {"1", "2"}
+    assert snap.issued == {"1": str(first.order_id), "2": str(second.order_id)}
+    assert [OrderEntry.from_fields(f, sid) for sid, f in snap.tail] == [first, second]
+    snap = snapshot(services.redis, voucher, {stream.key: first.stream_id})
+    assert [sid for sid, _ in snap.tail] == [second.stream_id]
