@@ -42,12 +42,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 
 from metrics import LOCK_CONTENTION, LOCK_HOLD, LOCK_WAIT
 
 from .connection import server_of
 from .lock_wait import unlock_channel, wait_for_lock
-from .scripts import load_script, run_each
+from .scripts import call, load_composed, load_script, run_each
 
 log = logging.getLogger(__name__)
 
@@ -472,13 +473,23 @@ class RLock:
 
 
 # --- many RLocks in one round trip (batch settling) --------------------------------
-def _each(client: redis.Redis, script_name: str, calls: list[tuple[list, list]]) -> list:
-    """Run one script once per (keys, args), all in one pipeline; the replies in order."""
-    return run_each(client, load_script(client, script_name), calls)
+def _many(client: redis.Redis | RedisCluster, name: str, calls: list[tuple[str, list]]) -> list:
+    """``lua/<name>.lua`` once per (lock key, its arguments); the replies in order.
+
+    On a single Redis that is ONE script call, ``lua/<name>_many.lua`` with the
+    per-lock script composed in: one call per lock was most of the Redis work of
+    a settled order. On a Redis Cluster the keys are in different slots: one call
+    per lock, all in one pipeline (one round trip per node).
+    """
+    if isinstance(client, RedisCluster):
+        per_lock = [([key], args) for key, args in calls]
+        return run_each(client, load_script(client, name), per_lock)
+    script = load_composed(client, f"{name}_many", (name,))
+    return call(script, [key for key, _ in calls], [arg for _, args in calls for arg in args])
 
 
 def acquire_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
-    """Try each lock once, all in ONE pipeline; returns those taken (watchdog-held).
+    """Try each lock once, all in ONE script call; returns those taken (watchdog-held).
 
     For a worker settling a batch of orders: one lock per user, and waiting on
     a busy one would stall the whole batch, so nothing here waits; the caller
@@ -489,8 +500,8 @@ def acquire_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
         return []
     owner = owner_id()
     started = time.monotonic()
-    replies = _each(
-        client, "rlock_acquire", [([lock.name], [lock.lease_ms, owner]) for lock in locks]
+    replies = _many(
+        client, "rlock_acquire", [(lock.name, [lock.lease_ms, owner]) for lock in locks]
     )
     now = time.monotonic()
     taken = []
@@ -505,19 +516,19 @@ def acquire_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
 
 
 def release_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
-    """Drop one hold of each lock in ONE pipeline; returns those no longer ours.
+    """Drop one hold of each lock in ONE script call; returns those no longer ours.
 
     A lock not held any more (its lease expired, or it was force-released) is
     returned rather than raised, so that one lost lease does not leave the
-    others held until they expire. If the pipeline fails, every hold is
+    others held until they expire. If the call fails, every hold is
     dropped anyway (see the module doc) and the error raised.
     """
     if not locks:
         return []
     owner = owner_id()
     try:
-        replies = _each(
-            client, "rlock_release", [([lock.name], [owner, lock.channel]) for lock in locks]
+        replies = _many(
+            client, "rlock_release", [(lock.name, [owner, lock.channel]) for lock in locks]
         )
     except BaseException:
         for lock in locks:

@@ -87,6 +87,7 @@ from dataclasses import dataclass, field
 
 import redis
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
 
 from metrics import ORDERS_DEAD_LETTERED, ORDERS_RECOVERED
 from models.entities import MAX_ID
@@ -415,12 +416,14 @@ def claim_for(
     group (a voucher Redis forgot) gets it, and is read again.
     """
 
+    script = load_script(client, "stream_present")
+
     def read(streams: list[Stream]) -> list:
         pipe = client.pipeline(transaction=False)
         for stream in streams:
             own, count = wanted[stream]
-            for own_id in own:
-                pipe.xrange(stream.key, min=own_id, max=own_id)
+            if own:
+                pipe.execute_command("EVALSHA", script.sha, 1, stream.key, *own)
             pipe.xreadgroup(stream.group, TASK_CONSUMER, {stream.key: ">"}, count=max(1, count))
         return pipe.execute(raise_on_error=False)
 
@@ -431,12 +434,12 @@ def claim_for(
         replies = iter(read(todo))
         missing = []
         for stream in todo:
-            for own_id in wanted[stream][0]:
-                found = next(replies)
-                if isinstance(found, Exception):
-                    raise found
-                if found:
-                    present.add((stream.key, own_id))
+            own = wanted[stream][0]
+            if own:
+                flags = _present_flags(script, stream.key, own, next(replies))
+                present.update(
+                    (stream.key, sid) for sid, flag in zip(own, flags, strict=True) if flag
+                )
             reply = next(replies)
             if isinstance(reply, redis.ResponseError) and "NOGROUP" in str(reply):
                 missing.append(stream)
@@ -451,12 +454,35 @@ def claim_for(
     return present, claimed
 
 
-def still_present(client: redis.Redis, refs: list[Ref]) -> set[Ref]:
+def _present_flags(script: Script, key: str, ids: list[str], reply: object) -> list:
+    """``lua/stream_present.lua``'s reply for ``ids`` of stream ``key``, read from a pipeline.
+
+    The pipeline sent a bare EVALSHA (redis-py takes no ``Script`` in a cluster
+    pipeline); a server that did not know the script answered NOSCRIPT, and the
+    call is made again through ``Script``, which loads it.
+    """
+    if isinstance(reply, redis.exceptions.NoScriptError):
+        reply = script(keys=[key], args=ids)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply  # type: ignore[return-value]
+
+
+def still_present(client: redis.Redis | RedisCluster, refs: list[Ref]) -> set[Ref]:
     """Which of ``refs`` are still in their Stream (not settled yet), in one pipeline."""
-    pipe = client.pipeline(transaction=False)
+    by_stream: dict[str, list[str]] = {}
     for key, stream_id in refs:
-        pipe.xrange(key, min=stream_id, max=stream_id)
-    return {r for r, found in zip(refs, pipe.execute(), strict=True) if found}
+        by_stream.setdefault(key, []).append(stream_id)
+    script = load_script(client, "stream_present")
+    pipe = client.pipeline(transaction=False)
+    for key, ids in by_stream.items():
+        pipe.execute_command("EVALSHA", script.sha, 1, key, *ids)
+    replies = pipe.execute(raise_on_error=False)
+    present: set[Ref] = set()
+    for (key, ids), reply in zip(by_stream.items(), replies, strict=True):
+        flags = _present_flags(script, key, ids, reply)
+        present.update((key, sid) for sid, flag in zip(ids, flags, strict=True) if flag)
+    return present
 
 
 @dataclass(frozen=True)

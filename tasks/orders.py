@@ -40,11 +40,12 @@ Group commit (:func:`settle_orders`): a Celery message costs more than the
 database work of one order (BENCHMARKS.md, "Seckill drain into MariaDB"),
 so a task does not settle its own entry
 alone: it first claims up to ``order_settle_batch`` entries nobody took yet
-from the Stream's consumer group, takes their users' locks in one pipeline,
+from the Stream's consumer group, takes their users' locks in one script call,
 and writes them in ONE transaction (one multi-row INSERT, one guarded
 ``stock = stock - n WHERE stock >= n`` per voucher, one COMMIT), then
-acknowledges them in one MULTI. The tasks of those entries, when they run,
-find their entry gone from the Stream (settled) and return at once. The
+acknowledges them (one ``lua/stream_settle.lua`` call per stream). The tasks
+of those entries, when they run, find their entry gone from the Stream
+(settled) and return at once. The
 defences above hold for every order of a batch; anything unusual (a busy
 lock, a duplicate, not enough stock) sends the entries concerned through the
 one-order path, which sorts out exactly which ones are duplicates or oversells.

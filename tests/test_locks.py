@@ -439,6 +439,16 @@ def test_release_all_reports_lost_locks_and_releases_the_rest(redis_client):
     assert not redis_client.exists("lock:order:33")
 
 
+def test_acquire_all_and_release_all_reload_scripts_a_restarted_redis_forgot(redis_client):
+    locks = [RLock(redis_client, f"lock:order:{n}", lease_ms=5000) for n in (35, 36, 37)]
+    redis_client.script_flush()  # as after a restart: the server knows no script
+    assert acquire_all(redis_client, locks) == locks
+    assert all(0 < redis_client.pttl(lock.name) <= 5000 for lock in locks)
+    redis_client.script_flush()
+    assert release_all(redis_client, locks) == []
+    assert not any(redis_client.exists(lock.name) for lock in locks)
+
+
 # --- SimpleLock ----------------------------------------------------------------
 def test_simple_lock_basic_ownership(redis_client):
     lock = SimpleLock(redis_client, "lock:shop:42", ttl_ms=5_000)

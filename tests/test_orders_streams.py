@@ -124,6 +124,36 @@ def test_a_batch_task_of_two_vouchers_claims_from_both_and_commits_once(services
     assert again == {str(e.order_id): DUPLICATE for e in entries}
 
 
+def test_still_present_tells_which_entries_of_several_streams_are_unsettled(services, settings):
+    """The same id in two streams is two entries; a server that forgot the script reloads it."""
+    first, second = (_voucher(services, stock=20) for _ in range(2))
+    streams = [voucher_stream(settings, v) for v in (first, second)]
+    base = int(time.time() * 1000)
+    for stream in streams:
+        for n in range(3):
+            _add(services, stream, 200 + n, f"{base}-{n}")
+    services.redis.xdel(streams[0].key, f"{base}-1")  # settled
+    services.redis.xdel(streams[1].key, f"{base}-0", f"{base}-2")
+    refs = [(stream.key, f"{base}-{n}") for stream in streams for n in range(3)]
+    refs.append((streams[0].key, f"{base}-9"))  # never there
+    expected = {refs[0], refs[2], refs[4]}
+    assert order_stream.still_present(services.redis, refs) == expected
+    services.redis.script_flush()  # as after a restart: the server knows no script
+    assert order_stream.still_present(services.redis, refs) == expected
+
+
+def test_a_batch_task_settles_after_redis_forgot_its_scripts(services, settings):
+    """NOSCRIPT from the claim's presence check and from the batch's locks: loaded again."""
+    voucher = _voucher(services, stock=20)
+    stream = voucher_stream(settings, voucher)
+    entries = [_add(services, stream, 300 + n) for n in range(4)]
+    services.redis.script_flush()
+    outcomes = run_batch_task(services, [e.to_payload() for e in entries])
+    assert outcomes == {str(e.order_id): CREATED for e in entries}
+    assert db_stock(services, voucher) == 16 and _empty(services, stream)
+    assert not any(services.redis.exists(f"lock:order:{300 + n}") for n in range(4))
+
+
 def test_a_task_claims_only_from_its_own_voucher_s_stream(services, settings):
     mine, other = (_voucher(services) for _ in range(2))
     own = _add(services, voucher_stream(settings, mine), 7)
