@@ -95,7 +95,7 @@ from settings import Settings
 
 from .connection import UNAVAILABLE
 from .locks import LockError
-from .scripts import load_script, run_each
+from .scripts import load_script, pipeline_reply, queue, run_each
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +423,7 @@ def claim_for(
         for stream in streams:
             own, count = wanted[stream]
             if own:
-                pipe.execute_command("EVALSHA", script.sha, 1, stream.key, *own)
+                queue(pipe, script, [stream.key], own)
             pipe.xreadgroup(stream.group, TASK_CONSUMER, {stream.key: ">"}, count=max(1, count))
         return pipe.execute(raise_on_error=False)
 
@@ -455,17 +455,11 @@ def claim_for(
 
 
 def _present_flags(script: Script, key: str, ids: list[str], reply: object) -> list:
-    """``lua/stream_present.lua``'s reply for ``ids`` of stream ``key``, read from a pipeline.
-
-    The pipeline sent a bare EVALSHA (redis-py takes no ``Script`` in a cluster
-    pipeline); a server that did not know the script answered NOSCRIPT, and the
-    call is made again through ``Script``, which loads it.
-    """
-    if isinstance(reply, redis.exceptions.NoScriptError):
-        reply = script(keys=[key], args=ids)
+    """``lua/stream_present.lua``'s 0/1 per id of stream ``key``, from a :func:`~cache.scripts.queue`."""
+    reply = pipeline_reply(script, [key], ids, reply)
     if isinstance(reply, Exception):
         raise reply
-    return reply  # type: ignore[return-value]
+    return reply
 
 
 def still_present(client: redis.Redis | RedisCluster, refs: list[Ref]) -> set[Ref]:
@@ -476,7 +470,7 @@ def still_present(client: redis.Redis | RedisCluster, refs: list[Ref]) -> set[Re
     script = load_script(client, "stream_present")
     pipe = client.pipeline(transaction=False)
     for key, ids in by_stream.items():
-        pipe.execute_command("EVALSHA", script.sha, 1, key, *ids)
+        queue(pipe, script, [key], ids)
     replies = pipe.execute(raise_on_error=False)
     present: set[Ref] = set()
     for (key, ids), reply in zip(by_stream.items(), replies, strict=True):

@@ -15,8 +15,9 @@ Redis restart (script cache gone) is handled without our code noticing.
 
 On a Redis Cluster every script's KEYS share one hash slot (the README's key
 table), and redis-py refuses scripts in a cluster pipeline; :func:`run_each`
-pipelines them anyway, one EVALSHA per call routed by its keys (a batch is one
-round trip per node), and re-runs through ``Script`` what a node did not know.
+pipelines them anyway (:func:`queue`), one EVALSHA per call routed by its keys
+(a batch is one round trip per node), and re-runs through ``Script`` what a node
+did not know (:func:`pipeline_reply`).
 """
 
 from __future__ import annotations
@@ -128,6 +129,26 @@ def run_on(
         pool.release(connection)
 
 
+def queue(pipe: Any, script: Script, keys: list, args: list) -> None:
+    """Queue ``script`` on ``pipe`` as a bare EVALSHA: a cluster pipeline takes no ``Script``.
+
+    Its reply goes through :func:`pipeline_reply`, which answers a NOSCRIPT.
+    """
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def pipeline_reply(script: Script, keys: list, args: list, reply: Any) -> Any:
+    """The reply of a :func:`queue`-d call; a server new to the script runs it again through it.
+
+    ``Script`` loads the script where it was missing (a restarted Redis, a node
+    new to the script). An error reply is handed back, not raised: the caller
+    decides whether the other replies of its pipeline count first.
+    """
+    if isinstance(reply, redis.exceptions.NoScriptError):
+        return script(keys=keys, args=args)
+    return reply
+
+
 def run_each(
     client: redis.Redis | RedisCluster, script: Script, calls: list[tuple[list, list]]
 ) -> list:
@@ -141,12 +162,11 @@ def run_each(
             script(keys=keys, args=args, client=pipe)
         return pipe.execute()
     for keys, args in calls:
-        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-    replies: list[Any] = pipe.execute(raise_on_error=False)
-    for index, reply in enumerate(replies):
-        if isinstance(reply, redis.exceptions.NoScriptError):  # a node new to the script
-            keys, args = calls[index]
-            replies[index] = script(keys=keys, args=args)
+        queue(pipe, script, keys, args)
+    replies = [
+        pipeline_reply(script, keys, args, reply)
+        for (keys, args), reply in zip(calls, pipe.execute(raise_on_error=False), strict=True)
+    ]
     error = next((reply for reply in replies if isinstance(reply, Exception)), None)
     if error is not None:
         raise error
