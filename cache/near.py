@@ -248,6 +248,13 @@ def _listen(ref: weakref.ref[NearCache], stop: threading.Event) -> None:
     """The listener thread's body. It holds its NearCache only by weak reference
     (briefly, per message), so a cache that was dropped (an app torn down in a
     test) ends its thread instead of leaking a reconnecting listener."""
+    cache = ref()
+    if cache is None:
+        return
+    # One subscriber pool for the thread's life: on a cluster each reconnect
+    # goes to the next node, so a dead node the slot map still names is passed.
+    subscriber = subscriber_client(cache.client)
+    del cache
     failures = 0
     while not stop.is_set():
         cache = ref()
@@ -256,7 +263,7 @@ def _listen(ref: weakref.ref[NearCache], stop: threading.Event) -> None:
         client, channel, member = cache.client, cache.channel, cache.member_id
         members_key = cache.members_key
         heartbeat = load_script(client, "near_heartbeat")
-        pubsub = subscriber_client(client).pubsub(ignore_subscribe_messages=False)
+        pubsub = subscriber.pubsub(ignore_subscribe_messages=False)
         try:
             pubsub.subscribe(channel)
             deadline = time.monotonic() + 5.0

@@ -36,7 +36,7 @@ def _retry(action, seconds: float = 30):  # type: ignore[no-untyped-def]
     while True:
         try:
             return action()
-        except (redis.ConnectionError, redis.ClusterDownError, redis.TimeoutError):
+        except (redis.ConnectionError, redis.exceptions.ClusterDownError, redis.TimeoutError):
             assert time.monotonic() < deadline
             time.sleep(0.2)
 
@@ -124,6 +124,49 @@ def test_the_near_cache_stops_serving_when_its_node_dies_and_resubscribes_after_
         while near.get("1") is not None:  # the invalidation reaches the new subscription
             assert time.monotonic() < deadline, "the invalidation never arrived"
             time.sleep(0.05)
+    finally:
+        near.stop()
+        disconnect(client)
+
+
+def _subscribed_on(cluster: EmbeddedCluster, channel: str):  # type: ignore[no-untyped-def]
+    """The live node holding a subscription to ``channel`` (PUBSUB NUMSUB), or None."""
+    for node in cluster.nodes:
+        if node.server.process is None:  # killed
+            continue
+        with node.client() as admin:
+            if admin.pubsub_numsub(channel)[0][1]:
+                return node
+    return None
+
+
+def test_the_near_cache_resubscribes_elsewhere_when_the_node_of_its_subscription_dies(cluster):
+    """Whatever node it was: a replica (no failover follows) or a master.
+
+    The cluster client's node list still names the dead node until something
+    refreshes it; the listener must not keep reconnecting to that address.
+    """
+    client = connect(cluster.url, Settings())
+    near = NearCache(
+        client,
+        channel="cache:{shop}:invalidate",
+        members_key="cache:{shop}:near:members",
+        size=100,
+        ttl=60.0,
+    )
+    try:
+        near.start()
+        assert near.subscribed.wait(10)
+        victim = _subscribed_on(cluster, near.channel)
+        assert victim is not None
+        client.wait(1, 1000)
+        cluster.kill(victim)
+        cluster.wait_ready(30)
+        deadline = time.monotonic() + 20
+        while (node := _subscribed_on(cluster, near.channel)) is None or not near.serving():
+            assert time.monotonic() < deadline, "the listener never subscribed on a live node"
+            time.sleep(0.1)
+        assert node.port != victim.port
     finally:
         near.stop()
         disconnect(client)
