@@ -268,6 +268,7 @@ def test_sigkilled_holder_leaves_nothing_renewing(settings, redis_client, childr
 
 
 FAILED_RELEASE_LEASE_MS = 1000
+WAKE_UP_SLACK_S = 2.0  # a waiter's wake-up and three script calls under the full suite's load
 
 
 @pytest.mark.process
@@ -313,7 +314,11 @@ def test_a_release_redis_fails_leaves_a_lock_that_expires_with_its_lease(setting
     assert all(holder.exists(name) for name in names)  # not released: it must expire
     line = child.lines.get(timeout=30)
     assert line.startswith("acquired "), line
-    assert float(line.split()[1]) - failed_at <= lease_ms / 1000 + 1
+    # A renewal the watchdog sent before the failed release dropped the hold
+    # waits out the pause and lands when it ends: the lease then runs from
+    # about failed_at. The rest is the child's wake-up on a loaded 2-core box;
+    # a lock that was still renewed would outlive the child's 20 s.
+    assert float(line.split()[1]) - failed_at <= lease_ms / 1000 + WAKE_UP_SLACK_S
     holder.connection_pool.disconnect()
 
 

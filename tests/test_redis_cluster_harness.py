@@ -42,7 +42,7 @@ def test_three_masters_with_replicas_serve_every_slot_and_fail_over(tmp_path):
                 try:
                     assert client.get(keys[0]) == "0"
                     break
-                except (redis.ConnectionError, redis.ClusterDownError):
+                except (redis.ConnectionError, redis.exceptions.ClusterDownError):
                     assert time.monotonic() < deadline
                     time.sleep(0.2)
         finally:
