@@ -79,6 +79,22 @@ def test_times_with_an_offset_are_converted_to_utc(client, admin, services):
         assert seckill.end_time.isoformat() == "2030-01-02T00:00:00"
 
 
+def test_a_null_subtitle_or_rules_is_stored_empty_and_documented_as_allowed(
+    client, admin, services
+):
+    """hmdp's front end sends null for an unset field: accepted, and the contract says so."""
+    voucher_id = create_seckill(client, admin, subTitle=None, rules=None)
+    with services.db.session() as session:
+        voucher = session.get(Voucher, voucher_id)
+        assert (voucher.sub_title, voucher.rules) == ("", "")
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    for name in ("VoucherBody", "SeckillVoucherBody"):
+        fields = schemas[name]["properties"]
+        for field, length in (("subTitle", 255), ("rules", 1024)):
+            assert {"type": "null"} in fields[field]["anyOf"], (name, field)
+            assert {"type": "string", "minLength": 0, "maxLength": length} in fields[field]["anyOf"]
+
+
 def test_ordinary_voucher_and_the_shop_list(client, admin, services):
     body = voucher_body(stock=None, beginTime=None, endTime=None, title="plain")
     plain = client.post("/voucher", json=body, headers=admin)

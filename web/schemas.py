@@ -83,6 +83,20 @@ def text(max_length: int, *, min_length: int = 0, strip: bool = False, line: boo
     ]
 
 
+def _none_as_empty(value: object) -> object:
+    return "" if value is None else value
+
+
+def text_or_null(max_length: int, *, strip: bool = False) -> Any:
+    """:func:`text` where ``null`` means "": hmdp's front end sends null for an unset field.
+
+    Documented as string or null, so that a client (and the contract fuzzer) is told
+    the null it may send.
+    """
+    stored = text(max_length, strip=strip)
+    return Annotated[stored, BeforeValidator(_none_as_empty, json_schema_input_type=stored | None)]
+
+
 def empty_as_none(value: object) -> object:
     """hmdp's clients send "" for "not given" (``?name=``, ``"code": ""``)."""
     return None if value == "" else value

@@ -13,11 +13,11 @@ before anything is written: bad input is a 400 with nothing stored.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
 import redis
 from flask import Blueprint, Response
-from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
 from cache import stream_vouchers
@@ -31,7 +31,7 @@ from .auth import admin_required
 from .contract import contract
 from .envelope import NotFound, ok
 from .runtime import services
-from .schemas import Body, Id, Instant, Path, Timestamp, integer, text, whole
+from .schemas import Body, Id, Instant, Path, Timestamp, integer, text, text_or_null, whole
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,11 @@ TYPE_SECKILL = 1
 Money = integer(0, MAX_MONEY)
 
 
-def _none_as_empty(value: object) -> object:
-    return "" if value is None else value
-
-
 class VoucherBody(Body):
     shopId: Id
     title: text(255, min_length=1, strip=True)
-    subTitle: Annotated[text(255, strip=True), BeforeValidator(_none_as_empty)] = ""
-    rules: Annotated[text(1024, strip=True), BeforeValidator(_none_as_empty)] = ""
+    subTitle: text_or_null(255, strip=True) = ""
+    rules: text_or_null(1024, strip=True) = ""
     payValue: Money = Field(description="cents")
     actualValue: Money = Field(description="cents")
 
