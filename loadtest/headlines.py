@@ -57,8 +57,9 @@ SEED_FULL_S = 60
 SECKILL_30K = 30_000
 
 # Before each run (not in --smoke): the box under 10 % busy over a 2 s sample, or a minute
-# gone. The previous run's processes have exited, but the database server may still be
-# flushing and purging the 200,000 rows it was given; the load average lags either way.
+# gone. A run's own processes have exited when its command returns; this checks that nothing
+# else (a database server's background work, another job on the box) is busy when the next
+# starts, and the table says how busy it was: the load average lags by a minute.
 QUIET_BUSY, QUIET_SAMPLE_S, QUIET_WAIT_S = 0.10, 2.0, 60.0
 
 
