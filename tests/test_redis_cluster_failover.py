@@ -30,6 +30,26 @@ def cluster(tmp_path):
         yield formed
 
 
+@pytest.fixture
+def near(cluster):
+    """A started near-cache on the cluster, its listener subscribed."""
+    client = connect(cluster.url, Settings())
+    cache = NearCache(
+        client,
+        channel="cache:{shop}:invalidate",
+        members_key="cache:{shop}:near:members",
+        size=100,
+        ttl=60.0,
+    )
+    try:
+        cache.start()
+        assert cache.subscribed.wait(10)
+        yield cache
+    finally:
+        cache.stop()
+        disconnect(client)
+
+
 def _retry(action, seconds: float = 30):  # type: ignore[no-untyped-def]
     """Run ``action`` until the cluster answers it (a failover in progress refuses)."""
     deadline = time.monotonic() + seconds
@@ -93,40 +113,27 @@ def test_lock_wake_ups_survive_the_death_of_the_node_the_listener_is_on(cluster)
 
 
 def test_the_near_cache_stops_serving_when_its_node_dies_and_resubscribes_after_the_failover(
-    cluster,
+    cluster, near
 ):
-    client = connect(cluster.url, Settings())
-    near = NearCache(
-        client,
-        channel="cache:{shop}:invalidate",
-        members_key="cache:{shop}:near:members",
-        size=100,
-        ttl=60.0,
-    )
-    try:
-        near.start()
-        assert near.subscribed.wait(10)
-        assert near.put("1", "cached", near.generation, time.monotonic())
-        victim = cluster.master_of_slot(client.keyslot(near.members_key))
-        client.wait(1, 1000)
-        cluster.kill(victim)
-        deadline = time.monotonic() + 30
-        while near.serving():  # a listener that lost its node must not serve
-            assert time.monotonic() < deadline, "the L1 kept serving without its listener"
-            time.sleep(0.05)
-        assert near.get("1") is None
-        cluster.wait_ready(30)
-        assert near.subscribed.wait(30), "the listener never came back after the failover"
-        assert near.put("1", "cached again", near.generation, time.monotonic())
-        assert near.get("1") == "cached again"
-        _retry(lambda: client.publish(near.channel, invalidation_message("ack:{shop}:1", ["1"])))
-        deadline = time.monotonic() + 10
-        while near.get("1") is not None:  # the invalidation reaches the new subscription
-            assert time.monotonic() < deadline, "the invalidation never arrived"
-            time.sleep(0.05)
-    finally:
-        near.stop()
-        disconnect(client)
+    client = near.client
+    assert near.put("1", "cached", near.generation, time.monotonic())
+    victim = cluster.master_of_slot(client.keyslot(near.members_key))
+    client.wait(1, 1000)
+    cluster.kill(victim)
+    deadline = time.monotonic() + 30
+    while near.serving():  # a listener that lost its node must not serve
+        assert time.monotonic() < deadline, "the L1 kept serving without its listener"
+        time.sleep(0.05)
+    assert near.get("1") is None
+    cluster.wait_ready(30)
+    assert near.subscribed.wait(30), "the listener never came back after the failover"
+    assert near.put("1", "cached again", near.generation, time.monotonic())
+    assert near.get("1") == "cached again"
+    _retry(lambda: client.publish(near.channel, invalidation_message("ack:{shop}:1", ["1"])))
+    deadline = time.monotonic() + 10
+    while near.get("1") is not None:  # the invalidation reaches the new subscription
+        assert time.monotonic() < deadline, "the invalidation never arrived"
+        time.sleep(0.05)
 
 
 def _subscribed_on(cluster: EmbeddedCluster, channel: str):  # type: ignore[no-untyped-def]
@@ -140,33 +147,22 @@ def _subscribed_on(cluster: EmbeddedCluster, channel: str):  # type: ignore[no-u
     return None
 
 
-def test_the_near_cache_resubscribes_elsewhere_when_the_node_of_its_subscription_dies(cluster):
+def test_the_near_cache_resubscribes_elsewhere_when_the_node_of_its_subscription_dies(
+    cluster, near
+):
     """Whatever node it was: a replica (no failover follows) or a master.
 
     The cluster client's node list still names the dead node until something
     refreshes it; the listener must not keep reconnecting to that address.
     """
-    client = connect(cluster.url, Settings())
-    near = NearCache(
-        client,
-        channel="cache:{shop}:invalidate",
-        members_key="cache:{shop}:near:members",
-        size=100,
-        ttl=60.0,
-    )
-    try:
-        near.start()
-        assert near.subscribed.wait(10)
-        victim = _subscribed_on(cluster, near.channel)
-        assert victim is not None
-        client.wait(1, 1000)
-        cluster.kill(victim)
-        cluster.wait_ready(30)
-        deadline = time.monotonic() + 20
-        while (node := _subscribed_on(cluster, near.channel)) is None or not near.serving():
-            assert time.monotonic() < deadline, "the listener never subscribed on a live node"
-            time.sleep(0.1)
-        assert node.port != victim.port
-    finally:
-        near.stop()
-        disconnect(client)
+    client = near.client
+    victim = _subscribed_on(cluster, near.channel)
+    assert victim is not None
+    client.wait(1, 1000)
+    cluster.kill(victim)
+    cluster.wait_ready(30)
+    deadline = time.monotonic() + 20
+    while (node := _subscribed_on(cluster, near.channel)) is None or not near.serving():
+        assert time.monotonic() < deadline, "the listener never subscribed on a live node"
+        time.sleep(0.1)
+    assert node.port != victim.port
