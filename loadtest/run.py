@@ -183,12 +183,13 @@ def redis_benchmark(url: str, out_dir: Path) -> dict[str, Any] | None:
     from redis.connection import parse_url
 
     params = parse_url(url)
+    if params.get("path"):  # unix://: the same socket the stack's clients use
+        target = ["-s", str(params["path"])]
+    else:
+        target = ["-h", str(params.get("host", "127.0.0.1")), "-p", str(params.get("port", 6379))]
     cmd = [
         binary,
-        "-h",
-        str(params.get("host", "127.0.0.1")),
-        "-p",
-        str(params.get("port", 6379)),
+        *target,
         "--dbnum",
         str(params.get("db", 0)),
         "-t",

@@ -147,6 +147,7 @@ class Stack:
                 self.workdir / "redis",
                 appendfsync=self.appendfsync or settings.redis_appendfsync,
                 binary=settings.redis_server,
+                unix_socket=settings.redis_unix_socket,
             ).start()
             self.redis_url = self._redis_server.url
             self._start_replicas(settings)
@@ -195,6 +196,8 @@ class Stack:
         """The ports of the stack's Redis masters: the cluster's (in slot order), or the one."""
         if self._cluster is not None:
             return [node.port for node in self._cluster.nodes[: self._cluster.masters]]
+        if self._redis_server is not None:
+            return [self._redis_server.port]
         assert self.redis_url, "start_backends() first"
         from redis.connection import parse_url
 
@@ -227,9 +230,12 @@ class Stack:
         return self.masters.index(self._cluster.master_of_slot(slot).port)
 
     def redis_topology(self) -> str:
-        """ "single Redis" or "cluster of N masters" (the table's and summary.json's words)."""
+        """ "single Redis (Unix socket)", "... (TCP)" or "cluster of N masters" (the table's
+        and summary.json's words): the socket is part of what was measured."""
         if self._cluster is None:
-            return "single Redis"
+            assert self.redis_url, "start_backends() first"
+            over = "Unix socket" if self.redis_url.startswith("unix://") else "TCP"
+            return f"single Redis ({over})"
         replicas = f", {self.replicas} replicas each" if self.replicas else ""
         return f"cluster of {self._cluster.masters} masters{replicas}"
 

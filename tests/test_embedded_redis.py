@@ -14,10 +14,12 @@ import redis
 from support.env import ROOT
 
 from cache.server import (
+    MAX_SOCKET_PATH,
     DataDirInUse,
     EmbeddedRedis,
     free_port,
     shared_server_url,
+    socket_path_in,
     start_shared_server,
 )
 from deploy.cluster import find_nginx
@@ -81,16 +83,43 @@ def test_shared_server_is_found_by_a_second_process_and_stopped_by_its_owner(tmp
     )
     url = owner.stdout.readline().strip()
     state = json.loads((var / "redis" / "server.json").read_text())
-    assert url.endswith(f":{state['port']}/0")
+    # Reached over its socket (HMDP_REDIS_UNIX_SOCKET's default); its TCP port is open too.
+    assert state["socket"] == str((var / "redis" / "redis.sock").absolute())
+    assert url == f"unix://{state['socket']}?db=0"
     client = redis.Redis.from_url(url, decode_responses=True)
     assert client.config_get("appendfsync")["appendfsync"] == "always"
+    client.set("over", "the socket")
     client.close()
+    over_tcp = redis.Redis(port=state["port"], decode_responses=True)
+    assert over_tcp.get("over") == "the socket"
+    over_tcp.close()
     # a second process (here: this one) reuses the running server, as it runs
     assert shared_server_url(var) == url
     owner.stdin.close()
     owner.wait(10)
     assert not _alive(state["pid"])
     assert not (var / "redis" / "server.json").exists()
+
+
+def test_a_socket_path_too_long_for_sun_path_leaves_the_server_on_tcp(tmp_path: Path):
+    deep = tmp_path / ("d" * (MAX_SOCKET_PATH - len(str(tmp_path))))
+    assert socket_path_in(deep) is None
+    with EmbeddedRedis(deep, unix_socket=True) as server:
+        assert server.url == server.tcp_url == f"redis://127.0.0.1:{server.port}/0"
+        assert redis.Redis.from_url(server.url).ping()
+        assert not (deep / "redis.sock").exists()
+
+
+def test_without_the_socket_setting_the_shared_server_is_tcp_only(tmp_path: Path):
+    var = tmp_path / "var"
+    settings = Settings.from_env({"HMDP_VAR_DIR": str(var), "HMDP_REDIS_UNIX_SOCKET": "0"})
+    server = start_shared_server(var, unix_socket=settings.redis_unix_socket)
+    try:
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert "socket" not in json.loads((var / "redis" / "server.json").read_text())
+        assert redis.Redis.from_url(server.url).config_get("unixsocket")["unixsocket"] == ""
+    finally:
+        server.stop()
 
 
 # --- operator commands beside a running launcher ------------------------------------
