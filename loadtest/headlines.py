@@ -8,7 +8,8 @@
 
 The rows of README.md's headline table and BENCHMARKS.md's goals table, each
 one ``manage.py bench`` command run in a subprocess exactly as shown beside its
-figure (``HMDP_ACCESS_LOG=0``, the given database URL: every run creates and
+figure (``HMDP_ACCESS_LOG=0`` and the run's own settings, such as the gate over
+TCP's ``HMDP_REDIS_UNIX_SOCKET=0``; the given database URL: every run creates and
 drops a database of its own), one after the other (run it under ``flock -x
 /tmp/hmdp-bench.lock`` so that no other benchmark shares the box). Each bench
 run measures its own empty Flask route in the same run; ``seed-full`` and the
@@ -77,6 +78,11 @@ class Run:
     quick: tuple[str, ...] | None = ()  # extra arguments in --quick; None: left out
     quick_estimate_s: float | None = None
     smoke: tuple[str, ...] = ()  # tiny sizes: the command runs, its figures mean nothing
+    env: tuple[tuple[str, str], ...] = ()  # settings of this run beside BENCH_ENV
+
+    def environment(self) -> dict[str, str]:
+        """What the run's command is given beside the caller's environment."""
+        return {**BENCH_ENV, **dict(self.env)}
 
 
 _SECKILL_SMOKE = ("--duration", "2", "--users", "4", "--buyers", "200", "--no-redis-benchmark")
@@ -114,6 +120,14 @@ RUNS = [
         quick=("--duration", "10"),
         quick_estimate_s=65,
         smoke=_SECKILL_SMOKE,
+    ),
+    Run(
+        "gate-tcp",
+        ("seckill-peak", "--rate-limits", "--worker-after-load"),
+        95,
+        quick=None,
+        smoke=_SECKILL_SMOKE,
+        env=(("HMDP_REDIS_UNIX_SOCKET", "0"),),
     ),
     Run(
         "gate-rate-limits-off",
@@ -185,9 +199,9 @@ def planned(mode: str, only: list[str] | None = None) -> list[tuple[Run, list[st
     return out
 
 
-def shown(argv: list[str], database_url: str | None) -> str:
+def shown(argv: list[str], database_url: str | None, run_env: dict[str, str] = BENCH_ENV) -> str:
     """The command as the reader runs it (the run adds only its --results-dir)."""
-    env = " ".join(f"{k}={v}" for k, v in BENCH_ENV.items())
+    env = " ".join(f"{k}={v}" for k, v in run_env.items())
     url = ["--database-url", database_url] if database_url else []
     return f"env {env} python3 manage.py bench {shlex.join([*argv, *url])}"
 
@@ -279,6 +293,14 @@ def drain(s: dict[str, Any]) -> Figure:
     return figure, "-", f">= {DRAIN_PER_S:,} orders/s into MariaDB", met
 
 
+def gate_tcp(s: dict[str, Any]) -> Figure:
+    r = s["result"]
+    empty, ratio = _empty(s)
+    audit, exact = _audit(s)
+    figure = f"{number(r['rps'])} req/s, {_ms(r)}, {ratio or 0:.2f}x; {audit}"
+    return figure, empty, "- (what the Unix socket saves)", None if exact else False
+
+
 def gate_rate_limits_off(s: dict[str, Any]) -> Figure:
     r = s["result"]
     empty, ratio = _empty(s)
@@ -340,6 +362,7 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Figure]]] = [
     ),
     ("the gate alone (rate limits on, worker after the load)", "gate", gate),
     ("the drain alone (the same run's worker, started after the load)", "gate", drain),
+    ("the gate alone over TCP loopback (`HMDP_REDIS_UNIX_SOCKET=0`)", "gate-tcp", gate_tcp),
     ("the gate alone, rate limits off", "gate-rate-limits-off", gate_rate_limits_off),
     ("the gate alone with `--appendfsync always`", "appendfsync-always", appendfsync_always),
     ("the seed's 30,000-request run", "seckill-30k", seckill_30k),
@@ -370,7 +393,11 @@ def wait_for_quiet() -> dict[str, float]:
 
 
 def run_one(
-    argv: list[str], database_url: str | None, out_dir: Path, quiet: bool = True
+    argv: list[str],
+    database_url: str | None,
+    out_dir: Path,
+    quiet: bool = True,
+    run_env: dict[str, str] = BENCH_ENV,
 ) -> dict[str, Any]:
     """One bench command in a subprocess (after :func:`wait_for_quiet` unless ``quiet`` is
     False); its summary plus exit code, wall time, load and how busy the box was before."""
@@ -383,7 +410,7 @@ def run_one(
     started = time.monotonic()
     with (out_dir / "bench.log").open("w") as log:
         code = subprocess.call(
-            cmd, cwd=ROOT, env=dict(os.environ, **BENCH_ENV), stdout=log, stderr=subprocess.STDOUT
+            cmd, cwd=ROOT, env=dict(os.environ, **run_env), stdout=log, stderr=subprocess.STDOUT
         )
     found = sorted(out_dir.glob("*/summary.json"))
     summary = json.loads(found[-1].read_text()) if found else None
@@ -454,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="shorter runs, two rows left out")
+    mode.add_argument(
+        "--quick", action="store_true", help="shorter runs, three comparison rows left out"
+    )
     mode.add_argument("--smoke", action="store_true", help="every command at tiny sizes")
     parser.add_argument("--plan", action="store_true", help="print the commands and estimates")
     parser.add_argument("--only", help=f"comma-separated runs of: {', '.join(RUN_NAMES)}")
@@ -479,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         if bench_argv is None:
             print(f"  {run.name:<22} not run in --{mode}")
         else:
-            print(f"  {run.name:<22} ~{seconds / 60:4.1f} min  {shown(bench_argv, database_url)}")
+            command = shown(bench_argv, database_url, run.environment())
+            print(f"  {run.name:<22} ~{seconds / 60:4.1f} min  {command}")
     print(f"  estimated wall time: {estimate / 60:.1f} min (this 2-core box, quiet)")
     if args.plan:
         return 0
@@ -495,12 +525,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     for run, bench_argv, seconds in plan:
-        command = shown(bench_argv or [*run.argv], database_url)
+        command = shown(bench_argv or [*run.argv], database_url, run.environment())
         if bench_argv is None:
             report["runs"][run.name] = {"skipped": f"--{mode}", "command": command}
             continue
         _log(f"{run.name} (~{seconds / 60:.1f} min): {command}")
-        done = run_one(bench_argv, database_url, out_dir / run.name, quiet=mode != "smoke")
+        done = run_one(
+            bench_argv,
+            database_url,
+            out_dir / run.name,
+            quiet=mode != "smoke",
+            run_env=run.environment(),
+        )
         report["runs"][run.name] = done | {"command": command}
         _log(f"{run.name}: exit {done['exit_code']} after {done['wall_s']:.0f} s")
     report["wall_s"] = time.monotonic() - started

@@ -79,6 +79,9 @@ def test_headlines_smoke_runs_every_command_and_writes_the_table(tmp_path: Path)
         assert "(smoke)" in line
     seed_full = report["runs"]["seed-full"]["summary"]
     assert seed_full["exit_code"] == 0 and seed_full["said"].startswith("seeded (small)")
+    # A run's own settings reach its command: the TCP comparison measured TCP.
+    assert report["runs"]["gate"]["summary"]["redis"] == "single Redis (Unix socket)"
+    assert report["runs"]["gate-tcp"]["summary"]["redis"] == "single Redis (TCP)"
 
 
 @pytest.mark.process
@@ -97,15 +100,22 @@ def test_every_headline_row_is_read_from_a_planned_run() -> None:
         assert [run.name for run, _, _ in headlines.planned(mode)] == headlines.RUN_NAMES
 
 
-def test_the_full_run_fits_the_quiet_window_and_quick_leaves_out_two() -> None:
+def test_the_full_run_fits_the_quiet_window_and_quick_leaves_out_the_comparisons() -> None:
     full = headlines.planned("full")
     assert sum(estimate for _, _, estimate in full) <= 30 * 60
     quick = headlines.planned("quick")
     left_out = [run.name for run, argv, _ in quick if argv is None]
-    assert left_out == ["gate-rate-limits-off", "appendfsync-always"]
+    assert left_out == ["gate-tcp", "gate-rate-limits-off", "appendfsync-always"]
     assert sum(e for _, _, e in quick) < sum(e for _, _, e in full)
     production = next(argv for run, argv, _ in quick if run.name == "production")
     assert production[-2:] == ["--duration", "60"]  # the goal's 60 s, even in --quick
+
+
+def test_a_run_with_settings_of_its_own_shows_them_in_its_command() -> None:
+    tcp = next(run for run in headlines.RUNS if run.name == "gate-tcp")
+    assert tcp.environment() == {"HMDP_ACCESS_LOG": "0", "HMDP_REDIS_UNIX_SOCKET": "0"}
+    command = headlines.shown(list(tcp.argv), None, tcp.environment())
+    assert command.startswith("env HMDP_ACCESS_LOG=0 HMDP_REDIS_UNIX_SOCKET=0 python3 manage.py")
 
 
 def _seckill_summary(**changes: object) -> dict:
