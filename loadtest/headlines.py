@@ -274,12 +274,22 @@ def production(s: dict[str, Any]) -> Figure:
     return figure, empty, goal, met
 
 
-def gate(s: dict[str, Any]) -> Figure:
+def _gate_run(s: dict[str, Any]) -> tuple[str, str, float, bool]:
+    """A gate run's figure, its empty route, its ratio and whether its audit was exact."""
     r = s["result"]
     empty, ratio = _empty(s)
     audit, exact = _audit(s)
-    figure = f"{number(r['rps'])} req/s, {_ms(r)}, {ratio or 0:.2f}x; {audit}"
-    return figure, empty, f">= {GATE_RATIO}x the empty route", (ratio or 0) >= GATE_RATIO and exact
+    return (
+        f"{number(r['rps'])} req/s, {_ms(r)}, {ratio or 0:.2f}x; {audit}",
+        empty,
+        ratio or 0,
+        exact,
+    )
+
+
+def gate(s: dict[str, Any]) -> Figure:
+    figure, empty, ratio, exact = _gate_run(s)
+    return figure, empty, f">= {GATE_RATIO}x the empty route", ratio >= GATE_RATIO and exact
 
 
 def drain(s: dict[str, Any]) -> Figure:
@@ -294,27 +304,19 @@ def drain(s: dict[str, Any]) -> Figure:
 
 
 def gate_tcp(s: dict[str, Any]) -> Figure:
-    r = s["result"]
-    empty, ratio = _empty(s)
-    audit, exact = _audit(s)
-    figure = f"{number(r['rps'])} req/s, {_ms(r)}, {ratio or 0:.2f}x; {audit}"
+    figure, empty, _, exact = _gate_run(s)
     return figure, empty, "- (what the Unix socket saves)", None if exact else False
 
 
 def gate_rate_limits_off(s: dict[str, Any]) -> Figure:
+    figure, empty, _, exact = _gate_run(s)
     r = s["result"]
-    empty, ratio = _empty(s)
-    audit, exact = _audit(s)
-    figure = f"{number(r['rps'])} req/s, {_ms(r)}, {ratio or 0:.2f}x; {audit}"
     met = r["rps"] >= ORDERS_PER_S and r["p99"] <= ORDER_P99_MS and exact
     return figure, empty, f">= {ORDERS_PER_S:,} req/s, p99 <= {ORDER_P99_MS:g} ms", met
 
 
 def appendfsync_always(s: dict[str, Any]) -> Figure:
-    r = s["result"]
-    empty, ratio = _empty(s)
-    audit, exact = _audit(s)
-    figure = f"{number(r['rps'])} req/s, {_ms(r)}, {ratio or 0:.2f}x; {audit}"
+    figure, empty, _, exact = _gate_run(s)
     return figure, empty, "- (the price of no loss on a host crash)", None if exact else False
 
 
