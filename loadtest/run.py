@@ -48,6 +48,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -219,6 +220,51 @@ def redis_benchmark(url: str, out_dir: Path) -> dict[str, Any] | None:
         "cmd": " ".join(shown),
         "generator": "redis-benchmark",
     }
+
+
+class BacklogSampler:
+    """The unsettled reservations once a second while the workers settle during the load.
+
+    The backlog at the end of the load is one sample of a quantity that moves with
+    every batch; the series says whether the drain kept pace all along (a steady
+    few batches) or fell behind at moments (a periodic job taking the worker).
+    """
+
+    def __init__(self, stack: Stack, every_s: float = 1.0):
+        self.stack, self.every_s = stack, every_s
+        self.samples: list[tuple[float, int]] = []  # (seconds since the load began, backlog)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backlog-sampler", daemon=True)
+
+    def start(self) -> BacklogSampler:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            with contextlib.suppress(Exception):  # a poll that fails is a gap, not a failed run
+                self.samples.append(
+                    (round(time.monotonic() - self._started, 1), self.stack.backlog())
+                )
+
+    def summary(self) -> dict[str, Any] | None:
+        """Mean and largest backlog over the samples, and when the largest was seen."""
+        if not self.samples:
+            return None
+        at, largest = max(self.samples, key=lambda sample: sample[1])
+        values = [backlog for _, backlog in self.samples]
+        return {
+            "every_s": self.every_s,
+            "mean": sum(values) / len(values),
+            "max": largest,
+            "max_at_s": at,
+            "samples": self.samples,
+        }
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -421,6 +467,9 @@ def run_scenario(
             samples["load start"] = meter.sample()
         calls_before = stack.command_calls() if scenario.needs_orders else {}
         _log(f"running {scenario.name} ({scenario.generator}, {scenario.users} users)")
+        sampler = None
+        if scenario.needs_orders and not args.worker_after_load:
+            sampler = BacklogSampler(stack).start()
         started = time.monotonic()
         if scenario.kind == "shop-peak":
             result = wrk_paths("paths-hot.txt", duration)
@@ -452,6 +501,8 @@ def run_scenario(
             )
             result["successes"] = result.get("outcomes", {}).get("ok", 0)
         load_seconds = time.monotonic() - started
+        if sampler is not None:
+            sampler.stop()
         summary["result"] = result
         if meter is not None:
             samples["load end"] = meter.sample()
@@ -494,6 +545,7 @@ def run_scenario(
             summary["drain"] = {
                 "tasks_done_after_s": None if tasks_done is None else drain.seconds + tasks_done,
                 "backlog_at_end_of_load": drain.backlog_at_start,
+                "backlog_during_load": None if sampler is None else sampler.summary(),
                 "left": drain.backlog_left,
                 "seconds": drain.seconds,
                 "rate_after_load": drain.rate,
@@ -677,6 +729,13 @@ def table(summary: dict[str, Any]) -> str:
             f"from the start of the load"
             + (" (worker started after the load)" if drain.get("worker_after_load") else "")
         )
+        during = drain.get("backlog_during_load")
+        if during:
+            lines.append(
+                f"        unsettled during the load ({len(during['samples'])} samples, one "
+                f"every {during['every_s']:g} s): mean {during['mean']:,.0f}, "
+                f"largest {during['max']:,} at {during['max_at_s']:.0f} s"
+            )
         if drain.get("tasks_done_after_s") is not None:
             lines.append(
                 f"        last order task message done {drain['tasks_done_after_s']:.1f} s "

@@ -79,6 +79,12 @@ def test_headlines_smoke_runs_every_command_and_writes_the_table(tmp_path: Path)
         assert "(smoke)" in line
     seed_full = report["runs"]["seed-full"]["summary"]
     assert seed_full["exit_code"] == 0 and seed_full["said"].startswith("seeded (small)")
+    # The production run samples its backlog while the worker settles during the load.
+    during = report["runs"]["production"]["summary"]["drain"]["backlog_during_load"]
+    assert during["samples"] and during["every_s"] == 1.0
+    assert (during["max_at_s"], during["max"]) in [tuple(s) for s in during["samples"]]
+    assert during["max"] == max(backlog for _, backlog in during["samples"])
+    assert report["runs"]["gate"]["summary"]["drain"]["backlog_during_load"] is None
     # A run's own settings reach its command: the TCP comparison measured TCP.
     assert report["runs"]["gate"]["summary"]["redis"] == "single Redis (Unix socket)"
     assert report["runs"]["gate-tcp"]["summary"]["redis"] == "single Redis (TCP)"
