@@ -158,7 +158,7 @@ class EmbeddedRedis:
     @property
     def tcp_url(self) -> str:
         """The TCP URL, for what speaks only TCP (a replica's REPLICAOF, redis-benchmark -p)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return tcp_url(self.port)
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING.
@@ -272,6 +272,11 @@ def socket_path_in(data_dir: Path) -> Path | None:
     return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
 
 
+def tcp_url(port: int) -> str:
+    """redis-py's URL of an embedded server's loopback port, database 0."""
+    return f"redis://127.0.0.1:{port}/0"
+
+
 def socket_url(path: Path) -> str:
     """redis-py's URL of a Unix socket, database 0 (kombu's spelling: services.kombu_url)."""
     return f"unix://{path}?db=0"
@@ -320,7 +325,7 @@ def _recorded_server(state_dir: Path) -> str | None:
         return None
     if not process_alive(pid):
         return None
-    url = socket_url(Path(socket_file)) if socket_file else f"redis://127.0.0.1:{port}/0"
+    url = socket_url(Path(socket_file)) if socket_file else tcp_url(port)
     try:
         redis.Redis.from_url(url, socket_timeout=1, retry=NO_RETRY).ping()
     except redis.BusyLoadingError:
