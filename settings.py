@@ -311,6 +311,13 @@ class Settings:
     order_stream_sweep_s: int = setting(
         "HMDP_ORDER_STREAM_SWEEP_S", 3_600, check=(lambda v: v >= 1, "must be at least 1")
     )
+    # The beat's reconciliation reads every live voucher's rows and gate state only when
+    # Redis may have lost some (another process answers: restarted, failed over,
+    # restored; or a voucher's keys were deleted), and at least this often whatever the
+    # cheap checks say (cache/reconcile.py Reconciler.run_if_lost); 0 = every pass.
+    seckill_reconcile_full_s: int = setting(
+        "HMDP_SECKILL_RECONCILE_FULL_S", 600, check=(lambda v: v >= 0, "must be >= 0")
+    )
     order_max_deliveries: int = setting("HMDP_ORDER_MAX_DELIVERIES", 5)
     order_claim_idle_ms: int = setting("HMDP_ORDER_CLAIM_IDLE_MS", 30_000)
     order_lock_lease_ms: int = setting("HMDP_ORDER_LOCK_LEASE_MS", 30_000)

@@ -12,7 +12,8 @@ stream of every voucher that may hold any (:mod:`cache.stream_vouchers`).
 ``beat.order_jobs.reconcile_seckill_state`` runs every ~30 s: it makes every
 live voucher's buyers, issued ids and stock, and the order id counter, agree
 with the database and the unsettled reservations again after Redis lost state
-(:mod:`cache.reconcile`); a no-op when nothing was lost.
+(:mod:`cache.reconcile`); when cheap checks show nothing lost it reads nothing
+more (:meth:`~cache.reconcile.Reconciler.run_if_lost`).
 """
 
 from __future__ import annotations
@@ -106,10 +107,11 @@ RECONCILE_JOB = "beat.order_jobs.reconcile_seckill_state"
 
 
 def run_reconcile(services: Services) -> dict[str, object]:
-    """One reconciliation of every live seckill voucher, unless the database is down."""
+    """The beat's reconciliation of every live seckill voucher, unless the database is down."""
     if not _database_up(services):
         return {"skipped": "database unavailable"}
-    return Reconciler(services.redis, services.settings, services.db).run().as_dict()
+    reconciler = Reconciler(services.redis, services.settings, services.db)
+    return reconciler.run_if_lost(services.settings.seckill_reconcile_full_s).as_dict()
 
 
 @shared_task(bind=True, name=RECONCILE_JOB, ignore_result=True)

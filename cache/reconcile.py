@@ -61,6 +61,11 @@ the database stock as it is (that would sell the pending units again).
 The drift found per voucher (buyers added + ids fixed + stock moved) is kept
 in ``seckill:reconcile`` for :data:`DRIFT_HOLD_MS` and exported as the gauge
 ``hmdp_seckill_drift{voucher}`` (web/metrics.py), alerted on.
+
+The beat job runs :meth:`Reconciler.run_if_lost`: the reconciliation reads every
+row and buyer of a live sale, O(its orders), so it runs only when Redis may have
+lost state (another Redis process than the last full pass saw, or a voucher's
+keys deleted) and at least every ``HMDP_SECKILL_RECONCILE_FULL_S``.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ from .order_stream import (
     legacy_of,
     voucher_stream,
 )
-from .scripts import load_script
+from .scripts import load_script, run_each
 from .seckill import ID_PREFIX, epoch_ms, order_id_key, order_set_key, stock_key, window_key
 from .stream_vouchers import recent_vouchers
 
@@ -100,6 +105,7 @@ MISSING = "missing"  # write the stock only where it is absent (loading a vouche
 LOCK_KEY = "lock:seckill-reconcile:{voucher_id}"
 DRIFT_KEY = "seckill:drift:{{{voucher_id}}}"  # the voucher's tag (cache/seckill.py)
 FOUND_KEY = "seckill:reconcile"
+SEEN_KEY = "seckill:reconcile:seen"  # hash: the Redis the last full pass ran on, and when
 DRIFT_HOLD_MS = 15 * 60 * 1000  # a repair stays visible in the gauge this long
 
 
@@ -190,6 +196,7 @@ class ReconcileReport:
 
     vouchers: list[VoucherRepair] = field(default_factory=list)
     counters_raised: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (was, now)
+    full: str | None = "asked for"  # why every voucher was read; None: the cheap checks passed
 
     @property
     def drift(self) -> int:
@@ -209,6 +216,7 @@ class ReconcileReport:
             "vouchers": {v.voucher_id: (v.skipped or v.drift) for v in self.vouchers},
             "counters_raised": self.counters_raised,
             "drift": self.drift,
+            "full": self.full,
         }
 
 
@@ -352,6 +360,20 @@ def live_vouchers(db: Database) -> list[int]:
         )
 
 
+def redis_identity(client: redis.Redis | redis.RedisCluster) -> str:
+    """The run ids of the Redis processes that hold the gate state, sorted and joined.
+
+    Redis loses acknowledged writes only by being another process than the one
+    that took them: a restart (from an AOF missing its last second, or from an
+    older snapshot), a failover to a replica. Each has a new run id.
+    """
+    if isinstance(client, redis.RedisCluster):
+        infos = list(client.info("server", target_nodes=redis.RedisCluster.PRIMARIES).values())
+    else:
+        infos = [client.info("server")]
+    return ",".join(sorted(str(info["run_id"]) for info in infos))
+
+
 class Reconciler:
     """Reconciles vouchers for one Redis client and database (create once per process)."""
 
@@ -361,6 +383,53 @@ class Reconciler:
         self.db = db
         self.repair_script = load_script(client, "seckill_repair")
         self.floor_script = load_script(client, "counter_floor")
+        self.probe_script = load_script(client, "seckill_probe")
+
+    def run_if_lost(self, full_every_s: int) -> ReconcileReport:
+        """The beat's pass: :meth:`run` over every live voucher, only if Redis may have lost state.
+
+        Why not always: the full pass reads every row and buyer of a live sale,
+        and every 30 s in the middle of a big one that takes a worker process,
+        the database and Redis for seconds, while the drain needs them. Lost
+        state shows cheaply: another Redis process than the last full pass ran
+        on (:func:`redis_identity` against :data:`SEEN_KEY`; no record at all
+        after a flush), or a voucher whose stock or window is gone or whose
+        buyers and issued ids no longer pair up (``lua/seckill_probe.lua``: the
+        trace of a deleted key). Whatever else an operator edits by hand, the full
+        pass run at least every ``full_every_s`` seconds finds. The identity is
+        read before the pass and recorded after it, unless a voucher was busy
+        (another reconciliation holds it): then the next pass is a full one too.
+        """
+        identity = redis_identity(self.client)
+        reason = self._why_full(identity, full_every_s)
+        if reason is None:
+            return ReconcileReport(full=None)
+        report = self.run()
+        report.full = reason
+        if not any(v.skipped == "busy" for v in report.vouchers):
+            self.client.hset(SEEN_KEY, mapping={"redis": identity, "at": f"{time.time():.3f}"})
+        return report
+
+    def _why_full(self, identity: str, full_every_s: int) -> str | None:
+        """Why the beat's pass must read everything, or None when the cheap checks pass."""
+        seen = self.client.hgetall(SEEN_KEY)
+        if not seen:
+            return "no full pass recorded in this Redis"
+        if seen.get("redis") != identity:
+            return "another Redis process than at the last full pass"
+        if time.time() - float(seen.get("at") or 0) >= full_every_s:
+            return f"the last full pass is {full_every_s} s old"
+        ids = live_vouchers(self.db)
+        calls = [
+            ([stock_key(v), window_key(v), order_set_key(v), order_id_key(v)], []) for v in ids
+        ]
+        probes = run_each(self.client, self.probe_script, calls) if calls else []
+        lost = [
+            v
+            for v, (stock, window, buyers, issued) in zip(ids, probes, strict=True)
+            if not (stock and window) or buyers != issued
+        ]
+        return f"gate state deleted: vouchers {lost}" if lost else None
 
     def run(
         self, voucher_ids: list[int] | None = None, *, mode: str = ALWAYS, wait: float = 0.0

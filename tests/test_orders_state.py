@@ -357,6 +357,9 @@ def test_redis_restarted_from_an_older_aof_is_reconciled(
         answered = {u: _order(client, login, voucher_id, u).json["data"] for u in range(1, 11)}
         for entry in _entries(services)[:4]:
             settle_order(services, entry)
+        reconciler = Reconciler(services.redis, services.settings, services.db)
+        assert reconciler.run_if_lost(3600).full == "no full pass recorded in this Redis"
+        assert reconciler.run_if_lost(3600).full is None  # the same process: nothing lost
         aof = _aof_path(server)
         copy = tmp_path / "aof-copy"
         _copy(aof, copy)  # taken while running: 10 reservations, 4 rows
@@ -371,7 +374,9 @@ def test_redis_restarted_from_an_older_aof_is_reconciled(
         # the old copy: stock 10, buyers 1..10, the counter at 10, the 6 then-unsettled entries
         assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "10"
         assert services.redis.scard(f"seckill:order:{{{voucher_id}}}") == 10
-        report = Reconciler(services.redis, services.settings, services.db).run()
+        # what the beat runs: the copy's record of the last full pass names the old process
+        report = Reconciler(services.redis, services.settings, services.db).run_if_lost(3600)
+        assert report.full == "another Redis process than at the last full pass"
         (repair,) = report.vouchers
         assert (repair.stock_before, repair.stock_after, repair.buyers_added) == (10, 5, 5)
         counters = _counters(answered.values())  # the copy lost the last 5 ids' counts
@@ -467,6 +472,41 @@ def test_seeding_again_loads_lost_stock_minus_pending_and_keeps_present_stock(
 
 
 # --- operations: the beat job, the gauge, the alerts ------------------------------------------
+
+
+def test_the_beat_reads_every_row_only_when_redis_may_have_lost_state(client, admin, services):
+    """Cheap checks between full passes: a deleted key shows, a same-sized edit waits for the
+    periodic full pass (the process restart is in the AOF test above)."""
+    voucher_id = create_seckill(client, admin, stock=5)
+    _reserve(services, voucher_id, [5, 6])
+    reconciler = Reconciler(services.redis, services.settings, services.db)
+    buyers, issued = f"seckill:order:{{{voucher_id}}}", f"seckill:orderid:{{{voucher_id}}}"
+    first = reconciler.run_if_lost(3600)
+    assert first.full == "no full pass recorded in this Redis" and first.drift == 0
+    assert [v.voucher_id for v in first.vouchers] == [voucher_id]
+    quiet = reconciler.run_if_lost(3600)
+    assert (quiet.full, quiet.vouchers, quiet.drift) == (None, [], 0)
+    # a buyer and their id both removed: the counts still pair up, nothing is read ...
+    services.redis.srem(buyers, "5")
+    services.redis.hdel(issued, "5")
+    assert reconciler.run_if_lost(3600).full is None
+    assert services.redis.smembers(buyers) == {"6"}
+    # ... until the periodic full pass, which puts them back (the entries are unsettled)
+    periodic = reconciler.run_if_lost(0)
+    assert periodic.full == "the last full pass is 0 s old" and periodic.drift == 2
+    assert services.redis.smembers(buyers) == {"5", "6"}
+    # a key deleted, or the stock: the next pass is a full one
+    services.redis.delete(issued)
+    deleted = reconciler.run_if_lost(3600)
+    assert deleted.full == f"gate state deleted: vouchers [{voucher_id}]" and deleted.drift == 2
+    services.redis.delete(f"seckill:stock:{{{voucher_id}}}")
+    restocked = reconciler.run_if_lost(3600)
+    assert restocked.full == f"gate state deleted: vouchers [{voucher_id}]"
+    assert services.redis.get(f"seckill:stock:{{{voucher_id}}}") == "3"
+    assert reconciler.run_if_lost(3600).full is None
+    # a flushed Redis keeps no record: full
+    services.redis.delete(reconcile_module.SEEN_KEY)
+    assert reconciler.run_if_lost(3600).full == "no full pass recorded in this Redis"
 
 
 def test_beat_reconciles_and_the_drift_found_is_a_gauge_with_alerts(
