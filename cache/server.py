@@ -121,6 +121,15 @@ def process_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in {"Z", "X"}
 
 
+# Rewrite the AOF once it has grown to 9x what the last rewrite left, not 2x (Redis'
+# default): during a sale it grows by megabytes a second, and at 2x a rewrite started
+# every ~6 s, each a forked child taking a core for a second or two from the web and
+# the drain (BENCHMARKS.md, "AOF rewrites during the sale"). The price: a longer AOF to
+# replay on a restart (a few hundred MB after a long sale: seconds to load).
+# docker-compose.yml's Redis services pass the same.
+AOF_REWRITE_ARGS = ("--auto-aof-rewrite-percentage", "800")
+
+
 class EmbeddedRedis:
     """One redis-server child process with its own port and data directory."""
 
@@ -185,6 +194,7 @@ class EmbeddedRedis:
             str(self.data_dir / "redis.log"),
             "--maxclients",
             "10000",
+            *AOF_REWRITE_ARGS,
             *self._socket_args(),
             *self.extra_args,
         ]

@@ -48,6 +48,10 @@ def test_starts_real_server_with_aof_and_stops_cleanly(tmp_path: Path):
     # the AOF fsync policy redis-server has by default is the one Settings declares
     assert client.config_get("appendfsync")["appendfsync"] == Settings().redis_appendfsync
     assert client.config_get("dir")["dir"] == str(tmp_path / "r")
+    # the AOF is rewritten at 9x its last rewritten size, not at Redis' default 2x
+    assert client.config_get("auto-aof-rewrite-percentage") == {
+        "auto-aof-rewrite-percentage": "800"
+    }
     info = client.info("server")
     assert info["tcp_port"] == server.port
     client.close()
