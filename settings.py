@@ -322,9 +322,11 @@ class Settings:
     order_claim_idle_ms: int = setting("HMDP_ORDER_CLAIM_IDLE_MS", 30_000)
     order_lock_lease_ms: int = setting("HMDP_ORDER_LOCK_LEASE_MS", 30_000)
     # Entries one order task may claim from the Stream and settle in one transaction
-    # besides its own (group commit, tasks/orders.py); 1 = one order per task.
+    # besides its own (group commit, tasks/orders.py); 1 = one order per task. Larger
+    # than a message's batch, so that a worker fallen behind settles the backlog in
+    # fewer, larger transactions (BENCHMARKS.md, "Catching up").
     order_settle_batch: int = setting(
-        "HMDP_ORDER_SETTLE_BATCH", 100, check=(lambda v: 1 <= v <= 1000, "must be 1..1000")
+        "HMDP_ORDER_SETTLE_BATCH", 300, check=(lambda v: 1 <= v <= 1000, "must be 1..1000")
     )
     # Reservations one Celery message carries (web/order_dispatch.py), and how long the
     # dispatcher waits for more after the first before it publishes: one message per
