@@ -419,17 +419,21 @@ class Reconciler:
             return "another Redis process than at the last full pass"
         if time.time() - float(seen.get("at") or 0) >= full_every_s:
             return f"the last full pass is {full_every_s} s old"
-        ids = live_vouchers(self.db)
-        calls = [
-            ([stock_key(v), window_key(v), order_set_key(v), order_id_key(v)], []) for v in ids
-        ]
-        probes = run_each(self.client, self.probe_script, calls) if calls else []
         lost = [
             v
-            for v, (stock, window, buyers, issued) in zip(ids, probes, strict=True)
+            for v, (stock, window, buyers, issued) in self._probe(live_vouchers(self.db))
             if not (stock and window) or buyers != issued
         ]
         return f"gate state deleted: vouchers {lost}" if lost else None
+
+    def _probe(self, voucher_ids: list[int]) -> list[tuple[int, list[int]]]:
+        """Each voucher with its ``lua/seckill_probe.lua`` answer: stock, window, buyers, ids."""
+        calls = [
+            ([stock_key(v), window_key(v), order_set_key(v), order_id_key(v)], [])
+            for v in voucher_ids
+        ]
+        probes = run_each(self.client, self.probe_script, calls) if calls else []
+        return list(zip(voucher_ids, probes, strict=True))
 
     def run(
         self, voucher_ids: list[int] | None = None, *, mode: str = ALWAYS, wait: float = 0.0
@@ -464,10 +468,7 @@ class Reconciler:
         return report
 
     def _missing(self, voucher_ids: list[int]) -> list[int]:
-        pipe = self.client.pipeline(transaction=False)
-        for v in voucher_ids:
-            pipe.exists(stock_key(v), window_key(v))
-        return [v for v, present in zip(voucher_ids, pipe.execute(), strict=True) if present < 2]
+        return [v for v, (stock, window, *_) in self._probe(voucher_ids) if not (stock and window)]
 
     def _reconcile(self, voucher_ids: list[int], mode: str, report: ReconcileReport) -> None:
         wanted = set(voucher_ids)
