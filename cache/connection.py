@@ -29,6 +29,14 @@ two timeouts from Settings, and the pool remembers a stall:
 :func:`client_options` gives the same two timeouts to clients made elsewhere
 (the Celery transport, the metrics collector, the load-test scripts).
 
+**Packing a command** costs less than redis-py's own way: its packer passes every
+argument through the client's encoder in Python before hiredis packs them, about
+1 µs an argument, 20 µs for the gate's EVALSHA of 22. :class:`HiredisPacker` hands
+a command of plain arguments (str, bytes, int, float) to ``hiredis.pack_command``
+whole, which encodes them the same way (UTF-8, ``repr`` of a number) in C; any
+other command (a memoryview, a command name of two words, a bool the encoder
+refuses) goes to redis-py's packer unchanged.
+
 **A Redis Cluster** is a configuration: ``REDIS_URL=redis+cluster://host:port[,host:port...]``
 (any reachable node is enough; the client learns the rest with ``CLUSTER SLOTS``) makes
 :func:`connect` return a :class:`redis.cluster.RedisCluster` with the same timeouts,
@@ -66,6 +74,11 @@ from redis.exceptions import (
     TryAgainError,
 )
 from redis.retry import Retry
+
+try:
+    from hiredis import pack_command as hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
+    hiredis_pack = None
 
 from settings import Settings, cluster_nodes, is_cluster_url
 
@@ -193,6 +206,25 @@ class StallBreaker:
             self.open_until = 0.0
 
 
+# The argument types hiredis packs exactly as the encoder of our clients (UTF-8, strict).
+_PLAIN = frozenset({str, bytes, int, float})
+
+
+class HiredisPacker:
+    """Packs a command of plain arguments in one hiredis call, others as redis-py would."""
+
+    def __init__(self, fallback: Any):
+        self.fallback = fallback  # redis-py's packer of the same connection
+
+    def pack(self, *args: Any) -> list[bytes]:
+        """The command's bytes: the fast path of the module doc, or redis-py's."""
+        name = args[0]
+        if type(name) is str and " " not in name and all(type(arg) in _PLAIN for arg in args):
+            assert hiredis_pack is not None
+            return [hiredis_pack(args)]
+        return self.fallback.pack(*args)
+
+
 class _StallAware(AbstractConnection):
     """Reads blocking replies with their own timeout and feeds the breaker (module doc)."""
 
@@ -200,6 +232,13 @@ class _StallAware(AbstractConnection):
         super().__init__(*args, **kwargs)
         self.breaker = breaker
         self._reply_timeout: float | None | object = SENTINEL
+
+    def _construct_command_packer(self, packer: Any) -> Any:
+        own = super()._construct_command_packer(packer)
+        plain_utf8 = (self.encoder.encoding, self.encoder.encoding_errors) == ("utf-8", "strict")
+        if packer is None and hiredis_pack is not None and plain_utf8:
+            return HiredisPacker(own)
+        return own
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         block = block_seconds(args)
