@@ -79,6 +79,7 @@ This module never imports ``tasks`` or ``web``: the settling is passed in.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -143,11 +144,16 @@ class Stream:
 
 def voucher_stream(settings: Settings, voucher_id: int) -> Stream:
     """The stream a voucher's reservations are in."""
+    return _voucher_stream(
+        settings.order_stream, settings.order_dead_letter_stream, settings.order_group, voucher_id
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _voucher_stream(name: str, dead_name: str, group: str, voucher_id: int) -> Stream:
+    # Asked for several times per order settled: one immutable Stream per voucher.
     return Stream(
-        stream_key(settings, voucher_id),
-        dead_letter_key(settings, voucher_id),
-        settings.order_group,
-        voucher_id,
+        voucher_key(name, voucher_id), voucher_key(dead_name, voucher_id), group, voucher_id
     )
 
 
