@@ -389,9 +389,11 @@ class Settings:
     # Celery worker's own /metrics (0 = off).
     worker_metrics_port: int = setting("HMDP_WORKER_METRICS_PORT", 0)
     worker_metrics_host: str = setting("HMDP_WORKER_METRICS_HOST", "127.0.0.1")
-    # The Celery worker's nice value, raised at its start (its pool inherits it): on
-    # cores it shares with the web tier, the scheduler runs the gate's requests first
-    # and the settling in the gaps, where group commit batches what waited.
+    # The Celery worker's nice value, raised at its start with its session's autogroup's
+    # (tasks/app.py lower_priority; its pool inherits both): on cores it shares with the
+    # web tier, the scheduler runs the gate's requests first and the settling in the
+    # gaps, where group commit batches what waited. 0 by default: a sale that keeps the
+    # cores busy can leave a niced worker behind (BENCHMARKS.md).
     worker_nice: int = setting(
         "HMDP_WORKER_NICE", 0, check=(lambda v: 0 <= v <= 19, "must be 0..19")
     )

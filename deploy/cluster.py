@@ -198,7 +198,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--worker-metrics-port", type=int, default=9808, help="Celery worker /metrics; 0 = off"
     )
-    parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="Celery worker processes (default: tasks.app.WORKER_CONCURRENCY)",
+    )
     parser.add_argument("--size", choices=["small", "full"], default="small")
     parser.add_argument("--no-seed", action="store_true")
     parser.add_argument("--no-flower", action="store_true")

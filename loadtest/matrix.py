@@ -67,6 +67,7 @@ from loadtest.run import (  # noqa: E402
 from loadtest.stack import DataPlan, SeedInfo, Stack  # noqa: E402
 from loadtest.verify import judge  # noqa: E402
 from settings import Settings  # noqa: E402
+from tasks.app import WORKER_CONCURRENCY  # noqa: E402
 
 CACHE_CLIENTS = (50, 500, 1_000, 2_000)
 SECKILL_CLIENTS = (500, 1_000, 2_000)
@@ -126,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument(
         "--database-url", help="default: DATABASE_URL, else SQLite; MySQL: a fresh database"
     )
-    stack.add_argument("--worker-concurrency", type=int, default=4, help="Celery processes")
+    stack.add_argument(
+        "--worker-concurrency",
+        type=int,
+        help=f"Celery processes (default: {WORKER_CONCURRENCY}, the deployed count)",
+    )
     stack.add_argument("--rate-limits", action="store_true", help="keep the app's rate limits")
     stack.add_argument("--beat", action="store_true", help="run Celery beat too")
     stack.add_argument("--drain-stall", type=float, default=60, help="give up draining after s")

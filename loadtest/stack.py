@@ -449,7 +449,7 @@ class Stack:
         raise RuntimeError(f"{server} did not answer /healthz in {timeout:.0f}s")
 
     def start_worker(
-        self, concurrency: int = 2, pool: str = "prefork", timeout: float = 60.0
+        self, concurrency: int | None = None, pool: str = "prefork", timeout: float = 60.0
     ) -> None:
         """A Celery worker on every queue; returns once it answers a ping."""
         celery = str(Path(sys.executable).parent / "celery")
@@ -501,7 +501,7 @@ class Stack:
         return order_stream.backlog(self.services.redis, self.settings, self._voucher_ids)
 
     def drain_with_new_worker(
-        self, concurrency: int, pool: str, stall: float = 60.0, poll: float = 0.02
+        self, concurrency: int | None, pool: str, stall: float = 60.0, poll: float = 0.02
     ) -> DrainResult:
         """Start the worker on a standing backlog; time the drain from its first settled order.
 

@@ -8,7 +8,9 @@ the connection URLs from Settings. Each worker process gets its own
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
@@ -53,9 +55,7 @@ def create_celery(settings: Settings | None = None, services: Services | None = 
 
     @worker_init.connect(weak=False)
     def _lower_priority(**_: object) -> None:
-        # Absolute and only upwards: idempotent, and a worker started niced stays so.
-        if settings.worker_nice > os.getpriority(os.PRIO_PROCESS, 0):
-            os.setpriority(os.PRIO_PROCESS, 0, settings.worker_nice)
+        lower_priority(settings.worker_nice)  # the pool forked after this inherits it
 
     @worker_process_init.connect(weak=False)
     def _fresh_connections_after_fork(**_: object) -> None:
@@ -66,13 +66,42 @@ def create_celery(settings: Settings | None = None, services: Services | None = 
     return app
 
 
+AUTOGROUP = Path("/proc/self/autogroup")  # "/autogroup-<n> nice <value>" (sched(7))
+
+
+def lower_priority(nice: int) -> None:
+    """Run this process, and what it forks from now on, at ``nice``: below the web tier.
+
+    A nice value alone is not enough where the kernel groups processes by
+    session (``kernel.sched_autogroup_enabled``, the default of most
+    distributions): the CPU is shared between sessions first, and a nice value
+    only ranks a process inside its own. A worker in a session of its own
+    (deploy/supervisor.py starts every child so) would share the cores with the
+    web tier as an equal, whatever its nice value; so the session's autogroup
+    is niced as well, when this process leads it (a worker started from a
+    shell shares the shell's session, which is left alone). Both only upwards:
+    idempotent, and a worker started niced stays so.
+    """
+    if nice > os.getpriority(os.PRIO_PROCESS, 0):
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if nice <= 0 or os.getsid(0) != os.getpid():
+        return
+    with contextlib.suppress(OSError, ValueError):  # no autogroups in this kernel
+        if nice > int(AUTOGROUP.read_text().split()[-1]):
+            AUTOGROUP.write_text(str(nice))
+
+
+# Celery processes of the deployed worker (manage.py up, manage.py cluster, compose, and
+# the benchmarks' default, so they measure what is deployed).
+WORKER_CONCURRENCY = 2
+
 # Every queue celeryconfig routes to (orders, cache, beat) plus the default one.
 WORKER_QUEUES = "celery,orders,cache,beat"
 
 
 def worker_argv(
     *,
-    concurrency: int = 2,
+    concurrency: int | None = None,
     loglevel: str = "INFO",
     name: str | None = None,
     queues: str = WORKER_QUEUES,
@@ -94,7 +123,7 @@ def worker_argv(
         "--pool",
         pool,
         "--concurrency",
-        str(concurrency),
+        str(WORKER_CONCURRENCY if concurrency is None else concurrency),
         "--loglevel",
         loglevel,
     ]

@@ -24,6 +24,7 @@ import metrics
 from deploy import cluster
 from deploy.web_server import APP, web_argv
 from settings import Settings, cluster_nodes
+from tasks.app import WORKER_CONCURRENCY
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -180,6 +181,8 @@ def test_app_commands_point_at_real_modules_and_commands():
             if sub == "worker":
                 assert set(option(cmd, "-Q").split(",")) == queues
                 assert "-E" in cmd  # task events for Flower
+                # the deployed count, which the benchmarks measure by default
+                assert option(cmd, "--concurrency") == str(WORKER_CONCURRENCY), cmd
             if sub == "flower":
                 assert (ROOT / option(cmd, "--conf")).is_file()  # JSON logs for Flower too
         elif tool == "flask":

@@ -1,4 +1,4 @@
-"""HMDP_WORKER_NICE: a real Celery worker and its pool run at the configured nice value."""
+"""HMDP_WORKER_NICE: a real Celery worker, its pool and its autogroup run at the configured nice value."""
 
 from __future__ import annotations
 
@@ -34,3 +34,8 @@ def test_the_worker_and_its_pool_children_run_niced(settings, backend, tmp_path)
             time.sleep(0.1)
         niced = [os.getpriority(os.PRIO_PROCESS, pid) for pid in [proc.pid, *_children(proc.pid)]]
         assert niced == [own + 7] * len(niced)
+        # Its own session (start_new_session), so its own autogroup: niced too, or the
+        # scheduler would share the cores between it and the web's session as equals.
+        autogroup = Path(f"/proc/{proc.pid}/autogroup")
+        if autogroup.exists():  # a kernel with CONFIG_SCHED_AUTOGROUP (this machine's)
+            assert autogroup.read_text().split()[-1] == str(own + 7)
