@@ -242,8 +242,10 @@ def command_test(args: argparse.Namespace) -> int:
 
 def command_bench(args: argparse.Namespace) -> int:
     """Run loadtest/run.py inside the virtualenv (``bench list`` names the scenarios)."""
+    from loadtest.run import exit_on_sigterm
     from loadtest.run import main as bench_main
 
+    exit_on_sigterm()
     return bench_main(args.bench_args)
 
 
@@ -258,7 +260,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     up.add_argument("--host")
     up.add_argument("--port", type=int)
     up.add_argument("--flower-port", type=int)
-    up.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    up.add_argument(
+        "--concurrency",
+        type=int,
+        help="Celery worker processes (default: tasks.app.WORKER_CONCURRENCY)",
+    )
     up.add_argument("--size", choices=["small", "full"], default="small")
     up.add_argument("--no-seed", action="store_true")
     cluster = sub.add_parser(

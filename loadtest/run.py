@@ -45,6 +45,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,7 @@ from loadtest.scenarios import SCENARIOS, Scenario  # noqa: E402
 from loadtest.stack import SeedInfo, Stack  # noqa: E402
 from loadtest.verify import judge  # noqa: E402
 from settings import APPENDFSYNC_MODES, Settings  # noqa: E402
+from tasks.app import WORKER_CONCURRENCY  # noqa: E402
 
 RESULTS = ROOT / "loadtest" / "results"
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -831,7 +833,11 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument(
         "--threads", type=int, help="threads per web worker (HMDP_WEB_THREADS; granian: blocking)"
     )
-    stack.add_argument("--worker-concurrency", type=int, default=4, help="Celery processes")
+    stack.add_argument(
+        "--worker-concurrency",
+        type=int,
+        help=f"Celery processes (default: {WORKER_CONCURRENCY}, the deployed count)",
+    )
     stack.add_argument("--worker-pool", default="prefork", help="Celery pool")
     stack.add_argument(
         "--worker-after-load",
@@ -902,6 +908,15 @@ def _cluster_refusal(args: argparse.Namespace) -> int:
     return 0
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a CI timeout) end a run as Ctrl-C does: the stack stopped.
+
+    Its servers and workers run in sessions of their own, so only this process
+    gets the signal; by default it would die at once and leave them running.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None, before_verify: BeforeVerify | None = None) -> int:
     """The command line; ``before_verify`` lets tests corrupt real state before the verdict."""
     argv = sys.argv[1:] if argv is None else argv
@@ -968,4 +983,5 @@ def main(argv: list[str] | None = None, before_verify: BeforeVerify | None = Non
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

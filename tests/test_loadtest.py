@@ -274,3 +274,62 @@ def test_redis_cluster_is_refused_without_rabbitmq(
     assert main(argv) == 1
     assert "needs RabbitMQ as the Celery broker" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.process
+def test_sigterm_stops_the_run_and_every_process_it_started(tmp_path: Path) -> None:
+    """``kill`` of a run (an operator, a CI timeout) leaves no server or worker behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "run.log"
+    argv = ["seckill-peak", "--duration", "120", "--buyers", "200", "--stock", "200", *QUIET]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "loadtest/run.py", *argv, "--results-dir", str(tmp_path / "r")],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "running seckill-peak" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        started = _descendants(proc.pid)
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in started}
+        assert "redis-server" in names and len(started) >= 5, names  # web, worker, beat...
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while alive := {pid for pid in started if _running(pid)}:
+            assert time.monotonic() < deadline, f"still running after SIGTERM: {alive}"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
