@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import redis
 import sqlalchemy as sa
+from support.procs import children
 
+from cache.server import process_alive
 from loadtest import chart, report
 from loadtest.run import main
 from loadtest.stack import SeedInfo, Stack
@@ -280,32 +286,15 @@ def _descendants(pid: int) -> set[int]:
     found: set[int] = set()
     todo = [pid]
     while todo:
-        parent = todo.pop()
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
+        for child in children(todo.pop()):
             found.add(child)
             todo.append(child)
     return found
 
 
-def _running(pid: int) -> bool:
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-
-
 @pytest.mark.process
 def test_sigterm_stops_the_run_and_every_process_it_started(tmp_path: Path) -> None:
     """``kill`` of a run (an operator, a CI timeout) leaves no server or worker behind."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     log = tmp_path / "run.log"
     argv = ["seckill-peak", "--duration", "120", "--buyers", "200", "--stock", "200", *QUIET]
     with log.open("wb") as out:
@@ -327,7 +316,7 @@ def test_sigterm_stops_the_run_and_every_process_it_started(tmp_path: Path) -> N
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
         deadline = time.monotonic() + 30
-        while alive := {pid for pid in started if _running(pid)}:
+        while alive := {pid for pid in started if process_alive(pid)}:
             assert time.monotonic() < deadline, f"still running after SIGTERM: {alive}"
             time.sleep(0.2)
     finally:

@@ -8,17 +8,10 @@ from pathlib import Path
 
 import pytest
 from support.backends import backends
+from support.procs import children
 from support.workers import celery_worker, log_tail
 
 pytestmark = pytest.mark.process
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(child) for child in text.split()]
 
 
 def test_the_worker_and_its_pool_children_run_niced(settings, backend, tmp_path):
@@ -28,11 +21,11 @@ def test_the_worker_and_its_pool_children_run_niced(settings, backend, tmp_path)
     own = os.getpriority(os.PRIO_PROCESS, 0)
     with celery_worker(settings, log, HMDP_WORKER_NICE=str(own + 7)) as proc:
         deadline = time.monotonic() + 30
-        while len(_children(proc.pid)) < 2:  # the prefork pool forks after worker_init
+        while len(children(proc.pid)) < 2:  # the prefork pool forks after worker_init
             assert proc.poll() is None, log_tail(log)
             assert time.monotonic() < deadline, "no pool children: " + log_tail(log)
             time.sleep(0.1)
-        niced = [os.getpriority(os.PRIO_PROCESS, pid) for pid in [proc.pid, *_children(proc.pid)]]
+        niced = [os.getpriority(os.PRIO_PROCESS, pid) for pid in [proc.pid, *children(proc.pid)]]
         assert niced == [own + 7] * len(niced)
         # Its own session (start_new_session), so its own autogroup: niced too, or the
         # scheduler would share the cores between it and the web's session as equals.
