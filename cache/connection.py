@@ -219,7 +219,7 @@ class HiredisPacker:
     def pack(self, *args: Any) -> list[bytes]:
         """The command's bytes: the fast path of the module doc, or redis-py's."""
         name = args[0]
-        if type(name) is str and " " not in name and all(type(arg) in _PLAIN for arg in args):
+        if type(name) is str and " " not in name and _PLAIN.issuperset(map(type, args)):
             assert hiredis_pack is not None
             return [hiredis_pack(args)]
         return self.fallback.pack(*args)

@@ -299,6 +299,82 @@ def _ensure_watchdog(state: _ProcessState) -> None:
         state.watchdog.wake.notify()
 
 
+def _record_holds(
+    client: redis.Redis | RedisCluster,
+    locks: list[RLock],
+    owner: str,
+    watchdog: bool,
+    now: float,
+    lease_ms: int | None = None,
+) -> None:
+    """Note one more hold of each of ``locks`` (all on ``client``) in this process's table.
+
+    One pass under the state lock for a whole batch: taking that lock and
+    finding the client's server again for each lock cost more than the lock's
+    share of the script call. ``lease_ms`` is an explicit lease's (None: each
+    lock's own).
+    """
+    state = _current()
+    server = id(server_of(client))
+    thread = threading.current_thread()
+    with state.lock:
+        for lock in locks:
+            key = (server, lock.name, owner)
+            hold = state.holds.get(key)
+            if hold is None:
+                hold = _Hold(
+                    key=key,
+                    client=lock.client,
+                    name=lock.name,
+                    owner=owner,
+                    lease_ms=lock.lease_ms,
+                    thread=thread,
+                    since=now,
+                )
+                state.holds[key] = hold
+            hold.watchdog.append(watchdog)
+            if watchdog:
+                lease = lock.lease_ms if lease_ms is None else lease_ms
+                hold.lease_ms = lock.lease_ms
+                if hold.due == 0.0 or hold.due > now + lease / 3000.0:
+                    hold.due = now + lease / 3000.0
+        if watchdog and locks:
+            _ensure_watchdog(state)
+
+
+def _drop_holds(
+    client: redis.Redis | RedisCluster,
+    locks: list[RLock],
+    owner: str,
+    lefts: list[int | None],
+) -> None:
+    """Forget one hold of each lock after a release; ``lefts`` are the script's replies
+    (None where the release failed).
+
+    A failed release drops one hold like a successful one; the outer holds
+    of a reentrant lock keep it renewed until they are released.
+    """
+    state = _current()
+    server = id(server_of(client))
+    released: list[float] = []
+    with state.lock:
+        for lock, left in zip(locks, lefts, strict=True):
+            key = (server, lock.name, owner)
+            hold = state.holds.get(key)
+            if hold is None:
+                continue
+            if hold.watchdog:
+                hold.watchdog.pop()
+            if (left is not None and left <= 0) or not hold.watchdog:
+                del state.holds[key]
+                if left == 0:
+                    released.append(hold.since)
+    if released:
+        now = time.monotonic()
+        for since in released:
+            _HOLD["rlock"].observe(now - since)
+
+
 class RLock:
     """A reentrant distributed lock with Redisson semantics (see module doc).
 
@@ -372,27 +448,7 @@ class RLock:
             return hold is not None and hold.renewing
 
     def _record_hold(self, owner: str, lease_ms: int, watchdog: bool, now: float) -> None:
-        state = _current()
-        key = self._key(owner)
-        with state.lock:
-            hold = state.holds.get(key)
-            if hold is None:
-                hold = _Hold(
-                    key=key,
-                    client=self.client,
-                    name=self.name,
-                    owner=owner,
-                    lease_ms=self.lease_ms,
-                    thread=threading.current_thread(),
-                    since=now,
-                )
-                state.holds[key] = hold
-            hold.watchdog.append(watchdog)
-            if watchdog:
-                hold.lease_ms = self.lease_ms
-                if hold.due == 0.0 or hold.due > now + lease_ms / 3000.0:
-                    hold.due = now + lease_ms / 3000.0
-                _ensure_watchdog(state)
+        _record_holds(self.client, [self], owner, watchdog, now, lease_ms)
 
     def release(self) -> None:
         """Drop one hold; at zero the lock is deleted and waiters are woken.
@@ -414,22 +470,7 @@ class RLock:
             raise LockNotOwnedError(f"lock {self.name!r} is not held by {owner}")
 
     def _drop_hold(self, owner: str, left: int | None) -> None:
-        """Forget one hold after a release: ``left`` is the script's reply, None if it failed.
-
-        A failed release drops one hold like a successful one; the outer holds
-        of a reentrant lock keep it renewed until they are released.
-        """
-        state = _current()
-        key = self._key(owner)
-        with state.lock:
-            hold = state.holds.get(key)
-            if hold is not None:
-                if hold.watchdog:
-                    hold.watchdog.pop()
-                if (left is not None and left <= 0) or not hold.watchdog:
-                    del state.holds[key]
-                    if left == 0:
-                        _HOLD["rlock"].observe(time.monotonic() - hold.since)
+        _drop_holds(self.client, [self], owner, [left])
 
     def force_release(self) -> bool:
         """Delete the lock whoever holds it and wake waiters (operators only).
@@ -504,13 +545,10 @@ def acquire_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
         client, "rlock_acquire", [(lock.name, [lock.lease_ms, owner]) for lock in locks]
     )
     now = time.monotonic()
-    taken = []
-    for lock, ttl in zip(locks, replies, strict=True):
-        if ttl is None:
-            lock._record_hold(owner, lock.lease_ms, watchdog=True, now=now)
-            taken.append(lock)
-        else:
-            _CONTENTION["rlock"].inc()
+    taken = [lock for lock, ttl in zip(locks, replies, strict=True) if ttl is None]
+    _record_holds(client, taken, owner, watchdog=True, now=now)
+    if len(taken) < len(locks):
+        _CONTENTION["rlock"].inc(len(locks) - len(taken))
     _WAIT["rlock"].observe(now - started)
     return taken
 
@@ -531,13 +569,8 @@ def release_all(client: redis.Redis, locks: list[RLock]) -> list[RLock]:
             client, "rlock_release", [(lock.name, [owner, lock.channel]) for lock in locks]
         )
     except BaseException:
-        for lock in locks:
-            lock._drop_hold(owner, None)
+        _drop_holds(client, locks, owner, [None] * len(locks))
         raise
-    lost = []
-    for lock, reply in zip(locks, replies, strict=True):
-        left = int(reply)
-        lock._drop_hold(owner, left)
-        if left < 0:
-            lost.append(lock)
-    return lost
+    lefts = [int(reply) for reply in replies]
+    _drop_holds(client, locks, owner, list(lefts))
+    return [lock for lock, left in zip(locks, lefts, strict=True) if left < 0]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import delete, event, update
+from sqlalchemy import delete, event, select, update
 from sqlalchemy.exc import OperationalError
 from support.lock_child import Child
 from support.redis_faults import WritesReset, name_connections
@@ -34,6 +35,7 @@ from tasks.orders import (
     REJECTED,
     TASK_NAME,
     persist_order,
+    persist_orders,
     run_batch_task,
     run_order_task,
     settle_order,
@@ -294,6 +296,30 @@ def test_a_batch_with_an_order_already_in_the_database_writes_the_rest_once(
     assert _batch_settled(DUPLICATE) == before + 1
     assert sorted(db_orders(services, voucher)) == sorted((e.order_id, e.user_id) for e in entries)
     assert db_stock(services, voucher) == 46 and _stream_empty(services, settings, voucher)
+
+
+def test_a_batch_writes_the_rows_the_one_order_path_writes(services, voucher):
+    """The batch INSERT is SQL text of its own: the same columns, defaults and timestamps
+    as the model's statement, read back through the ORM on either database."""
+    single, *batch = _reserve(services, voucher, range(1450, 1454))
+    assert persist_order(services.db, single) == CREATED
+    assert set(persist_orders(services.db, batch).values()) == {CREATED}
+    with services.db.session() as session:
+        rows = {row.user_id: row for row in session.scalars(select(VoucherOrder))}
+
+    def written(row: VoucherOrder) -> tuple:
+        return tuple(
+            getattr(row, c.name) for c in VoucherOrder.__table__.c if "_time" not in c.name
+        )
+
+    alone = rows[1450]
+    for entry in batch:
+        row = rows[entry.user_id]
+        assert written(row) == (entry.order_id, entry.user_id, voucher, 1, 1)
+        assert written(row)[3:] == written(alone)[3:]
+        assert (row.pay_time, row.use_time, row.refund_time) == (None, None, None)
+        assert isinstance(row.create_time, datetime) and row.update_time == row.create_time
+        assert abs(row.create_time - alone.create_time) < timedelta(minutes=1)
 
 
 def test_a_batch_claimed_by_a_worker_that_died_is_recovered(services, voucher, settings):
