@@ -143,27 +143,36 @@ class EmbeddedCluster:
         self._wait(deadline, "cluster_state:ok on every node", self._ready)
 
     def _met(self) -> bool:
-        """Whether every node knows every other; if not, MEET the first node again (at most
-        once per second): a handshake that does not finish within the node timeout is
-        dropped, never retried by Redis, and on a loaded box that happens."""
-        strangers = [node for node in self.nodes if self._known(node) < len(self.nodes)]
-        if not strangers:
+        """Whether every node knows every other; if not, each node MEETs the nodes it does
+        not know yet (at most once per second): a handshake that does not finish within the
+        node timeout is dropped, never retried by Redis, and on a loaded box that happens;
+        gossip through one seed node is not enough when the seed itself lost a handshake."""
+        ports = {node.port for node in self.nodes}
+        missing = {node.port: ports - self._known_ports(node) for node in self.nodes}
+        if not any(missing.values()):
             return True
         now = time.monotonic()
         if now - self._met_at >= MEET_AGAIN_S:
             self._met_at = now
-            seed = self.nodes[0]
-            for node in strangers:
-                if node is not seed:
+            for node in self.nodes:
+                for port in sorted(missing[node.port]):
                     with contextlib.suppress(redis.ResponseError):  # a handshake in progress
-                        node.client().execute_command("CLUSTER", "MEET", "127.0.0.1", seed.port)
+                        node.client().execute_command("CLUSTER", "MEET", "127.0.0.1", port)
         return False
 
     @staticmethod
-    def _known(node: ClusterNode) -> int:
+    def _known_ports(node: ClusterNode) -> set[int]:
+        """The ports of the nodes ``node`` knows, itself included (handshakes not finished
+        left out). A ``CLUSTER NODES`` line: ``<id> <ip:port@cport> <flags> ...``."""
         with node.client() as client:
             known = client.execute_command("CLUSTER", "NODES")
-        return len([line for line in str(known).splitlines() if line.strip()])
+        ports = set()
+        for line in str(known).splitlines():
+            fields = line.split()
+            if len(fields) < 3 or "handshake" in fields[2].split(","):
+                continue
+            ports.add(int(fields[1].split("@", 1)[0].rsplit(":", 1)[1]))
+        return ports
 
     def _live(self) -> list[ClusterNode]:
         return [node for node in self.nodes if node.server.process is not None]
